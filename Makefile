@@ -1,0 +1,37 @@
+# The two commands of the README:  `make demo` (the main job) and `make test` (the tests).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DURATION ?= 0
+COUNT ?= 50
+
+.PHONY: demo test lint stack-up stack-down bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+## The main job: the stack, the hub and COUNT simulated devices; DURATION=<s> stops it by itself.
+demo: $(VENV)/.installed
+	$(PY) -m hub stack up
+
+## All checks: lint, types, then the test suite on real RabbitMQ and InfluxDB processes.
+test: $(VENV)/.installed lint
+	$(PY) -m hub stack install
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check hub devices tests bench
+	$(VENV)/bin/ruff format --check hub devices tests bench
+	$(VENV)/bin/mypy
+
+stack-up: $(VENV)/.installed
+	$(PY) -m hub stack up
+
+stack-down: $(VENV)/.installed
+	$(PY) -m hub stack down
+
+clean: stack-down
+	rm -rf .stack

@@ -1,0 +1,1 @@
+"""Simulated IoT devices that speak MQTT (paho-mqtt) and STOMP (stomp.py)."""

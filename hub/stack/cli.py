@@ -1,0 +1,105 @@
+"""`python -m hub stack up|down|status`: the native stack from the command line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from hub.config import load_settings
+from hub.stack.packages import ensure_packages
+from hub.stack.stack import Stack, StackStatus
+
+console = Console()
+
+
+def _settings(**flags: object) -> Stack:
+    return Stack(load_settings(**flags))
+
+
+_port_options = [
+    click.option("--amqp-url", default=None, help="AMQP URL; its port is the AMQP listener [IOT_AMQP_URL]"),
+    click.option("--mqtt-port", type=int, default=None, help="MQTT listener [IOT_MQTT_PORT, 1883]"),
+    click.option("--stomp-port", type=int, default=None, help="STOMP listener [IOT_STOMP_PORT, 61613]"),
+    click.option("--management-port", type=int, default=None, help="RabbitMQ HTTP API [IOT_MANAGEMENT_PORT, 15672]"),
+    click.option("--influx-url", default=None, help="InfluxDB URL; its port is bound [IOT_INFLUX_URL]"),
+    click.option("--stack-dir", default=None, help="data, logs and pid files [IOT_STACK_DIR, .stack]"),
+]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def port_options(func: F) -> F:
+    for option in reversed(_port_options):
+        func = option(func)
+    return func
+
+
+@click.group()
+def stack() -> None:
+    """The native stack: a project-local RabbitMQ node (MQTT, STOMP, management, Prometheus)
+    and InfluxDB, with all data and logs under .stack/ in the checkout.
+
+    \b
+    Examples:
+      python -m hub stack up
+      IOT_MQTT_PORT=11883 python -m hub stack up
+      python -m hub stack status
+      python -m hub stack down
+    """
+
+
+@stack.command()
+@port_options
+def up(**flags: object) -> None:
+    """Install what is missing, start RabbitMQ and InfluxDB, wait until they answer."""
+    the_stack = _settings(**flags)
+    with console.status("starting the stack") as spinner:
+        status = the_stack.up(progress=lambda msg: spinner.update(msg))
+    if status.already_running:
+        console.print(f"[yellow]the stack is already running[/] (under {status.root}); left as it is")
+    _print(status)
+
+
+@stack.command()
+@click.option("--purge", is_flag=True, help="also delete the stack's data and logs")
+@click.option("--stack-dir", default=None, help="data, logs and pid files [IOT_STACK_DIR, .stack]")
+def down(purge: bool, stack_dir: str | None) -> None:
+    """Stop exactly the processes `stack up` started."""
+    stopped = _settings(stack_dir=stack_dir).down(purge=purge)
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@stack.command()
+@click.option("--stack-dir", default=None, help="data, logs and pid files [IOT_STACK_DIR, .stack]")
+def status(stack_dir: str | None) -> None:
+    """Say what runs, with its pid and URLs; exit code 1 when the stack is not running."""
+    current = _settings(stack_dir=stack_dir).status()
+    _print(current)
+    if not current.running:
+        raise SystemExit(1)
+
+
+@stack.command()
+def install() -> None:
+    """Install the Debian packages rabbitmq-server and influxdb if they are missing."""
+    installed = ensure_packages()
+    console.print(f"installed: {' '.join(installed)}" if installed else "rabbitmq-server and influxdb are installed")
+
+
+def _print(status: StackStatus) -> None:
+    if not status.services:
+        console.print(f"no stack under {status.root}")
+        return
+    table = Table(title=f"stack under {status.root}")
+    for column in ("service", "pid", "state", "endpoints"):
+        table.add_column(column)
+    for service in status.services:
+        state = "[green]running[/]" if service.running else "[red]stopped[/]"
+        endpoints = "\n".join(f"{k}: {v}" for k, v in service.endpoints.items())
+        table.add_row(service.name, str(service.pid), state, endpoints)
+    console.print(table)

@@ -1,0 +1,70 @@
+"""A project-local `influxd` (InfluxDB 1.x) using influxdb/influxdb.conf.
+
+The directories and bind addresses are overridden with INFLUXDB_* variables, so the config
+file stays the same one docker compose mounts.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from hub.errors import StackError
+from hub.stack.packages import INFLUXD
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+INFLUX_CONFIG = REPO_ROOT / "influxdb" / "influxdb.conf"
+
+
+class InfluxNode:
+    def __init__(self, home: Path, http_port: int, rpc_port: int) -> None:
+        self.home = home
+        self.http_port = http_port
+        self.rpc_port = rpc_port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "influxd.log"
+
+    def prepare(self) -> None:
+        for sub in ("meta", "data", "wal"):
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INFLUXDB_")}
+        env.update(
+            INFLUXDB_META_DIR=str(self.home / "meta"),
+            INFLUXDB_DATA_DIR=str(self.home / "data"),
+            INFLUXDB_DATA_WAL_DIR=str(self.home / "wal"),
+            INFLUXDB_HTTP_BIND_ADDRESS=f"127.0.0.1:{self.http_port}",
+            INFLUXDB_BIND_ADDRESS=f"127.0.0.1:{self.rpc_port}",
+        )
+        return env
+
+    def argv(self) -> list[str]:
+        return [str(INFLUXD), "-config", str(INFLUX_CONFIG), "-pidfile", str(self.home / "influxd.pid")]
+
+    def problems(self) -> list[str]:
+        try:
+            with urllib.request.urlopen(f"{self.url}/ping", timeout=2) as response:
+                if response.status != 204:
+                    return [f"/ping answered {response.status}"]
+        except (OSError, urllib.error.URLError) as exc:
+            return [f"/ping: {exc}"]
+        return []
+
+    def create_database(self, name: str) -> None:
+        body = urllib.parse.urlencode({"q": f'CREATE DATABASE "{name}"'}).encode()
+        try:
+            with urllib.request.urlopen(f"{self.url}/query", data=body, timeout=10) as response:
+                if response.status != 200:
+                    raise StackError(f"CREATE DATABASE {name} answered {response.status}")
+        except urllib.error.URLError as exc:
+            raise StackError(f"CREATE DATABASE {name} failed: {exc}") from exc

@@ -1,0 +1,85 @@
+"""Start a server as a detached process we can recognise later, and stop exactly that one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+#: How long a server gets to shut down after SIGTERM before it is killed.
+STOP_GRACE_S = 30.0
+
+
+def start_detached(argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """Start `argv` in its own session (it outlives us), output appended to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+    return process
+
+
+def _proc_text(pid: int, name: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def is_ours(pid: int, marker: str) -> bool:
+    """True if `pid` is alive and its command line or environment mentions `marker` (our data directory).
+
+    Pids are recycled: checking for the marker keeps `down` from killing a stranger.
+    """
+    if pid <= 0:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+        return False
+    return marker in _proc_text(pid, "cmdline") or marker in _proc_text(pid, "environ")
+
+
+def stop(pid: int, marker: str, grace_s: float = STOP_GRACE_S) -> bool:
+    """SIGTERM the process group of `pid` if it is ours, SIGKILL after `grace_s`. True if it was running."""
+    if not is_ours(pid, marker):
+        return False
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not is_ours(pid, marker):
+            return True
+        time.sleep(0.1)
+    _signal_group(pid, signal.SIGKILL)
+    while is_ours(pid, marker):
+        time.sleep(0.05)
+    return True
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,257 @@
+"""Bring the whole native stack up, report on it, and take it down again."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hub.config import Settings
+from hub.errors import StackError
+from hub.stack import processes
+from hub.stack.influx import InfluxNode
+from hub.stack.packages import ensure_packages
+from hub.stack.rabbitmq import REPO_ROOT, RabbitNode, RabbitPorts, read_log_tail
+
+#: A cold RabbitMQ start with four plugins takes 10-20 s on two cores; leave room for a busy CI.
+READY_TIMEOUT_S = 180.0
+READY_POLL_S = 0.5
+STATE_FILE = "stack.json"
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    pid: int
+    running: bool
+    endpoints: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StackStatus:
+    root: Path
+    services: list[ServiceStatus]
+    already_running: bool = False
+
+    @property
+    def running(self) -> bool:
+        return bool(self.services) and all(s.running for s in self.services)
+
+
+def stack_root(settings: Settings) -> Path:
+    root = settings.stack_dir
+    return (root if root.is_absolute() else REPO_ROOT / root).resolve()
+
+
+class Stack:
+    """The project-local RabbitMQ node and influxd, with data and logs under one folder."""
+
+    def __init__(self, settings: Settings, root: Path | None = None) -> None:
+        self.settings = settings
+        self.root = (root or stack_root(settings)).resolve()
+        self.state_path = self.root / STATE_FILE
+
+    # --- public --------------------------------------------------------------------------------
+
+    def up(self, progress: Callable[[str], None] = lambda _msg: None) -> StackStatus:
+        """Start both servers and wait until they really answer; a running stack is left alone."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            current = self._status_unlocked()
+            if current.services and any(s.running for s in current.services):
+                if current.running:
+                    current.already_running = True
+                    return current
+                raise StackError(f"the stack under {self.root} is partly running: run `python -m hub stack down` first")
+            installed = ensure_packages()
+            if installed:
+                progress(f"installed Debian packages: {' '.join(installed)}")
+            rabbit, influx = self._nodes(self._choose_ports())
+            self._refuse_busy_ports(rabbit, influx)
+            rabbit.prepare()
+            influx.prepare()
+            started = time.monotonic()
+            influx_process = processes.start_detached(influx.argv(), influx.environment(), influx.log_path, self.root)
+            rabbit_process = processes.start_detached(rabbit.argv(), rabbit.environment(), rabbit.log_path, self.root)
+            self._save_state(rabbit, influx, rabbit_process.pid, influx_process.pid)
+            progress(
+                f"started influxd (pid {influx_process.pid}) and RabbitMQ (pid {rabbit_process.pid}); "
+                "waiting until they answer"
+            )
+            try:
+                self._wait_ready({"InfluxDB": (influx, influx_process), "RabbitMQ": (rabbit, rabbit_process)}, progress)
+                influx.create_database(self.settings.influx_db)
+            except BaseException:
+                self._stop_unlocked()
+                raise
+            progress(f"ready in {time.monotonic() - started:.1f} s")
+            return self._status_unlocked()
+
+    def down(self, purge: bool = False) -> list[str]:
+        """Stop exactly the processes `up` started. Returns the names of those that were running."""
+        if not self.root.exists():
+            return []
+        with self._lock():
+            stopped = self._stop_unlocked()
+        if purge:
+            shutil.rmtree(self.root, ignore_errors=True)
+        return stopped
+
+    def status(self) -> StackStatus:
+        return self._status_unlocked()
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _nodes(
+        self, ports: RabbitPorts, influx_http: int | None = None, influx_rpc: int | None = None
+    ) -> tuple[RabbitNode, InfluxNode]:
+        rabbit = RabbitNode(self.settings, self.root / "rabbitmq", ports)
+        influx = InfluxNode(
+            self.root / "influxdb",
+            influx_http or self.settings.influx_port,
+            influx_rpc or processes.free_port(),
+        )
+        return rabbit, influx
+
+    def _choose_ports(self) -> RabbitPorts:
+        s = self.settings
+        return RabbitPorts(
+            amqp=s.amqp.port,
+            mqtt=s.mqtt_port,
+            stomp=s.stomp_port,
+            management=s.management_port,
+            prometheus=s.rabbitmq_prometheus_port,
+            dist=processes.free_port(),
+            epmd=processes.free_port(),
+        )
+
+    def _refuse_busy_ports(self, rabbit: RabbitNode, influx: InfluxNode) -> None:
+        wanted = {
+            "IOT_AMQP_URL (AMQP port)": rabbit.ports.amqp,
+            "IOT_MQTT_PORT": rabbit.ports.mqtt,
+            "IOT_STOMP_PORT": rabbit.ports.stomp,
+            "IOT_MANAGEMENT_PORT": rabbit.ports.management,
+            "IOT_RABBITMQ_PROMETHEUS_PORT": rabbit.ports.prometheus,
+            "IOT_INFLUX_URL (InfluxDB port)": influx.http_port,
+        }
+        busy = [f"{port} ({name})" for name, port in wanted.items() if processes.port_open("127.0.0.1", port)]
+        if busy:
+            raise StackError(
+                "ports already in use by another program: "
+                + ", ".join(busy)
+                + ". Stop it, or choose other ports with the IOT_* variables or flags."
+            )
+
+    def _wait_ready(
+        self,
+        pending: dict[str, tuple[RabbitNode | InfluxNode, subprocess.Popen[bytes]]],
+        progress: Callable[[str], None],
+    ) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while pending:
+            for name, (node, process) in list(pending.items()):
+                if process.poll() is not None:
+                    raise StackError(
+                        f"{name} exited ({process.returncode}) while starting; "
+                        f"last lines of {node.log_path}:\n" + read_log_tail(node.log_path) + self._rabbit_log_hint(node)
+                    )
+                problems = node.problems()
+                if not problems:
+                    progress(f"{name} is ready")
+                    del pending[name]
+                elif time.monotonic() > deadline:
+                    raise StackError(
+                        f"{name} not ready after {READY_TIMEOUT_S:.0f} s ({'; '.join(problems)}); "
+                        f"see {node.log_path}" + self._rabbit_log_hint(node)
+                    )
+            if pending:
+                time.sleep(READY_POLL_S)
+
+    @staticmethod
+    def _rabbit_log_hint(node: RabbitNode | InfluxNode) -> str:
+        if isinstance(node, RabbitNode):
+            logs = sorted((node.home / "log").glob("*.log"))
+            if logs:
+                return f"\n(node log: {logs[0]})\n" + read_log_tail(logs[0], 15)
+        return ""
+
+    def _stop_unlocked(self) -> list[str]:
+        state = self._load_state()
+        if state is None:
+            return []
+        rabbit, influx = self._nodes(
+            RabbitPorts(**state["rabbit_ports"]), state["influx_http_port"], state["influx_rpc_port"]
+        )
+        stopped = []
+        if processes.stop(state["rabbit_pid"], str(rabbit.home)):
+            stopped.append("RabbitMQ")
+        rabbit.stop_epmd()
+        if processes.stop(state["influx_pid"], str(influx.home)):
+            stopped.append("InfluxDB")
+        self.state_path.unlink(missing_ok=True)
+        return stopped
+
+    def _status_unlocked(self) -> StackStatus:
+        state = self._load_state()
+        if state is None:
+            return StackStatus(self.root, [])
+        ports = RabbitPorts(**state["rabbit_ports"])
+        rabbit, influx = self._nodes(ports, state["influx_http_port"], state["influx_rpc_port"])
+        host = "localhost"
+        return StackStatus(
+            self.root,
+            [
+                ServiceStatus(
+                    "RabbitMQ",
+                    state["rabbit_pid"],
+                    processes.is_ours(state["rabbit_pid"], str(rabbit.home)),
+                    {
+                        "AMQP": f"amqp://{host}:{ports.amqp}/iot",
+                        "MQTT": f"mqtt://{host}:{ports.mqtt}",
+                        "STOMP": f"stomp://{host}:{ports.stomp}",
+                        "management": f"http://{host}:{ports.management}/",
+                        "prometheus": f"http://{host}:{ports.prometheus}/metrics",
+                    },
+                ),
+                ServiceStatus(
+                    "InfluxDB",
+                    state["influx_pid"],
+                    processes.is_ours(state["influx_pid"], str(influx.home)),
+                    {"HTTP": f"http://{host}:{influx.http_port}", "database": self.settings.influx_db},
+                ),
+            ],
+        )
+
+    def _save_state(self, rabbit: RabbitNode, influx: InfluxNode, rabbit_pid: int, influx_pid: int) -> None:
+        state = {
+            "rabbit_pid": rabbit_pid,
+            "influx_pid": influx_pid,
+            "rabbit_ports": asdict(rabbit.ports),
+            "influx_http_port": influx.http_port,
+            "influx_rpc_port": influx.rpc_port,
+            "node_name": rabbit.node_name,
+        }
+        self.state_path.write_text(json.dumps(state, indent=2))
+
+    def _load_state(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        with open(self.root / "stack.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

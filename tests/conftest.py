@@ -1,0 +1,57 @@
+"""The harness: one real RabbitMQ node (MQTT, STOMP) and one real influxd per test session.
+
+They run as local processes on free ports with their data in a temporary directory, started
+by the same code as `python -m hub stack up`, and are always stopped at the end, even when
+tests fail or the run is interrupted.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+import pytest
+
+from hub.config import Settings, load_settings
+from hub.stack import Stack
+from hub.stack.processes import free_port
+
+
+def stack_settings(root: Path) -> Settings:
+    """Settings for a stack under `root` with every port free right now."""
+    ports: set[int] = set()
+    while len(ports) < 6:
+        ports.add(free_port())
+    amqp, mqtt, stomp, management, prometheus, influx = sorted(ports)
+    return load_settings(
+        amqp_url=f"amqp://hub:hub-dev-password@127.0.0.1:{amqp}/iot",
+        mqtt_host="127.0.0.1",
+        mqtt_port=mqtt,
+        stomp_host="127.0.0.1",
+        stomp_port=stomp,
+        management_port=management,
+        rabbitmq_prometheus_port=prometheus,
+        influx_url=f"http://127.0.0.1:{influx}",
+        stack_dir=root,
+    )
+
+
+def _raise_keyboard_interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings pointing at the session's running stack."""
+    # A CI time-out sends SIGTERM: turn it into an exception so the finally below still runs.
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    settings = stack_settings(tmp_path_factory.mktemp("stack"))
+    the_stack = Stack(settings)
+    try:
+        the_stack.up()
+        yield settings
+    finally:
+        the_stack.down()
+        signal.signal(signal.SIGTERM, previous)

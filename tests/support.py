@@ -1,0 +1,79 @@
+"""Small helpers the tests share: talking to the real broker and InfluxDB started by the harness."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+
+from hub.config import Settings
+from hub.contract import EXCHANGE, VHOST
+
+
+def amqp_connection(settings: Settings) -> pika.BlockingConnection:
+    amqp = settings.amqp
+    return pika.BlockingConnection(
+        pika.ConnectionParameters(
+            host=amqp.host,
+            port=amqp.port,
+            virtual_host=VHOST,
+            credentials=pika.PlainCredentials(amqp.user, amqp.password),
+        )
+    )
+
+
+def bind_temporary_queue(channel: BlockingChannel, *patterns: str) -> str:
+    """An exclusive, server-named queue bound to exchange `iot` with each pattern."""
+    queue = channel.queue_declare("", exclusive=True).method.queue
+    for pattern in patterns:
+        channel.queue_bind(queue, EXCHANGE, routing_key=pattern)
+    return queue
+
+
+def collect(
+    connection: pika.BlockingConnection,
+    channel: BlockingChannel,
+    queue: str,
+    count: int,
+    timeout_s: float = 15.0,
+) -> list[tuple[str, bytes, pika.BasicProperties]]:
+    """Up to `count` messages (routing key, body, properties) from `queue`, waiting at most `timeout_s`."""
+    messages: list[tuple[str, bytes, pika.BasicProperties]] = []
+    deadline = time.monotonic() + timeout_s
+    while len(messages) < count and time.monotonic() < deadline:
+        method, properties, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            connection.sleep(0.05)
+            continue
+        messages.append((method.routing_key, body, properties))
+    return messages
+
+
+def influx_query(settings: Settings, query: str, epoch: str = "ms") -> list[dict[str, Any]]:
+    """Run InfluxQL against the harness's InfluxDB; returns the `series` of the first result."""
+    params = urllib.parse.urlencode({"db": settings.influx_db, "q": query, "epoch": epoch})
+    with urllib.request.urlopen(f"{settings.influx_url}/query?{params}", timeout=10) as response:
+        payload = json.loads(response.read())
+    result = payload["results"][0]
+    if "error" in result:
+        raise AssertionError(f"InfluxQL error for {query!r}: {result['error']}")
+    series: list[dict[str, Any]] = result.get("series", [])
+    return series
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float = 15.0, interval_s: float = 0.1) -> Any:
+    """Poll `predicate` until it returns something truthy; return that, or fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        time.sleep(interval_s)
