@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from pydantic import ValidationError
+from pydantic import ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hub.errors import ConfigError
@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     rabbitmq_prometheus_port: int = 15692
     #: Where `python -m hub stack` keeps data, logs and pid files (git-ignored).
     stack_dir: Path = Path(".stack")
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_url_parses(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("amqp", "amqps"):
+            raise ValueError("must look like amqp://user:password@host:port/vhost")
+        return value
 
     @property
     def amqp(self) -> AmqpParts:
