@@ -15,6 +15,9 @@ from hub.errors import HubError
 #: Subcommands, each in the module that owns it: (module, attribute).
 SUBCOMMANDS = [
     ("hub.stack.cli", "stack"),
+    ("hub.control.cli", "send"),
+    ("hub.control.cli", "devices"),
+    ("hub.control.cli", "tail"),
 ]
 
 

@@ -1,0 +1,262 @@
+"""Send a command to one or many devices and wait for their acks.
+
+The order matters: the ack queue is bound to `acks.<device>` BEFORE the command goes out, so
+an ack can never overtake our subscription. Commands are published persistently, with publisher
+confirms and `mandatory`, an id and an expiry (`Command.expires`, and the same AMQP
+`expiration` so an undelivered command does not wait in a device's session forever).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.spec import Basic, BasicProperties
+
+from hub.config import Settings
+from hub.contract import (
+    EXCHANGE,
+    Ack,
+    Command,
+    Scalar,
+    ack_key,
+    command_key,
+    decode,
+    encode,
+    now_ms,
+    require_identifier,
+)
+from hub.control.amqp import connect
+from hub.control.exit_codes import ExitCode
+from hub.control.subscribers import read_subscribed_devices
+from hub.errors import BrokerUnavailable, ConfigError, InvalidMessage
+
+#: How long `send` waits for an ack unless told otherwise.
+DEFAULT_TIMEOUT_S = 10.0
+#: The longest wait allowed; a command is meant for now, not for later.
+MAX_TIMEOUT_S = 3600.0
+#: Granularity of the wait loop (how late a timeout may be noticed).
+POLL_S = 0.05
+
+Origin = Literal["cli", "rule"]
+OutcomeStatus = Literal["ok", "error", "unsupported", "expired", "timeout", "unknown_device"]
+
+_EXIT_CODE: dict[OutcomeStatus, ExitCode] = {
+    "ok": ExitCode.OK,
+    "error": ExitCode.DEVICE_REFUSED,
+    "unsupported": ExitCode.DEVICE_REFUSED,
+    "expired": ExitCode.DEVICE_REFUSED,
+    "timeout": ExitCode.TIMEOUT,
+    "unknown_device": ExitCode.UNKNOWN_DEVICE,
+}
+#: When several devices fare differently, the exit code names the worst: no subscriber, then
+#: silence, then a refusal.
+_SEVERITY = [ExitCode.UNKNOWN_DEVICE, ExitCode.TIMEOUT, ExitCode.DEVICE_REFUSED, ExitCode.OK]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one command to one device."""
+
+    device: str
+    command: str
+    id: str
+    status: OutcomeStatus
+    detail: str = ""
+    state: dict[str, Any] = field(default_factory=dict)
+    rtt_ms: float | None = None
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return _EXIT_CODE[self.status]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "command": self.command,
+            "id": self.id,
+            "status": self.status,
+            "detail": self.detail,
+            "state": self.state,
+            "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 1),
+        }
+
+
+def overall_exit_code(outcomes: Sequence[Outcome]) -> ExitCode:
+    codes = {outcome.exit_code for outcome in outcomes}
+    return next((code for code in _SEVERITY if code in codes), ExitCode.OK)
+
+
+def build_command(command: str, args: dict[str, Scalar], timeout_s: float, at_ms: int | None = None) -> Command:
+    """A valid `Command` that expires when we stop waiting for it, or a usage error."""
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise ConfigError(f"--timeout must be between 0 and {MAX_TIMEOUT_S:.0f} seconds (got {timeout_s:g})")
+    require_identifier(command, "command")
+    ts = now_ms() if at_ms is None else at_ms
+    candidate = Command(id=uuid.uuid4().hex, command=command, args=args, ts=ts, expires=ts + round(timeout_s * 1000))
+    try:
+        return decode(encode(candidate), Command)
+    except InvalidMessage as exc:
+        raise ConfigError(f"command {command!r} with these arguments breaks the contract: {exc.detail}") from None
+
+
+class CommandSender:
+    """One AMQP connection that sends commands and collects their acks; a context manager.
+
+    `origin` becomes the AMQP `app_id` ("cli" or "rule"), which the hub records.
+    """
+
+    def __init__(self, settings: Settings, origin: Origin = "cli") -> None:
+        self.settings = settings
+        self.origin = origin
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self._queue = ""
+        self._bound: set[str] = set()
+        self._expected: set[str] = set()
+        self._acks: dict[str, tuple[Ack, float]] = {}
+
+    def __enter__(self) -> CommandSender:
+        self._connection = connect(self.settings, f"send ({self.origin})")
+        try:
+            channel = self._connection.channel()
+            channel.confirm_delivery()
+            self._queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+            channel.basic_consume(self._queue, self._on_ack, auto_ack=True)
+        except pika.exceptions.AMQPError as exc:
+            self._connection.close()
+            raise BrokerUnavailable(f"RabbitMQ refused to set up the ack queue: {exc}") from None
+        self._channel = channel
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._connection is not None and self._connection.is_open:
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                self._connection.close()
+        self._connection = None
+
+    def send(
+        self,
+        devices: Sequence[str],
+        command: str,
+        args: dict[str, Scalar],
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        on_outcome: Callable[[Outcome], None] = lambda _outcome: None,
+    ) -> list[Outcome]:
+        """Send `command` to every device, wait for each ack until `timeout_s`; outcomes in `devices` order."""
+        for device in devices:
+            require_identifier(device, "device")
+        template = build_command(command, args, timeout_s)
+        subscribed = read_subscribed_devices(self.settings)
+        outcomes: dict[str, Outcome] = {}
+        pending: dict[str, tuple[str, Command, float]] = {}  # command id -> (device, command, sent at)
+
+        def settle(outcome: Outcome) -> None:
+            outcomes[outcome.device] = outcome
+            on_outcome(outcome)
+
+        targets = []
+        for device in dict.fromkeys(devices):
+            if subscribed is not None and device not in subscribed:
+                settle(Outcome(device, command, "", "unknown_device", _no_subscriber(device)))
+            else:
+                targets.append(device)
+        channel = self._require_channel()
+        for device in targets:
+            self._bind(channel, device)
+        deadline = time.monotonic() + timeout_s
+        for device in targets:
+            body = build_command(template.command, template.args, timeout_s)
+            self._expected.add(body.id)
+            sent_at = time.monotonic()
+            try:
+                self._publish(channel, device, body, timeout_s)
+            except pika.exceptions.UnroutableError:
+                settle(Outcome(device, command, body.id, "unknown_device", _no_subscriber(device)))
+                continue
+            pending[body.id] = (device, body, sent_at)
+        while pending:
+            for command_id in [cid for cid in pending if cid in self._acks]:
+                device, body, sent_at = pending.pop(command_id)
+                ack, received_at = self._acks.pop(command_id)
+                rtt_ms = (received_at - sent_at) * 1000
+                settle(Outcome(device, command, command_id, ack.status, ack.detail, dict(ack.state), rtt_ms))
+            remaining = deadline - time.monotonic()
+            if not pending:
+                break
+            if remaining <= 0:
+                for command_id, (device, _body, _sent_at) in pending.items():
+                    settle(Outcome(device, command, command_id, "timeout", _silent(device, timeout_s)))
+                break
+            self._wait(min(remaining, POLL_S))
+        return [outcomes[device] for device in dict.fromkeys(devices)]
+
+    # --- AMQP plumbing ----------------------------------------------------------------------------
+
+    def _require_channel(self) -> BlockingChannel:
+        if self._channel is None:
+            raise RuntimeError("CommandSender is used outside its `with` block")
+        return self._channel
+
+    def _bind(self, channel: BlockingChannel, device: str) -> None:
+        if device not in self._bound:
+            self._guard(lambda: channel.queue_bind(self._queue, EXCHANGE, routing_key=ack_key(device)))
+            self._bound.add(device)
+
+    def _publish(self, channel: BlockingChannel, device: str, body: Command, timeout_s: float) -> None:
+        properties = BasicProperties(
+            content_type="application/json",
+            delivery_mode=pika.DeliveryMode.Persistent,
+            app_id=self.origin,
+            message_id=body.id,
+            timestamp=body.ts // 1000,
+            expiration=str(max(1, round(timeout_s * 1000))),
+        )
+        try:
+            channel.basic_publish(EXCHANGE, command_key(device), encode(body), properties, mandatory=True)
+        except pika.exceptions.NackError:
+            raise BrokerUnavailable(f"RabbitMQ refused (nacked) the command for {device}") from None
+        except (pika.exceptions.UnroutableError, ConfigError):
+            raise
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            raise BrokerUnavailable(f"lost the connection to RabbitMQ while sending: {exc!r}") from None
+
+    def _wait(self, seconds: float) -> None:
+        connection = self._connection
+        assert connection is not None
+        self._guard(lambda: connection.process_data_events(time_limit=seconds))
+
+    @staticmethod
+    def _guard(action: Callable[[], object]) -> None:
+        try:
+            action()
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            raise BrokerUnavailable(f"lost the connection to RabbitMQ: {exc or type(exc).__name__}") from None
+
+    def _on_ack(self, _channel: BlockingChannel, _method: Basic.Deliver, _props: BasicProperties, body: bytes) -> None:
+        received_at = time.monotonic()
+        try:
+            ack = decode(body, Ack)
+        except InvalidMessage:
+            return  # not ours to judge: the hub dead-letters invalid acks from its own queue
+        if ack.id in self._expected:
+            self._expected.discard(ack.id)
+            self._acks[ack.id] = (ack, received_at)
+
+
+def _no_subscriber(_device: str) -> str:
+    return "no device by that name is listening for commands (unknown, or offline)"
+
+
+def _silent(_device: str, timeout_s: float) -> str:
+    return f"no answer within {timeout_s:g} s; the command expires unexecuted"

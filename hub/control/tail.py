@@ -1,0 +1,192 @@
+"""`tail`: what crosses exchange `iot`, one readable line per message.
+
+`describe()` is the plain core (routing key + body -> a short text and a style); `Tail` only
+binds an exclusive, auto-delete queue and hands each delivery to a callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.spec import Basic, BasicProperties
+
+from hub.config import Settings
+from hub.contract import (
+    EXCHANGE,
+    IDENTIFIER_PATTERN,
+    SENSOR_UNITS,
+    Ack,
+    Alert,
+    Command,
+    Presence,
+    decode,
+    decode_reading,
+)
+from hub.control.amqp import connect
+from hub.errors import BrokerUnavailable, ConfigError, InvalidMessage
+
+#: A slow terminal must not make the broker hoard messages for us: past this many waiting,
+#: the oldest are dropped (tail is a viewer, not a consumer of record).
+MAX_BACKLOG_MESSAGES = 10_000
+#: How much of a body that is not valid JSON of the contract is shown.
+RAW_PREVIEW_CHARS = 160
+POLL_S = 0.2
+
+_WORD = re.compile(IDENTIFIER_PATTERN)
+_SEVERITY_STYLE = {"info": "blue", "warning": "yellow", "critical": "bold red"}
+
+
+def require_pattern(pattern: str) -> str:
+    """A routing-key pattern of contract words, `*` and `#` (e.g. `telemetry.plant-a.#`)."""
+    words = pattern.split(".")
+    if not all(word in ("*", "#") or _WORD.match(word) for word in words):
+        raise ConfigError(
+            f"routing pattern {pattern!r} is not allowed: use dot-separated words of a-z, 0-9, '_', '-', "
+            "or * (one word) and # (any words), e.g. telemetry.plant-a.# or alerts.critical.#"
+        )
+    return pattern
+
+
+@dataclass(frozen=True)
+class Line:
+    """What `tail` shows for one message."""
+
+    text: str
+    style: str
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _pairs(values: dict[str, Any], units: bool = False) -> str:
+    parts = []
+    for name, value in values.items():
+        unit = SENSOR_UNITS.get(name, "") if units and not isinstance(value, bool) else ""
+        parts.append(f"{name}={_value(value)}{unit}")
+    return " ".join(parts)
+
+
+def describe(routing_key: str, body: bytes, app_id: str | None = None) -> Line:
+    """A compact, readable text for a message and the style that says what kind it is."""
+    family = routing_key.split(".", 1)[0]
+    try:
+        if family == "telemetry":
+            reading = decode_reading(body)
+            return Line(f"{_pairs(reading.readings, units=True)}  seq={reading.seq}", "green")
+        if family == "status":
+            presence = decode(body, Presence)
+            text = (
+                f"{presence.state} {presence.protocol} {presence.kind}@{presence.site} every {presence.interval_ms} ms"
+            )
+            return Line(
+                text + (f" fw {presence.fw}" if presence.fw else ""), "cyan" if presence.state == "online" else "yellow"
+            )
+        if family == "commands":
+            command = decode(body, Command)
+            origin = f" from {app_id}" if app_id else ""
+            args = f" {_pairs(command.args)}" if command.args else ""
+            return Line(f"{command.command}{args}  id={command.id[:8]}{origin}", "magenta")
+        if family == "acks":
+            ack = decode(body, Ack)
+            detail = f" {ack.detail}" if ack.detail else ""
+            state = f"  state {_pairs(ack.state)}" if ack.state else ""
+            return Line(f"{ack.status}{detail}{state}  id={ack.id[:8]}", "bold green" if ack.status == "ok" else "red")
+        if family == "alerts":
+            alert = decode(body, Alert)
+            text = f"{alert.severity} {alert.rule}: {alert.message} ({alert.sensor}={_value(alert.value)})"
+            return Line(text, _SEVERITY_STYLE[alert.severity])
+    except InvalidMessage as exc:
+        return Line(f"invalid ({exc.reason}): {_preview(body)}", "bold red")
+    return Line(_preview(body), "white")
+
+
+def _preview(body: bytes) -> str:
+    text = body.decode("utf-8", errors="replace").replace("\n", " ")
+    return text if len(text) <= RAW_PREVIEW_CHARS else text[:RAW_PREVIEW_CHARS] + "…"
+
+
+def as_json_line(routing_key: str, body: bytes, app_id: str | None, received_ms: int) -> str:
+    """One JSON object per message, the body parsed when it is JSON, else as text."""
+    try:
+        parsed: Any = json.loads(body)
+    except ValueError:
+        parsed = body.decode("utf-8", errors="replace")
+    record = {"time": received_ms, "routing_key": routing_key, "app_id": app_id, "body": parsed}
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+Handler = Callable[[str, bytes, BasicProperties], None]
+
+
+class Tail:
+    """An exclusive, auto-delete queue bound to `patterns` on exchange `iot`; a context manager."""
+
+    def __init__(self, settings: Settings, patterns: Sequence[str]) -> None:
+        self.settings = settings
+        self.patterns = [require_pattern(p) for p in patterns] or ["#"]
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self._handler: Handler = lambda _rk, _body, _props: None
+        self.count = 0
+
+    def __enter__(self) -> Tail:
+        self._connection = connect(self.settings, "tail")
+        try:
+            channel = self._connection.channel()
+            queue = channel.queue_declare(
+                "",
+                exclusive=True,
+                auto_delete=True,
+                arguments={"x-max-length": MAX_BACKLOG_MESSAGES, "x-overflow": "drop-head"},
+            ).method.queue
+            for pattern in self.patterns:
+                channel.queue_bind(queue, EXCHANGE, routing_key=pattern)
+            channel.basic_consume(queue, self._on_message, auto_ack=True)
+        except pika.exceptions.AMQPError as exc:
+            self._connection.close()
+            raise BrokerUnavailable(f"RabbitMQ refused the tail queue: {exc!r}") from None
+        self._channel = channel
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._connection is not None and self._connection.is_open:
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                self._connection.close()
+        self._connection = None
+
+    def follow(self, handler: Handler, max_count: int | None = None, seconds: float | None = None) -> int:
+        """Hand each message to `handler` until `max_count` messages or `seconds` passed (or forever)."""
+        connection = self._connection
+        if connection is None:
+            raise RuntimeError("Tail is used outside its `with` block")
+        self._handler = handler
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while max_count is None or self.count < max_count:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            try:
+                connection.process_data_events(time_limit=POLL_S)
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                raise BrokerUnavailable(f"lost the connection to RabbitMQ: {exc!r}") from None
+        return self.count
+
+    def _on_message(self, channel: BlockingChannel, method: Basic.Deliver, props: BasicProperties, body: bytes) -> None:
+        self.count += 1
+        self._handler(method.routing_key, body, props)
