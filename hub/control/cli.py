@@ -187,14 +187,14 @@ def _print_outcome(outcome: Outcome, args: dict[str, Any]) -> None:
     err = _console(stderr=True)
     if outcome.status == "unknown_device":
         err.print(
-            f"[red]✗[/] {outcome.device} {call}: no device {outcome.device!r} is listening for commands "
-            "(unknown, or offline): see `python -m hub devices`"
+            f"[red]✗[/] {outcome.device} {call}: unknown device: nothing listens for its commands and the fleet "
+            "has never seen it; check the name with `python -m hub devices`"
         )
         return
     if outcome.status == "timeout":
         err.print(
-            f"[red]✗[/] {outcome.device} {call}: {outcome.detail}. The device is subscribed but silent "
-            "(stopped, busy or cut off): see `python -m hub devices`, or retry with a longer --timeout"
+            f"[red]✗[/] {outcome.device} {call}: timeout: {outcome.detail}; see `python -m hub devices`, "
+            "or retry with a longer --timeout"
         )
         return
     rtt = f" in {outcome.rtt_ms:.1f} ms" if outcome.rtt_ms is not None else ""

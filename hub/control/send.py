@@ -36,8 +36,9 @@ from hub.contract import (
 )
 from hub.control.amqp import connect
 from hub.control.exit_codes import ExitCode
+from hub.control.fleet import read_fleet
 from hub.control.subscribers import read_subscribed_devices
-from hub.errors import BrokerUnavailable, ConfigError, InvalidMessage
+from hub.errors import BrokerUnavailable, ConfigError, InvalidMessage, StorageUnavailable
 
 #: How long `send` waits for an ack unless told otherwise.
 DEFAULT_TIMEOUT_S = 10.0
@@ -45,6 +46,8 @@ DEFAULT_TIMEOUT_S = 10.0
 MAX_TIMEOUT_S = 3600.0
 #: Granularity of the wait loop (how late a timeout may be noticed).
 POLL_S = 0.05
+#: How often the broker is asked whether an offline device has subscribed again.
+SUBSCRIPTION_POLL_S = 0.25
 
 Origin = Literal["cli", "rule"]
 OutcomeStatus = Literal["ok", "error", "unsupported", "expired", "timeout", "unknown_device"]
@@ -153,53 +156,85 @@ class CommandSender:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         on_outcome: Callable[[Outcome], None] = lambda _outcome: None,
     ) -> list[Outcome]:
-        """Send `command` to every device, wait for each ack until `timeout_s`; outcomes in `devices` order."""
+        """Send `command` to every device, wait for each ack until `timeout_s`; outcomes in `devices` order.
+
+        A device the broker has no subscription for is `unknown_device` at once, unless the fleet
+        view knows it: then it is offline (rebooting, reconnecting), and the command goes out as
+        soon as it subscribes again, or ends as `timeout`.
+        """
         for device in devices:
             require_identifier(device, "device")
-        template = build_command(command, args, timeout_s)
-        subscribed = read_subscribed_devices(self.settings)
+        build_command(command, args, timeout_s)
+        deadline = time.monotonic() + timeout_s
         outcomes: dict[str, Outcome] = {}
-        pending: dict[str, tuple[str, Command, float]] = {}  # command id -> (device, command, sent at)
+        in_flight: dict[str, tuple[str, float]] = {}  # command id -> (device, sent at)
 
         def settle(outcome: Outcome) -> None:
             outcomes[outcome.device] = outcome
             on_outcome(outcome)
 
-        targets = []
-        for device in dict.fromkeys(devices):
-            if subscribed is not None and device not in subscribed:
-                settle(Outcome(device, command, "", "unknown_device", _no_subscriber(device)))
-            else:
-                targets.append(device)
+        wanted = list(dict.fromkeys(devices))
         channel = self._require_channel()
-        for device in targets:
+        for device in wanted:
             self._bind(channel, device)
-        deadline = time.monotonic() + timeout_s
-        for device in targets:
-            body = build_command(template.command, template.args, timeout_s)
-            self._expected.add(body.id)
-            sent_at = time.monotonic()
-            try:
-                self._publish(channel, device, body, timeout_s)
-            except pika.exceptions.UnroutableError:
-                settle(Outcome(device, command, body.id, "unknown_device", _no_subscriber(device)))
-                continue
-            pending[body.id] = (device, body, sent_at)
-        while pending:
-            for command_id in [cid for cid in pending if cid in self._acks]:
-                device, body, sent_at = pending.pop(command_id)
+        subscribed = read_subscribed_devices(self.settings)
+        offline: set[str] = set()
+        if subscribed is not None and any(device not in subscribed for device in wanted):
+            known = self._known_devices()
+            for device in wanted:
+                if device in subscribed:
+                    continue
+                if known is not None and device in known:
+                    offline.add(device)
+                else:
+                    settle(Outcome(device, command, "", "unknown_device", _no_subscriber(device)))
+        ready = [device for device in wanted if device not in outcomes and device not in offline]
+        next_check = time.monotonic() + SUBSCRIPTION_POLL_S
+        while True:
+            for device in ready:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    offline.add(device)
+                    continue
+                body = build_command(command, args, remaining)
+                self._expected.add(body.id)
+                sent_at = time.monotonic()
+                try:
+                    self._publish(channel, device, body, remaining)
+                except pika.exceptions.UnroutableError:
+                    settle(Outcome(device, command, body.id, "unknown_device", _no_subscriber(device)))
+                    continue
+                in_flight[body.id] = (device, sent_at)
+            ready = []
+            for command_id in [cid for cid in in_flight if cid in self._acks]:
+                device, sent_at = in_flight.pop(command_id)
                 ack, received_at = self._acks.pop(command_id)
                 rtt_ms = (received_at - sent_at) * 1000
                 settle(Outcome(device, command, command_id, ack.status, ack.detail, dict(ack.state), rtt_ms))
-            remaining = deadline - time.monotonic()
-            if not pending:
+            if not in_flight and not offline:
                 break
-            if remaining <= 0:
-                for command_id, (device, _body, _sent_at) in pending.items():
-                    settle(Outcome(device, command, command_id, "timeout", _silent(device, timeout_s)))
+            now = time.monotonic()
+            if now >= deadline:
+                for command_id, (device, _sent_at) in in_flight.items():
+                    settle(Outcome(device, command, command_id, "timeout", _silent(timeout_s)))
+                for device in sorted(offline):
+                    settle(Outcome(device, command, "", "timeout", _offline(timeout_s)))
                 break
-            self._wait(min(remaining, POLL_S))
-        return [outcomes[device] for device in dict.fromkeys(devices)]
+            if offline and now >= next_check:
+                next_check = now + SUBSCRIPTION_POLL_S
+                back = offline & (read_subscribed_devices(self.settings) or set())
+                offline -= back
+                ready = sorted(back)
+                continue
+            self._wait(min(deadline - now, POLL_S))
+        return [outcomes[device] for device in wanted]
+
+    def _known_devices(self) -> set[str] | None:
+        """Devices the fleet view knows, or None when InfluxDB cannot say."""
+        try:
+            return {view.device for view in read_fleet(self.settings)}
+        except StorageUnavailable:
+            return None
 
     # --- AMQP plumbing ----------------------------------------------------------------------------
 
@@ -255,8 +290,12 @@ class CommandSender:
 
 
 def _no_subscriber(_device: str) -> str:
-    return "no device by that name is listening for commands (unknown, or offline)"
+    return "no device by that name is listening for commands, and the fleet has never seen it"
 
 
-def _silent(_device: str, timeout_s: float) -> str:
+def _silent(timeout_s: float) -> str:
     return f"no answer within {timeout_s:g} s; the command expires unexecuted"
+
+
+def _offline(timeout_s: float) -> str:
+    return f"offline: it did not come back within {timeout_s:g} s, so the command was not sent"
