@@ -1,0 +1,220 @@
+"""One simulated device without I/O: identity, the reading sequence, its outbox and command handling.
+
+The fleet's event loop moves bytes between a `SimulatedDevice` and its broker connection; every
+decision (what the next reading is, what a command does, what the ack says) is made here.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+from devices.faults import FaultInjector
+from devices.models import KINDS, MODELS, CommandRefused, SensorModel
+from devices.outbox import Outbox
+from hub.contract import (
+    COMMAND_ID_PATTERN,
+    Ack,
+    AckStatus,
+    Command,
+    Presence,
+    Protocol,
+    Reading,
+    decode,
+    encode,
+    now_ms,
+    require_identifier,
+)
+from hub.errors import ConfigError, InvalidMessage
+
+FIRMWARE = "sim-1.0.0"
+DEFAULT_SITE = "plant-a"
+DEFAULT_INTERVAL_MS = 1_000
+MIN_INTERVAL_MS = 100
+MAX_INTERVAL_MS = 3_600_000
+PROTOCOLS: tuple[Protocol, ...] = ("mqtt", "stomp")
+ProtocolChoice = Literal["mqtt", "stomp", "mixed"]
+#: Commands every kind understands; the kind-specific ones live on the models.
+COMMON_COMMANDS = frozenset({"ping", "set_interval", "reboot"})
+_COMMAND_ID = re.compile(COMMAND_ID_PATTERN)
+ACTUATOR_COMMANDS = {command: model.kind for model in MODELS.values() for command in model.commands}
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """Who a device is: `<prefix>-<NNNN>` (numbered per kind), its kind, protocol and site."""
+
+    device_id: str
+    kind: str
+    protocol: Protocol
+    site: str
+
+    def __post_init__(self) -> None:
+        require_identifier(self.device_id, "device")
+        require_identifier(self.kind, "kind")
+        require_identifier(self.site, "site")
+
+
+def plan_fleet(
+    count: int, kinds: Sequence[str] = KINDS, protocol: ProtocolChoice = "mixed", site: str = DEFAULT_SITE
+) -> list[DeviceSpec]:
+    """`count` devices cycling through `kinds`; `mixed` alternates protocols so every kind gets both."""
+    if count < 1:
+        raise ConfigError(f"--count must be at least 1 (got {count})")
+    unknown = [kind for kind in kinds if kind not in MODELS]
+    if unknown or not kinds:
+        raise ConfigError(f"unknown kind(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(KINDS)}")
+    if protocol not in ("mqtt", "stomp", "mixed"):
+        raise ConfigError(f"--protocol must be mqtt, stomp or mixed (got {protocol!r})")
+    require_identifier(site, "site")
+    numbers = dict.fromkeys(kinds, 0)
+    specs = []
+    for index in range(count):
+        kind = kinds[index % len(kinds)]
+        numbers[kind] += 1
+        if protocol == "mixed":
+            chosen: Protocol = PROTOCOLS[(index + index // len(kinds)) % 2]
+        else:
+            chosen = protocol
+        specs.append(DeviceSpec(f"{MODELS[kind].prefix}-{numbers[kind]:04d}", kind, chosen, site))
+    return specs
+
+
+def device_rng(seed: int | None, device_id: str) -> random.Random:
+    """Each device's own random stream: with a seed, the same device always draws the same numbers."""
+    return random.Random(f"{seed}/{device_id}") if seed is not None else random.Random()
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    ack: Ack
+    reboot: bool = False
+    interval_changed: bool = False
+
+
+class _CommandId(msgspec.Struct):
+    id: str = ""
+
+
+@dataclass
+class SimulatedDevice:
+    spec: DeviceSpec
+    model: SensorModel
+    faults: FaultInjector
+    interval_ms: int = DEFAULT_INTERVAL_MS
+    seq: int = 0
+    outbox: Outbox = field(default_factory=Outbox)
+    commands_handled: int = 0
+    bad_commands: int = 0
+
+    @classmethod
+    def create(
+        cls,
+        spec: DeviceSpec,
+        seed: int | None = None,
+        interval_ms: int = DEFAULT_INTERVAL_MS,
+        fault_rate: float = 0.0,
+        start_s: float | None = None,
+    ) -> SimulatedDevice:
+        rng = device_rng(seed, spec.device_id)
+        start = now_ms() / 1000.0 if start_s is None else start_s
+        model = MODELS[spec.kind](rng, start)
+        faults = FaultInjector(random.Random(rng.random()), fault_rate)
+        return cls(spec, model, faults, interval_ms=interval_ms)
+
+    @property
+    def device_id(self) -> str:
+        return self.spec.device_id
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def protocol(self) -> Protocol:
+        return self.spec.protocol
+
+    @property
+    def site(self) -> str:
+        return self.spec.site
+
+    def state(self) -> dict[str, Any]:
+        """What an ack reports: the reading interval plus the kind's actuators."""
+        return {"interval_ms": self.interval_ms, **self.model.state()}
+
+    def produce(self, at_ms: int) -> Reading | None:
+        """The next reading (queued in the outbox), or None while a dropout fault keeps the device quiet."""
+        values = self.faults.apply(self.model.sample(at_ms / 1000.0))
+        if values is None:
+            return None
+        self.seq += 1
+        reading = Reading(
+            device=self.device_id, site=self.site, kind=self.kind, seq=self.seq, ts=at_ms, readings=values
+        )
+        self.outbox.add(self.seq, encode(reading))
+        return reading
+
+    def presence(self, state: Literal["online", "offline"], at_ms: int | None = None) -> Presence:
+        return Presence(
+            device=self.device_id,
+            state=state,
+            protocol=self.protocol,
+            kind=self.kind,
+            site=self.site,
+            interval_ms=self.interval_ms,
+            fw=FIRMWARE,
+            ts=now_ms() if at_ms is None else at_ms,
+        )
+
+    def handle_command(self, body: bytes, at_ms: int | None = None) -> CommandOutcome | None:
+        """Parse and execute a command body; None when it has no usable id to answer to."""
+        at = now_ms() if at_ms is None else at_ms
+        try:
+            command = decode(body, Command)
+        except InvalidMessage as exc:
+            self.bad_commands += 1
+            try:
+                command_id = msgspec.json.decode(body, type=_CommandId).id
+            except msgspec.MsgspecError:
+                return None
+            if not _COMMAND_ID.match(command_id):
+                return None
+            return CommandOutcome(self._ack(command_id, "error", f"invalid command: {exc}", at))
+        return self.execute(command, at)
+
+    def execute(self, command: Command, at_ms: int) -> CommandOutcome:
+        self.commands_handled += 1
+        if command.expired(at_ms):
+            return CommandOutcome(self._ack(command.id, "expired", f"expired {at_ms - command.expires} ms ago", at_ms))
+        name, args = command.command, command.args
+        if name == "ping":
+            return CommandOutcome(self._ack(command.id, "ok", "pong", at_ms))
+        if name == "set_interval":
+            ms = args.get("ms")
+            if isinstance(ms, bool) or not isinstance(ms, int) or not MIN_INTERVAL_MS <= ms <= MAX_INTERVAL_MS:
+                detail = f"argument 'ms' must be an integer from {MIN_INTERVAL_MS} to {MAX_INTERVAL_MS} (got {ms!r})"
+                return CommandOutcome(self._ack(command.id, "error", detail, at_ms))
+            self.interval_ms = ms
+            return CommandOutcome(self._ack(command.id, "ok", "", at_ms), interval_changed=True)
+        if name == "reboot":
+            return CommandOutcome(self._ack(command.id, "ok", "rebooting", at_ms), reboot=True)
+        if name in self.model.commands:
+            try:
+                self.model.actuate(name, args)
+            except CommandRefused as exc:
+                return CommandOutcome(self._ack(command.id, "error", str(exc), at_ms))
+            return CommandOutcome(self._ack(command.id, "ok", "", at_ms))
+        if name in ACTUATOR_COMMANDS:
+            detail = f"{name} is for {ACTUATOR_COMMANDS[name]} devices, this is {self.kind}"
+        else:
+            supported = sorted(COMMON_COMMANDS | self.model.commands)
+            detail = f"unknown command {name!r}; {self.kind} supports {', '.join(supported)}"
+        return CommandOutcome(self._ack(command.id, "unsupported", detail, at_ms))
+
+    def _ack(self, command_id: str, status: AckStatus, detail: str, at_ms: int) -> Ack:
+        return Ack(id=command_id, device=self.device_id, status=status, detail=detail, state=self.state(), ts=at_ms)

@@ -1,0 +1,507 @@
+"""A fleet of simulated devices driven by one event loop thread: the in-process API.
+
+    with Fleet(settings, count=4, protocol="mixed", interval_s=1.0, site="plant-a", seed=1) as fleet:
+        fleet.devices            # SimulatedDevice: .device_id .kind .protocol .site .seq .state()
+        fleet.stats()            # FleetStats, per protocol
+        fleet.cut("env-0001", for_s=2.0)       # pull the cable; it reconnects with backoff after 2 s
+        fleet.stop_device("th-0001")           # switch one off (offline status; commands now time out)
+        fleet.start_device("th-0001")          # and on again; seq carries on
+
+One thread owns every device's state. It runs a timer heap (one entry per device's next
+reading, reconnects, keep-alives) and a selector over every MQTT socket; STOMP connections'
+own threads only hand events to it through `call_soon`. That is what lets one process keep a
+thousand devices on schedule where a thread per device would not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from devices.backoff import Backoff
+from devices.device import (
+    DEFAULT_SITE,
+    ProtocolChoice,
+    SimulatedDevice,
+    device_rng,
+    plan_fleet,
+)
+from devices.links import LinkDown
+from devices.models import KINDS
+from devices.mqtt_link import MqttLink
+from devices.outbox import MAX_IN_FLIGHT
+from devices.stats import FleetStats, LagRecorder, ProtocolStats
+from devices.stomp_link import StompLink
+from hub.config import Settings
+from hub.contract import ack_key, encode, now_ms, status_key, telemetry_key
+from hub.errors import BrokerUnavailable, ConfigError
+
+#: How long `start()` waits for every device to be online before giving up.
+CONNECT_WAIT_S = 30.0
+#: A rebooting device is off (no readings, no connection) for this long.
+REBOOT_DOWNTIME_S = 1.0
+#: On shutdown: how long to wait for buffered readings to be confirmed, then for devices to say goodbye.
+DRAIN_TIMEOUT_S = 5.0
+GOODBYE_TIMEOUT_S = 10.0
+#: How often MQTT clients get their keep-alive housekeeping.
+KEEPALIVE_TICK_S = 1.0
+#: Threads that run blocking STOMP connects and disconnects (spread over the fleet, not one per device).
+STOMP_POOL_THREADS = 8
+#: Longest the loop sleeps when nothing is due, so stop requests are seen promptly.
+MAX_SLEEP_S = 0.5
+
+DeviceState = Literal["connecting", "online", "waiting", "rebooting", "stopped", "closing", "closed"]
+AnyLink = MqttLink | StompLink
+T = TypeVar("T")
+
+
+@dataclass
+class _Runtime:
+    """The shell around one `SimulatedDevice`: its current link, connection state and counters."""
+
+    device: SimulatedDevice
+    backoff: Backoff
+    routing_key: str
+    state: DeviceState = "connecting"
+    link: AnyLink | None = None
+    powered: bool = True
+    #: What the next link_down means: an unplanned loss, or a reboot / stop / shutdown we asked for.
+    intent: Literal["run", "reboot", "stop", "shutdown"] = "run"
+    schedule: int = 0
+    attempt: int = 0
+    ever_online: bool = False
+    offline_until: float = 0.0
+    sent: int = 0
+    reconnects: int = 0
+    errors: int = 0
+    last_error: str = ""
+
+
+class Fleet:
+    """Simulated devices, each with its own broker connection and identity, behind one event loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        count: int = 50,
+        protocol: ProtocolChoice = "mixed",
+        interval_s: float = 1.0,
+        kinds: Sequence[str] = KINDS,
+        site: str = DEFAULT_SITE,
+        seed: int | None = None,
+        fault_rate: float = 0.0,
+    ) -> None:
+        interval_ms = round(interval_s * 1000)
+        if interval_ms < 1:
+            raise ConfigError(f"--interval must be at least 0.001 s (got {interval_s})")
+        if not 0.0 <= fault_rate <= 1.0:
+            raise ConfigError(f"--fault-rate must be between 0 and 1 (got {fault_rate})")
+        self.settings = settings
+        specs = plan_fleet(count, list(kinds), protocol, site)
+        started = time.time()
+        self.devices: list[SimulatedDevice] = [
+            SimulatedDevice.create(spec, seed=seed, interval_ms=interval_ms, fault_rate=fault_rate, start_s=started)
+            for spec in specs
+        ]
+        self._runtimes = {
+            d.device_id: _Runtime(
+                d, Backoff(device_rng(seed, d.device_id + "/backoff")), telemetry_key(d.site, d.kind, d.device_id)
+            )
+            for d in self.devices
+        }
+        self.lag = LagRecorder()
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._inbox: deque[Callable[[], None]] = deque()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_order = itertools.count()
+        self._dirty: set[MqttLink] = set()
+        self._pool = ThreadPoolExecutor(STOMP_POOL_THREADS, thread_name_prefix="stomp-connect")
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._finished = False
+        self._started_at = 0.0
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def __enter__(self) -> Fleet:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def start(self, wait_s: float | None = CONNECT_WAIT_S) -> None:
+        """Connect every device and start their readings; with `wait_s`, wait until all are online."""
+        self._started_at = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="fleet-loop", daemon=True)
+        self._thread.start()
+        if wait_s is None:
+            return
+        if not self.wait_online(timeout_s=wait_s):
+            missing = [rt for rt in self._runtimes.values() if rt.state != "online"]
+            reasons = sorted({rt.last_error for rt in missing if rt.last_error}) or ["no answer"]
+            self.close()
+            raise BrokerUnavailable(
+                f"{len(missing)} of {len(self._runtimes)} devices not online after {wait_s:g} s "
+                f"(MQTT {self.settings.mqtt_host}:{self.settings.mqtt_port}, "
+                f"STOMP {self.settings.stomp_host}:{self.settings.stomp_port}): {'; '.join(reasons[:3])}"
+            )
+
+    def close(self) -> None:
+        """Stop readings, wait (bounded) for buffered ones to be confirmed, say offline, disconnect."""
+        if self._thread is None:
+            return
+        self.call_soon(self._begin_shutdown)
+        self._thread.join(DRAIN_TIMEOUT_S + GOODBYE_TIMEOUT_S + 5.0)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and not self._finished
+
+    # --- what other threads may ask --------------------------------------------------------------
+
+    def device(self, device_id: str) -> SimulatedDevice:
+        return self._runtime(device_id).device
+
+    def is_online(self, device_id: str) -> bool:
+        return self._runtime(device_id).state == "online"
+
+    def wait_online(self, device_ids: Iterable[str] | None = None, timeout_s: float = CONNECT_WAIT_S) -> bool:
+        wanted = [self._runtime(i) for i in device_ids] if device_ids is not None else list(self._runtimes.values())
+        deadline = time.monotonic() + timeout_s
+        while any(rt.state != "online" for rt in wanted):
+            if time.monotonic() > deadline or self._finished:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def cut(self, device_id: str, for_s: float = 0.0) -> None:
+        """Drop one device's connection abruptly; it starts reconnecting (with backoff) after `for_s`."""
+        rt = self._runtime(device_id)
+
+        def cut() -> None:
+            rt.offline_until = time.monotonic() + for_s
+            if rt.link is not None:
+                rt.link.cut()
+
+        self._in_loop(cut)
+
+    def stop_device(self, device_id: str, clean: bool = True) -> None:
+        """Switch one device off: readings stop; `clean` says offline first, else the connection just dies."""
+        rt = self._runtime(device_id)
+
+        def stop() -> None:
+            rt.intent, rt.powered, rt.state = "stop", False, "stopped"
+            rt.schedule += 1
+            if rt.link is not None:
+                if clean:
+                    rt.link.close(encode(rt.device.presence("offline")))
+                else:
+                    rt.link.cut()
+
+        self._in_loop(stop)
+
+    def start_device(self, device_id: str) -> None:
+        """Switch a stopped device on again: it reconnects and its readings carry on from the same seq."""
+        rt = self._runtime(device_id)
+        self._in_loop(lambda: self._power_on(rt))
+
+    def stats(self) -> FleetStats:
+        by_protocol: dict[str, ProtocolStats] = {}
+        for rt in list(self._runtimes.values()):
+            d = rt.device
+            one = ProtocolStats(
+                devices=1,
+                online=int(rt.state == "online"),
+                produced=d.seq,
+                sent=rt.sent,
+                confirmed=d.outbox.confirmed,
+                buffered=len(d.outbox),
+                dropped=d.outbox.dropped,
+                reconnects=rt.reconnects,
+                commands=d.commands_handled,
+                errors=rt.errors + d.bad_commands,
+            )
+            by_protocol[d.protocol] = by_protocol.get(d.protocol, ProtocolStats()) + one
+        elapsed = time.monotonic() - self._started_at if self._started_at else 0.0
+        return FleetStats(by_protocol=by_protocol, elapsed_s=elapsed, lag=self.lag.summary())
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run `callback` on the event loop thread (safe from any thread)."""
+        self._inbox.append(callback)
+        with contextlib.suppress(OSError):  # a full wake-up pipe means the loop is awake already
+            self._wake_w.send(b"\0")
+
+    # --- the event loop ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        count = len(self._runtimes)
+        for index, rt in enumerate(self._runtimes.values()):
+            self._connect(rt)
+            # Spread first readings over one interval so the fleet does not publish in bursts.
+            self._schedule_reading(rt, start + rt.device.interval_ms / 1000.0 * index / count)
+        self._call_at(start + KEEPALIVE_TICK_S, self._keepalive)
+        try:
+            while not self._finished:
+                self._turn()
+        finally:
+            for rt in self._runtimes.values():
+                if rt.link is not None:
+                    rt.link.cut()
+            self._selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _turn(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, callback = heapq.heappop(self._timers)
+            callback()
+        self._flush()
+        timeout = MAX_SLEEP_S
+        if self._timers:
+            timeout = min(timeout, max(0.0, self._timers[0][0] - time.monotonic()))
+        if self._inbox:
+            timeout = 0.0
+        for key, mask in self._selector.select(timeout):
+            if key.data is None:
+                with contextlib.suppress(BlockingIOError):
+                    while self._wake_r.recv(4096):
+                        pass
+            else:
+                key.data.on_ready(mask)
+        while self._inbox:
+            self._inbox.popleft()()
+        self._flush()
+
+    def _flush(self) -> None:
+        while self._dirty:
+            self._dirty.pop().flush()
+
+    def _call_at(self, when: float, callback: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (when, next(self._timer_order), callback))
+
+    def _in_loop(self, action: Callable[[], T]) -> T:
+        if threading.current_thread() is self._thread:
+            return action()
+        future: Future[T] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(action())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        self.call_soon(run)
+        return future.result(timeout=10.0)
+
+    def _runtime(self, device_id: str) -> _Runtime:
+        try:
+            return self._runtimes[device_id]
+        except KeyError:
+            raise ConfigError(f"no device {device_id!r} in this fleet") from None
+
+    def _keepalive(self) -> None:
+        for rt in self._runtimes.values():
+            if rt.link is not None:
+                rt.link.tick()
+        if not self._stopping:
+            self._call_at(time.monotonic() + KEEPALIVE_TICK_S, self._keepalive)
+
+    # --- readings ------------------------------------------------------------------------------
+
+    def _schedule_reading(self, rt: _Runtime, due: float) -> None:
+        schedule = rt.schedule
+        self._call_at(due, lambda: self._reading_due(rt, schedule, due))
+
+    def _reading_due(self, rt: _Runtime, schedule: int, due: float) -> None:
+        if schedule != rt.schedule or not rt.powered or self._stopping:
+            return
+        self.lag.add(time.monotonic() - due)
+        rt.device.produce(now_ms())
+        self._pump(rt)
+        self._schedule_reading(rt, due + rt.device.interval_ms / 1000.0)
+
+    def _pump(self, rt: _Runtime) -> None:
+        """Hand waiting readings to the broker, in seq order, as far as the in-flight window allows."""
+        link = rt.link
+        if link is None or rt.state != "online":
+            return
+        outbox = rt.device.outbox
+        for entry in outbox.sendable():
+            try:
+                token = link.publish(rt.routing_key, entry[1], token=entry[0])
+            except LinkDown:
+                outbox.unsent(entry)
+                return
+            outbox.sent(token, entry)
+            rt.sent += 1
+        if isinstance(link, MqttLink):
+            self._dirty.add(link)
+
+    def _publish(self, rt: _Runtime, routing_key: str, body: bytes) -> None:
+        if rt.link is None:
+            return
+        try:
+            rt.link.publish(routing_key, body)
+        except LinkDown:
+            rt.errors += 1
+            return
+        if isinstance(rt.link, MqttLink):
+            self._dirty.add(rt.link)
+
+    # --- connections -----------------------------------------------------------------------------
+
+    def _connect(self, rt: _Runtime) -> None:
+        if rt.link is not None or not rt.powered or self._stopping:
+            return
+        rt.state = "connecting"
+        rt.intent = "run"
+        will = encode(rt.device.presence("offline"))
+        link: AnyLink
+        if rt.device.protocol == "mqtt":
+            link = MqttLink(
+                rt.device.device_id, self.settings, self._selector, self, will, MAX_IN_FLIGHT, self._dirty.add
+            )
+        else:
+            link = StompLink(rt.device.device_id, self.settings, self, self.call_soon, self._pool)
+        rt.link = link
+        try:
+            link.open()
+        except (OSError, ValueError) as exc:
+            self.link_down(link, f"connect failed: {exc}")
+
+    def _retry_later(self, rt: _Runtime) -> None:
+        delay = max(rt.backoff.next_delay_s(), rt.offline_until - time.monotonic())
+        rt.attempt += 1
+        attempt = rt.attempt
+        rt.state = "waiting"
+
+        def retry() -> None:
+            if attempt == rt.attempt and rt.state == "waiting":
+                self._connect(rt)
+
+        self._call_at(time.monotonic() + delay, retry)
+
+    def _power_on(self, rt: _Runtime) -> None:
+        if rt.powered or self._stopping:
+            return
+        rt.powered = True
+        rt.intent = "run"
+        rt.offline_until = 0.0
+        rt.backoff.reset()
+        rt.schedule += 1
+        self._schedule_reading(rt, time.monotonic() + rt.device.interval_ms / 1000.0)
+        if rt.link is None:
+            self._connect(rt)
+
+    # --- LinkEvents (called on the loop thread by the links) -----------------------------------
+
+    def _owner(self, link: Any) -> _Runtime | None:
+        rt = self._runtimes.get(link.device_id)
+        return rt if rt is not None and rt.link is link else None
+
+    def link_up(self, link: Any) -> None:
+        rt = self._owner(link)
+        if rt is None:
+            return
+        if rt.intent != "run" or self._stopping:
+            link.close(encode(rt.device.presence("offline")))
+            return
+        if rt.ever_online:
+            rt.reconnects += 1
+        rt.ever_online = True
+        rt.state = "online"
+        rt.backoff.reset()
+        self._publish(rt, status_key(rt.device.device_id), encode(rt.device.presence("online")))
+        self._pump(rt)
+
+    def link_down(self, link: Any, reason: str) -> None:
+        rt = self._owner(link)
+        if rt is None:
+            return
+        rt.link = None
+        rt.device.outbox.requeue_in_flight()
+        if rt.intent == "run":
+            rt.errors += 1
+            rt.last_error = reason
+            if not self._stopping:
+                self._retry_later(rt)
+                return
+        if rt.intent == "reboot":
+            rt.state = "rebooting"
+            self._call_at(time.monotonic() + REBOOT_DOWNTIME_S, lambda: self._power_on(rt))
+        elif rt.intent == "stop":
+            rt.state = "stopped"
+        else:
+            rt.state = "closed"
+
+    def link_confirmed(self, link: Any, token: Hashable) -> None:
+        rt = self._owner(link)
+        if rt is not None and rt.device.outbox.confirm(token):
+            self._pump(rt)
+
+    def link_command(self, link: Any, body: bytes) -> None:
+        rt = self._owner(link)
+        if rt is None:
+            return
+        outcome = rt.device.handle_command(body)
+        if outcome is None:
+            return
+        self._publish(rt, ack_key(rt.device.device_id), encode(outcome.ack))
+        if outcome.interval_changed:
+            rt.schedule += 1
+            self._schedule_reading(rt, time.monotonic() + rt.device.interval_ms / 1000.0)
+            # A new interval is news for whoever watches for silent devices.
+            self._publish(rt, status_key(rt.device.device_id), encode(rt.device.presence("online")))
+        if outcome.reboot:
+            rt.intent, rt.powered = "reboot", False
+            rt.schedule += 1
+            link.close(encode(rt.device.presence("offline")))
+
+    # --- shutdown --------------------------------------------------------------------------------
+
+    def _begin_shutdown(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        self._drain(deadline)
+
+    def _drain(self, deadline: float) -> None:
+        """Wait until buffered readings are confirmed (or the deadline passes), then say goodbye."""
+        online = [rt for rt in self._runtimes.values() if rt.state == "online"]
+        if time.monotonic() < deadline and any(len(rt.device.outbox) for rt in online):
+            self._call_at(time.monotonic() + 0.05, lambda: self._drain(deadline))
+            return
+        for rt in self._runtimes.values():
+            rt.intent = "shutdown"
+            if rt.link is not None:
+                rt.state = "closing"
+                rt.link.close(encode(rt.device.presence("offline")))
+            elif rt.state not in ("stopped",):
+                rt.state = "closed"
+        self._await_goodbyes(time.monotonic() + GOODBYE_TIMEOUT_S)
+
+    def _await_goodbyes(self, deadline: float) -> None:
+        if time.monotonic() < deadline and any(rt.link is not None for rt in self._runtimes.values()):
+            self._call_at(time.monotonic() + 0.05, lambda: self._await_goodbyes(deadline))
+            return
+        self._finished = True

@@ -1,0 +1,208 @@
+"""`python -m devices.sim` (also `iot-sim`): run a fleet of simulated sensors until Ctrl-C, SIGTERM or --duration.
+
+A thin shell over `devices.fleet.Fleet`: parse flags into Settings, show a live progress
+line, print a per-protocol summary at the end. Errors a user can act on are one line on
+stderr and an exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from types import FrameType
+
+import click
+from rich import box
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from devices.device import DEFAULT_SITE, ProtocolChoice
+from devices.fleet import Fleet
+from devices.models import KINDS
+from devices.stats import FleetStats, LagSummary
+from hub.config import load_settings
+from hub.errors import HubError
+
+#: How often the progress line is redrawn.
+PROGRESS_REFRESH_S = 0.5
+#: Columns used when stderr is not a terminal (a log file), so the summary table is not squeezed.
+SUMMARY_WIDTH = 110
+#: Exit code after Ctrl-C / SIGTERM, like a shell reports a signal-terminated process.
+EXIT_INTERRUPTED = 130
+
+
+def _parse_kinds(value: str) -> list[str]:
+    kinds = [kind.strip() for kind in value.split(",") if kind.strip()]
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if unknown or not kinds:
+        raise click.BadParameter(f"unknown kind(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(KINDS)}")
+    return kinds
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--count", "-n", default=50, show_default=True, type=click.IntRange(min=1), help="Number of devices.")
+@click.option(
+    "--interval", default=1.0, show_default=True, type=click.FloatRange(min=0.01), help="Seconds between readings."
+)
+@click.option("--duration", type=click.FloatRange(min=0), help="Stop after this many seconds [default: until Ctrl-C].")
+@click.option("--site", default=DEFAULT_SITE, show_default=True, help="Site every device belongs to.")
+@click.option("--kinds", default=",".join(KINDS), show_default=True, help="Comma-separated device kinds, cycled.")
+@click.option(
+    "--protocol",
+    type=click.Choice(["mqtt", "stomp", "mixed"]),
+    default="mixed",
+    show_default=True,
+    help="How devices talk to the broker; mixed alternates so every kind has both.",
+)
+@click.option("--seed", type=int, help="Make the readings (and faults) of a run reproducible.")
+@click.option(
+    "--fault-rate",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Chance per reading that a fault starts: a spike, a stuck sensor or a dropout.",
+)
+@click.option("--mqtt-host", help="MQTT broker host [IOT_MQTT_HOST, localhost].")
+@click.option("--mqtt-port", type=int, help="MQTT broker port [IOT_MQTT_PORT, 1883].")
+@click.option("--stomp-host", help="STOMP broker host [IOT_STOMP_HOST, localhost].")
+@click.option("--stomp-port", type=int, help="STOMP broker port [IOT_STOMP_PORT, 61613].")
+@click.option("--device-user", help="Broker user of the devices [IOT_DEVICE_USER, device].")
+@click.option("--device-password", help="Its password [IOT_DEVICE_PASSWORD; prefer the variable].")
+def sim(
+    count: int,
+    interval: float,
+    duration: float | None,
+    site: str,
+    kinds: str,
+    protocol: ProtocolChoice,
+    seed: int | None,
+    fault_rate: float,
+    mqtt_host: str | None,
+    mqtt_port: int | None,
+    stomp_host: str | None,
+    stomp_port: int | None,
+    device_user: str | None,
+    device_password: str | None,
+) -> None:
+    """Simulated environment, air-quality, power-meter and thermostat sensors over MQTT and STOMP."""
+    settings = load_settings(
+        mqtt_host=mqtt_host,
+        mqtt_port=mqtt_port,
+        stomp_host=stomp_host,
+        stomp_port=stomp_port,
+        device_user=device_user,
+        device_password=device_password,
+    )
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else SUMMARY_WIDTH)
+    fleet = Fleet(
+        settings,
+        count=count,
+        protocol=protocol,
+        interval_s=interval,
+        kinds=_parse_kinds(kinds),
+        site=site,
+        seed=seed,
+        fault_rate=fault_rate,
+    )
+    console.print(
+        f"starting {count} devices ({protocol}) at site {site}: MQTT {settings.mqtt_host}:{settings.mqtt_port}, "
+        f"STOMP {settings.stomp_host}:{settings.stomp_port}"
+    )
+    interrupted = False
+    try:
+        fleet.start()
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            deadline = None if duration is None else time.monotonic() + duration
+            last = fleet.stats()
+            while deadline is None or time.monotonic() < deadline:
+                left = PROGRESS_REFRESH_S if deadline is None else deadline - time.monotonic()
+                time.sleep(max(0.0, min(PROGRESS_REFRESH_S, left)))
+                now = fleet.stats()
+                live.update(_progress_line(now, last, LagSummary.of(fleet.lag.take_recent())))
+                last = now
+    except KeyboardInterrupt:
+        interrupted = True
+        console.print("\nstopping: devices are saying offline…")
+    finally:
+        # A second Ctrl-C must not cut the goodbye short: the devices' offline status is part of the contract.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        fleet.close()
+    console.print(_summary_table(fleet.stats()))
+    if interrupted:
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _progress_line(now: FleetStats, last: FleetStats, lag: LagSummary) -> Text:
+    total, before = now.total, last.total
+    window = max(1e-6, now.elapsed_s - last.elapsed_s)
+    rate = (total.confirmed - before.confirmed) / window
+    return Text.assemble(
+        ("online ", "dim"),
+        (f"{total.online}/{total.devices}", "bold green" if total.online == total.devices else "bold yellow"),
+        ("  confirmed/s ", "dim"),
+        f"{rate:,.0f}",
+        ("  sent ", "dim"),
+        f"{total.sent:,}",
+        ("  buffered ", "dim"),
+        f"{total.buffered:,}",
+        ("  errors ", "dim"),
+        (f"{total.errors}", "red" if total.errors else ""),
+        ("  reconnects ", "dim"),
+        f"{total.reconnects}",
+        ("  commands ", "dim"),
+        f"{total.commands}",
+        ("  lag p99 ", "dim"),
+        f"{lag.p99_ms:.1f} ms",
+        ("  ", ""),
+        (f"{now.elapsed_s:.0f} s", "dim"),
+    )
+
+
+def _summary_table(stats: FleetStats) -> Table:
+    lag = stats.lag
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        title=f"{stats.elapsed_s:.1f} s; schedule lag p50 {lag.p50_ms:.1f} ms, p99 {lag.p99_ms:.1f} ms, "
+        f"max {lag.max_ms:.1f} ms",
+    )
+    columns = ("devices", "produced", "sent", "confirmed", "buffered", "dropped", "reconnects", "commands", "errors")
+    table.add_column("protocol")
+    for column in columns:
+        table.add_column(column, justify="right")
+    rows = [*sorted(stats.by_protocol.items()), ("total", stats.total)]
+    for name, row in rows:
+        cells = (f"{getattr(row, column):,}" for column in columns)
+        table.add_row(name, *cells, style="bold" if name == "total" else "")
+    return table
+
+
+def _raise_keyboard_interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> None:
+    # stomp.py logs every lost connection with a traceback; the progress line counts them instead.
+    logging.getLogger("stomp.py").setLevel(logging.CRITICAL)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        sim.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except HubError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    main()
