@@ -18,6 +18,8 @@ SUBCOMMANDS = [
     ("hub.control.cli", "send"),
     ("hub.control.cli", "devices"),
     ("hub.control.cli", "tail"),
+    ("hub.demo", "demo"),
+    ("hub.run", "run"),
 ]
 
 

@@ -8,7 +8,7 @@ keyword arguments to `load_settings`. Nothing else in the project reads the envi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import ValidationError, field_validator
@@ -46,6 +46,16 @@ class Settings(BaseSettings):
     rabbitmq_prometheus_port: int = 15692
     #: Where `python -m hub stack` keeps data, logs and pid files (git-ignored).
     stack_dir: Path = Path(".stack")
+
+    #: InfluxDB retention policy for 1.x writes ("" = the database's default).
+    influx_rp: str = ""
+    #: Which InfluxDB write API the hub uses: "v1" (HTTP /write), "v2" (influxdb-client) or "auto"
+    #: (v2 when IOT_INFLUX_TOKEN is set, else from the server's /ping X-Influxdb-Version).
+    influx_api: Literal["auto", "v1", "v2"] = "auto"
+    #: Port of the hub's /metrics (Prometheus) and /health endpoint; 0 turns it off.
+    metrics_port: int = 9108
+    #: The rules file `python -m hub run` loads (YAML, see rules.yaml).
+    rules_file: Path = Path("rules.yaml")
 
     @field_validator("amqp_url")
     @classmethod

@@ -1,0 +1,61 @@
+"""The hub's counters: Prometheus metrics for scraping, `ServiceStats` for the `hub_stats` points.
+
+Hot paths update these once per batch, not once per message.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECEIVED = Counter("hub_messages_received", "Messages taken from a hub queue", ["service", "protocol"])
+STORED = Counter("hub_readings_stored", "Readings written to InfluxDB and acked", ["protocol"])
+DEAD_LETTERED = Counter("hub_messages_dead_lettered", "Messages refused and sent to iot.dlx", ["service", "reason"])
+ALERTS = Counter("hub_alerts", "Alerts raised by rules", ["severity", "rule"])
+RULE_COMMANDS = Counter("hub_rule_commands", "Commands sent by rule actions", ["command"])
+COMMAND_OUTCOMES = Counter("hub_command_outcomes", "Command lifecycle events recorded", ["status"])
+PRESENCE_TRANSITIONS = Counter("hub_presence_transitions", "Device online/offline transitions", ["state", "reason"])
+WRITE_RETRIES = Counter("hub_write_retries", "InfluxDB writes that failed and were retried", ["service"])
+BATCH_SIZE = Histogram(
+    "hub_batch_points",
+    "Points per InfluxDB write",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+)
+BATCH_LATENCY = Histogram(
+    "hub_batch_write_seconds",
+    "Time to write one batch, retries included",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+QUEUE_DEPTH = Gauge("hub_queue_depth", "Messages ready in a hub queue (consumer lag)", ["queue"])
+READING_AGE = Gauge("hub_reading_age_seconds", "Age of the newest reading in the last stored batch", ["service"])
+CONNECTED = Gauge("hub_broker_connected", "1 while the service holds a broker connection", ["service"])
+
+
+@dataclass
+class ServiceStats:
+    """Cumulative counts of one service, read by the `hub_stats` writer every 10 s."""
+
+    service: str
+    received: int = 0
+    stored: int = 0
+    dead_lettered: int = 0
+    write_retries: int = 0
+    batches: int = 0
+    _latency_sum_s: float = 0.0
+    _latency_count: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add_batch(self, latency_s: float) -> None:
+        with self.lock:
+            self.batches += 1
+            self._latency_sum_s += latency_s
+            self._latency_count += 1
+
+    def take_mean_latency_ms(self) -> float:
+        """Mean batch latency since the last call, in ms (0 when there was no batch)."""
+        with self.lock:
+            mean = self._latency_sum_s / self._latency_count * 1000 if self._latency_count else 0.0
+            self._latency_sum_s, self._latency_count = 0.0, 0
+        return mean

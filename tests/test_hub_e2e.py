@@ -1,0 +1,448 @@
+"""`python -m hub run` on the real stack: every reading stored once, bad ones dead-lettered,
+InfluxDB outages survived, rules answered by devices over both protocols, presence tracked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pika
+import stomp
+from paho.mqtt.enums import CallbackAPIVersion
+
+from hub.config import Settings
+from hub.contract import (
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_REASON_HEADER,
+    EXCHANGE,
+    VHOST,
+    Ack,
+    Command,
+    Presence,
+    Reading,
+    ack_key,
+    command_key,
+    decode,
+    encode,
+    mqtt_topic,
+    now_ms,
+    status_key,
+    stomp_destination,
+)
+from hub.stack.influx import InfluxNode
+from hub.stack.processes import free_port, start_detached, stop
+from tests.support import amqp_connection, bind_temporary_queue, collect, influx_query, wait_until
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- a hub process -------------------------------------------------------------------------
+
+
+@contextmanager
+def hub_process(settings: Settings, tmp_path: Path, *args: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m hub run` against `settings`, started and ready; stopped (SIGTERM) afterwards."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
+    environment.update(
+        IOT_AMQP_URL=settings.amqp_url,
+        IOT_INFLUX_URL=settings.influx_url,
+        IOT_INFLUX_DB=settings.influx_db,
+        IOT_METRICS_PORT="0",
+        IOT_RULES_FILE=str(REPO / "rules.yaml"),
+    )
+    environment.update(env)
+    log = tmp_path / f"hub-{time.monotonic_ns()}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hub", "run", *args], cwd=REPO, env=environment, stdout=out, stderr=out
+        )
+    services = 1 if "--only" in args else 4
+    try:
+        wait_until(lambda: log.read_text().count("event=consuming") >= services or process.poll() is not None, 30)
+        assert process.poll() is None, log.read_text()
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def count_stored(settings: Settings, measurement: str, device: str) -> int:
+    series = influx_query(settings, f"SELECT count(seq) FROM {measurement} WHERE device = '{device}'")
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+# --- devices ---------------------------------------------------------------------------------
+
+
+def mqtt_device(settings: Settings, client_id: str, will: tuple[str, bytes] | None = None) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.max_inflight_messages_set(100)
+    client.username_pw_set(settings.device_user, settings.device_password)
+    if will is not None:
+        client.will_set(will[0], will[1], qos=1)
+    connected = threading.Event()
+    client.on_connect = lambda *_args: connected.set()
+    client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=30)
+    client.loop_start()
+    assert connected.wait(10), "MQTT CONNACK not received"
+    return client
+
+
+def stomp_device(settings: Settings) -> stomp.Connection12:
+    connection = stomp.Connection12([(settings.stomp_host, settings.stomp_port)], vhost=VHOST)
+    connection.connect(settings.device_user, settings.device_password, wait=True)
+    return connection
+
+
+def reading(device: str, seq: int, kind: str = "environment", base_ts: int = 0, **values: float) -> Reading:
+    return Reading(
+        device=device,
+        site="plant-t",
+        kind=kind,
+        seq=seq,
+        ts=(base_ts or now_ms()) + seq,
+        readings=values or {"temperature": 20.0 + seq % 7, "humidity": 40.0},
+    )
+
+
+def publish_mqtt(settings: Settings, device: str, count: int, base_ts: int, pause_every: int = 0) -> None:
+    client = mqtt_device(settings, f"pub-{device}")
+    try:
+        infos = []
+        for seq in range(count):
+            r = reading(device, seq, base_ts=base_ts)
+            infos.append(client.publish(mqtt_topic(r.routing_key), encode(r), qos=1))
+            if pause_every and seq % pause_every == 0:
+                time.sleep(0.01)
+        for info in infos:
+            info.wait_for_publish(30)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def publish_stomp(settings: Settings, device: str, count: int, base_ts: int, pause_every: int = 0) -> None:
+    connection = stomp_device(settings)
+    try:
+        for seq in range(count):
+            r = reading(device, seq, base_ts=base_ts)
+            connection.send(stomp_destination(r.routing_key), encode(r), content_type="application/json")
+            if pause_every and seq % pause_every == 0:
+                time.sleep(0.01)
+        # a receipt on a last frame: the broker has everything before it
+        connection.send(
+            stomp_destination(reading(device, count, base_ts=base_ts).routing_key),
+            encode(reading(device, count, base_ts=base_ts)),
+            headers={"receipt": f"done-{device}"},
+        )
+        time.sleep(0.5)
+    finally:
+        connection.disconnect()
+
+
+def protocols_of(settings: Settings, device: str) -> set[str]:
+    series = influx_query(settings, f"SELECT count(seq) FROM environment WHERE device = '{device}' GROUP BY protocol")
+    return {s["tags"]["protocol"] for s in series}
+
+
+# --- the promises ------------------------------------------------------------------------------
+
+
+def test_readings_of_both_protocols_are_stored_exactly_once_across_a_hub_sigkill(
+    stack: Settings, tmp_path: Path
+) -> None:
+    count = 4000
+    base_ts = now_ms() - 10_000_000
+    publishers = [
+        threading.Thread(target=publish_mqtt, args=(stack, "kill-m", count, base_ts, 50)),
+        threading.Thread(target=publish_stomp, args=(stack, "kill-s", count, base_ts, 50)),
+    ]
+    with hub_process(stack, tmp_path, "--only", "store") as first:
+        for thread in publishers:
+            thread.start()
+        wait_until(lambda: count_stored(stack, "environment", "kill-m") > count // 4, 30)
+        first.send_signal(signal.SIGKILL)  # mid-flow: a batch in flight, thousands unacked
+        first.wait()
+    stored_at_kill = count_stored(stack, "environment", "kill-m")
+    with hub_process(stack, tmp_path, "--only", "store"):
+        for thread in publishers:
+            thread.join(60)
+        wait_until(lambda: count_stored(stack, "environment", "kill-m") == count, 60)
+        wait_until(lambda: count_stored(stack, "environment", "kill-s") == count + 1, 60)
+    assert 0 < stored_at_kill < count
+    for device in ("kill-m", "kill-s"):
+        [series] = influx_query(stack, f"SELECT seq FROM environment WHERE device = '{device}'")
+        seqs = [row[1] for row in series["values"]]
+        assert len(seqs) == len(set(seqs)), "each (device, seq) is one point"
+    assert protocols_of(stack, "kill-m") == {"mqtt"}
+    assert protocols_of(stack, "kill-s") == {"stomp"}
+
+
+def _start_influxd(home: Path, port: int, rpc_port: int) -> tuple[InfluxNode, int]:
+    node = InfluxNode(home, port, rpc_port)
+    node.prepare()
+    process = start_detached(node.argv(), node.environment(), node.log_path, home)
+    wait_until(lambda: not node.problems(), 60, 0.2)
+    return node, process.pid
+
+
+def test_every_reading_arrives_after_influxdb_is_stopped_and_restarted(stack: Settings, tmp_path: Path) -> None:
+    home = tmp_path / "influxdb"
+    port, rpc = free_port(), free_port()
+    node, pid = _start_influxd(home, port, rpc)
+    own = stack.model_copy(update={"influx_url": node.url})
+    base_ts = now_ms() - 20_000_000
+    try:
+        with hub_process(own, tmp_path, "--only", "store") as hub:
+            publish_mqtt(stack, "outage-m", 300, base_ts)
+            wait_until(lambda: count_stored(own, "environment", "outage-m") == 300, 30)
+            assert stop(pid, str(home))
+            publish_mqtt(stack, "outage-m", 1000, base_ts)  # seq 0..299 again (harmless) and 300..999 new
+            publish_stomp(stack, "outage-s", 500, base_ts)
+            time.sleep(3)  # the hub retries with backoff meanwhile
+            assert hub.poll() is None, "the hub keeps running while InfluxDB is down"
+            node, pid = _start_influxd(home, port, rpc)
+            wait_until(lambda: count_stored(own, "environment", "outage-m") == 1000, 60)
+            wait_until(lambda: count_stored(own, "environment", "outage-s") == 501, 60)
+    finally:
+        stop(pid, str(home))
+
+
+HOSTILE_BODIES: list[tuple[str, bytes, set[str]]] = [
+    ("telemetry.plant-t.environment.bad-1", b"{not json", {"bad_json"}),
+    (
+        "telemetry.plant-t.environment.bad-2",
+        b'{"v":1,"device":"bad-2","site":"plant-t","kind":"environment",'
+        b'"seq":"one","ts":1,"readings":{"temperature":1.0}}',
+        {"schema"},
+    ),  # fmt: skip
+    (
+        "telemetry.plant-t.environment.bad-3",
+        b'{"v":1,"device":"bad-3","site":"plant-t","kind":"environment","seq":1,"ts":1,"readings":{"temperature":NaN}}',
+        {"bad_json", "schema"},
+    ),  # fmt: skip
+    (
+        "telemetry.plant-t.environment.bad-4",
+        b'{"v":1,"device":"bad-4","site":"plant-t","kind":"environment",'
+        b'"seq":1,"ts":1,"readings":{"temperature":1e999}}',
+        {"bad_json", "schema"},
+    ),  # fmt: skip
+    (
+        "telemetry.plant-t.environment.bad-5",
+        b'{"v":1,"device":"bad-5","site":"plant-t","kind":"environment","seq":1,"readings":{"temperature":1.0}}',
+        {"schema"},
+    ),  # fmt: skip
+    ("telemetry.plant-t.environment.bad-6", b'{"pad":"' + b"x" * 70_000 + b'"}', {"oversize"}),
+    (
+        "telemetry.plant-t.environment.bad-7",
+        b'{"v":1,"device":"bad-7\\ntemperature=1 1","site":"plant-t",'
+        b'"kind":"environment","seq":1,"ts":1,"readings":{"temperature":1.0}}',
+        {"schema"},
+    ),  # fmt: skip
+    (
+        "telemetry.plant-t.environment.bad-8",
+        b'{"v":1,"device":"a,b=c d","site":"plant-t","kind":"environment",'
+        b'"seq":1,"ts":1,"readings":{"temperature":1.0}}',
+        {"schema"},
+    ),  # fmt: skip
+    ("telemetry.plant-t.environment.bad-9", encode(reading("someone-else", 1)), {"routing_mismatch"}),
+    ("telemetry.plant t.environment.bad-10", encode(reading("bad-10", 1)), {"routing_mismatch"}),
+    (
+        "telemetry.plant-t.environment.bad-11",
+        b'{"v":1,"device":"bad-11","site":"plant-t","kind":"environment","seq":1,"ts":1,"readings":{"seq":1.0}}',
+        {"schema"},
+    ),  # fmt: skip
+]
+
+
+def test_malformed_messages_are_dead_lettered_with_reasons_while_valid_ones_around_them_are_stored(
+    stack: Settings, tmp_path: Path
+) -> None:
+    connection = amqp_connection(stack)
+    channel = connection.channel()
+    dead = channel.queue_declare("", exclusive=True).method.queue
+    channel.queue_bind(dead, DEAD_LETTER_EXCHANGE)
+    base_ts = now_ms() - 30_000_000
+    for index, (routing_key, body, _reasons) in enumerate(HOSTILE_BODIES):
+        good = reading("good-amid-bad", index, base_ts=base_ts)
+        channel.basic_publish(EXCHANGE, good.routing_key, encode(good), pika.BasicProperties(delivery_mode=2))
+        channel.basic_publish(EXCHANGE, routing_key, body, pika.BasicProperties(delivery_mode=2))
+    # and a hostile topic level from a real MQTT device: a space and a comma in the site
+    device = mqtt_device(stack, "hostile-topic")
+    device.publish("telemetry/plant t,x=1/environment/bad-12", encode(reading("bad-12", 1)), qos=1).wait_for_publish(10)
+    device.loop_stop()
+    device.disconnect()
+    with hub_process(stack, tmp_path, "--only", "store"):
+        wait_until(lambda: count_stored(stack, "environment", "good-amid-bad") == len(HOSTILE_BODIES), 30)
+        letters = collect(connection, channel, dead, len(HOSTILE_BODIES) + 1, timeout_s=15)
+    connection.close()
+    reasons = {
+        routing_key.rsplit(".", 1)[-1]: properties.headers[DEAD_LETTER_REASON_HEADER]
+        for routing_key, _body, properties in letters
+        if routing_key.rsplit(".", 1)[-1].startswith("bad-")
+    }
+    expected = {key.rsplit(".", 1)[-1]: allowed for key, _body, allowed in HOSTILE_BODIES}
+    assert set(reasons) == set(expected) | {"bad-12"}
+    for name, allowed in expected.items():
+        assert reasons[name] in allowed, (name, reasons[name])
+    assert reasons["bad-12"] == "routing_mismatch"
+    assert influx_query(stack, "SELECT count(seq) FROM environment WHERE device =~ /^bad-/") == []
+
+
+# --- rules, commands, acks, presence -------------------------------------------------------------
+
+
+class _StompCommands(stomp.ConnectionListener):  # type: ignore[misc]
+    def __init__(self, connection: stomp.Connection12, device: str) -> None:
+        self.connection, self.device = connection, device
+        self.commands: list[Command] = []
+
+    def on_message(self, frame: Any) -> None:
+        command = decode(frame.body.encode(), Command)
+        self.commands.append(command)
+        ack = Ack(id=command.id, device=self.device, status="ok", state={"ventilation": True}, ts=now_ms())
+        self.connection.send(stomp_destination(ack_key(self.device)), encode(ack))
+
+
+RULES = """
+rules:
+  - {name: hot, type: threshold, kind: thermostat, sensor: temperature, above: 26,
+     action: {command: set_setpoint, args: {value: 20.0}}, cooldown_s: 60}
+  - {name: stale-air, type: threshold, kind: air_quality, sensor: co2, above: 1200, severity: critical,
+     action: {command: set_ventilation, args: {"on": true}}, cooldown_s: 60}
+"""
+
+
+def test_a_rule_alerts_and_its_command_reaches_mqtt_and_stomp_devices_whose_acks_are_recorded(
+    stack: Settings, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    connection = amqp_connection(stack)
+    channel = connection.channel()
+    alerts = bind_temporary_queue(channel, "alerts.#")
+
+    thermostat_commands: list[Command] = []
+    thermostat = mqtt_device(stack, "th-rule-m")
+
+    def on_mqtt_command(client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        command = decode(message.payload, Command)
+        thermostat_commands.append(command)
+        ack = Ack(id=command.id, device="th-rule-m", status="ok", state={"setpoint": 20.0}, ts=now_ms())
+        client.publish(mqtt_topic(ack_key("th-rule-m")), encode(ack), qos=1)
+
+    subscribed = threading.Event()
+    thermostat.on_message = on_mqtt_command
+    thermostat.on_subscribe = lambda *_args: subscribed.set()
+    thermostat.subscribe(mqtt_topic(command_key("th-rule-m")), qos=1)
+    assert subscribed.wait(10)
+
+    air = stomp_device(stack)
+    air_listener = _StompCommands(air, "aq-rule-s")
+    air.set_listener("commands", air_listener)
+    air.subscribe(stomp_destination(command_key("aq-rule-s")), id="c", ack="auto", headers={"receipt": "s"})
+    time.sleep(0.5)  # the STOMP subscription's binding is made asynchronously
+
+    try:
+        with hub_process(stack, tmp_path, IOT_RULES_FILE=str(rules)):
+            hot = reading("th-rule-m", 1, kind="thermostat", temperature=29.5, setpoint=22.0)
+            thermostat.publish(mqtt_topic(hot.routing_key), encode(hot), qos=1).wait_for_publish(10)
+            stale = reading("aq-rule-s", 1, kind="air_quality", co2=1800.0)
+            air.send(stomp_destination(stale.routing_key), encode(stale))
+            wait_until(lambda: thermostat_commands and air_listener.commands, 20)
+            seen = collect(connection, channel, alerts, 2, timeout_s=10)
+
+            def outcomes() -> dict[str, dict[str, Any]]:
+                series = influx_query(
+                    stack,
+                    "SELECT status, origin, rtt_ms, command FROM commands "
+                    "WHERE device = 'th-rule-m' OR device = 'aq-rule-s' GROUP BY device",
+                )
+                return {
+                    s["tags"]["device"]: {row[1]: row for row in s["values"]} for s in series if len(s["values"]) >= 2
+                }
+
+            recorded = wait_until(lambda: len(outcomes()) == 2 and outcomes(), 20)
+    finally:
+        thermostat.loop_stop()
+        thermostat.disconnect()
+        air.disconnect()
+        connection.close()
+
+    assert [c.command for c in thermostat_commands] == ["set_setpoint"]
+    assert thermostat_commands[0].args == {"value": 20.0}
+    assert [c.command for c in air_listener.commands] == ["set_ventilation"]
+    assert sorted(key for key, _body, _props in seen) == [
+        "alerts.critical.plant-t.aq-rule-s",
+        "alerts.warning.plant-t.th-rule-m",
+    ]
+    for device, command in (("th-rule-m", "set_setpoint"), ("aq-rule-s", "set_ventilation")):
+        sent, ok = recorded[device]["sent"], recorded[device]["ok"]
+        assert sent[2] == "rule" and ok[2] == "rule"
+        assert ok[3] is not None and ok[3] >= 0, "round-trip ms recorded with the ack"
+        assert ok[4] == command
+    [stored_alerts] = influx_query(stack, "SELECT rule, severity, value FROM alerts WHERE device = 'th-rule-m'")
+    assert [row[1:] for row in stored_alerts["values"]] == [["hot", "warning", 29.5]]
+
+
+def test_presence_follows_status_last_will_and_silence(stack: Settings, tmp_path: Path) -> None:
+    def status(device: str, state: str, protocol: str, interval_ms: int, ts: int) -> bytes:
+        return encode(
+            Presence(
+                device=device, state=state, protocol=protocol, kind="environment",  # type: ignore[arg-type]
+                site="plant-t", interval_ms=interval_ms, fw="1.2.3", ts=ts,
+            )
+        )  # fmt: skip
+
+    with hub_process(stack, tmp_path, "--only", "presence"):
+        connected_at = now_ms()
+        will = (mqtt_topic(status_key("pres-m")), status("pres-m", "offline", "mqtt", 1000, connected_at))
+        device = mqtt_device(stack, "pres-m", will=will)
+        device.publish(will[0], status("pres-m", "online", "mqtt", 1000, now_ms() + 1), qos=1).wait_for_publish(10)
+        stomp_dev = stomp_device(stack)
+        stomp_dev.send(
+            stomp_destination(status_key("pres-s")), status("pres-s", "online", "stomp", 300, now_ms()), headers={}
+        )
+        time.sleep(1.0)
+        device._sock.close()  # the cable is pulled: the broker publishes the last will
+        device.loop_stop()
+
+        def transitions(name: str) -> list[tuple[str, str]]:
+            series = influx_query(stack, f"SELECT state, reason FROM device_status WHERE device = '{name}'")
+            return [(row[1], row[2]) for row in series[0]["values"]] if series else []
+
+        wait_until(lambda: len(transitions("pres-m")) == 2 and len(transitions("pres-s")) == 2, 30)
+        stomp_dev.disconnect()
+    assert transitions("pres-m") == [("online", "status"), ("offline", "last_will")]
+    assert transitions("pres-s") == [("online", "status"), ("offline", "silent")]
+
+
+def test_health_and_metrics_endpoints_report_the_stack(stack: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    with hub_process(stack, tmp_path, "--only", "store", IOT_METRICS_PORT=str(port)):
+        publish_mqtt(stack, "metrics-m", 10, now_ms() - 40_000_000)
+        wait_until(lambda: count_stored(stack, "environment", "metrics-m") == 10, 20)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+            health = json.loads(response.read())
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+    assert health["status"] == "ok"
+    assert health["rabbitmq"]["reachable"] and health["influxdb"]["reachable"]
+    stored = [line for line in metrics.splitlines() if line.startswith('hub_readings_stored_total{protocol="mqtt"}')]
+    assert stored and float(stored[0].split()[-1]) >= 10
