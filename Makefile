@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DURATION ?= 0
 COUNT ?= 50
+KEEP_STACK ?=
 
 .PHONY: demo test lint stack-up stack-down bench clean
 
@@ -13,9 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-## The main job: the stack, the hub and COUNT simulated devices; DURATION=<s> stops it by itself.
+## The main job: the stack, the hub and COUNT simulated devices; DURATION=<s> stops it by itself
+## (0 = until Ctrl-C); KEEP_STACK=1 leaves a stack the demo started running afterwards.
 demo: $(VENV)/.installed
-	$(PY) -m hub stack up
+	$(PY) -m hub demo --count $(COUNT) --duration $(DURATION) $(if $(filter 1 yes true,$(KEEP_STACK)),--keep-stack)
 
 ## All checks: lint, types, then the test suite on real RabbitMQ and InfluxDB processes.
 test: $(VENV)/.installed lint

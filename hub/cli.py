@@ -19,6 +19,7 @@ SUBCOMMANDS = [
     ("hub.control.cli", "devices"),
     ("hub.control.cli", "tail"),
     ("hub.demo", "demo"),
+    ("hub.demo", "demo"),
     ("hub.run", "run"),
 ]
 

@@ -64,3 +64,18 @@ def read_subscribed_devices(settings: Settings) -> set[str] | None:
     except (OSError, ValueError, urllib.error.URLError):
         return None
     return subscribed_devices(bindings) if isinstance(bindings, list) else None
+
+
+def read_queue_names(settings: Settings) -> set[str] | None:
+    """Names of the queues in the vhost, or None when the management API cannot say."""
+    amqp = settings.amqp
+    vhost = urllib.parse.quote(amqp.vhost, safe="")
+    request = urllib.request.Request(f"{management_url(settings)}/api/queues/{vhost}?columns=name")
+    token = base64.b64encode(f"{amqp.user}:{amqp.password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=MANAGEMENT_TIMEOUT_S) as response:
+            queues = json.loads(response.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    return {str(q.get("name")) for q in queues if isinstance(q, dict)} if isinstance(queues, list) else None
