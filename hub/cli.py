@@ -19,7 +19,6 @@ SUBCOMMANDS = [
     ("hub.control.cli", "devices"),
     ("hub.control.cli", "tail"),
     ("hub.demo", "demo"),
-    ("hub.demo", "demo"),
     ("hub.run", "run"),
 ]
 
