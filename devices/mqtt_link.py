@@ -101,7 +101,9 @@ class MqttLink:
         # The broker handles a connection's packets in order: the status is routed before the DISCONNECT.
         self.client.publish(mqtt_topic(status_key(self.device_id)), last_words, qos=QOS_AT_LEAST_ONCE)
         self.client.disconnect()
-        self.flush()
+        # Written by the loop's next flush: never from here, which may be inside a paho callback,
+        # where writing the DISCONNECT would re-enter paho's callback lock and hang the loop.
+        self._dirty(self)
 
     def cut(self) -> None:
         if self._sock is not None:

@@ -43,7 +43,9 @@ class Outbox:
 
     def sendable(self) -> Iterator[Entry]:
         """Waiting readings in order, as long as the in-flight window has room; each must be `sent` or `unsent`."""
-        while self._waiting and len(self._in_flight) < self.window:
+        room = self.window - len(self._in_flight)
+        while self._waiting and room > 0:
+            room -= 1
             yield self._waiting.popleft()
 
     def sent(self, token: Hashable, entry: Entry) -> None:
