@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
 
 import pytest
 
 from devices.backoff import Backoff
 from devices.device import DeviceSpec, SimulatedDevice, plan_fleet
 from devices.faults import FaultInjector
-from devices.models import AirQuality, Environment, PowerMeter, Thermostat
+from devices.models import AirQuality, Environment, PowerMeter, SensorModel, Thermostat
 from devices.outbox import Outbox
 from hub.contract import SENSOR_UNITS, Command, decode_reading, encode, require_identifier
 from hub.errors import ConfigError, InvalidIdentifier
@@ -20,8 +21,8 @@ MIDNIGHT_S = 1_795_392_000.0
 HOUR_S = 3_600.0
 
 
-def _run(model: Thermostat | PowerMeter | AirQuality | Environment, start_s: float, seconds: float, step_s: float):  # type: ignore[no-untyped-def]
-    samples = []
+def _run(model: SensorModel, start_s: float, seconds: float, step_s: float) -> list[dict[str, Any]]:
+    samples: list[dict[str, Any]] = []
     t = start_s
     while t < start_s + seconds:
         t += step_s
@@ -35,13 +36,13 @@ def test_thermostat_temperature_follows_a_raised_then_lowered_setpoint() -> None
     room.actuate("set_setpoint", {"value": 26.0})
     warming = _run(room, start, 30 * 60, 10.0)
     assert warming[0]["heating"] is True
-    assert 25.0 <= warming[-1]["temperature"] <= 27.0  # type: ignore[operator]
+    assert 25.0 <= warming[-1]["temperature"] <= 27.0
     assert any(sample["heating"] is False for sample in warming[-60:]), "the heater cycles around the setpoint"
 
     room.actuate("set_setpoint", {"value": 15.0})
     cooling = _run(room, start + 30 * 60, 3 * HOUR_S, 10.0)
     assert cooling[0]["heating"] is False
-    assert cooling[-1]["temperature"] < warming[-1]["temperature"] - 4.0  # type: ignore[operator]
+    assert cooling[-1]["temperature"] < warming[-1]["temperature"] - 4.0
     assert all(sample["setpoint"] == 15.0 for sample in cooling)
 
 
@@ -67,10 +68,10 @@ def test_relay_off_drops_power_and_current_to_zero_and_stops_the_energy_counter(
     on = meter.sample(start + 1.0)
     meter.actuate("set_relay", {"on": False})
     off = _run(meter, start + 1.0, 600.0, 1.0)
-    assert on["power"] > 100.0  # type: ignore[operator]
+    assert on["power"] > 100.0
     assert all(sample["power"] == 0.0 and sample["current"] == 0.0 and sample["relay"] is False for sample in off)
     assert off[-1]["energy"] == pytest.approx(on["energy"], abs=1e-3)
-    assert 220.0 < off[-1]["voltage"] < 240.0  # type: ignore[operator]
+    assert 220.0 < off[-1]["voltage"] < 240.0
 
 
 def test_ventilation_clears_co2_and_voc_that_build_up_during_the_working_day() -> None:
@@ -80,9 +81,9 @@ def test_ventilation_clears_co2_and_voc_that_build_up_during_the_working_day() -
     ventilated.actuate("set_ventilation", {"on": True})
     stale = _run(closed, start, 4 * HOUR_S, 30.0)[-1]
     fresh = _run(ventilated, start, 4 * HOUR_S, 30.0)[-1]
-    assert stale["co2"] > 1_000.0  # type: ignore[operator]
-    assert fresh["co2"] < stale["co2"] - 300.0  # type: ignore[operator]
-    assert fresh["voc"] < stale["voc"]  # type: ignore[operator]
+    assert stale["co2"] > 1_000.0
+    assert fresh["co2"] < stale["co2"] - 300.0
+    assert fresh["voc"] < stale["voc"]
     assert fresh["ventilation"] is True and stale["ventilation"] is False
 
 
@@ -91,8 +92,8 @@ def test_environment_is_warmer_in_the_afternoon_than_before_dawn() -> None:
     day = _run(room, MIDNIGHT_S, 24 * HOUR_S, 60.0)
     night = [s["temperature"] for s in day[2 * 60 : 5 * 60]]
     afternoon = [s["temperature"] for s in day[14 * 60 : 17 * 60]]
-    assert sum(afternoon) / len(afternoon) > sum(night) / len(night) + 2.0  # type: ignore[arg-type]
-    assert all(0.0 <= s["humidity"] <= 100.0 and 950.0 < s["pressure"] < 1080.0 for s in day)  # type: ignore[operator]
+    assert sum(afternoon) / len(afternoon) > sum(night) / len(night) + 2.0
+    assert all(0.0 <= s["humidity"] <= 100.0 and 950.0 < s["pressure"] < 1080.0 for s in day)
 
 
 def test_the_same_seed_reproduces_every_reading_and_another_seed_does_not() -> None:
