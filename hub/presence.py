@@ -124,7 +124,7 @@ class PresenceTracker:
                 state = self.devices[device] = DeviceState(
                     device, site, kind, protocol, None, "", False, at_ms, device_ts
                 )
-            elif state.interval_ms is None and state.last_device_ts and device_ts > state.last_device_ts:
+            elif state.interval_ms is None and device_ts > state.last_device_ts:
                 state.interval_ms = device_ts - state.last_device_ts  # no status seen: estimate it
             state.last_seen_ms = max(state.last_seen_ms, at_ms)
             state.last_device_ts = max(state.last_device_ts, device_ts)

@@ -231,43 +231,43 @@ HOSTILE_BODIES: list[tuple[str, bytes, set[str]]] = [
         b'{"v":1,"device":"bad-2","site":"plant-t","kind":"environment",'
         b'"seq":"one","ts":1,"readings":{"temperature":1.0}}',
         {"schema"},
-    ),  # fmt: skip
+    ),
     (
         "telemetry.plant-t.environment.bad-3",
         b'{"v":1,"device":"bad-3","site":"plant-t","kind":"environment","seq":1,"ts":1,"readings":{"temperature":NaN}}',
         {"bad_json", "schema"},
-    ),  # fmt: skip
+    ),
     (
         "telemetry.plant-t.environment.bad-4",
         b'{"v":1,"device":"bad-4","site":"plant-t","kind":"environment",'
         b'"seq":1,"ts":1,"readings":{"temperature":1e999}}',
         {"bad_json", "schema"},
-    ),  # fmt: skip
+    ),
     (
         "telemetry.plant-t.environment.bad-5",
         b'{"v":1,"device":"bad-5","site":"plant-t","kind":"environment","seq":1,"readings":{"temperature":1.0}}',
         {"schema"},
-    ),  # fmt: skip
+    ),
     ("telemetry.plant-t.environment.bad-6", b'{"pad":"' + b"x" * 70_000 + b'"}', {"oversize"}),
     (
         "telemetry.plant-t.environment.bad-7",
         b'{"v":1,"device":"bad-7\\ntemperature=1 1","site":"plant-t",'
         b'"kind":"environment","seq":1,"ts":1,"readings":{"temperature":1.0}}',
         {"schema"},
-    ),  # fmt: skip
+    ),
     (
         "telemetry.plant-t.environment.bad-8",
         b'{"v":1,"device":"a,b=c d","site":"plant-t","kind":"environment",'
         b'"seq":1,"ts":1,"readings":{"temperature":1.0}}',
         {"schema"},
-    ),  # fmt: skip
+    ),
     ("telemetry.plant-t.environment.bad-9", encode(reading("someone-else", 1)), {"routing_mismatch"}),
     ("telemetry.plant t.environment.bad-10", encode(reading("bad-10", 1)), {"routing_mismatch"}),
     (
         "telemetry.plant-t.environment.bad-11",
         b'{"v":1,"device":"bad-11","site":"plant-t","kind":"environment","seq":1,"ts":1,"readings":{"seq":1.0}}',
         {"schema"},
-    ),  # fmt: skip
+    ),
 ]
 
 
@@ -371,11 +371,11 @@ def test_a_rule_alerts_and_its_command_reaches_mqtt_and_stomp_devices_whose_acks
             def outcomes() -> dict[str, dict[str, Any]]:
                 series = influx_query(
                     stack,
-                    "SELECT status, origin, rtt_ms, command FROM commands "
+                    "SELECT id, status, origin, rtt_ms, command FROM commands "
                     "WHERE device = 'th-rule-m' OR device = 'aq-rule-s' GROUP BY device",
                 )
                 return {
-                    s["tags"]["device"]: {row[1]: row for row in s["values"]} for s in series if len(s["values"]) >= 2
+                    s["tags"]["device"]: {row[2]: row for row in s["values"]} for s in series if len(s["values"]) >= 2
                 }
 
             recorded = wait_until(lambda: len(outcomes()) == 2 and outcomes(), 20)
@@ -394,9 +394,10 @@ def test_a_rule_alerts_and_its_command_reaches_mqtt_and_stomp_devices_whose_acks
     ]
     for device, command in (("th-rule-m", "set_setpoint"), ("aq-rule-s", "set_ventilation")):
         sent, ok = recorded[device]["sent"], recorded[device]["ok"]
-        assert sent[2] == "rule" and ok[2] == "rule"
-        assert ok[3] is not None and ok[3] >= 0, "round-trip ms recorded with the ack"
-        assert ok[4] == command
+        assert sent[1] == ok[1], "one command id, sent then acked"
+        assert sent[3] == "rule" and ok[3] == "rule"
+        assert ok[4] is not None and ok[4] >= 0, "round-trip ms recorded with the ack"
+        assert ok[5] == command
     [stored_alerts] = influx_query(stack, "SELECT rule, severity, value FROM alerts WHERE device = 'th-rule-m'")
     assert [row[1:] for row in stored_alerts["values"]] == [["hot", "warning", 29.5]]
 
@@ -405,10 +406,16 @@ def test_presence_follows_status_last_will_and_silence(stack: Settings, tmp_path
     def status(device: str, state: str, protocol: str, interval_ms: int, ts: int) -> bytes:
         return encode(
             Presence(
-                device=device, state=state, protocol=protocol, kind="environment",  # type: ignore[arg-type]
-                site="plant-t", interval_ms=interval_ms, fw="1.2.3", ts=ts,
+                device=device,
+                state=state,
+                protocol=protocol,
+                kind="environment",  # type: ignore[arg-type]
+                site="plant-t",
+                interval_ms=interval_ms,
+                fw="1.2.3",
+                ts=ts,
             )
-        )  # fmt: skip
+        )
 
     with hub_process(stack, tmp_path, "--only", "presence"):
         connected_at = now_ms()
