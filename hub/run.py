@@ -52,7 +52,7 @@ def build_services(settings: Settings, names: tuple[str, ...], stop: threading.E
 
 
 def run_hub(settings: Settings, names: tuple[str, ...], on_ready: Callable[[], None] = lambda: None) -> None:
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     stop = threading.Event()
     services = build_services(settings, names, stop)
     monitor = Monitor(settings, [s.stats for s in services], stop)
