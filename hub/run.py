@@ -27,6 +27,9 @@ log = logging.getLogger("hub")
 SERVICES = ("store", "rules", "presence", "commands")
 #: How long a clean stop may take (writing the last batches) before threads are abandoned.
 STOP_GRACE_S = 30.0
+#: The rules file shipped at the root of the checkout, used when IOT_RULES_FILE is not found from here.
+DEFAULT_RULES = "rules.yaml"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 LOG_FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 
 
@@ -123,6 +126,8 @@ def run(
         rules_file=rules_file,
         metrics_port=metrics_port,
     )
+    if rules_file is None and not settings.rules_file.exists() and (REPO_ROOT / DEFAULT_RULES).exists():
+        settings = settings.model_copy(update={"rules_file": REPO_ROOT / DEFAULT_RULES})
     names = tuple(dict.fromkeys(only)) if only else SERVICES
     if "rules" in names:
         from hub.rules.loader import load_rules

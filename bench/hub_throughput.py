@@ -1,0 +1,361 @@
+"""How fast `python -m hub run` moves readings from MQTT devices into InfluxDB, against its ceilings.
+
+    python -m bench.hub_throughput [--readings 60000] [--devices 200] [--publishers 2]
+
+Starts its own stack (RabbitMQ + influxd on free ports in a temporary directory) and measures,
+in the same run, with the same publishers (MQTT QoS 1, one paho client per process):
+
+1. RabbitMQ alone: the readings published into exchange `iot` and drained from `hub.store` by a
+   consumer that only acks (the same queues and copies the hub gets; `hub.rules` is purged after);
+2. the hub: `python -m hub run` (all services) stores them; end-to-end rate = readings / time from
+   the first publish until the last reading is queryable, plus publish-to-queryable latency of a
+   probe device (one reading every PROBE_INTERVAL_S, polled every POLL_S);
+3. InfluxDB alone: the same points as line protocol, written in batches of BATCH_MAX_POINTS.
+
+Prints live progress and a final table; the hub's rate as a fraction of the lower ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pika
+from paho.mqtt.enums import CallbackAPIVersion
+from rich.console import Console
+from rich.table import Table
+
+from hub.config import Settings, load_settings
+from hub.contract import Reading, encode, mqtt_topic, now_ms
+from hub.stack import Stack
+from hub.stack.processes import free_port
+from hub.store.batch import BATCH_MAX_POINTS
+from hub.store.lineprotocol import reading_line
+from hub.store.writers import HttpV1Writer
+from hub.topology import RULES, STORE
+
+REPO = Path(__file__).resolve().parents[1]
+console = Console()
+
+#: The latency probe publishes one reading this often...
+PROBE_INTERVAL_S = 0.05
+#: ...and InfluxDB is polled for it this often (the resolution of the latency figures).
+POLL_S = 0.02
+PROGRESS_EVERY_S = 1.0
+#: How often the stored count is read during the hub phase (the resolution of its end time).
+COUNT_POLL_S = 0.2
+#: MQTT messages a publisher keeps in flight (unacknowledged PUBACKs).
+MAX_INFLIGHT = 1000
+
+
+def bench_settings(root: Path) -> Settings:
+    ports: set[int] = set()
+    while len(ports) < 6:
+        ports.add(free_port())
+    amqp, mqtt_port, stomp, management, prometheus, influx = sorted(ports)
+    return load_settings(
+        amqp_url=f"amqp://hub:hub-dev-password@127.0.0.1:{amqp}/iot",
+        mqtt_host="127.0.0.1",
+        mqtt_port=mqtt_port,
+        stomp_host="127.0.0.1",
+        stomp_port=stomp,
+        management_port=management,
+        rabbitmq_prometheus_port=prometheus,
+        influx_url=f"http://127.0.0.1:{influx}",
+        stack_dir=root,
+    )
+
+
+def make_reading(prefix: str, device: int, seq: int, base_ts: int) -> Reading:
+    return Reading(
+        device=f"{prefix}-{device:04d}",
+        site="bench",
+        kind="environment",
+        seq=seq,
+        ts=base_ts + seq,
+        readings={"temperature": 20.0 + (seq % 50) / 10, "humidity": 40.0 + (seq % 7)},
+    )
+
+
+def publisher(settings: Settings, prefix: str, devices: range, per_device: int, base_ts: int, done: Any) -> None:
+    """One MQTT connection publishing `per_device` readings for each of `devices`, QoS 1."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{prefix}-{devices.start}")
+    client.username_pw_set(settings.device_user, settings.device_password)
+    client.max_inflight_messages_set(MAX_INFLIGHT)
+    client.max_queued_messages_set(0)
+    client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=60)
+    client.loop_start()
+    last = None
+    for seq in range(per_device):
+        for device in devices:
+            reading = make_reading(prefix, device, seq, base_ts)
+            last = client.publish(mqtt_topic(reading.routing_key), encode(reading), qos=1)
+        while len(client._out_messages) > MAX_INFLIGHT * 4:  # keep memory bounded, the broker sets the pace
+            time.sleep(0.001)
+    if last is not None:
+        last.wait_for_publish(120)
+    while client._out_messages:
+        time.sleep(0.01)
+    client.loop_stop()
+    client.disconnect()
+    done.value += 1
+
+
+def start_publishers(
+    settings: Settings, prefix: str, devices: int, per_device: int, processes: int
+) -> tuple[Any, list[Any]]:
+    ctx = multiprocessing.get_context("fork")
+    done = ctx.Value("i", 0)
+    base_ts = now_ms() - 3_600_000
+    step = (devices + processes - 1) // processes
+    procs = []
+    for start in range(0, devices, step):
+        proc = ctx.Process(
+            target=publisher,
+            args=(settings, prefix, range(start, min(devices, start + step)), per_device, base_ts, done),
+        )
+        proc.start()
+        procs.append(proc)
+    return done, procs
+
+
+def amqp(settings: Settings) -> pika.BlockingConnection:
+    a = settings.amqp
+    return pika.BlockingConnection(
+        pika.ConnectionParameters(a.host, a.port, a.vhost, pika.PlainCredentials(a.user, a.password))
+    )
+
+
+def influx_seqs(settings: Settings, query: str) -> list[int]:
+    import json
+    import urllib.parse
+    import urllib.request
+
+    params = urllib.parse.urlencode({"db": settings.influx_db, "q": query})
+    with urllib.request.urlopen(f"{settings.influx_url}/query?{params}", timeout=30) as response:
+        result = json.loads(response.read())["results"][0]
+    series = result.get("series")
+    return [int(row[1]) for row in series[0]["values"]] if series else []
+
+
+def influx_count(settings: Settings, query: str, db: str | None = None) -> int:
+    import json
+    import urllib.parse
+    import urllib.request
+
+    params = urllib.parse.urlencode({"db": db or settings.influx_db, "q": query})
+    with urllib.request.urlopen(f"{settings.influx_url}/query?{params}", timeout=30) as response:
+        result = json.loads(response.read())["results"][0]
+    series = result.get("series")
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+# --- 1. RabbitMQ alone ---------------------------------------------------------------------------
+
+
+def rabbit_ceiling(settings: Settings, total: int, devices: int, per_device: int, processes: int) -> float:
+    connection = amqp(settings)
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=STORE.prefetch)
+    received = 0
+    started = time.monotonic()
+
+    def on_message(ch: Any, method: Any, _props: Any, _body: bytes) -> None:
+        nonlocal received
+        received += 1
+        if received % 1000 == 0 or received == total:
+            ch.basic_ack(method.delivery_tag, multiple=True)
+
+    channel.basic_consume(STORE.name, on_message)
+    _done, procs = start_publishers(settings, "rmq", devices, per_device, processes)
+    last_report = started
+    while received < total:
+        connection.process_data_events(time_limit=0.1)
+        if time.monotonic() - last_report >= PROGRESS_EVERY_S:
+            last_report = time.monotonic()
+            console.print(
+                f"  rabbitmq alone: {received:>8} / {total} acked, {received / (last_report - started):8.0f}/s"
+            )
+    elapsed = time.monotonic() - started
+    connection.close()
+    for proc in procs:
+        proc.join()
+    purge = amqp(settings)
+    purge.channel().queue_purge(RULES.name)
+    purge.close()
+    return total / elapsed
+
+
+# --- 2. the hub ----------------------------------------------------------------------------------
+
+
+def probe_latencies(settings: Settings, stop: threading.Event, latencies: list[float]) -> None:
+    """Publish a probe reading every PROBE_INTERVAL_S; poll InfluxDB and time each until it is queryable."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-probe")
+    client.username_pw_set(settings.device_user, settings.device_password)
+    client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=60)
+    client.loop_start()
+    sent: dict[int, float] = {}
+
+    def publish_probes() -> None:
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            reading = Reading(
+                device="probe", site="bench", kind="probe_env", seq=seq, ts=now_ms(), readings={"temperature": 1.0}
+            )
+            sent[seq] = time.monotonic()
+            client.publish(mqtt_topic(reading.routing_key), encode(reading), qos=1)
+            stop.wait(PROBE_INTERVAL_S)
+
+    threading.Thread(target=publish_probes, daemon=True).start()
+    seen = 0
+    while not stop.is_set():
+        found = influx_seqs(settings, f"SELECT seq FROM probe_env WHERE seq > {seen}")
+        now = time.monotonic()
+        for seq in found:
+            if seq in sent:
+                latencies.append(now - sent[seq])
+            seen = max(seen, seq)
+        time.sleep(POLL_S)
+    client.loop_stop()
+    client.disconnect()
+
+
+def hub_run(
+    settings: Settings, total: int, devices: int, per_device: int, processes: int, log: Path
+) -> tuple[float, list[float]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
+    env.update(
+        IOT_AMQP_URL=settings.amqp_url,
+        IOT_INFLUX_URL=settings.influx_url,
+        IOT_METRICS_PORT="0",
+        IOT_RULES_FILE=str(REPO / "rules.yaml"),
+    )
+    with open(log, "wb") as out:
+        hub = subprocess.Popen([sys.executable, "-m", "hub", "run"], cwd=REPO, env=env, stdout=out, stderr=out)
+    try:
+        while log.read_text().count("event=consuming") < 4:
+            if hub.poll() is not None:
+                raise SystemExit(f"the hub exited: {log.read_text()}")
+            time.sleep(0.1)
+        stop = threading.Event()
+        latencies: list[float] = []
+        prober = threading.Thread(target=probe_latencies, args=(settings, stop, latencies), daemon=True)
+        prober.start()
+        time.sleep(1.0)  # idle latency first
+        started = time.monotonic()
+        _done, procs = start_publishers(settings, "hub", devices, per_device, processes)
+        stored = 0
+        last_report = started
+        while stored < total:
+            time.sleep(COUNT_POLL_S)
+            stored = influx_count(settings, "SELECT count(seq) FROM environment WHERE site = 'bench'")
+            elapsed = time.monotonic() - started
+            if time.monotonic() - last_report < PROGRESS_EVERY_S and stored < total:
+                continue
+            last_report = time.monotonic()
+            console.print(
+                f"  hub end-to-end: {stored:>8} / {total} stored, {stored / elapsed:8.0f}/s, "
+                f"probe p50 {1000 * statistics.median(latencies) if latencies else 0:.0f} ms"
+            )
+            if hub.poll() is not None:
+                raise SystemExit(f"the hub exited: {log.read_text()[-2000:]}")
+        elapsed = time.monotonic() - started
+        stop.set()
+        prober.join()
+        for proc in procs:
+            proc.join()
+        return total / elapsed, latencies
+    finally:
+        hub.send_signal(signal.SIGTERM)
+        hub.wait(60)
+
+
+# --- 3. InfluxDB alone ---------------------------------------------------------------------------
+
+
+def influx_ceiling(settings: Settings, devices: int, per_device: int) -> float:
+    ceiling = settings.model_copy(update={"influx_db": "bench_ceiling"})
+    writer = HttpV1Writer(ceiling)
+    writer.ensure_database()
+    base_ts = now_ms() - 7_200_000
+    lines = [
+        reading_line(make_reading("inf", device, seq, base_ts), "mqtt")
+        for seq in range(per_device)
+        for device in range(devices)
+    ]
+    started = time.monotonic()
+    last_report = started
+    for start in range(0, len(lines), BATCH_MAX_POINTS):
+        writer.write("\n".join(lines[start : start + BATCH_MAX_POINTS]).encode())
+        if time.monotonic() - last_report >= PROGRESS_EVERY_S:
+            last_report = time.monotonic()
+            done = start + BATCH_MAX_POINTS
+            console.print(
+                f"  influxdb alone: {done:>8} / {len(lines)} written, {done / (last_report - started):8.0f}/s"
+            )
+    elapsed = time.monotonic() - started
+    writer.close()
+    return len(lines) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--readings", type=int, default=60_000, help="readings per phase")
+    parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument("--publishers", type=int, default=2, help="publisher processes (one MQTT connection each)")
+    args = parser.parse_args()
+    per_device = max(1, args.readings // args.devices)
+    total = per_device * args.devices
+
+    with tempfile.TemporaryDirectory(prefix="hub-bench-") as tmp:
+        root = Path(tmp)
+        settings = bench_settings(root / "stack")
+        stack = Stack(settings)
+        console.print(f"starting a stack under {root} ...")
+        try:
+            stack.up(lambda message: console.print(f"  {message}"))
+            console.print(f"[bold]1. RabbitMQ alone[/] ({total} readings, {args.publishers} MQTT publishers, QoS 1)")
+            rabbit = rabbit_ceiling(settings, total, args.devices, per_device, args.publishers)
+            console.print("[bold]2. the hub[/] (python -m hub run, all services)")
+            hub_rate, latencies = hub_run(settings, total, args.devices, per_device, args.publishers, root / "hub.log")
+            console.print(f"[bold]3. InfluxDB alone[/] (same points, batches of {BATCH_MAX_POINTS})")
+            influx = influx_ceiling(settings, args.devices, per_device)
+        finally:
+            stack.down()
+
+    ceiling = min(rabbit, influx)
+    quantiles = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) >= 2 else [0.0] * 99
+    table = Table(title=f"hub throughput: {total} readings from {args.devices} MQTT devices (QoS 1)")
+    table.add_column("what")
+    table.add_column("readings/s", justify="right")
+    table.add_column("share of lower ceiling", justify="right")
+    table.add_row("RabbitMQ alone (publish -> ack-only consumer)", f"{rabbit:,.0f}", f"{rabbit / ceiling:.0%}")
+    table.add_row("InfluxDB alone (batched line protocol writes)", f"{influx:,.0f}", f"{influx / ceiling:.0%}")
+    table.add_row("hub end-to-end (publish -> queryable)", f"{hub_rate:,.0f}", f"[bold]{hub_rate / ceiling:.0%}[/]")
+    console.print(table)
+    latency = Table(
+        title=f"publish-to-queryable latency of a probe reading ({len(latencies)} samples, poll {POLL_S * 1000:.0f} ms)"
+    )
+    for column in ("p50 ms", "p99 ms", "max ms"):
+        latency.add_column(column, justify="right")
+    latency.add_row(
+        f"{quantiles[49] * 1000:.0f}", f"{quantiles[98] * 1000:.0f}", f"{max(latencies, default=0) * 1000:.0f}"
+    )
+    console.print(latency)
+
+
+if __name__ == "__main__":
+    main()
