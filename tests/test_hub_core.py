@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from hub.commands import TIMEOUT_GRACE_MS, CommandLedger
+from hub.config import load_settings
 from hub.contract import Ack, Command, Presence, Reading
 from hub.errors import ConfigError
 from hub.health import stats_lines
@@ -17,6 +18,7 @@ from hub.rules.loader import load_rules, parse_rules
 from hub.rules.model import Action, RateOfChange, Stuck, Threshold, ZScore
 from hub.store.batch import BATCH_MAX_POINTS, FLUSH_INTERVAL_S, Batch
 from hub.store.lineprotocol import point, reading_line
+from hub.store.writers import ClientV2Writer, open_writer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -235,3 +237,18 @@ def test_hub_stats_points_carry_the_service_counters() -> None:
     [line] = stats_lines("host-1", [stats], {"hub.store": 5}, 1234)
     assert line.startswith("hub_stats,instance=host-1,service=store received=10i,stored=9i,dead_lettered=1i,")
     assert "batches=1i" in line and "batch_latency_ms=4.0" in line and "queue_depth=5i" in line
+
+
+# --- writer choice ---------------------------------------------------------------------------------
+
+
+def test_a_token_selects_the_v2_api_and_v2_without_credentials_is_a_config_error() -> None:
+    settings = load_settings(influx_url="http://127.0.0.1:9", influx_token="t0ken", influx_org="acme")
+    writer = open_writer(settings)
+    try:
+        assert isinstance(writer, ClientV2Writer)
+        assert (writer.bucket, writer.org) == ("telemetry", "acme")
+    finally:
+        writer.close()
+    with pytest.raises(ConfigError, match="IOT_INFLUX_TOKEN"):
+        open_writer(load_settings(influx_url="http://127.0.0.1:9", influx_api="v2"))

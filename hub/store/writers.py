@@ -93,6 +93,8 @@ class HttpV1Writer:
         detail = body.decode(errors="replace").strip()[:500]
         if status == 404:
             raise StorageUnavailable(f"InfluxDB: database {self.settings.influx_db!r} not found ({detail})")
+        if status in (401, 403):  # a credentials problem, not the points': keep them until it is fixed
+            raise StorageUnavailable(f"InfluxDB refused the credentials ({status}): check IOT_INFLUX_USER/PASSWORD")
         if 400 <= status < 500 and status not in (408, 429):
             raise PointsRejected(f"InfluxDB refused the points ({status}): {detail}")
         raise StorageUnavailable(f"InfluxDB answered {status}: {detail}")
@@ -142,7 +144,7 @@ class ClientV2Writer:
             )
         except ApiException as exc:
             status = exc.status or 0
-            if 400 <= status < 500 and status not in (404, 408, 429):
+            if 400 <= status < 500 and status not in (401, 403, 404, 408, 429):
                 raise PointsRejected(f"InfluxDB refused the points ({status}): {exc.body}") from exc
             raise StorageUnavailable(f"InfluxDB answered {status}: {exc.body}") from exc
         except Exception as exc:  # urllib3 connection errors have no common base worth naming
