@@ -328,12 +328,13 @@ def plain_line(snapshot: Snapshot, results: list[CommandResult], elapsed_s: floa
 
 
 def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
+    """Ctrl-C, SIGTERM and a closed terminal (SIGHUP) all mean: stop cleanly."""
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 @contextlib.contextmanager
 def _signals(handler: Any) -> Iterator[None]:
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
@@ -443,12 +444,17 @@ class Demo:
         elapsed = time.monotonic() - self.live_started
         for child in reversed(self.children):
             code = child.stop()
-            self.console.print(f"stopped the {child.name} (pid {child.pid}, exit {code})")
+            self._say(f"stopped the {child.name} (pid {child.pid}, exit {code})")
         if self.children:
             self.snapshot = self._activity()[0] or self.snapshot
             results = self.runner.snapshot() if self.runner is not None else []
-            self.console.print(final_report(self.snapshot, results, elapsed))
-        self.console.print(self.stack.down(self.keep_stack))
+            self._say(final_report(self.snapshot, results, elapsed))
+        self._say(self.stack.down(self.keep_stack))
+
+    def _say(self, text: str) -> None:
+        """Print while stopping; a terminal that is gone must not stop the cleanup."""
+        with contextlib.suppress(OSError, ValueError):
+            self.console.print(text)
 
     # --- helpers -----------------------------------------------------------------------------------
 
