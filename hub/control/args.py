@@ -13,7 +13,7 @@ _ARG_NAME = re.compile(SENSOR_PATTERN)
 
 
 def _refuse_constant(name: str) -> float:
-    raise ValueError(name)
+    raise ConfigError(f"value {name!r} is not allowed: numbers must be finite")
 
 
 def parse_value(text: str) -> Scalar:
