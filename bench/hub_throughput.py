@@ -233,9 +233,15 @@ def probe_latencies(settings: Settings, stop: threading.Event, latencies: list[f
     client.disconnect()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def hub_run(
     settings: Settings, total: int, devices: int, per_device: int, processes: int, log: Path
-) -> tuple[float, list[float]]:
+) -> tuple[float, list[float], float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
     env.update(
         IOT_AMQP_URL=settings.amqp_url,
@@ -256,6 +262,7 @@ def hub_run(
         prober.start()
         time.sleep(1.0)  # idle latency first
         started = time.monotonic()
+        cpu_before = cpu_seconds(hub.pid)
         _done, procs = start_publishers(settings, "hub", devices, per_device, processes)
         stored = 0
         last_report = started
@@ -273,11 +280,12 @@ def hub_run(
             if hub.poll() is not None:
                 raise SystemExit(f"the hub exited: {log.read_text()[-2000:]}")
         elapsed = time.monotonic() - started
+        cpu = cpu_seconds(hub.pid) - cpu_before
         stop.set()
         prober.join()
         for proc in procs:
             proc.join()
-        return total / elapsed, latencies
+        return total / elapsed, latencies, cpu
     finally:
         hub.send_signal(signal.SIGTERM)
         hub.wait(60)
@@ -330,7 +338,9 @@ def main() -> None:
             console.print(f"[bold]1. RabbitMQ alone[/] ({total} readings, {args.publishers} MQTT publishers, QoS 1)")
             rabbit = rabbit_ceiling(settings, total, args.devices, per_device, args.publishers)
             console.print("[bold]2. the hub[/] (python -m hub run, all services)")
-            hub_rate, latencies = hub_run(settings, total, args.devices, per_device, args.publishers, root / "hub.log")
+            hub_rate, latencies, hub_cpu = hub_run(
+                settings, total, args.devices, per_device, args.publishers, root / "hub.log"
+            )
             console.print(f"[bold]3. InfluxDB alone[/] (same points, batches of {BATCH_MAX_POINTS})")
             influx = influx_ceiling(settings, args.devices, per_device)
         finally:
@@ -355,6 +365,11 @@ def main() -> None:
         f"{quantiles[49] * 1000:.0f}", f"{quantiles[98] * 1000:.0f}", f"{max(latencies, default=0) * 1000:.0f}"
     )
     console.print(latency)
+    console.print(
+        f"hub process CPU during the run: {hub_cpu:.1f} s for {total} readings "
+        f"({1e6 * hub_cpu / total:.0f} µs per reading, store + rules + presence + commands), "
+        f"{100 * hub_cpu * hub_rate / total:.0f}% of one core at the measured rate"
+    )
 
 
 if __name__ == "__main__":

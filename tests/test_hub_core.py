@@ -252,3 +252,13 @@ def test_a_token_selects_the_v2_api_and_v2_without_credentials_is_a_config_error
         writer.close()
     with pytest.raises(ConfigError, match="IOT_INFLUX_TOKEN"):
         open_writer(load_settings(influx_url="http://127.0.0.1:9", influx_api="v2"))
+
+
+def test_the_fast_reading_line_equals_the_general_escaping_one() -> None:
+    reading = Reading(
+        device="d_1-x", site="s-2", kind="air_quality", seq=2**53, ts=0,
+        readings={"co2": 1e-05, "voc": 1234567.0, "ventilation": False},
+    )  # fmt: skip
+    fields: dict[str, bool | int | float | str] = {**reading.readings, "seq": reading.seq}
+    general = point(reading.kind, {"device": reading.device, "site": reading.site, "protocol": "stomp"}, fields, 0)
+    assert reading_line(reading, "stomp") == general

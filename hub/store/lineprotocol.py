@@ -49,9 +49,17 @@ def point(measurement: str, tags: Mapping[str, str], fields: Mapping[str, FieldV
 
 
 def reading_line(reading: Reading, protocol: Protocol) -> str:
-    """The reading as stored: measurement = kind, tags device/site/protocol, fields readings + seq."""
-    fields: dict[str, FieldValue] = dict(reading.readings)
-    fields["seq"] = reading.seq
-    return point(
-        reading.kind, {"device": reading.device, "site": reading.site, "protocol": protocol}, fields, reading.ts
+    """The reading as stored: measurement = kind, tags device/protocol/site, fields readings + seq.
+
+    The hot path of the store: a `Reading` only exists once its identifiers and sensor names
+    matched the contract's patterns (no comma, space, quote, '=' or backslash possible), so
+    they need no escaping here; the general `point` escapes everything.
+    """
+    fields = ",".join(
+        f"{name}={'true' if value else 'false'}" if isinstance(value, bool) else f"{name}={value!r}"
+        for name, value in reading.readings.items()
+    )
+    return (
+        f"{reading.kind},device={reading.device},protocol={protocol},site={reading.site} "
+        f"{fields},seq={reading.seq}i {reading.ts}"
     )
