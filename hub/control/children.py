@@ -9,7 +9,6 @@ import ctypes
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,12 +75,3 @@ def start_child(name: str, argv: Sequence[str], log_path: Path, cwd: Path, env: 
             preexec_fn=_die_with_parent,
         )
     return Child(name, process, log_path)
-
-
-def wait_all_stopped(children: Sequence[Child], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while any(child.running() for child in children):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
