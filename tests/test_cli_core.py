@@ -122,6 +122,14 @@ def test_the_fleet_view_merges_presence_and_latest_readings() -> None:
     assert select(fleet, site="elsewhere") == []
 
 
+def test_an_online_device_silent_for_long_is_shown_as_stale() -> None:
+    fresh, silent = build_fleet(
+        [_status("th-1", NOW - 5_000, True), _status("th-2", NOW - 16 * 60_000, True)], [], at_ms=NOW
+    )
+    assert (fresh.online, fresh.stale) == (True, False)
+    assert (silent.online, silent.stale) == (True, True)
+
+
 def test_a_device_without_status_is_online_while_its_readings_are_fresh() -> None:
     fresh, stale = build_fleet(
         [],

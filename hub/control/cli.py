@@ -240,7 +240,8 @@ def devices(site: str | None, kind: str | None, state: StateFilter, as_json: boo
 
     Read from InfluxDB (what the hub stored: `device_status` and each kind's readings).
     --json prints objects with device, kind, site, protocol (mqtt|stomp), online (bool),
-    last_seen (epoch ms), state, reason, interval_ms, fw, readings and readings_at.
+    last_seen (epoch ms), state, reason, interval_ms, fw, readings, readings_at and stale
+    (online by the hub's last word, but silent for long: is the hub running?).
 
     \b
     Examples:
@@ -288,7 +289,11 @@ def _fleet_table(views: Sequence[DeviceView], now: int) -> Table:
     for column in ("device", "kind", "site", "protocol", "state", "last seen", "latest readings"):
         table.add_column(column, overflow="fold" if column == "latest readings" else "ellipsis")
     for view in views:
-        state = Text(view.state, style="green" if view.online else "red")
+        if view.stale:
+            state = Text("online?", style="yellow")
+            state.append(" (silent; is the hub running?)", style="dim")
+        else:
+            state = Text(view.state, style="green" if view.online else "red")
         if not view.online and view.reason:
             state.append(f" ({view.reason})", style="dim")
         readings = " ".join(_reading_text(name, value) for name, value in view.readings.items())

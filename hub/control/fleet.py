@@ -23,6 +23,10 @@ NON_KIND_MEASUREMENTS = frozenset({STATUS_MEASUREMENT, "alerts", "commands", "hu
 NON_READING_COLUMNS = frozenset({"time", "seq", "device", "site", "protocol", "kind"})
 #: A device that never sent a status message counts as online while its readings are this fresh.
 FRESH_READING_MS = 60_000
+#: An "online" device with no news for this many intervals (and at least STALE_MIN_MS) is shown as
+#: stale: the hub normally marks silent devices offline, so this means the hub itself is not running.
+STALE_AFTER_INTERVALS = 10
+STALE_MIN_MS = 60_000
 
 StateFilter = Literal["online", "offline", "all"]
 _KIND_NAME = re.compile(IDENTIFIER_PATTERN)
@@ -42,6 +46,8 @@ class DeviceView:
     fw: str = ""
     readings: dict[str, float | bool] = field(default_factory=dict)
     readings_at: int | None = None
+    #: Online by the last word of the hub, but silent for long since (see STALE_AFTER_INTERVALS).
+    stale: bool = False
 
     @property
     def state(self) -> str:
@@ -61,6 +67,7 @@ class DeviceView:
             "fw": self.fw,
             "readings": self.readings,
             "readings_at": self.readings_at,
+            "stale": self.stale,
         }
 
 
@@ -94,6 +101,8 @@ def build_fleet(status: Iterable[Series], readings: Iterable[Series], at_ms: int
         else:
             online = reading_at is not None and now - reading_at <= FRESH_READING_MS
         interval = state.get("interval_ms")
+        interval_ms = int(interval) if isinstance(interval, int | float) else None
+        stale_after = max(STALE_MIN_MS, STALE_AFTER_INTERVALS * (interval_ms or 0))
         fleet.append(
             DeviceView(
                 device=device,
@@ -103,7 +112,7 @@ def build_fleet(status: Iterable[Series], readings: Iterable[Series], at_ms: int
                 online=online,
                 last_seen=last_seen,
                 reason=str(state.get("reason") or ""),
-                interval_ms=int(interval) if isinstance(interval, int | float) else None,
+                interval_ms=interval_ms,
                 fw=str(state.get("fw") or ""),
                 readings={
                     name: value
@@ -111,6 +120,7 @@ def build_fleet(status: Iterable[Series], readings: Iterable[Series], at_ms: int
                     if name not in NON_READING_COLUMNS and isinstance(value, int | float | bool)
                 },
                 readings_at=reading_at,
+                stale=online and now - last_seen > stale_after,
             )
         )
     return fleet
