@@ -40,6 +40,7 @@ from hub.control.exit_codes import ExitCode
 from hub.control.subscribers import management_url, read_queue_names
 from hub.errors import HubError, StackError, StorageUnavailable
 from hub.stack import Stack
+from hub.stack.processes import free_port, port_open
 from hub.stack.stack import stack_root
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -243,7 +244,7 @@ class StackHandle:
 # --- what to show --------------------------------------------------------------------------------
 
 
-def where_to_look(settings: Settings, docker: bool, logs: Path) -> list[str]:
+def where_to_look(settings: Settings, docker: bool, logs: Path, metrics_port: int = 0) -> list[str]:
     user = settings.amqp.user
     password = DEV_HUB_PASSWORD if settings.amqp.password == DEV_HUB_PASSWORD else "the one in IOT_AMQP_URL"
     query = "SELECT * FROM thermostat WHERE time > now() - 1m"
@@ -255,6 +256,8 @@ def where_to_look(settings: Settings, docker: bool, logs: Path) -> list[str]:
         "the CLI      python -m hub devices · python -m hub tail 'alerts.#' · python -m hub send --help",
         f"logs         {logs}/hub.log, {logs}/sim.log",
     ]
+    if metrics_port:
+        lines.insert(3, f"hub metrics  http://localhost:{metrics_port}/metrics  (Prometheus; /health too)")
     if docker:
         lines.insert(3, f"Chronograf   {CHRONOGRAF_URL}  (dashboards over InfluxDB)")
     return lines
@@ -366,6 +369,7 @@ class Demo:
         self.rates = RateWindow()
         self.snapshot = Snapshot()
         self.live_started = time.monotonic()
+        self.metrics_port = settings.metrics_port
 
     def run(self) -> int:
         exit_code = ExitCode.OK
@@ -389,10 +393,14 @@ class Demo:
     def _start(self) -> None:
         self.stack.up()
         env = dict(os.environ, PYTHONUNBUFFERED="1", IOT_STACK_DIR=str(stack_root(self.settings)))
+        if self.metrics_port and port_open("127.0.0.1", self.metrics_port):
+            taken, self.metrics_port = self.metrics_port, free_port()
+            self.console.print(f"port {taken} (IOT_METRICS_PORT) is taken: the hub's metrics go to {self.metrics_port}")
+        env["IOT_METRICS_PORT"] = str(self.metrics_port)
         self._spawn("hub", [sys.executable, "-m", "hub", "run"], env)
         self._wait_for("waiting for the hub to declare its queues", self._hub_ready, HUB_READY_TIMEOUT_S)
         self._spawn("simulator", [sys.executable, "-m", "devices.sim", "--count", str(self.count)], env)
-        for line in where_to_look(self.settings, self.stack.docker, self.logs):
+        for line in where_to_look(self.settings, self.stack.docker, self.logs, self.metrics_port):
             self.console.print(f"  {line}")
         try:
             self.snapshot = self._wait_for(
@@ -450,6 +458,9 @@ class Demo:
             results = self.runner.snapshot() if self.runner is not None else []
             self._say(final_report(self.snapshot, results, elapsed))
         self._say(self.stack.down(self.keep_stack))
+        if not self.stack.started_by_us or self.keep_stack:
+            for line in where_to_look(self.settings, self.stack.docker, self.logs)[:4]:
+                self._say(f"  {line}")
 
     def _say(self, text: str) -> None:
         """Print while stopping; a terminal that is gone must not stop the cleanup."""

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hub.stack.processes import free_port
 from tests.conftest import stack_settings
 from tests.support import wait_until
 
@@ -46,6 +47,7 @@ def _members_of_groups(groups: set[int]) -> list[int]:
 
 def test_make_demo_runs_the_main_job_and_leaves_no_process_behind(tmp_path: Path) -> None:
     settings = stack_settings(tmp_path / "demo-stack")
+    metrics_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
     env.update(
         IOT_AMQP_URL=settings.amqp_url,
@@ -57,7 +59,7 @@ def test_make_demo_runs_the_main_job_and_leaves_no_process_behind(tmp_path: Path
         IOT_RABBITMQ_PROMETHEUS_PORT=str(settings.rabbitmq_prometheus_port),
         IOT_INFLUX_URL=settings.influx_url,
         IOT_STACK_DIR=str(settings.stack_dir),
-        IOT_METRICS_PORT="0",
+        IOT_METRICS_PORT=str(metrics_port),
     )
     venv = Path(sys.prefix)
     # -o: the venv is the one running this test; `make demo` must not reinstall it here.
@@ -99,5 +101,6 @@ def test_make_demo_runs_the_main_job_and_leaves_no_process_behind(tmp_path: Path
     assert "stopped the simulator" in out and "stopped the hub" in out
     assert "stopped the stack the demo started (RabbitMQ, InfluxDB)" in out
     assert f"InfluxDB     {settings.influx_url}" in out and "RabbitMQ UI  http://localhost:" in out
+    assert f"hub metrics  http://localhost:{metrics_port}/metrics" in out
     wait_until(lambda: not any(_alive(pid) for pid in pids.values()), 10)
     wait_until(lambda: not _members_of_groups(set(pids.values())), 10)
