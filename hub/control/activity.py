@@ -50,10 +50,10 @@ class Snapshot:
 
     @property
     def online(self) -> int:
-        return sum(view.online for view in self.fleet)
+        return sum(view.online and not view.stale for view in self.fleet)
 
     def by_protocol(self) -> dict[str, int]:
-        return dict(Counter(view.protocol for view in self.fleet if view.online))
+        return dict(Counter(view.protocol for view in self.fleet if view.online and not view.stale))
 
 
 def _total(series: Any, column: str) -> int:

@@ -262,9 +262,11 @@ def devices(site: str | None, kind: str | None, state: StateFilter, as_json: boo
         )
         return
     out.print(_fleet_table(chosen, now_ms()))
-    online = sum(view.online for view in chosen)
+    online = sum(view.online and not view.stale for view in chosen)
+    stale = sum(view.stale for view in chosen)
     shown = f"{len(chosen)} of {len(fleet)}" if len(chosen) != len(fleet) else str(len(fleet))
-    out.print(f"{shown} devices: [green]{online} online[/], [red]{len(chosen) - online} offline[/]")
+    line = f"{shown} devices: [green]{online} online[/], [red]{len(chosen) - online - stale} offline[/]"
+    out.print(line + (f", [yellow]{stale} stale[/] (silent, though online by the hub's last word)" if stale else ""))
 
 
 def _ago(at_ms: int, now: int) -> str:
