@@ -43,6 +43,8 @@ BASELINE_S = 5.0
 #: Unconfirmed messages the baseline publishers keep in flight.
 BASELINE_WINDOW = 500
 PROGRESS_REFRESH_S = 0.5
+#: Columns of the final table when stdout is not a terminal.
+REPORT_WIDTH = 160
 
 
 @dataclass(frozen=True)
@@ -277,7 +279,8 @@ def table(results: list[Result], interval_s: float) -> Table:
 @click.option("--interval", default=1.0, show_default=True, help="Seconds between one device's readings.")
 @click.option("--protocol", type=click.Choice(["mqtt", "stomp", "mixed"]), default="mixed", show_default=True)
 def main(counts: str, step: int, max_count: int, interval: float, protocol: ProtocolChoice) -> None:
-    console = Console()
+    # A log file gets a table wide enough to read; a terminal uses its own width.
+    console = Console(width=None if os.isatty(1) else REPORT_WIDTH)
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="sim-bench-") as root:
         settings = _bench_settings(Path(root))

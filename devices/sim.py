@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from types import FrameType
 
 import click
@@ -29,6 +30,8 @@ from hub.errors import HubError
 
 #: How often the progress line is redrawn.
 PROGRESS_REFRESH_S = 0.5
+#: In a log file (not a terminal), a progress line this often.
+LOG_PROGRESS_EVERY_S = 10.0
 #: Columns used when stderr is not a terminal (a log file), so the summary table is not squeezed.
 SUMMARY_WIDTH = 110
 #: Exit code after Ctrl-C / SIGTERM, like a shell reports a signal-terminated process.
@@ -115,15 +118,8 @@ def sim(
     interrupted = False
     try:
         fleet.start()
-        with Live(console=console, refresh_per_second=4, transient=False) as live:
-            deadline = None if duration is None else time.monotonic() + duration
-            last = fleet.stats()
-            while deadline is None or time.monotonic() < deadline:
-                left = PROGRESS_REFRESH_S if deadline is None else deadline - time.monotonic()
-                time.sleep(max(0.0, min(PROGRESS_REFRESH_S, left)))
-                now = fleet.stats()
-                live.update(_progress_line(now, last, LagSummary.of(fleet.lag.take_recent())))
-                last = now
+        console.print(f"all {count} devices online")
+        _show_progress(fleet, console, duration)
     except KeyboardInterrupt:
         interrupted = True
         console.print("\nstopping: devices are saying offline…")
@@ -135,6 +131,24 @@ def sim(
     console.print(_summary_table(fleet.stats()))
     if interrupted:
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _show_progress(fleet: Fleet, console: Console, duration: float | None) -> None:
+    """A live line on a terminal; in a log file, one plain line every `LOG_PROGRESS_EVERY_S`."""
+    deadline = None if duration is None else time.monotonic() + duration
+    refresh = PROGRESS_REFRESH_S if console.is_terminal else LOG_PROGRESS_EVERY_S
+    with Live(console=console, refresh_per_second=4, transient=False) if console.is_terminal else nullcontext() as live:
+        last = fleet.stats()
+        while deadline is None or time.monotonic() < deadline:
+            left = refresh if deadline is None else deadline - time.monotonic()
+            time.sleep(max(0.0, min(refresh, left)))
+            now = fleet.stats()
+            line = _progress_line(now, last, LagSummary.of(fleet.lag.take_recent()))
+            if live is not None:
+                live.update(line)
+            else:
+                console.print(line)
+            last = now
 
 
 def _progress_line(now: FleetStats, last: FleetStats, lag: LagSummary) -> Text:
