@@ -20,6 +20,7 @@ SUBCOMMANDS = [
     ("hub.control.cli", "tail"),
     ("hub.demo", "demo"),
     ("hub.run", "run"),
+    ("hub.dashboard.cli", "dashboard"),
 ]
 
 

@@ -14,10 +14,14 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,9 @@ import yaml
 from devices.fleet import Fleet
 from hub.config import Settings
 from hub.contract import EXCHANGE, SENSOR_UNITS
+from hub.dashboard.server import make_server
+from hub.stack.packages import ensure_packages
+from hub.stack.processes import free_port
 from tests.support import amqp_connection, influx_query, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -398,3 +405,196 @@ def test_alerts_filters_narrow_to_one_site(fleet_data: FleetData) -> None:
 
     assert sites(".*") >= {"plant-a", "plant-b"}
     assert sites("plant-b") == {"plant-b"}
+
+
+# --- the local page of `python -m hub dashboard`, in headless Chromium ---------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+#: Virtual time the page gets to load, fetch its JSON and draw (a poll every 5 s fits twice).
+VIRTUAL_TIME_BUDGET_MS = 12_000
+SCREENSHOT_WINDOW = "1280,2300"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """One series a chart drew: the chart (figure id, else its title), the series, its points."""
+
+    chart: str
+    series: str
+    points: int
+
+
+class PageReader(HTMLParser):
+    """Reads the DOM Chromium dumps: the drawn series and the text of elements with an id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drawn: list[Drawn] = []
+        self.texts: dict[str, str] = {}
+        self._chart = ""
+        self._open_id: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "figure":
+            self._chart = a.get("id", "")
+        if tag == "svg" and not self._chart:
+            self._chart = a.get("aria-label", "")
+        if "data-series" in a:
+            self.drawn.append(Drawn(self._chart, a["data-series"], int(a["data-points"])))
+        self._open_id = a.get("id")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "figure":
+            self._chart = ""
+
+    def handle_data(self, data: str) -> None:
+        if self._open_id:
+            self.texts[self._open_id] = self.texts.get(self._open_id, "") + data
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    """Debian's chromium, installed when missing (as root on Debian; else the error says how)."""
+    ensure_packages({"chromium": CHROMIUM})
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def page_url(fleet_data: FleetData, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`python -m hub dashboard` on a free port, reading the module's InfluxDB."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("page") / "dashboard.log"
+    environment = settings_environment(fleet_data.settings)
+    with open(log, "wb") as out:
+        argv = [sys.executable, "-m", "hub", "dashboard", "--port", str(port)]
+        process = subprocess.Popen(argv, cwd=REPO, env=environment, stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until(lambda: http_get(url)[0] == 200 or process.poll() is not None, 15)
+        assert process.poll() is None, log.read_text()
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def http_get(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read()
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        body, status = exc.read(), exc.code
+    except OSError:
+        return 0, None
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body
+
+
+def run_chromium(chromium: Path, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [str(chromium), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=90, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def test_local_page_draws_the_fleet_and_a_thermostat_with_data(
+    fleet_data: FleetData, page_url: str, chromium: Path, tmp_path: Path
+) -> None:
+    thermostat = next(d for d in fleet_data.devices if d.kind == "thermostat")
+    result = run_chromium(
+        chromium,
+        tmp_path / "profile",
+        f"--virtual-time-budget={VIRTUAL_TIME_BUDGET_MS}",
+        "--dump-dom",
+        f"{page_url}#device={thermostat.device}&range=15m",
+    )
+    page = PageReader()
+    page.feed(result.stdout)
+    assert page.texts.get("status", "").startswith("updated"), page.texts.get("status")
+
+    def points(chart: str) -> dict[str, int]:
+        return {d.series: d.points for d in page.drawn if d.chart == chart}
+
+    kinds = {d.kind for d in fleet_data.devices}
+    assert kinds <= {s for s, n in points("chart-rate").items() if n > 0}
+    assert {"info", "warning", "critical"} <= {s for s, n in points("chart-alerts").items() if n > 0}
+    assert points("chart-rtt").get("p95", 0) > 0
+    celsius = points("temperature vs setpoint (°C)") or points("setpoint vs temperature (°C)")
+    assert celsius.get("temperature", 0) > 0 and celsius.get("setpoint", 0) > 0, page.drawn
+    assert points("heating (1 = on)").get("heating", 0) > 0
+
+    states = last_states(fleet_data.settings)
+    assert page.texts["tile-online"] == str(list(states.values()).count("online"))
+    assert page.texts["tile-offline"] == str(list(states.values()).count("offline"))
+    assert thermostat.device in page.texts["device-identity"] or "thermostat" in page.texts["device-identity"]
+
+
+def test_local_page_screenshot_is_a_png(fleet_data: FleetData, page_url: str, chromium: Path, tmp_path: Path) -> None:
+    power_meter = next(d for d in fleet_data.devices if d.kind == "power_meter")
+    shot = tmp_path / "dashboard.png"
+    run_chromium(
+        chromium,
+        tmp_path / "profile",
+        f"--virtual-time-budget={VIRTUAL_TIME_BUDGET_MS}",
+        f"--screenshot={shot}",
+        f"--window-size={SCREENSHOT_WINDOW}",
+        "--hide-scrollbars",
+        f"{page_url}#device={power_meter.device}&range=5m",
+    )
+    data = shot.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 20_000
+
+
+def test_local_page_endpoints_follow_new_readings(fleet_data: FleetData, page_url: str) -> None:
+    """What the page polls moves on: a device's latest point is newer a few seconds later."""
+    device = next(d for d in fleet_data.devices if d != fleet_data.stopped)
+
+    def latest() -> int:
+        status, body = http_get(f"{page_url}api/device?device={device.device}&range=5m")
+        assert status == 200, body
+        return max(p[0] for r in body["readings"] for p in r["points"])
+
+    first = latest()
+    wait_until(lambda: latest() > first, 15, 0.5)
+
+
+def test_local_page_refuses_what_could_reach_influxql(page_url: str) -> None:
+    for bad in ("x'%20OR%20'1'='1", "a%22b", "a/b", "A"):
+        status, body = http_get(f"{page_url}api/device?device={bad}")
+        assert status == 400 and "not allowed" in body["error"], (bad, body)
+    status, body = http_get(f"{page_url}api/overview?range=1y")
+    assert status == 400 and "5m" in body["error"]
+    status, body = http_get(f"{page_url}api/device?device=never-seen-0001")
+    assert status == 404 and "never-seen-0001" in body["error"]
+
+
+def test_local_page_says_when_influxdb_is_unreachable(stack: Settings) -> None:
+    unreachable = stack.model_copy(update={"influx_url": f"http://127.0.0.1:{free_port()}"})
+    server = make_server(unreachable, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        status, body = http_get(f"http://127.0.0.1:{server.server_port}/api/overview")
+        assert status == 503 and "cannot reach InfluxDB" in body["error"]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,10 +1,11 @@
-"""Make sure Debian's `rabbitmq-server` and `influxdb` packages are installed."""
+"""Make sure Debian packages are installed: the stack's `rabbitmq-server` and `influxdb` by default."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from hub.errors import StackError
@@ -17,17 +18,18 @@ REQUIRED_PACKAGES = {"rabbitmq-server": RABBITMQ_SERVER, "influxdb": INFLUXD}
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 
 
-def missing_packages() -> list[str]:
-    return [name for name, marker in REQUIRED_PACKAGES.items() if not marker.exists()]
+def missing_packages(required: Mapping[str, Path] = REQUIRED_PACKAGES) -> list[str]:
+    return [name for name, marker in required.items() if not marker.exists()]
 
 
-def ensure_packages() -> list[str]:
-    """Install what is missing when we are root on Debian; otherwise say what to install.
+def ensure_packages(required: Mapping[str, Path] = REQUIRED_PACKAGES) -> list[str]:
+    """Install what is missing of `required` (package -> a file it installs) when we are root on
+    Debian; otherwise say what to install.
 
     Returns the packages it installed. The system-wide services are not started: the stack
     runs its own project-local processes.
     """
-    missing = missing_packages()
+    missing = missing_packages(required)
     if not missing:
         return []
     command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
@@ -47,7 +49,7 @@ def ensure_packages() -> list[str]:
     finally:
         if added_policy:
             POLICY_RC_D.unlink(missing_ok=True)
-    still_missing = missing_packages()
+    still_missing = missing_packages(required)
     if still_missing:
         raise StackError(f"installed {' '.join(missing)} but {' '.join(still_missing)} still missing")
     return missing
