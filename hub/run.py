@@ -20,6 +20,7 @@ from prometheus_client import disable_created_metrics
 
 from hub.config import Settings, load_settings
 from hub.consumer import AmqpService
+from hub.errors import HubError
 from hub.health import Monitor
 
 log = logging.getLogger("hub")
@@ -61,7 +62,18 @@ def run_hub(settings: Settings, names: tuple[str, ...], on_ready: Callable[[], N
     monitor = Monitor(settings, [s.stats for s in services], stop)
     if settings.metrics_port:
         monitor.serve_http(settings.metrics_port)
-    threads = [threading.Thread(target=s.run, name=s.name, daemon=True) for s in services]
+    failures: list[BaseException] = []
+
+    def guarded(target: Callable[[], None]) -> Callable[[], None]:
+        def run_target() -> None:
+            try:
+                target()
+            except BaseException as exc:  # a service that cannot go on (bad config) stops the hub
+                failures.append(exc)
+
+        return run_target
+
+    threads = [threading.Thread(target=guarded(s.run), name=s.name, daemon=True) for s in services]
     threads.append(threading.Thread(target=monitor.run, name="monitor", daemon=True))
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -83,6 +95,11 @@ def run_hub(settings: Settings, names: tuple[str, ...], on_ready: Callable[[], N
         thread.join(STOP_GRACE_S)
     monitor.close()
     log.info("event=stopped")
+    for failure in failures:
+        if isinstance(failure, HubError):
+            raise failure
+    if failures:
+        raise HubError(f"a service stopped unexpectedly: {failures[0]!r}")
 
 
 @click.command("run")
@@ -117,7 +134,7 @@ def run(
     Stop with Ctrl-C or SIGTERM: open batches are written and acked first.
     """
     logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # its connect errors are logged by us, in one line
     settings = load_settings(
         amqp_url=amqp_url,
         influx_url=influx_url,
@@ -126,7 +143,7 @@ def run(
         rules_file=rules_file,
         metrics_port=metrics_port,
     )
-    if rules_file is None and not settings.rules_file.exists() and (REPO_ROOT / DEFAULT_RULES).exists():
+    if settings.rules_file == Path(DEFAULT_RULES) and not settings.rules_file.exists():
         settings = settings.model_copy(update={"rules_file": REPO_ROOT / DEFAULT_RULES})
     names = tuple(dict.fromkeys(only)) if only else SERVICES
     if "rules" in names:

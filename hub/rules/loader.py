@@ -27,7 +27,7 @@ def parse_rules(text: str, source: str = "<rules>") -> list[Rule]:
         try:
             [rule] = msgspec.convert({"rules": [entry]}, RulesFile).rules
         except (msgspec.ValidationError, ValueError) as exc:
-            raise ConfigError(f"{source}: rule {name!r}: {exc}") from None
+            raise ConfigError(f"{source}: rule {name!r}: {str(exc).replace('$.rules[0]', '$')}") from None
         rules.append(rule)
     names = [rule.name for rule in rules]
     duplicates = sorted({n for n in names if names.count(n) > 1})
