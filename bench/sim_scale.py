@@ -10,6 +10,7 @@ stops growing at the first count that does not keep up and ends with a table.
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 import threading
@@ -194,6 +195,7 @@ def run_fleet(settings: Settings, count: int, protocol: ProtocolChoice, interval
     fleet = Fleet(settings, count=count, protocol=protocol, interval_s=interval_s, site="bench", seed=1)
     try:
         fleet.start(wait_s=120.0)
+        gc.freeze()  # as devices.sim does
         connect_s = time.monotonic() - started
         warm_until = time.monotonic() + WARMUP_S
         while time.monotonic() < warm_until:

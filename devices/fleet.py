@@ -223,22 +223,23 @@ class Fleet:
         self._in_loop(lambda: self._power_on(rt))
 
     def stats(self) -> FleetStats:
-        by_protocol: dict[str, ProtocolStats] = {}
+        """A snapshot of the counters (cheap enough to call a few times a second with thousands of devices)."""
+        columns: dict[str, list[int]] = {}
         for rt in list(self._runtimes.values()):
             d = rt.device
-            one = ProtocolStats(
-                devices=1,
-                online=int(rt.state == "online"),
-                produced=d.seq,
-                sent=rt.sent,
-                confirmed=d.outbox.confirmed,
-                buffered=len(d.outbox),
-                dropped=d.outbox.dropped,
-                reconnects=rt.reconnects,
-                commands=d.commands_handled,
-                errors=rt.errors + d.bad_commands,
-            )
-            by_protocol[d.protocol] = by_protocol.get(d.protocol, ProtocolStats()) + one
+            outbox = d.outbox
+            row = columns.setdefault(d.protocol, [0] * 10)
+            row[0] += 1
+            row[1] += rt.state == "online"
+            row[2] += d.seq
+            row[3] += rt.sent
+            row[4] += outbox.confirmed
+            row[5] += len(outbox)
+            row[6] += outbox.dropped
+            row[7] += rt.reconnects
+            row[8] += d.commands_handled
+            row[9] += rt.errors + d.bad_commands
+        by_protocol = {protocol: ProtocolStats(*row) for protocol, row in sorted(columns.items())}
         elapsed = time.monotonic() - self._started_at if self._started_at else 0.0
         return FleetStats(by_protocol=by_protocol, elapsed_s=elapsed, lag=self.lag.summary())
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections import deque
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 
-#: Lag samples kept for the whole-run summary (the newest win).
-LAG_SAMPLES_KEPT = 500_000
+#: Resolution of the whole-run lag histogram: buckets per factor e of (1 + lag in ms).
+LAG_BUCKETS_PER_E = 100
+#: Enough buckets for lags up to about 10 minutes.
+LAG_BUCKETS = 1_400
 
 
 @dataclass(frozen=True)
@@ -72,14 +74,23 @@ class FleetStats:
 
 
 class LagRecorder:
-    """Collects lag samples on the event loop; readers take the recent ones or summarise them all."""
+    """Collects lag samples on the event loop: a log-scale histogram for the whole run, a list for the recent ones.
+
+    The histogram keeps `summary()` cheap however long the run (no sorting of every sample while
+    the event loop waits for the GIL); its percentiles are good to a few per cent.
+    """
 
     def __init__(self) -> None:
-        self._all: deque[float] = deque(maxlen=LAG_SAMPLES_KEPT)
+        self._counts = [0] * LAG_BUCKETS
+        self._samples = 0
+        self._max_s = 0.0
         self._recent: list[float] = []
 
     def add(self, lag_s: float) -> None:
-        self._all.append(lag_s)
+        lag_s = max(0.0, lag_s)
+        self._counts[min(LAG_BUCKETS - 1, int(math.log1p(lag_s * 1000.0) * LAG_BUCKETS_PER_E))] += 1
+        self._samples += 1
+        self._max_s = max(self._max_s, lag_s)
         self._recent.append(lag_s)
 
     def take_recent(self) -> list[float]:
@@ -88,4 +99,21 @@ class LagRecorder:
         return recent
 
     def summary(self) -> LagSummary:
-        return LagSummary.of(list(self._all))
+        counts, total = list(self._counts), self._samples
+        if not total:
+            return LagSummary()
+        return LagSummary(
+            samples=total,
+            p50_ms=min(self._bucket_quantile(counts, total, 0.50), self._max_s * 1000.0),
+            p99_ms=min(self._bucket_quantile(counts, total, 0.99), self._max_s * 1000.0),
+            max_ms=self._max_s * 1000.0,
+        )
+
+    @staticmethod
+    def _bucket_quantile(counts: list[int], total: int, fraction: float) -> float:
+        wanted, seen = fraction * total, 0
+        for index, count in enumerate(counts):
+            seen += count
+            if seen >= wanted:
+                return math.expm1((index + 0.5) / LAG_BUCKETS_PER_E)
+        return math.expm1(len(counts) / LAG_BUCKETS_PER_E)

@@ -13,6 +13,7 @@ from devices.device import DeviceSpec, SimulatedDevice, plan_fleet
 from devices.faults import FaultInjector
 from devices.models import AirQuality, Environment, PowerMeter, SensorModel, Thermostat
 from devices.outbox import Outbox
+from devices.stats import LagRecorder, LagSummary
 from hub.contract import SENSOR_UNITS, Command, decode_reading, encode, require_identifier
 from hub.errors import ConfigError, InvalidIdentifier
 
@@ -260,3 +261,17 @@ def test_backoff_grows_to_its_cap_with_jitter_and_starts_over_after_reset() -> N
     assert len(set(delays)) == len(delays)
     backoff.reset()
     assert backoff.next_delay_s() <= 0.5
+
+
+def test_lag_summary_percentiles_match_the_samples_within_the_histogram_resolution() -> None:
+    recorder = LagRecorder()
+    rng = random.Random(9)
+    samples = [rng.expovariate(1_000.0) for _ in range(20_000)]
+    for lag in samples:
+        recorder.add(lag)
+    exact = LagSummary.of(samples)
+    summary = recorder.summary()
+    assert summary.samples == 20_000 and summary.max_ms == exact.max_ms
+    assert summary.p50_ms == pytest.approx(exact.p50_ms, rel=0.05)
+    assert summary.p99_ms == pytest.approx(exact.p99_ms, rel=0.05)
+    assert recorder.take_recent() == samples and recorder.take_recent() == []
