@@ -151,15 +151,26 @@ class Fleet:
         self._thread.start()
         if wait_s is None:
             return
-        if not self.wait_online(timeout_s=wait_s):
+        if not self._wait_started(wait_s):
             missing = [rt for rt in self._runtimes.values() if rt.state != "online"]
             reasons = sorted({rt.last_error for rt in missing if rt.last_error}) or ["no answer"]
             self.close()
             raise BrokerUnavailable(
-                f"{len(missing)} of {len(self._runtimes)} devices not online after {wait_s:g} s "
+                f"{len(missing)} of {len(self._runtimes)} devices not online "
                 f"(MQTT {self.settings.mqtt_host}:{self.settings.mqtt_port}, "
                 f"STOMP {self.settings.stomp_host}:{self.settings.stomp_port}): {'; '.join(reasons[:3])}"
             )
+
+    def _wait_started(self, wait_s: float) -> bool:
+        """True once every device is online; False after `wait_s`, or as soon as every device failed and none is up."""
+        deadline = time.monotonic() + wait_s
+        while not self.wait_online(timeout_s=min(0.5, max(0.0, deadline - time.monotonic()))):
+            runtimes = list(self._runtimes.values())
+            if time.monotonic() >= deadline or (
+                all(rt.errors for rt in runtimes) and not any(rt.state == "online" for rt in runtimes)
+            ):
+                return False
+        return True
 
     def close(self) -> None:
         """Stop readings, wait (bounded) for buffered ones to be confirmed, say offline, disconnect."""
