@@ -110,7 +110,7 @@ def stomp_device(settings: Settings) -> stomp.Connection12:
     return connection
 
 
-def reading(device: str, seq: int, kind: str = "environment", base_ts: int = 0, **values: float) -> Reading:
+def reading(device: str, seq: int, kind: str = "environment", base_ts: int = 0, **values: float | bool) -> Reading:
     return Reading(
         device=device,
         site="plant-t",
@@ -284,6 +284,11 @@ def test_malformed_messages_are_dead_lettered_with_reasons_while_valid_ones_arou
         good = reading("good-amid-bad", index, base_ts=base_ts)
         channel.basic_publish(EXCHANGE, good.routing_key, encode(good), pika.BasicProperties(delivery_mode=2))
         channel.basic_publish(EXCHANGE, routing_key, body, pika.BasicProperties(delivery_mode=2))
+    # valid by the contract but refused by InfluxDB: `relay` stored as a boolean, then sent as a number
+    first = reading("relay-first", 1, kind="conflicts", base_ts=base_ts, relay=True)
+    clash = reading("bad-13", 1, kind="conflicts", base_ts=base_ts, relay=1.0)
+    for message in (first, clash):
+        channel.basic_publish(EXCHANGE, message.routing_key, encode(message), pika.BasicProperties(delivery_mode=2))
     # and a hostile topic level from a real MQTT device: a space and a comma in the site
     device = mqtt_device(stack, "hostile-topic")
     device.publish("telemetry/plant t,x=1/environment/bad-12", encode(reading("bad-12", 1)), qos=1).wait_for_publish(10)
@@ -291,7 +296,8 @@ def test_malformed_messages_are_dead_lettered_with_reasons_while_valid_ones_arou
     device.disconnect()
     with hub_process(stack, tmp_path, "--only", "store"):
         wait_until(lambda: count_stored(stack, "environment", "good-amid-bad") == len(HOSTILE_BODIES), 30)
-        letters = collect(connection, channel, dead, len(HOSTILE_BODIES) + 1, timeout_s=15)
+        letters = collect(connection, channel, dead, len(HOSTILE_BODIES) + 2, timeout_s=15)
+        wait_until(lambda: count_stored(stack, "conflicts", "relay-first") == 1, 10)
     connection.close()
     reasons = {
         routing_key.rsplit(".", 1)[-1]: properties.headers[DEAD_LETTER_REASON_HEADER]
@@ -299,7 +305,8 @@ def test_malformed_messages_are_dead_lettered_with_reasons_while_valid_ones_arou
         if routing_key.rsplit(".", 1)[-1].startswith("bad-")
     }
     expected = {key.rsplit(".", 1)[-1]: allowed for key, _body, allowed in HOSTILE_BODIES}
-    assert set(reasons) == set(expected) | {"bad-12"}
+    assert set(reasons) == set(expected) | {"bad-12", "bad-13"}
+    assert reasons["bad-13"] == "rejected_by_influxdb"
     for name, allowed in expected.items():
         assert reasons[name] in allowed, (name, reasons[name])
     assert reasons["bad-12"] == "routing_mismatch"
