@@ -545,6 +545,7 @@ def test_local_page_draws_the_fleet_and_a_thermostat_with_data(
     states = last_states(fleet_data.settings)
     assert page.texts["tile-online"] == str(list(states.values()).count("online"))
     assert page.texts["tile-offline"] == str(list(states.values()).count("offline"))
+    assert float(page.texts["tile-rate"]) > 0
     assert thermostat.device in page.texts["device-identity"] or "thermostat" in page.texts["device-identity"]
 
 

@@ -132,7 +132,8 @@ def devices(presence: list[Series]) -> list[dict[str, str]]:
     return sorted(found, key=lambda d: (d["site"], d["device"]))
 
 
-def overview(w: Window, results: list[list[Series]]) -> dict[str, Any]:
+def overview(w: Window, results: list[list[Series]], now_ms: int) -> dict[str, Any]:
+    """`now_ms` is the server's clock: the page draws up to it, not up to the browser's."""
     presence, rates, alerts, commands, rtt = results
     fleet = devices(presence)
     by_site: dict[tuple[str, str], dict[str, Any]] = {}
@@ -146,6 +147,7 @@ def overview(w: Window, results: list[list[Series]]) -> dict[str, Any]:
     return {
         "range": w.name,
         "interval_s": w.interval_s,
+        "now_ms": now_ms,
         "online": sum(d["state"] == "online" for d in fleet),
         "offline": sum(d["state"] != "online" for d in fleet),
         "by_site_protocol": [by_site[key] for key in sorted(by_site)],
@@ -157,7 +159,7 @@ def overview(w: Window, results: list[list[Series]]) -> dict[str, Any]:
     }
 
 
-def device_detail(w: Window, identity: dict[str, str], results: list[list[Series]]) -> dict[str, Any]:
+def device_detail(w: Window, identity: dict[str, str], results: list[list[Series]], now_ms: int) -> dict[str, Any]:
     means, states, alerts, commands = results
     readings = []
     for s in means:
@@ -180,6 +182,7 @@ def device_detail(w: Window, identity: dict[str, str], results: list[list[Series
         **identity,
         "range": w.name,
         "interval_s": w.interval_s,
+        "now_ms": now_ms,
         "readings": sorted(readings, key=lambda r: (r["unit"], r["name"])),
         "switches": switches,
         "alerts": rows(alerts),

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from hub.config import Settings
+from hub.contract import now_ms
 from hub.control.influxql import query
 from hub.dashboard import queries
 from hub.errors import HubError, InvalidIdentifier, StorageUnavailable
@@ -41,7 +42,7 @@ class Dashboard:
 
     def overview(self, range_name: str | None) -> dict[str, Any]:
         w = queries.window(range_name)
-        return queries.overview(w, query(self.settings, *queries.overview_statements(w)))
+        return queries.overview(w, query(self.settings, *queries.overview_statements(w)), now_ms())
 
     def devices(self) -> list[dict[str, str]]:
         [presence] = query(self.settings, queries.presence_statement())
@@ -63,7 +64,7 @@ class Dashboard:
             "state": str(presence[0].rows[0].get("state", "")) if presence[0].rows else "",
         }
         results = query(self.settings, *queries.device_statements(device, identity["kind"], w))
-        return queries.device_detail(w, identity, results)
+        return queries.device_detail(w, identity, results, now_ms())
 
 
 class Handler(BaseHTTPRequestHandler):

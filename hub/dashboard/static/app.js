@@ -35,7 +35,7 @@ function niceNumber(value) {
 
 // A time-series chart: series = [{name, points: [[ms, value], ...], colour?}], markers = [{t, kind, label}].
 function chart(title, unit, series, options = {}) {
-  const now = Date.now();
+  const now = options.now || Date.now();
   const from = now - RANGE_S[state.range] * 1000;
   const caption = unit ? `${title} (${unit})` : title;
   const svg = el("svg:svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": caption, class: "chart-svg" });
@@ -128,22 +128,22 @@ async function getJson(path) {
 }
 
 // Drop the bucket still filling up (it would read low), so lines and tiles end on whole intervals.
-function completeBuckets(series, intervalS) {
-  const cutoff = Date.now() - intervalS * 1000 - INGEST_LAG_MS;
+function completeBuckets(series, intervalS, nowMs) {
+  const cutoff = nowMs - intervalS * 1000 - INGEST_LAG_MS;
   return series.map((s) => ({ ...s, points: s.points.filter((p) => p[0] <= cutoff) }));
 }
 
+// The sum of every series' latest value (e.g. readings/s of all kinds now).
 function lastValue(series) {
-  const values = series.flatMap((s) => s.points);
-  if (!values.length) return null;
-  const latest = Math.max(...values.map((p) => p[0]));
-  return series.reduce((sum, s) => sum + (s.points.find((p) => p[0] === latest)?.[1] || 0), 0);
+  const latest = series.filter((s) => s.points.length).map((s) => s.points.at(-1)[1]);
+  return latest.length ? latest.reduce((a, b) => a + b, 0) : null;
 }
 
 function drawOverview(o) {
   document.getElementById("tile-online").textContent = o.online;
   document.getElementById("tile-offline").textContent = o.offline;
-  const rates = completeBuckets(o.readings_per_s, o.interval_s);
+  const rates = completeBuckets(o.readings_per_s, o.interval_s, o.now_ms);
+  const at = { now: o.now_ms };
   document.getElementById("tile-rate").textContent = niceNumber(lastValue(rates));
   document.getElementById("tile-success").textContent =
     o.command_success_pct === null ? "–" : `${o.command_success_pct}%`;
@@ -151,10 +151,10 @@ function drawOverview(o) {
   document.getElementById("tile-rtt").textContent = p95 && p95.points.length ? `${niceNumber(p95.points.at(-1)[1])} ms` : "–";
   fillTable("by-site", o.by_site_protocol, [(r) => r.site, (r) => r.protocol, (r) => r.online, (r) => r.offline]);
   fillTable("outcomes", Object.entries(o.command_outcomes).map(([status, n]) => ({ status, n })), [(r) => r.status, (r) => r.n]);
-  replaceChart("chart-rate", chart("Readings per second by kind", "readings/s", rates));
+  replaceChart("chart-rate", chart("Readings per second by kind", "readings/s", rates, at));
   const alerts = o.alerts.map((s) => ({ ...s, colour: SEVERITY_COLOURS[s.name] }));
-  replaceChart("chart-alerts", chart("Alerts by severity", "per interval", alerts, { bars: true, intervalS: o.interval_s }));
-  replaceChart("chart-rtt", chart("Command round trip", "ms", o.rtt_ms));
+  replaceChart("chart-alerts", chart("Alerts by severity", "per interval", alerts, { ...at, bars: true, intervalS: o.interval_s }));
+  replaceChart("chart-rtt", chart("Command round trip", "ms", o.rtt_ms, at));
 }
 
 function drawDevicePicker(devices) {
@@ -184,10 +184,10 @@ function drawDevice(d) {
   charts.replaceChildren();
   for (const [unit, series] of byUnit) {
     const title = series.map((s) => s.name).join(" vs ");
-    charts.appendChild(chart(title, unit, series, { markers }));
+    charts.appendChild(chart(title, unit, series, { markers, now: d.now_ms }));
   }
   for (const s of d.switches) {
-    charts.appendChild(chart(`${s.name} (1 = on)`, "", [s], { markers, step: true, minHigh: 1 }));
+    charts.appendChild(chart(`${s.name} (1 = on)`, "", [s], { markers, now: d.now_ms, step: true, minHigh: 1 }));
   }
   fillTable("device-alerts", d.alerts, [(a) => clock(a.time), (a) => a.severity, (a) => a.rule, (a) => niceNumber(a.value), (a) => a.message]);
   fillTable("device-commands", d.commands, [(c) => clock(c.time), (c) => c.command, (c) => c.status, (c) => c.origin, (c) => (c.rtt_ms == null ? "" : niceNumber(c.rtt_ms))]);
