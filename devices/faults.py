@@ -20,6 +20,8 @@ STUCK_READINGS = (10, 40)
 #: A dropout silences the device for this many readings (inclusive range).
 DROPOUT_READINGS = (5, 20)
 FAULT_KINDS = ("spike", "stuck", "dropout")
+#: Settings, not measurements: a fault on them would be invisible.
+NOT_SENSED = frozenset({"setpoint"})
 #: Counters never spike: a reading that jumped up and came back would make them run backwards.
 NO_SPIKE_SENSORS = frozenset({"energy"})
 
@@ -47,7 +49,7 @@ class FaultInjector:
             return None
         if self.rate > 0.0 and self.rng.random() < self.rate:
             fault = self.rng.choice(FAULT_KINDS)
-            numeric = [name for name, value in values.items() if not isinstance(value, bool)]
+            numeric = [n for n, value in values.items() if not isinstance(value, bool) and n not in NOT_SENSED]
             if fault == "dropout":
                 self.counts.dropout += 1
                 self._silent_for = self.rng.randint(*DROPOUT_READINGS) - 1
