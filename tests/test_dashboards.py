@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -153,7 +154,7 @@ def fleet_data(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
     rules.write_text(yaml.safe_dump(TEST_RULES))
     with ExitStack() as running:
         running.enter_context(alert_listener(stack))
-        running.enter_context(hub_process(stack, rules, tmp / "hub.log"))
+        hub = running.enter_context(hub_process(stack, rules, tmp / "hub.log"))
         plant_a = running.enter_context(
             Fleet(stack, count=4, kinds=["environment", "thermostat"], site="plant-a", seed=1, interval_s=0.5)
         )
@@ -166,13 +167,19 @@ def fleet_data(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
             wait_until(
                 lambda d=device: count(stack, f"SELECT count(seq) FROM {d.kind} WHERE device = '{d.device}'"), 30
             )
-        wait_until(lambda: count(stack, "SELECT count(rtt_ms) FROM commands WHERE status = 'ok'") >= 4, 30)
-        wait_until(lambda: len(influx_query(stack, 'SELECT count("id") FROM alerts GROUP BY severity')) == 3, 30)
+        # Other tests of the session share this InfluxDB: every wait names our devices or hub.
+        ours = '"device" =~ /^(' + "|".join(d.device for d in devices) + ")$/"
+        wait_until(lambda: count(stack, f"SELECT count(rtt_ms) FROM commands WHERE status = 'ok' AND {ours}") >= 4, 30)
+        severities = f'SELECT count("id") FROM alerts WHERE {ours} GROUP BY severity'
+        wait_until(lambda: len(influx_query(stack, severities)) == 3, 30)
         stopped = next(d for d in devices if d.kind == "environment")
         plant_a.stop_device(stopped.device)
-        wait_until(lambda: count(stack, "SELECT count(state) FROM device_status WHERE state = 'offline'"), 30)
+        offline = f"SELECT count(state) FROM device_status WHERE state = 'offline' AND device = '{stopped.device}'"
+        wait_until(lambda: count(stack, offline), 30)
         time.sleep(max(0.0, FILL_S - (time.monotonic() - started)))
-        wait_until(lambda: count(stack, "SELECT count(stored) FROM hub_stats WHERE service = 'store'") >= 2, 30)
+        instance = f"{socket.gethostname()}-{hub.pid}"
+        stats = f"SELECT count(stored) FROM hub_stats WHERE service = 'store' AND instance = '{instance}'"
+        wait_until(lambda: count(stack, stats) >= 2, 30)
         yield FleetData(stack, devices, stopped)
 
 
