@@ -25,6 +25,7 @@ from hub.contract import (
     encode,
     now_ms,
 )
+from hub.errors import BrokerUnavailable
 from tests.support import amqp_connection, bind_temporary_queue, collect, wait_until
 
 FAST_INTERVAL_S = 0.1
@@ -227,3 +228,11 @@ def test_reboot_goes_offline_and_online_again_and_seq_carries_on(
     assert ack.status == "ok"
     assert watcher.states(device.device_id) == ["online", "offline", "online", "offline"]
     assert _seqs(watcher.readings[device.device_id]) == list(range(1, device.seq + 1))
+
+
+def test_refused_credentials_fail_at_once_with_the_brokers_reason(stack: Settings) -> None:
+    wrong = stack.model_copy(update={"device_password": "not-the-password"})
+    fleet = Fleet(wrong, count=2, interval_s=FAST_INTERVAL_S)
+    with pytest.raises(BrokerUnavailable, match="2 of 2 devices not online"):
+        fleet.start(wait_s=20.0)
+    assert fleet.stats().total.online == 0
