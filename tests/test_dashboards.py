@@ -32,7 +32,10 @@ import yaml
 from devices.fleet import Fleet
 from hub.config import Settings
 from hub.contract import EXCHANGE, SENSOR_UNITS
+from hub.control.influxql import Series
+from hub.dashboard import queries
 from hub.dashboard.server import make_server
+from hub.errors import InvalidIdentifier
 from hub.stack.packages import ensure_packages
 from hub.stack.processes import free_port
 from tests.support import amqp_connection, influx_query, wait_until
@@ -606,3 +609,32 @@ def test_local_page_says_when_influxdb_is_unreachable(stack: Settings) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- the page's pure core ----------------------------------------------------------------------
+
+
+def test_page_success_rate_counts_outcomes_not_sends() -> None:
+    w = queries.window("15m")
+    presence = [
+        Series("device_status", {"device": "a", "site": "s1", "kind": "k", "protocol": "mqtt"}, [{"state": "online"}]),
+        Series("device_status", {"device": "b", "site": "s1", "kind": "k", "protocol": "mqtt"}, [{"state": "offline"}]),
+    ]
+    commands = [
+        Series("commands", {"status": status}, [{"time": 0, "commands": n}])
+        for status, n in (("sent", 10), ("ok", 3), ("timeout", 1))
+    ]
+    shaped = queries.overview(w, [presence, [], [], commands, []], now_ms=0)
+    assert shaped["command_success_pct"] == 75.0
+    assert (shaped["online"], shaped["offline"]) == (1, 1)
+    assert shaped["by_site_protocol"] == [{"site": "s1", "protocol": "mqtt", "online": 1, "offline": 1}]
+
+
+def test_page_windows_come_from_a_fixed_list_only() -> None:
+    assert [queries.window(name).interval_s for name in ("5m", "24h")] == [3, 720]
+    for bad in ("1y", "15m; DROP DATABASE telemetry"):
+        with pytest.raises(queries.UnknownRange):
+            queries.window(bad)
+    assert queries.window(None).name == queries.DEFAULT_RANGE
+    with pytest.raises(InvalidIdentifier):
+        queries.device_statements("env-0001", 'environment" ; DROP', queries.window("5m"))
