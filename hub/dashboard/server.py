@@ -95,6 +95,10 @@ class Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
         except HubError as exc:
             self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": str(exc)})
+        except Exception:
+            # One bad answer must not take the page down: say so, keep serving.
+            log.exception("dashboard request failed: %s", url.path)
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error; see the dashboard's log"})
         else:
             self._json(HTTPStatus.OK, body)
 
