@@ -15,6 +15,7 @@ from types import FrameType
 import pytest
 
 from hub.config import Settings, load_settings
+from hub.errors import StackError
 from hub.stack import Stack
 from hub.stack.processes import free_port
 
@@ -47,11 +48,29 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings pointing at the session's running stack."""
     # A CI time-out sends SIGTERM: turn it into an exception so the finally below still runs.
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    settings = stack_settings(tmp_path_factory.mktemp("stack"))
-    the_stack = Stack(settings)
     try:
-        the_stack.up()
-        yield settings
+        settings, the_stack = _started_stack(tmp_path_factory)
+        try:
+            yield settings
+        finally:
+            the_stack.down()
     finally:
-        the_stack.down()
         signal.signal(signal.SIGTERM, previous)
+
+
+#: Another program may take one of our free ports between the choice and RabbitMQ's bind.
+START_ATTEMPTS = 3
+
+
+def _started_stack(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Stack]:
+    for attempt in range(1, START_ATTEMPTS + 1):
+        settings = stack_settings(tmp_path_factory.mktemp("stack"))
+        the_stack = Stack(settings)
+        try:
+            the_stack.up()
+            return settings, the_stack
+        except StackError:
+            the_stack.down()
+            if attempt == START_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,11 @@ def test_influxdb_and_chronograf_are_wired_together(compose: dict[str, Any]) -> 
     assert influx_mounts["./influxdb/influxdb.conf"] == "/etc/influxdb/influxdb.conf"
     assert services["influxdb"]["environment"]["INFLUXDB_DB"] == "telemetry"
     assert services["chronograf"]["depends_on"]["influxdb"]["condition"] == "service_healthy"
-    assert "http://influxdb:8086" in " ".join(map(str, services["chronograf"].get("command", []))) + str(
-        services["chronograf"].get("environment", {})
-    )
+    resources = dict((target, source) for source, target in _bind_mounts(services["chronograf"]))
+    sources_dir = REPO / resources["/usr/share/chronograf/resources"]
+    [source] = [json.loads(path.read_text()) for path in sources_dir.glob("*.src")]
+    assert source["url"] == "http://influxdb:8086"
+    assert source["telegraf"] == "telemetry"
 
 
 def test_data_lives_in_named_volumes(compose: dict[str, Any]) -> None:

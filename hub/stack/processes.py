@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -71,10 +72,24 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
+#: Ports handed to servers come from below Linux's ephemeral range (32768-60999), where
+#: outgoing client connections never take them between our check and the server's bind.
+SERVER_PORT_RANGE = (20_000, 32_000)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on or is bound to now, outside the ephemeral range."""
+    low, high = SERVER_PORT_RANGE
+    for _ in range(200):
+        port = random.randint(low, high)
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("::", port))
+            except OSError:
+                continue
+        if not port_open("127.0.0.1", port, timeout_s=0.2):
+            return port
+    raise OSError(f"no free port in {low}-{high}")
 
 
 def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
