@@ -49,7 +49,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     # A CI time-out sends SIGTERM: turn it into an exception so the finally below still runs.
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        settings, the_stack = _started_stack(tmp_path_factory)
+        settings, the_stack = started_stack(tmp_path_factory)
         try:
             yield settings
         finally:
@@ -62,7 +62,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 START_ATTEMPTS = 3
 
 
-def _started_stack(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Stack]:
+def started_stack(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Stack]:
+    """A running stack on free ports in a new temporary directory (the caller stops it)."""
     for attempt in range(1, START_ATTEMPTS + 1):
         settings = stack_settings(tmp_path_factory.mktemp("stack"))
         the_stack = Stack(settings)

@@ -38,6 +38,7 @@ from hub.dashboard.server import make_server
 from hub.errors import InvalidIdentifier
 from hub.stack.packages import ensure_packages
 from hub.stack.processes import free_port
+from tests.conftest import started_stack
 from tests.support import amqp_connection, influx_query, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,8 +151,20 @@ def alert_listener(settings: Settings) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def fleet_data(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetData]:
+def dashboard_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A stack of this module's own: the fleet counts must see only the devices filled here
+    (other tests reuse device ids such as env-0001 at other sites)."""
+    settings, the_stack = started_stack(tmp_path_factory)
+    try:
+        yield settings
+    finally:
+        the_stack.down()
+
+
+@pytest.fixture(scope="module")
+def fleet_data(dashboard_stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetData]:
     """Two sites of simulated devices talking to a real hub; still running while the module's tests run."""
+    stack = dashboard_stack
     tmp = tmp_path_factory.mktemp("dashboards")
     rules = tmp / "rules.yaml"
     rules.write_text(yaml.safe_dump(TEST_RULES))
