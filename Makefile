@@ -29,6 +29,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check hub devices tests bench
 	$(VENV)/bin/mypy
 
+## Benchmarks (each starts its own stack on free ports; several minutes): figures and a table.
+bench: $(VENV)/.installed
+	$(PY) -m bench.hub_throughput
+	$(PY) -m bench.sim_scale
+
 stack-up: $(VENV)/.installed
 	$(PY) -m hub stack up
 
