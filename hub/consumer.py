@@ -41,6 +41,8 @@ HEARTBEAT_S = 30
 #: Header carrying the human-readable detail of a dead-lettering (the reason code is x-iot-reason).
 DEAD_LETTER_DETAIL_HEADER = "x-iot-detail"
 DETAIL_MAX_CHARS = 500
+#: Returned (unroutable) mandatory messages are logged the 1st, 10th and every this many times.
+UNROUTABLE_LOG_EVERY = 100
 
 Delivery = tuple[Basic.Deliver, BasicProperties, bytes]
 
@@ -76,6 +78,8 @@ class AmqpService:
         self.writer = writer
         #: Points this service caused and the deliveries they settle, written by `flush_outbox`.
         self.outbox = Batch()
+        #: Mandatory messages the broker returned as unroutable (see `publish`).
+        self.unroutable = 0
 
     # --- hooks -------------------------------------------------------------------------------
 
@@ -153,10 +157,32 @@ class AmqpService:
         else:
             time.sleep(seconds)
 
-    def publish(self, exchange: str, routing_key: str, body: bytes, properties: BasicProperties) -> None:
-        """Publish with a publisher confirm: returns only once the broker has taken the message."""
+    def publish(
+        self, exchange: str, routing_key: str, body: bytes, properties: BasicProperties, *, mandatory: bool
+    ) -> bool:
+        """Publish with a publisher confirm: returns only once the broker has taken the message.
+
+        `mandatory` is the caller's choice: a broadcast (alerts) nobody is bound to is normal and
+        silently dropped by the broker. A mandatory message the broker returns as unroutable is
+        reported (returns False, logged, counted) and never raised: a missing binding must not
+        disconnect the service, whose redelivered input would only be returned again.
+        A broker nack still raises: the message was not taken, so the input must not be acked.
+        """
         assert self.publisher is not None
-        self.publisher.basic_publish(exchange, routing_key, body, properties, mandatory=True)
+        try:
+            self.publisher.basic_publish(exchange, routing_key, body, properties, mandatory=mandatory)
+        except pika.exceptions.UnroutableError:
+            self.unroutable += 1
+            if self.unroutable in (1, 10) or self.unroutable % UNROUTABLE_LOG_EVERY == 0:
+                log.error(
+                    "service=%s event=unroutable exchange=%s routing_key=%s returned_total=%d",
+                    self.name,
+                    exchange,
+                    routing_key,
+                    self.unroutable,
+                )
+            return False
+        return True
 
     def dead_letter(
         self, method: Basic.Deliver, properties: BasicProperties, body: bytes, reason: str, detail: str
@@ -177,6 +203,7 @@ class AmqpService:
                 app_id=properties.app_id,
                 timestamp=properties.timestamp,
             ),
+            mandatory=True,  # iot.dead-letter is declared at every connect; a return is logged
         )
         DEAD_LETTERED.labels(self.name, reason).inc()
         with self.stats.lock:

@@ -18,6 +18,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pika
+import pika.exceptions
+import pytest
 import stomp
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -408,6 +410,50 @@ def test_a_rule_alerts_and_its_command_reaches_mqtt_and_stomp_devices_whose_acks
         assert ok[5] == command
     [stored_alerts] = influx_query(stack, "SELECT rule, severity, value FROM alerts WHERE device = 'th-rule-m'")
     assert [row[1:] for row in stored_alerts["values"]] == [["hot", "warning", 29.5]]
+
+
+def test_alerts_nobody_listens_to_are_stored_and_their_rule_commands_sent_while_the_rules_service_keeps_running(
+    stack: Settings, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    connection = amqp_connection(stack)
+    channel = connection.channel()
+    channel.confirm_delivery()
+    with pytest.raises(pika.exceptions.UnroutableError):  # the normal case: nobody tails alerts
+        channel.basic_publish(EXCHANGE, "alerts.warning.plant-t.th-quiet-probe", b"{}", mandatory=True)
+    commands = bind_temporary_queue(channel, "commands.th-quiet-1", "commands.th-quiet-2")
+    devices = ("th-quiet-1", "th-quiet-2")
+
+    def stored_alerts(device: str) -> list[list[Any]]:
+        series = influx_query(stack, f"SELECT rule, severity, value FROM alerts WHERE device = '{device}'")
+        return [row[1:] for row in series[0]["values"]] if series else []
+
+    def rule_commands_recorded(device: str) -> list[str]:
+        query = f"SELECT id, origin, command FROM commands WHERE device = '{device}' AND status = 'sent'"
+        series = influx_query(stack, query)
+        return [f"{row[2]}:{row[3]}" for row in series[0]["values"]] if series else []
+
+    try:
+        with hub_process(stack, tmp_path, IOT_RULES_FILE=str(rules)) as hub:
+            for device in devices:  # one after the other: the second proves the service still consumes
+                hot = reading(device, 1, kind="thermostat", temperature=29.5, setpoint=22.0)
+                channel.basic_publish(EXCHANGE, hot.routing_key, encode(hot), pika.BasicProperties(delivery_mode=2))
+                wait_until(lambda device=device: stored_alerts(device), 15)
+            delivered = collect(connection, channel, commands, len(devices), timeout_s=10)
+            wait_until(lambda: all(rule_commands_recorded(device) for device in devices), 15)
+            assert hub.poll() is None
+    finally:
+        connection.close()
+    for device in devices:
+        assert stored_alerts(device) == [["hot", "warning", 29.5]]
+        assert rule_commands_recorded(device) == ["rule:set_setpoint"]
+    assert sorted(key for key, _body, _props in delivered) == [f"commands.{device}" for device in devices]
+    for _key, body, properties in delivered:
+        command = decode(body, Command)
+        assert (command.command, command.args, properties.app_id) == ("set_setpoint", {"value": 20.0}, "rule")
+    logs = "".join(log.read_text() for log in tmp_path.glob("hub-*.log"))
+    assert "service=rules event=disconnected" not in logs and "service=rules event=crashed" not in logs
 
 
 def test_presence_follows_status_last_will_and_silence(stack: Settings, tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 Alerts and commands are published with publisher confirms before the reading is acked, and
 alert points are written with the batch: a crash means at most a repeated alert, never a lost one.
+Alerts are a broadcast (not mandatory): with nobody bound to `alerts.#` the broker drops them,
+which is normal; they are in InfluxDB `alerts` regardless.
 The readings are also the presence tracker's signs of life (same process, no third copy).
 """
 
@@ -67,6 +69,7 @@ class RulesService(AmqpService):
                 alert.routing_key,
                 encode(alert),
                 BasicProperties(content_type="application/json", delivery_mode=2, app_id=RULE_ORIGIN),
+                mandatory=False,  # a broadcast: nobody tailing alerts is normal, the point is stored anyway
             )
             self.outbox.add(0, alert_line(alert))
             ALERTS.labels(alert.severity, alert.rule).inc()
@@ -76,6 +79,7 @@ class RulesService(AmqpService):
                     command_key(reading.device),
                     encode(decision.command),
                     BasicProperties(content_type="application/json", delivery_mode=2, app_id=RULE_ORIGIN),
+                    mandatory=True,  # always routable to hub.commands (commands.#); a return is logged
                 )
                 RULE_COMMANDS.labels(decision.command.command).inc()
         self.outbox.add(method.delivery_tag, None)
