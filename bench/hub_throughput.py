@@ -36,10 +36,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 from rich.table import Table
 
-from hub.config import Settings, load_settings
+from hub.config import Settings
 from hub.contract import Reading, encode, mqtt_topic, now_ms
 from hub.stack import Stack
-from hub.stack.processes import free_port
+from hub.stack.stack import settings_on_free_ports
 from hub.store.batch import BATCH_MAX_POINTS
 from hub.store.lineprotocol import reading_line
 from hub.store.writers import HttpV1Writer
@@ -57,24 +57,6 @@ PROGRESS_EVERY_S = 1.0
 COUNT_POLL_S = 0.2
 #: MQTT messages a publisher keeps in flight (unacknowledged PUBACKs).
 MAX_INFLIGHT = 1000
-
-
-def bench_settings(root: Path) -> Settings:
-    ports: set[int] = set()
-    while len(ports) < 6:
-        ports.add(free_port())
-    amqp, mqtt_port, stomp, management, prometheus, influx = sorted(ports)
-    return load_settings(
-        amqp_url=f"amqp://hub:hub-dev-password@127.0.0.1:{amqp}/iot",
-        mqtt_host="127.0.0.1",
-        mqtt_port=mqtt_port,
-        stomp_host="127.0.0.1",
-        stomp_port=stomp,
-        management_port=management,
-        rabbitmq_prometheus_port=prometheus,
-        influx_url=f"http://127.0.0.1:{influx}",
-        stack_dir=root,
-    )
 
 
 def make_reading(prefix: str, device: int, seq: int, base_ts: int) -> Reading:
@@ -330,7 +312,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="hub-bench-") as tmp:
         root = Path(tmp)
-        settings = bench_settings(root / "stack")
+        settings = settings_on_free_ports(root / "stack")
         stack = Stack(settings)
         console.print(f"starting a stack under {root} ...")
         try:

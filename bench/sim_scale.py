@@ -29,10 +29,10 @@ from rich.table import Table
 from devices.device import ProtocolChoice
 from devices.fleet import Fleet
 from devices.stats import LagSummary
-from hub.config import Settings, load_settings
+from hub.config import Settings
 from hub.contract import VHOST, Reading, encode, mqtt_topic, now_ms, stomp_destination
 from hub.stack import Stack
-from hub.stack.processes import free_port
+from hub.stack.stack import settings_on_free_ports
 
 #: Keeping up means: confirmed readings/s at least this share of the target rate...
 KEEPS_UP_RATE_SHARE = 0.97
@@ -69,24 +69,6 @@ class Result:
             self.confirmed_per_s >= KEEPS_UP_RATE_SHARE * self.target_per_s
             and self.lag.p99_ms <= KEEPS_UP_P99_LAG_SHARE * interval_ms
         )
-
-
-def _bench_settings(root: Path) -> Settings:
-    ports: set[int] = set()
-    while len(ports) < 6:
-        ports.add(free_port())
-    amqp, mqtt_port, stomp_port, management, prometheus, influx = sorted(ports)
-    return load_settings(
-        amqp_url=f"amqp://hub:hub-dev-password@127.0.0.1:{amqp}/iot",
-        mqtt_host="127.0.0.1",
-        mqtt_port=mqtt_port,
-        stomp_host="127.0.0.1",
-        stomp_port=stomp_port,
-        management_port=management,
-        rabbitmq_prometheus_port=prometheus,
-        influx_url=f"http://127.0.0.1:{influx}",
-        stack_dir=root,
-    )
 
 
 def _cpu_s() -> float:
@@ -285,7 +267,7 @@ def main(counts: str, step: int, max_count: int, interval: float, protocol: Prot
     console = Console(width=None if os.isatty(1) else REPORT_WIDTH)
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="sim-bench-") as root:
-        settings = _bench_settings(Path(root))
+        settings = settings_on_free_ports(Path(root))
         stack = Stack(settings)
         console.print(f"starting a stack in {root} (MQTT :{settings.mqtt_port}, STOMP :{settings.stomp_port})")
         stack.up()

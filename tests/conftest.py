@@ -9,34 +9,14 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 from types import FrameType
 
 import pytest
 
-from hub.config import Settings, load_settings
+from hub.config import Settings
 from hub.errors import StackError
 from hub.stack import Stack
-from hub.stack.processes import free_port
-
-
-def stack_settings(root: Path) -> Settings:
-    """Settings for a stack under `root` with every port free right now."""
-    ports: set[int] = set()
-    while len(ports) < 6:
-        ports.add(free_port())
-    amqp, mqtt, stomp, management, prometheus, influx = sorted(ports)
-    return load_settings(
-        amqp_url=f"amqp://hub:hub-dev-password@127.0.0.1:{amqp}/iot",
-        mqtt_host="127.0.0.1",
-        mqtt_port=mqtt,
-        stomp_host="127.0.0.1",
-        stomp_port=stomp,
-        management_port=management,
-        rabbitmq_prometheus_port=prometheus,
-        influx_url=f"http://127.0.0.1:{influx}",
-        stack_dir=root,
-    )
+from hub.stack.stack import settings_on_free_ports
 
 
 def _raise_keyboard_interrupt(signum: int, _frame: FrameType | None) -> None:
@@ -65,7 +45,7 @@ START_ATTEMPTS = 3
 def started_stack(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Stack]:
     """A running stack on free ports in a new temporary directory (the caller stops it)."""
     for attempt in range(1, START_ATTEMPTS + 1):
-        settings = stack_settings(tmp_path_factory.mktemp("stack"))
+        settings = settings_on_free_ports(tmp_path_factory.mktemp("stack"))
         the_stack = Stack(settings)
         try:
             the_stack.up()

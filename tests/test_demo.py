@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from hub.stack.processes import free_port
-from tests.conftest import stack_settings
+from hub.stack.stack import settings_on_free_ports
 from tests.support import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def _members_of_groups(groups: set[int]) -> list[int]:
 
 
 def test_make_demo_runs_the_main_job_and_leaves_no_process_behind(tmp_path: Path) -> None:
-    settings = stack_settings(tmp_path / "demo-stack")
+    settings = settings_on_free_ports(tmp_path / "demo-stack")
     metrics_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
     env.update(

@@ -29,7 +29,7 @@ from hub.contract import (
 from hub.errors import StackError
 from hub.stack import Stack
 from hub.stack.processes import is_ours
-from tests.conftest import stack_settings
+from hub.stack.stack import settings_on_free_ports
 from tests.support import amqp_connection, bind_temporary_queue, collect, influx_query, wait_until
 
 
@@ -194,7 +194,7 @@ def test_a_second_stack_up_leaves_the_running_one_alone(stack: Settings) -> None
 
 
 def test_down_stops_exactly_the_processes_its_stack_started(stack: Settings, tmp_path: Path) -> None:
-    other = Stack(stack_settings(tmp_path / "other"))
+    other = Stack(settings_on_free_ports(tmp_path / "other"))
     status = other.up()
     pids = {s.name: s.pid for s in status.services}
     assert other.down() == ["RabbitMQ", "InfluxDB"]
@@ -204,6 +204,6 @@ def test_down_stops_exactly_the_processes_its_stack_started(stack: Settings, tmp
 
 
 def test_stack_up_refuses_ports_in_use(stack: Settings, tmp_path: Path) -> None:
-    clash = stack_settings(tmp_path / "clash").model_copy(update={"mqtt_port": stack.mqtt_port})
+    clash = settings_on_free_ports(tmp_path / "clash").model_copy(update={"mqtt_port": stack.mqtt_port})
     with pytest.raises(StackError, match="IOT_MQTT_PORT"):
         Stack(clash).up()

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hub.config import Settings
+from hub.config import Settings, load_settings
 from hub.errors import StackError
 from hub.stack import processes
 from hub.stack.influx import InfluxNode
@@ -43,6 +43,25 @@ class StackStatus:
     @property
     def running(self) -> bool:
         return bool(self.services) and all(s.running for s in self.services)
+
+
+def settings_on_free_ports(root: Path) -> Settings:
+    """Settings for a private stack under `root` with every port free right now (tests, benchmarks)."""
+    ports: set[int] = set()
+    while len(ports) < 6:
+        ports.add(processes.free_port())
+    amqp, mqtt, stomp, management, prometheus, influx = sorted(ports)
+    return load_settings(
+        amqp_url=f"amqp://hub:hub-dev-password@127.0.0.1:{amqp}/iot",
+        mqtt_host="127.0.0.1",
+        mqtt_port=mqtt,
+        stomp_host="127.0.0.1",
+        stomp_port=stomp,
+        management_port=management,
+        rabbitmq_prometheus_port=prometheus,
+        influx_url=f"http://127.0.0.1:{influx}",
+        stack_dir=root,
+    )
 
 
 def stack_root(settings: Settings) -> Path:
