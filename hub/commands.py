@@ -4,11 +4,17 @@ Queue `hub.commands` sees `commands.#` (what the CLI and rules send: `sent`, ori
 AMQP app_id) and `acks.#` (the device's answer: ok/error/unsupported/expired, with the round
 trip from the command's `ts` to the ack reaching the hub). A command with no ack by its
 `expires` (plus `TIMEOUT_GRACE_MS`) is recorded as `timeout`. `CommandLedger` is the pure part.
+
+An ack can reach the queue before its own command: the command goes through the quorum
+queue's consensus while a device's classic subscription queue hands it over at once. Such an
+early ack is held (its delivery unacked) for `ORPHAN_ACK_GRACE_MS`; when the command arrives
+both are recorded with the command's name, origin and round trip, and only then is the ack's
+delivery acked. An ack still unmatched after the grace is recorded as command `unknown`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pika.spec import Basic, BasicProperties
 
@@ -17,15 +23,26 @@ from hub.consumer import AmqpService
 from hub.contract import Ack, Command, decode, now_ms, require_identifier
 from hub.errors import InvalidIdentifier, InvalidMessage
 from hub.metrics import COMMAND_OUTCOMES
+from hub.store.batch import Batch
 from hub.store.lineprotocol import FieldValue, point
 
 #: Acks may arrive this long after `expires` and still count (device clocks, broker queues).
 TIMEOUT_GRACE_MS = 2_000
-#: How often the ledger looks for commands past their expiry.
+#: How often the ledger looks for commands past their expiry and early acks past their grace.
 TIMEOUT_CHECK_S = 1.0
 ORIGINS = ("cli", "rule")
 #: Pending commands kept at most (older ones are dropped first); bounds memory under floods.
 MAX_PENDING = 100_000
+#: An ack whose command has not been seen yet waits this long for it before it counts as `unknown`.
+ORPHAN_ACK_GRACE_MS = 5_000
+#: Early acks held at most (the oldest is recorded as `unknown` first). Held deliveries stay
+#: unacked and count against the queue's prefetch, so this stays well below it.
+MAX_EARLY_ACKS = topology.COMMANDS.prefetch // 2
+#: Ids of acks already recorded as `unknown`, remembered so their late command never times out.
+MAX_ANSWERED = 10_000
+#: Command name and origin recorded for an ack whose command the hub never saw.
+UNKNOWN_COMMAND = "unknown"
+UNKNOWN_ORIGIN = "cli"
 
 
 @dataclass(frozen=True)
@@ -33,6 +50,27 @@ class Sent:
     device: str
     command: Command
     origin: str
+
+
+@dataclass(frozen=True)
+class EarlyAck:
+    ack: Ack
+    at_ms: int
+    #: Opaque to the ledger: the caller's handle on the delivery (its tag), released with the point.
+    token: int
+
+
+@dataclass
+class Recorded:
+    """The points one event produces, and the held tokens those points now account for."""
+
+    lines: list[str] = field(default_factory=list)
+    #: Tokens of acks whose point is in `lines`: settle them once `lines` are written.
+    released: list[int] = field(default_factory=list)
+
+    def extend(self, other: Recorded) -> None:
+        self.lines.extend(other.lines)
+        self.released.extend(other.released)
 
 
 def outcome_line(
@@ -52,38 +90,102 @@ def outcome_line(
 
 
 class CommandLedger:
-    """Commands waiting for their ack, and the points each event produces."""
+    """Commands waiting for their ack, acks waiting for their command, and the points each event produces."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_early_acks: int = MAX_EARLY_ACKS) -> None:
         self.pending: dict[str, Sent] = {}
+        self.early: dict[str, EarlyAck] = {}
+        self.answered: dict[str, None] = {}
+        self.max_early_acks = max_early_acks
 
-    def on_command(self, device: str, command: Command, origin: str, at_ms: int) -> str:
+    def on_command(self, device: str, command: Command, origin: str, at_ms: int) -> Recorded:
+        COMMAND_OUTCOMES.labels("sent").inc()
+        early = self.early.pop(command.id, None)
+        if early is not None:  # its ack came first: the whole lifecycle at once, sent stamped first
+            sent = Sent(device, command, origin)
+            return Recorded(
+                [
+                    outcome_line(device, command.command, "sent", origin, command.id, min(at_ms, early.at_ms)),
+                    self._outcome(sent, early.ack, early.at_ms),
+                ],
+                [early.token],
+            )
+        line = outcome_line(device, command.command, "sent", origin, command.id, at_ms)
+        if command.id in self.answered:  # its ack was recorded as unknown already: it must not time out
+            del self.answered[command.id]
+            return Recorded([line])
         if len(self.pending) >= MAX_PENDING:
             self.pending.pop(next(iter(self.pending)))
         self.pending[command.id] = Sent(device, command, origin)
-        COMMAND_OUTCOMES.labels("sent").inc()
-        return outcome_line(device, command.command, "sent", origin, command.id, at_ms)
+        return Recorded([line])
 
-    def on_ack(self, ack: Ack, at_ms: int) -> str:
-        sent = self.pending.pop(ack.id, None)
+    def on_ack(self, ack: Ack, at_ms: int, token: int = 0) -> Recorded:
+        """Record the ack, or hold it (nothing recorded, `token` not released) until its command comes."""
         COMMAND_OUTCOMES.labels(ack.status).inc()
-        if sent is None:  # sent before this hub started, or already timed out
-            return outcome_line(ack.device, "unknown", ack.status, "cli", ack.id, at_ms, ack.detail)
-        rtt = max(0, at_ms - sent.command.ts)
-        return outcome_line(ack.device, sent.command.command, ack.status, sent.origin, ack.id, at_ms, ack.detail, rtt)
+        sent = self.pending.pop(ack.id, None)
+        if sent is not None:
+            return Recorded([self._outcome(sent, ack, at_ms)], [token])
+        if ack.id in self.early:  # a second ack for the same command: no command to wait for twice
+            return self._unknown(EarlyAck(ack, at_ms, token))
+        recorded = Recorded()
+        if len(self.early) >= self.max_early_acks:
+            recorded.extend(self._unknown(self.early.pop(next(iter(self.early)))))
+        self.early[ack.id] = EarlyAck(ack, at_ms, token)
+        return recorded
 
-    def timed_out(self, now: int) -> list[str]:
+    def timed_out(self, now: int) -> Recorded:
+        """Commands past their expiry (`timeout`) and early acks past their grace (`unknown`)."""
+        recorded = Recorded()
         late = [s for s in self.pending.values() if now > s.command.expires + TIMEOUT_GRACE_MS]
-        lines = []
         for sent in late:
             del self.pending[sent.command.id]
             COMMAND_OUTCOMES.labels("timeout").inc()
-            lines.append(
+            recorded.lines.append(
                 outcome_line(
                     sent.device, sent.command.command, "timeout", sent.origin, sent.command.id, now, "no ack by expires"
                 )
             )
-        return lines
+        orphans = [e for e in self.early.values() if now > e.at_ms + ORPHAN_ACK_GRACE_MS]
+        for early in orphans:
+            del self.early[early.ack.id]
+            recorded.extend(self._unknown(early))
+        return recorded
+
+    def held_tokens(self) -> list[int]:
+        return [early.token for early in self.early.values()]
+
+    def forget_held(self) -> None:
+        """Drop the early acks (their deliveries were not acked: the broker sends them again)."""
+        self.early.clear()
+
+    def _outcome(self, sent: Sent, ack: Ack, at_ms: int) -> str:
+        rtt = max(0, at_ms - sent.command.ts)
+        return outcome_line(ack.device, sent.command.command, ack.status, sent.origin, ack.id, at_ms, ack.detail, rtt)
+
+    def _unknown(self, early: EarlyAck) -> Recorded:
+        """Sent before this hub started, already timed out, or never seen within the grace."""
+        ack = early.ack
+        if len(self.answered) >= MAX_ANSWERED:
+            self.answered.pop(next(iter(self.answered)))
+        self.answered[ack.id] = None
+        line = outcome_line(ack.device, UNKNOWN_COMMAND, ack.status, UNKNOWN_ORIGIN, ack.id, early.at_ms, ack.detail)
+        return Recorded([line], [early.token])
+
+
+@dataclass
+class TaggedBatch(Batch):
+    """A batch that also keeps each delivery tag it covers, for acking around held deliveries."""
+
+    tags: list[int] = field(default_factory=list)
+
+    def add(self, tag: int, line: str | None, now: float | None = None) -> None:
+        super().add(tag, line, now)
+        if tag:
+            self.tags.append(tag)
+
+    def reset(self) -> None:
+        super().reset()
+        self.tags = []
 
 
 class CommandsService(AmqpService):
@@ -95,6 +197,9 @@ class CommandsService(AmqpService):
         self.ledger = CommandLedger()
         self.next_check = 0
 
+    def new_outbox(self) -> Batch:
+        return TaggedBatch()
+
     def on_message(self, method: Basic.Deliver, properties: BasicProperties, body: bytes) -> None:
         now = now_ms()
         try:
@@ -102,12 +207,13 @@ class CommandsService(AmqpService):
             require_identifier(device, "device")
             if prefix == "commands":
                 origin = properties.app_id if properties.app_id in ORIGINS else "cli"
-                line = self.ledger.on_command(device, decode(body, Command), origin, now)
+                recorded = self.ledger.on_command(device, decode(body, Command), origin, now)
+                recorded.released.append(method.delivery_tag)
             else:
                 ack = decode(body, Ack)
                 if ack.device != device:
                     raise InvalidMessage("routing_mismatch", f"ack from {ack.device} routed as {method.routing_key}")
-                line = self.ledger.on_ack(ack, now)
+                recorded = self.ledger.on_ack(ack, now, token=method.delivery_tag)
         except InvalidIdentifier as exc:
             self.dead_letter(method, properties, body, "routing_key", str(exc))
             self.outbox.add(method.delivery_tag, None)
@@ -116,12 +222,39 @@ class CommandsService(AmqpService):
             self.dead_letter(method, properties, body, exc.reason, exc.detail)
             self.outbox.add(method.delivery_tag, None)
             return
-        self.outbox.add(method.delivery_tag, line)
+        self._add(recorded)
+
+    def _add(self, recorded: Recorded) -> None:
+        """Lines first (tag 0: they settle nothing by themselves), then each released delivery once."""
+        for line in recorded.lines:
+            self.outbox.add(0, line)
+        for tag in recorded.released:
+            self.outbox.add(tag, None)
+
+    def settle(self, batch: Batch) -> None:
+        """Ack what `batch` covers, but never a held early ack or a delivery of the next batch.
+
+        One `multiple` ack covers the batch's tags below every still-unsettled tag (held early
+        acks, and acks released into the outbox that is open now); the few above it are acked
+        one by one.
+        """
+        assert isinstance(batch, TaggedBatch) and isinstance(self.outbox, TaggedBatch)
+        assert self.channel is not None
+        floor = min([*self.ledger.held_tokens(), *self.outbox.tags], default=None)
+        below = [tag for tag in batch.tags if floor is None or tag < floor]
+        if below:
+            self.channel.basic_ack(delivery_tag=max(below), multiple=True)
+        for tag in batch.tags:
+            if floor is not None and tag > floor:
+                self.channel.basic_ack(delivery_tag=tag, multiple=False)
+
+    def on_connection_lost(self) -> None:
+        super().on_connection_lost()
+        self.ledger.forget_held()
 
     def tick(self) -> None:
         now = now_ms()
         if now >= self.next_check:
             self.next_check = now + int(TIMEOUT_CHECK_S * 1000)
-            for line in self.ledger.timed_out(now):
-                self.outbox.add(0, line)
+            self._add(self.ledger.timed_out(now))
         super().tick()

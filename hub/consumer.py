@@ -77,7 +77,7 @@ class AmqpService:
         self.publisher: BlockingChannel | None = None
         self.writer = writer
         #: Points this service caused and the deliveries they settle, written by `flush_outbox`.
-        self.outbox = Batch()
+        self.outbox = self.new_outbox()
         #: Mandatory messages the broker returned as unroutable (see `publish`).
         self.unroutable = 0
 
@@ -100,6 +100,13 @@ class AmqpService:
         """Called on a clean stop while still connected: settle what can be settled."""
         self.flush_outbox()
 
+    def new_outbox(self) -> Batch:
+        return Batch()
+
+    def settle(self, batch: Batch) -> None:
+        """Ack the deliveries `batch` covers, once its points are written."""
+        self.ack_through(batch.last_tag)
+
     def on_connection_lost(self) -> None:
         """Forget per-channel state (delivery tags); unacked deliveries come back."""
         self.outbox.reset()
@@ -108,10 +115,10 @@ class AmqpService:
         """Write the outbox's points, then ack every delivery it covers."""
         if self.outbox.empty:
             return
-        batch, self.outbox = self.outbox, Batch()
+        batch, self.outbox = self.outbox, self.new_outbox()
         if batch.lines:
             self.write_with_retries(batch.payload())
-        self.ack_through(batch.last_tag)
+        self.settle(batch)
         with self.stats.lock:
             self.stats.received += batch.deliveries
             self.stats.stored += len(batch.lines)

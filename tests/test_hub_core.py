@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.commands import TIMEOUT_GRACE_MS, CommandLedger
+from hub.commands import MAX_EARLY_ACKS, ORPHAN_ACK_GRACE_MS, TIMEOUT_GRACE_MS, CommandLedger, Recorded
 from hub.config import load_settings
 from hub.contract import Ack, Command, Presence, Reading
 from hub.errors import ConfigError
@@ -19,6 +19,7 @@ from hub.rules.model import Action, RateOfChange, Stuck, Threshold, ZScore
 from hub.store.batch import BATCH_MAX_POINTS, FLUSH_INTERVAL_S, Batch
 from hub.store.lineprotocol import point, reading_line
 from hub.store.writers import ClientV2Writer, open_writer
+from hub.topology import COMMANDS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -214,21 +215,72 @@ def _command(ts: int = 1000, expires: int = 11_000) -> Command:
 
 def test_an_ack_records_the_outcome_with_its_round_trip_and_origin() -> None:
     ledger = CommandLedger()
-    sent = ledger.on_command("dev-1", _command(), "rule", at_ms=1005)
+    [sent] = ledger.on_command("dev-1", _command(), "rule", at_ms=1005).lines
     assert sent.startswith("commands,command=ping,device=dev-1,origin=rule,status=sent ")
-    line = ledger.on_ack(Ack(id="c-1", device="dev-1", status="ok", ts=1030), at_ms=1042)
+    acked = ledger.on_ack(Ack(id="c-1", device="dev-1", status="ok", ts=1030), at_ms=1042, token=7)
+    [line] = acked.lines
     assert line.startswith("commands,command=ping,device=dev-1,origin=rule,status=ok ")
     assert "rtt_ms=42.0" in line
-    assert ledger.timed_out(10**9) == []
+    assert acked.released == [7], "the ack's delivery is settled with its point"
+    assert ledger.timed_out(10**9) == Recorded()
 
 
 def test_a_command_without_ack_by_its_expiry_times_out_once() -> None:
     ledger = CommandLedger()
     ledger.on_command("dev-1", _command(), "cli", at_ms=1000)
-    assert ledger.timed_out(11_000 + TIMEOUT_GRACE_MS) == []
-    [line] = ledger.timed_out(11_001 + TIMEOUT_GRACE_MS)
+    assert ledger.timed_out(11_000 + TIMEOUT_GRACE_MS).lines == []
+    timed_out = ledger.timed_out(11_001 + TIMEOUT_GRACE_MS)
+    [line] = timed_out.lines
     assert ",status=timeout " in line and ",origin=cli," in line
-    assert ledger.timed_out(10**9) == []
+    assert timed_out.released == [], "a timeout settles no delivery"
+    assert ledger.timed_out(10**9) == Recorded()
+
+
+def test_an_ack_that_overtakes_its_command_is_held_then_recorded_with_the_commands_name_origin_and_rtt() -> None:
+    ledger = CommandLedger()
+    held = ledger.on_ack(Ack(id="c-1", device="dev-1", status="ok", ts=1030), at_ms=1042, token=5)
+    assert held == Recorded(), "nothing written and the ack's delivery not settled yet"
+    assert ledger.held_tokens() == [5]
+    assert ledger.timed_out(1042 + ORPHAN_ACK_GRACE_MS) == Recorded(), "still within the grace"
+    recorded = ledger.on_command("dev-1", _command(ts=1000), "rule", at_ms=1050)
+    sent, ok = recorded.lines
+    assert sent.startswith("commands,command=ping,device=dev-1,origin=rule,status=sent ")
+    assert sent.endswith(" 1042"), "sent is stamped no later than its outcome"
+    assert ok.startswith("commands,command=ping,device=dev-1,origin=rule,status=ok ")
+    assert "rtt_ms=42.0" in ok and ok.endswith(" 1042")
+    assert recorded.released == [5], "the held ack is settled once, with these points"
+    assert ledger.held_tokens() == []
+    assert ledger.timed_out(10**9) == Recorded(), "a command whose ack was seen never times out"
+
+
+def test_an_early_ack_unmatched_after_the_grace_is_unknown_and_its_late_command_never_times_out() -> None:
+    ledger = CommandLedger()
+    ledger.on_ack(Ack(id="c-1", device="dev-1", status="error", detail="bad args", ts=1030), at_ms=2000, token=9)
+    expired = ledger.timed_out(2001 + ORPHAN_ACK_GRACE_MS)
+    [line] = expired.lines
+    assert line.startswith("commands,command=unknown,device=dev-1,origin=cli,status=error ")
+    assert 'detail="bad args"' in line and line.endswith(" 2000")
+    assert expired.released == [9]
+    assert ledger.timed_out(10**9) == Recorded(), "recorded once"
+    [sent] = ledger.on_command("dev-1", _command(ts=1000, expires=11_000), "cli", at_ms=2_000_000).lines
+    assert ",status=sent " in sent
+    assert ledger.timed_out(10**9) == Recorded()
+
+
+def test_early_acks_are_bounded_the_oldest_recorded_as_unknown_and_a_duplicate_is_not_held_twice() -> None:
+    ledger = CommandLedger(max_early_acks=2)
+    for index in range(2):
+        early = Ack(id=f"c-{index}", device="dev-1", status="ok", ts=1)
+        assert ledger.on_ack(early, at_ms=10, token=index + 1) == Recorded()
+    evicted = ledger.on_ack(Ack(id="c-2", device="dev-1", status="ok", ts=1), at_ms=11, token=3)
+    assert [line.split(" ")[0] for line in evicted.lines] == [
+        "commands,command=unknown,device=dev-1,origin=cli,status=ok"
+    ]
+    assert evicted.released == [1]
+    duplicate = ledger.on_ack(Ack(id="c-2", device="dev-1", status="ok", ts=1), at_ms=12, token=4)
+    assert duplicate.released == [4] and len(duplicate.lines) == 1
+    assert sorted(ledger.held_tokens()) == [2, 3]
+    assert COMMANDS.prefetch > MAX_EARLY_ACKS, "held deliveries must never fill the prefetch window"
 
 
 def test_hub_stats_points_carry_the_service_counters() -> None:

@@ -44,6 +44,7 @@ from hub.contract import (
 )
 from hub.stack.influx import InfluxNode
 from hub.stack.processes import free_port, start_detached, stop
+from hub.topology import COMMANDS
 from tests.support import amqp_connection, bind_temporary_queue, collect, influx_query, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -454,6 +455,45 @@ def test_alerts_nobody_listens_to_are_stored_and_their_rule_commands_sent_while_
         assert (command.command, command.args, properties.app_id) == ("set_setpoint", {"value": 20.0}, "rule")
     logs = "".join(log.read_text() for log in tmp_path.glob("hub-*.log"))
     assert "service=rules event=disconnected" not in logs and "service=rules event=crashed" not in logs
+
+
+def test_an_ack_that_overtakes_its_command_is_recorded_with_the_commands_name_and_the_command_never_times_out(
+    stack: Settings, tmp_path: Path
+) -> None:
+    connection = amqp_connection(stack)
+    channel = connection.channel()
+    channel.confirm_delivery()
+    sent_at = now_ms()
+    command = Command(id=f"early-{sent_at}", command="set_relay", args={"on": True}, ts=sent_at, expires=sent_at + 1000)
+    ack = Ack(id=command.id, device="pm-early", status="ok", state={"relay": True}, ts=sent_at + 5)
+    unanswered = Command(id=f"lonely-{sent_at}", command="ping", ts=sent_at, expires=sent_at + 1000)
+
+    def lifecycle(device: str) -> list[tuple[str, str, str]]:
+        series = influx_query(stack, f"SELECT id, status, command, origin FROM commands WHERE device = '{device}'")
+        return sorted((row[2], row[3], row[4]) for row in series[0]["values"]) if series else []
+
+    try:
+        with hub_process(stack, tmp_path, "--only", "commands"):
+            properties = pika.BasicProperties(delivery_mode=2, app_id="cli")
+            channel.basic_publish(EXCHANGE, ack_key("pm-early"), encode(ack), properties)
+            # while the ack waits for its command, another delivery is written and acked on its own
+            channel.basic_publish(EXCHANGE, command_key("pm-lonely"), encode(unanswered), properties)
+            wait_until(lambda: lifecycle("pm-lonely"), 10)
+            channel.basic_publish(EXCHANGE, command_key("pm-early"), encode(command), properties)
+            wait_until(lambda: len(lifecycle("pm-early")) == 2, 10)
+            # past both expiries, their grace and a timeout check: only the unanswered one times out
+            wait_until(lambda: len(lifecycle("pm-lonely")) == 2, 10)
+            early_outcomes = lifecycle("pm-early")
+        left_in_queue = channel.queue_declare(COMMANDS.name, passive=True).method.message_count
+    finally:
+        connection.close()
+    assert early_outcomes == [("ok", "set_relay", "cli"), ("sent", "set_relay", "cli")]
+    assert lifecycle("pm-lonely") == [("sent", "ping", "cli"), ("timeout", "ping", "cli")]
+    [rtt] = influx_query(stack, "SELECT rtt_ms FROM commands WHERE device = 'pm-early' AND status = 'ok'")
+    assert rtt["values"][0][1] >= 0
+    assert left_in_queue == 0, "every delivery acked once: nothing came back when the hub stopped"
+    logs = "".join(log.read_text() for log in tmp_path.glob("hub-*.log"))
+    assert "event=disconnected" not in logs, "a double or unknown ack would have closed the channel"
 
 
 def test_presence_follows_status_last_will_and_silence(stack: Settings, tmp_path: Path) -> None:
