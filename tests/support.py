@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -33,7 +39,7 @@ def bind_temporary_queue(channel: BlockingChannel, *patterns: str) -> str:
     queue = channel.queue_declare("", exclusive=True).method.queue
     for pattern in patterns:
         channel.queue_bind(queue, EXCHANGE, routing_key=pattern)
-    return queue
+    return str(queue)
 
 
 def collect(
@@ -77,3 +83,46 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 15.0, interval_s
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         time.sleep(interval_s)
+
+
+REPO = Path(__file__).resolve().parents[1]
+#: `python -m hub run` logs this once per service when it starts consuming.
+HUB_SERVICES = 4
+
+
+def settings_environment(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a user would have: every IOT_* variable from `settings`, none of ours."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            environment[f"IOT_{name.upper()}"] = str(value)
+    environment.update(IOT_METRICS_PORT="0", IOT_RULES_FILE=str(REPO / "rules.yaml"))
+    environment.update(extra)
+    return environment
+
+
+@contextmanager
+def hub_process(settings: Settings, log_dir: Path, *args: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m hub run *args` against `settings`, started and consuming; stopped (SIGTERM) afterwards."""
+    log = log_dir / f"hub-{time.monotonic_ns()}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hub", "run", *args],
+            cwd=REPO,
+            env=settings_environment(settings, **env),
+            stdout=out,
+            stderr=out,
+        )
+    services = args.count("--only") or HUB_SERVICES
+    try:
+        wait_until(lambda: log.read_text().count("event=consuming") >= services or process.poll() is not None, 30)
+        assert process.poll() is None, log.read_text()
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

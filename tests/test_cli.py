@@ -5,7 +5,6 @@ checks what the command prints and the exit code it ends with."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,9 +19,8 @@ from devices.fleet import Fleet
 from hub.config import Settings
 from hub.contract import EXCHANGE, command_key
 from hub.control.exit_codes import ExitCode
-from hub.control.subscribers import read_queue_names
 from hub.stack.processes import free_port
-from tests.support import amqp_connection, collect, wait_until
+from tests.support import amqp_connection, collect, hub_process, settings_environment, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 SITE = "cli-site"
@@ -32,31 +30,11 @@ FLEET_SIZE = 8
 SHORT_TIMEOUT_S = 2.0
 
 
-def cli_env(settings: Settings, **overrides: str) -> dict[str, str]:
-    """The environment a user would have: IOT_* variables pointing at the test stack."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
-    env.update(
-        IOT_AMQP_URL=settings.amqp_url,
-        IOT_MQTT_HOST=settings.mqtt_host,
-        IOT_MQTT_PORT=str(settings.mqtt_port),
-        IOT_STOMP_HOST=settings.stomp_host,
-        IOT_STOMP_PORT=str(settings.stomp_port),
-        IOT_MANAGEMENT_PORT=str(settings.management_port),
-        IOT_INFLUX_URL=settings.influx_url,
-        IOT_INFLUX_DB=settings.influx_db,
-        IOT_STACK_DIR=str(settings.stack_dir),
-        IOT_METRICS_PORT="0",
-        IOT_RULES_FILE=str(REPO / "rules.yaml"),
-    )
-    env.update(overrides)
-    return env
-
-
 def hub_cli(settings: Settings, *args: str, timeout_s: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "hub", *args],
         cwd=REPO,
-        env=cli_env(settings, **env),
+        env=settings_environment(settings, **env),
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -74,28 +52,8 @@ def assert_one_clean_line(stderr: str) -> None:
 
 @pytest.fixture(scope="module")
 def hub(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
-    log = tmp_path_factory.mktemp("hub") / "hub.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "hub", "run"], cwd=REPO, env=cli_env(stack), stdout=out, stderr=out
-        )
-    try:
-        wait_until(
-            lambda: (
-                process.poll() is not None
-                or {"hub.store", "hub.presence", "hub.commands"} <= (read_queue_names(stack) or set())
-            ),
-            30,
-        )
-        assert process.poll() is None, log.read_text()
+    with hub_process(stack, tmp_path_factory.mktemp("hub")) as process:
         yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +145,7 @@ def test_send_waits_for_a_rebooting_device_and_delivers_when_it_is_back(stack: S
     sender = subprocess.Popen(
         [sys.executable, "-m", "hub", "send", device, "ping", "--timeout", "15"],
         cwd=REPO,
-        env=cli_env(stack),
+        env=settings_environment(stack),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -208,7 +166,7 @@ def test_send_to_a_silent_subscriber_times_out_with_exit_7(stack: Settings, flee
     sender = subprocess.Popen(
         [sys.executable, "-m", "hub", "send", "ghost-0001", "ping", "--timeout", str(SHORT_TIMEOUT_S)],
         cwd=REPO,
-        env=cli_env(stack),
+        env=settings_environment(stack),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -347,7 +305,7 @@ def test_tail_shows_a_command_and_the_device_ack(stack: Settings, fleet: Fleet, 
     tail = subprocess.Popen(
         [sys.executable, "-m", "hub", "tail", f"commands.{device}", f"acks.{device}", "--count", "2", "--for", "30"],
         cwd=REPO,
-        env=cli_env(stack),
+        env=settings_environment(stack),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -377,7 +335,7 @@ def test_tail_stops_with_exit_0_on_ctrl_c(stack: Settings) -> None:
     tail = subprocess.Popen(
         [sys.executable, "-m", "hub", "tail", "alerts.#"],
         cwd=REPO,
-        env=cli_env(stack),
+        env=settings_environment(stack),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -9,7 +9,6 @@ it with its template variables rendered the way Chronograf renders them, and the
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -22,6 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from hub.errors import InvalidIdentifier
 from hub.stack.packages import ensure_packages
 from hub.stack.processes import free_port
 from tests.conftest import started_stack
-from tests.support import amqp_connection, influx_query, wait_until
+from tests.support import amqp_connection, hub_process, influx_query, settings_environment, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARDS = REPO / "dashboards"
@@ -95,37 +95,6 @@ class FleetData:
 # --- filling InfluxDB through the hub --------------------------------------------------------
 
 
-def settings_environment(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment that makes a child process use `settings` (and nothing from ours)."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            environment[f"IOT_{name.upper()}"] = str(value)
-    environment.update(extra)
-    return environment
-
-
-@contextmanager
-def hub_process(settings: Settings, rules_file: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    environment = settings_environment(settings, IOT_METRICS_PORT="0", IOT_RULES_FILE=str(rules_file))
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "hub", "run"], cwd=REPO, env=environment, stdout=out, stderr=out
-        )
-    try:
-        wait_until(lambda: log.read_text().count("event=consuming") >= 4 or process.poll() is not None, 30)
-        assert process.poll() is None, log.read_text()
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
 def count(settings: Settings, query: str) -> int:
     series = influx_query(settings, query)
     return int(series[0]["values"][0][1]) if series else 0
@@ -170,7 +139,7 @@ def fleet_data(dashboard_stack: Settings, tmp_path_factory: pytest.TempPathFacto
     rules.write_text(yaml.safe_dump(TEST_RULES))
     with ExitStack() as running:
         running.enter_context(alert_listener(stack))
-        hub = running.enter_context(hub_process(stack, rules, tmp / "hub.log"))
+        hub = running.enter_context(hub_process(stack, tmp, IOT_RULES_FILE=str(rules)))
         plant_a = running.enter_context(
             Fleet(stack, count=4, kinds=["environment", "thermostat"], site="plant-a", seed=1, interval_s=0.5)
         )
@@ -181,9 +150,8 @@ def fleet_data(dashboard_stack: Settings, tmp_path_factory: pytest.TempPathFacto
         started = time.monotonic()
         for device in devices:
             wait_until(
-                lambda d=device: count(stack, f"SELECT count(seq) FROM {d.kind} WHERE device = '{d.device}'"), 30
+                partial(count, stack, f"SELECT count(seq) FROM {device.kind} WHERE device = '{device.device}'"), 30
             )
-        # Other tests of the session share this InfluxDB: every wait names our devices or hub.
         ours = '"device" =~ /^(' + "|".join(d.device for d in devices) + ")$/"
         wait_until(lambda: count(stack, f"SELECT count(rtt_ms) FROM commands WHERE status = 'ok' AND {ours}") >= 4, 30)
         severities = f'SELECT count("id") FROM alerts WHERE {ours} GROUP BY severity'
@@ -595,7 +563,7 @@ def test_local_page_endpoints_follow_new_readings(fleet_data: FleetData, page_ur
     def latest() -> int:
         status, body = http_get(f"{page_url}api/device?device={device.device}&range=5m")
         assert status == 200, body
-        return max(p[0] for r in body["readings"] for p in r["points"])
+        return int(max(p[0] for r in body["readings"] for p in r["points"]))
 
     first = latest()
     wait_until(lambda: latest() > first, 15, 0.5)

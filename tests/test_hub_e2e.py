@@ -4,17 +4,13 @@ InfluxDB outages survived, rules answered by devices over both protocols, presen
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 import pika
@@ -45,44 +41,14 @@ from hub.contract import (
 from hub.stack.influx import InfluxNode
 from hub.stack.processes import free_port, start_detached, stop
 from hub.topology import COMMANDS
-from tests.support import amqp_connection, bind_temporary_queue, collect, influx_query, wait_until
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-# --- a hub process -------------------------------------------------------------------------
-
-
-@contextmanager
-def hub_process(settings: Settings, tmp_path: Path, *args: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m hub run` against `settings`, started and ready; stopped (SIGTERM) afterwards."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
-    environment.update(
-        IOT_AMQP_URL=settings.amqp_url,
-        IOT_INFLUX_URL=settings.influx_url,
-        IOT_INFLUX_DB=settings.influx_db,
-        IOT_METRICS_PORT="0",
-        IOT_RULES_FILE=str(REPO / "rules.yaml"),
-    )
-    environment.update(env)
-    log = tmp_path / f"hub-{time.monotonic_ns()}.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "hub", "run", *args], cwd=REPO, env=environment, stdout=out, stderr=out
-        )
-    services = 1 if "--only" in args else 4
-    try:
-        wait_until(lambda: log.read_text().count("event=consuming") >= services or process.poll() is not None, 30)
-        assert process.poll() is None, log.read_text()
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+from tests.support import (
+    amqp_connection,
+    bind_temporary_queue,
+    collect,
+    hub_process,
+    influx_query,
+    wait_until,
+)
 
 
 def count_stored(settings: Settings, measurement: str, device: str) -> int:
@@ -353,7 +319,7 @@ def test_a_rule_alerts_and_its_command_reaches_mqtt_and_stomp_devices_whose_acks
     thermostat = mqtt_device(stack, "th-rule-m")
 
     def on_mqtt_command(client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        command = decode(message.payload, Command)
+        command = decode(bytes(message.payload), Command)
         thermostat_commands.append(command)
         ack = Ack(id=command.id, device="th-rule-m", status="ok", state={"setpoint": 20.0}, ts=now_ms())
         client.publish(mqtt_topic(ack_key("th-rule-m")), encode(ack), qos=1)
@@ -440,7 +406,7 @@ def test_alerts_nobody_listens_to_are_stored_and_their_rule_commands_sent_while_
             for device in devices:  # one after the other: the second proves the service still consumes
                 hot = reading(device, 1, kind="thermostat", temperature=29.5, setpoint=22.0)
                 channel.basic_publish(EXCHANGE, hot.routing_key, encode(hot), pika.BasicProperties(delivery_mode=2))
-                wait_until(lambda device=device: stored_alerts(device), 15)
+                wait_until(partial(stored_alerts, device), 15)
             delivered = collect(connection, channel, commands, len(devices), timeout_s=10)
             wait_until(lambda: all(rule_commands_recorded(device) for device in devices), 15)
             assert hub.poll() is None
@@ -497,13 +463,15 @@ def test_an_ack_that_overtakes_its_command_is_recorded_with_the_commands_name_an
 
 
 def test_presence_follows_status_last_will_and_silence(stack: Settings, tmp_path: Path) -> None:
-    def status(device: str, state: str, protocol: str, interval_ms: int, ts: int) -> bytes:
+    def status(
+        device: str, state: Literal["online", "offline"], protocol: Literal["mqtt", "stomp"], interval_ms: int, ts: int
+    ) -> bytes:
         return encode(
             Presence(
                 device=device,
                 state=state,
                 protocol=protocol,
-                kind="environment",  # type: ignore[arg-type]
+                kind="environment",
                 site="plant-t",
                 interval_ms=interval_ms,
                 fw="1.2.3",
@@ -521,7 +489,9 @@ def test_presence_follows_status_last_will_and_silence(stack: Settings, tmp_path
             stomp_destination(status_key("pres-s")), status("pres-s", "online", "stomp", 300, now_ms()), headers={}
         )
         time.sleep(1.0)
-        device._sock.close()  # the cable is pulled: the broker publishes the last will
+        cable = device.socket()
+        assert cable is not None
+        cable.close()  # the cable is pulled: the broker publishes the last will
         device.loop_stop()
 
         def transitions(name: str) -> list[tuple[str, str]]:

@@ -111,7 +111,7 @@ def test_amqp_command_reaches_an_mqtt_and_a_stomp_subscriber(stack: Settings) ->
     mqtt_inbox: list[bytes] = []
     subscribed = threading.Event()
     client = _mqtt_client(stack, "test-mqtt-commands")
-    client.on_message = lambda _c, _u, message: mqtt_inbox.append(message.payload)
+    client.on_message = lambda _c, _u, message: mqtt_inbox.append(bytes(message.payload))
     client.on_subscribe = lambda *_args: subscribed.set()
     client.subscribe(mqtt_topic(command_key("dev-m")), qos=1)
     assert subscribed.wait(10)
