@@ -6,6 +6,8 @@ A device silent for `OFFLINE_AFTER_INTERVALS` of its reporting intervals is offl
 which also covers STOMP devices (no last will). An offline status whose body is older than
 the device's last sign of life is its MQTT last will: the broker publishes the body the device
 registered when it connected, while a device going offline on purpose stamps it now.
+An online status that names a new site, kind or protocol is recorded again even when the device
+was already online, so `device_status` always says where a device is.
 """
 
 from __future__ import annotations
@@ -105,21 +107,30 @@ class PresenceTracker:
                 last_will = False
             else:
                 last_will = not online and status.protocol == "mqtt" and status.ts < state.last_device_ts
+            moved = (state.site, state.kind, state.protocol) != (status.site, status.kind, status.protocol)
             state.site, state.kind, state.protocol = status.site, status.kind, status.protocol
             state.interval_ms, state.fw = status.interval_ms, status.fw or state.fw
             if online:
                 state.last_seen_ms = max(state.last_seen_ms, at_ms)
+            if not last_will:
                 state.last_device_ts = max(state.last_device_ts, status.ts)
-            if state.online == online:
+            if state.online == online and not (online and moved):
                 return None
             return self._transition(state, online, "last_will" if last_will else "status", at_ms)
 
     def on_telemetry(
         self, device: str, site: str, kind: str, protocol: Protocol, device_ts: int, at_ms: int
     ) -> Transition | None:
-        """A reading is a sign of life; a device not known online becomes online ("telemetry")."""
+        """A reading is a sign of life; a device not known online becomes online ("telemetry").
+
+        A reading stamped before the device's last word is not: the telemetry and status queues
+        drain independently, so after a backlog a reading can arrive after the device's own
+        "offline" status, and must not bring a device back that has gone.
+        """
         with self.lock:
             state = self.devices.get(device)
+            if state is not None and not state.online and device_ts <= state.last_device_ts:
+                return None
             if state is None:
                 state = self.devices[device] = DeviceState(
                     device, site, kind, protocol, None, "", False, at_ms, device_ts

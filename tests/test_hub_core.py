@@ -162,9 +162,9 @@ def test_rules_file_errors_name_the_file_and_the_rule() -> None:
 # --- presence --------------------------------------------------------------------------------------
 
 
-def _status(state: str, ts: int, protocol: str = "mqtt", interval_ms: int = 1000) -> Presence:
+def _status(state: str, ts: int, protocol: str = "mqtt", interval_ms: int = 1000, site: str = "plant-a") -> Presence:
     return Presence(
-        device="d-1", state=state, protocol=protocol, kind="environment", site="plant-a",  # type: ignore[arg-type]
+        device="d-1", state=state, protocol=protocol, kind="environment", site=site,  # type: ignore[arg-type]
         interval_ms=interval_ms, fw="1.0", ts=ts,
     )  # fmt: skip
 
@@ -197,6 +197,24 @@ def test_an_offline_status_older_than_the_last_sign_of_life_is_the_last_will() -
     tracker.on_telemetry("d-1", "plant-a", "environment", "mqtt", device_ts=5000, at_ms=5000)
     will = tracker.on_status(_status("offline", 900), at_ms=6000)  # body registered at connect time
     assert will is not None and will.reason == "last_will"
+
+
+def test_a_reading_older_than_the_offline_status_does_not_bring_the_device_back() -> None:
+    tracker = PresenceTracker()
+    tracker.on_status(_status("online", 1000), at_ms=1000)
+    tracker.on_status(_status("offline", 3000), at_ms=3000)
+    assert tracker.on_telemetry("d-1", "plant-a", "environment", "mqtt", device_ts=2500, at_ms=4000) is None
+    assert not tracker.devices["d-1"].online
+    back = tracker.on_telemetry("d-1", "plant-a", "environment", "mqtt", device_ts=5000, at_ms=5000)
+    assert back is not None and back.online
+
+
+def test_an_online_device_that_moves_site_is_recorded_again() -> None:
+    tracker = PresenceTracker()
+    tracker.on_status(_status("online", 1000), at_ms=1000)
+    moved = tracker.on_status(_status("online", 2000, site="plant-b"), at_ms=2000)
+    assert moved is not None and (moved.online, moved.site) == (True, "plant-b")
+    assert tracker.on_status(_status("online", 3000, site="plant-b"), at_ms=3000) is None
 
 
 def test_a_device_seen_only_by_telemetry_gets_an_interval_estimate() -> None:
