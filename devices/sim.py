@@ -27,7 +27,7 @@ from devices.fleet import Fleet
 from devices.models import KINDS
 from devices.stats import FleetStats, LagSummary
 from hub.config import load_settings
-from hub.errors import HubError
+from hub.shell import EXIT_INTERRUPTED, run_command
 
 #: How often the progress line is redrawn.
 PROGRESS_REFRESH_S = 0.5
@@ -35,8 +35,6 @@ PROGRESS_REFRESH_S = 0.5
 LOG_PROGRESS_EVERY_S = 10.0
 #: Columns used when stderr is not a terminal (a log file), so the summary table is not squeezed.
 SUMMARY_WIDTH = 110
-#: Exit code after Ctrl-C / SIGTERM, like a shell reports a signal-terminated process.
-EXIT_INTERRUPTED = 130
 
 
 def _parse_kinds(value: str) -> list[str]:
@@ -207,18 +205,7 @@ def main() -> None:
     # stomp.py logs every lost connection with a traceback; the progress line counts them instead.
     logging.getLogger("stomp.py").setLevel(logging.CRITICAL)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        sim.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        sys.exit(EXIT_INTERRUPTED)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except HubError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(EXIT_INTERRUPTED)
+    run_command(sim)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,12 @@
-"""`python -m hub`: the command-line shell over the hub library.
-
-Every `HubError` becomes one line on stderr and its exit code; no tracebacks for users.
-"""
+"""`python -m hub`: the command-line shell over the hub library (errors handled by `hub.shell`)."""
 
 from __future__ import annotations
 
 import importlib
-import sys
 
 import click
 
-from hub.errors import HubError
+from hub.shell import run_command
 
 #: Subcommands, each in the module that owns it: (module, attribute).
 SUBCOMMANDS = [
@@ -37,16 +33,4 @@ for module_name, attribute in SUBCOMMANDS:
 
 
 def main() -> None:
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except HubError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_command(cli)

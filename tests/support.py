@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -15,7 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pika
+import stomp
+from paho.mqtt.enums import CallbackAPIVersion
 from pika.adapters.blocking_connection import BlockingChannel
 
 from hub.config import Settings
@@ -126,3 +130,25 @@ def hub_process(settings: Settings, log_dir: Path, *args: str, **env: str) -> It
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def mqtt_device(settings: Settings, client_id: str, will: tuple[str, bytes] | None = None) -> mqtt.Client:
+    """An MQTT client logged in as the device user, connected and looping in its own thread."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.max_inflight_messages_set(100)
+    client.username_pw_set(settings.device_user, settings.device_password)
+    if will is not None:
+        client.will_set(will[0], will[1], qos=1)
+    connected = threading.Event()
+    client.on_connect = lambda *_args: connected.set()
+    client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=30)
+    client.loop_start()
+    assert connected.wait(10), "MQTT CONNACK not received"
+    return client
+
+
+def stomp_device(settings: Settings) -> stomp.Connection12:
+    """A STOMP connection logged in as the device user to vhost `iot`."""
+    connection = stomp.Connection12([(settings.stomp_host, settings.stomp_port)], vhost=VHOST)
+    connection.connect(settings.device_user, settings.device_password, wait=True)
+    return connection

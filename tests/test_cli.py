@@ -20,7 +20,7 @@ from hub.config import Settings
 from hub.contract import EXCHANGE, command_key
 from hub.control.exit_codes import ExitCode
 from hub.stack.processes import free_port
-from tests.support import amqp_connection, collect, hub_process, settings_environment, wait_until
+from tests.support import amqp_connection, collect, hub_process, influx_query, settings_environment, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 SITE = "cli-site"
@@ -59,7 +59,11 @@ def hub(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
 @pytest.fixture(scope="module")
 def fleet(stack: Settings, hub: subprocess.Popen[bytes]) -> Iterator[Fleet]:
     with Fleet(stack, count=FLEET_SIZE, protocol="mixed", interval_s=0.5, site=SITE, seed=6) as running:
-        wait_until(lambda: len(online_devices(stack)) == FLEET_SIZE, 30, 0.5)
+        try:
+            wait_until(lambda: len(online_devices(stack)) == FLEET_SIZE, 30, 0.5)
+        except AssertionError:
+            transitions = influx_query(stack, f"SELECT * FROM device_status WHERE site = '{SITE}'")
+            raise AssertionError(f"fleet not online: {online_devices(stack)} / {transitions}") from None
         yield running
 
 

@@ -17,14 +17,12 @@ import pika
 import pika.exceptions
 import pytest
 import stomp
-from paho.mqtt.enums import CallbackAPIVersion
 
 from hub.config import Settings
 from hub.contract import (
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_REASON_HEADER,
     EXCHANGE,
-    VHOST,
     Ack,
     Command,
     Presence,
@@ -47,6 +45,8 @@ from tests.support import (
     collect,
     hub_process,
     influx_query,
+    mqtt_device,
+    stomp_device,
     wait_until,
 )
 
@@ -57,26 +57,6 @@ def count_stored(settings: Settings, measurement: str, device: str) -> int:
 
 
 # --- devices ---------------------------------------------------------------------------------
-
-
-def mqtt_device(settings: Settings, client_id: str, will: tuple[str, bytes] | None = None) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-    client.max_inflight_messages_set(100)
-    client.username_pw_set(settings.device_user, settings.device_password)
-    if will is not None:
-        client.will_set(will[0], will[1], qos=1)
-    connected = threading.Event()
-    client.on_connect = lambda *_args: connected.set()
-    client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=30)
-    client.loop_start()
-    assert connected.wait(10), "MQTT CONNACK not received"
-    return client
-
-
-def stomp_device(settings: Settings) -> stomp.Connection12:
-    connection = stomp.Connection12([(settings.stomp_host, settings.stomp_port)], vhost=VHOST)
-    connection.connect(settings.device_user, settings.device_password, wait=True)
-    return connection
 
 
 def reading(device: str, seq: int, kind: str = "environment", base_ts: int = 0, **values: float | bool) -> Reading:

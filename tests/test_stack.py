@@ -9,15 +9,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 import stomp
-from paho.mqtt.enums import CallbackAPIVersion
 
 from hub.config import Settings
 from hub.contract import (
     EXCHANGE,
-    VHOST,
     Reading,
     command_key,
     encode,
@@ -30,7 +27,15 @@ from hub.errors import StackError
 from hub.stack import Stack
 from hub.stack.processes import is_ours
 from hub.stack.stack import settings_on_free_ports
-from tests.support import amqp_connection, bind_temporary_queue, collect, influx_query, wait_until
+from tests.support import (
+    amqp_connection,
+    bind_temporary_queue,
+    collect,
+    influx_query,
+    mqtt_device,
+    stomp_device,
+    wait_until,
+)
 
 
 def _reading(device: str, seq: int = 1) -> Reading:
@@ -44,29 +49,12 @@ def _reading(device: str, seq: int = 1) -> Reading:
     )
 
 
-def _mqtt_client(settings: Settings, client_id: str) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-    client.username_pw_set(settings.device_user, settings.device_password)
-    connected = threading.Event()
-    client.on_connect = lambda *_args: connected.set()
-    client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=30)
-    client.loop_start()
-    assert connected.wait(10), "MQTT CONNACK not received"
-    return client
-
-
-def _stomp_connection(settings: Settings) -> stomp.Connection12:
-    connection = stomp.Connection12([(settings.stomp_host, settings.stomp_port)], vhost=VHOST)
-    connection.connect(settings.device_user, settings.device_password, wait=True)
-    return connection
-
-
 def test_mqtt_publish_arrives_on_exchange_iot_with_the_contract_routing_key(stack: Settings) -> None:
     connection = amqp_connection(stack)
     channel = connection.channel()
     queue = bind_temporary_queue(channel, "telemetry.#")
     reading = _reading("env-mqtt-1")
-    client = _mqtt_client(stack, "test-mqtt-publisher")
+    client = mqtt_device(stack, "test-mqtt-publisher")
     try:
         client.publish(mqtt_topic(reading.routing_key), encode(reading), qos=1).wait_for_publish(10)
     finally:
@@ -83,7 +71,7 @@ def test_stomp_send_arrives_on_exchange_iot_with_the_contract_routing_key(stack:
     channel = connection.channel()
     queue = bind_temporary_queue(channel, "telemetry.#")
     reading = _reading("env-stomp-1")
-    device = _stomp_connection(stack)
+    device = stomp_device(stack)
     try:
         device.send(
             stomp_destination(reading.routing_key),
@@ -110,16 +98,16 @@ class _StompInbox(stomp.ConnectionListener):  # type: ignore[misc]
 def test_amqp_command_reaches_an_mqtt_and_a_stomp_subscriber(stack: Settings) -> None:
     mqtt_inbox: list[bytes] = []
     subscribed = threading.Event()
-    client = _mqtt_client(stack, "test-mqtt-commands")
+    client = mqtt_device(stack, "test-mqtt-commands")
     client.on_message = lambda _c, _u, message: mqtt_inbox.append(bytes(message.payload))
     client.on_subscribe = lambda *_args: subscribed.set()
     client.subscribe(mqtt_topic(command_key("dev-m")), qos=1)
     assert subscribed.wait(10)
 
-    stomp_device = _stomp_connection(stack)
+    stomp_subscriber = stomp_device(stack)
     stomp_inbox = _StompInbox()
-    stomp_device.set_listener("inbox", stomp_inbox)
-    stomp_device.subscribe(
+    stomp_subscriber.set_listener("inbox", stomp_inbox)
+    stomp_subscriber.subscribe(
         stomp_destination(command_key("dev-s")), id="commands", ack="auto", headers={"receipt": "sub-1"}
     )
     time.sleep(0.5)  # the STOMP subscription's binding is made asynchronously
@@ -134,7 +122,7 @@ def test_amqp_command_reaches_an_mqtt_and_a_stomp_subscriber(stack: Settings) ->
     finally:
         client.loop_stop()
         client.disconnect()
-        stomp_device.disconnect()
+        stomp_subscriber.disconnect()
     assert mqtt_inbox == [b'{"to":"mqtt"}']
     assert stomp_inbox.bodies == ['{"to":"stomp"}']
 
@@ -156,7 +144,7 @@ def test_devices_may_not_publish_commands(stack: Settings) -> None:
     connection = amqp_connection(stack)
     channel = connection.channel()
     queue = bind_temporary_queue(channel, "commands.#", "telemetry.#")
-    client = _mqtt_client(stack, "test-mqtt-forger")
+    client = mqtt_device(stack, "test-mqtt-forger")
     disconnected = threading.Event()
     client.on_disconnect = lambda *_args: disconnected.set()
     client.publish("commands/victim", b"{}", qos=1)
