@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 import pika
@@ -50,3 +51,10 @@ def connect(settings: Settings, purpose: str) -> pika.BlockingConnection:
             f"cannot reach RabbitMQ at {where} ({reason}): start the stack with `python -m hub stack up`, "
             "or point IOT_AMQP_URL / --amqp-url at your broker"
         ) from None
+
+
+def close_quietly(connection: pika.BlockingConnection | None) -> None:
+    """Close a connection that may already be broken: on the way out, closing is best effort."""
+    if connection is not None and connection.is_open:
+        with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+            connection.close()

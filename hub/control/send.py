@@ -8,7 +8,6 @@ confirms and `mandatory`, an id and an expiry (`Command.expires`, and the same A
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -34,7 +33,7 @@ from hub.contract import (
     now_ms,
     require_identifier,
 )
-from hub.control.amqp import connect
+from hub.control.amqp import close_quietly, connect
 from hub.control.exit_codes import ExitCode
 from hub.control.fleet import read_fleet
 from hub.control.subscribers import read_subscribed_devices
@@ -135,7 +134,7 @@ class CommandSender:
             self._queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
             channel.basic_consume(self._queue, self._on_ack, auto_ack=True)
         except pika.exceptions.AMQPError as exc:
-            self._connection.close()
+            close_quietly(self._connection)
             raise BrokerUnavailable(f"RabbitMQ refused to set up the ack queue: {exc}") from None
         self._channel = channel
         return self
@@ -143,9 +142,7 @@ class CommandSender:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._connection is not None and self._connection.is_open:
-            with contextlib.suppress(pika.exceptions.AMQPError):
-                self._connection.close()
+        close_quietly(self._connection)
         self._connection = None
 
     def send(

@@ -6,7 +6,6 @@ binds an exclusive, auto-delete queue and hands each delivery to a callback.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import time
@@ -32,7 +31,7 @@ from hub.contract import (
     decode,
     decode_reading,
 )
-from hub.control.amqp import connect
+from hub.control.amqp import close_quietly, connect
 from hub.errors import BrokerUnavailable, ConfigError, InvalidMessage
 
 #: A slow terminal must not make the broker hoard messages for us: past this many waiting,
@@ -158,7 +157,7 @@ class Tail:
                 channel.queue_bind(queue, EXCHANGE, routing_key=pattern)
             channel.basic_consume(queue, self._on_message, auto_ack=True)
         except pika.exceptions.AMQPError as exc:
-            self._connection.close()
+            close_quietly(self._connection)
             raise BrokerUnavailable(f"RabbitMQ refused the tail queue: {exc!r}") from None
         self._channel = channel
         return self
@@ -166,9 +165,7 @@ class Tail:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._connection is not None and self._connection.is_open:
-            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
-                self._connection.close()
+        close_quietly(self._connection)
         self._connection = None
 
     def follow(self, handler: Handler, max_count: int | None = None, seconds: float | None = None) -> int:
