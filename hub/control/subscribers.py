@@ -49,33 +49,31 @@ def management_url(settings: Settings) -> str:
     return f"http://{settings.amqp.host}:{settings.management_port}"
 
 
-def read_subscribed_devices(settings: Settings) -> set[str] | None:
-    """The devices subscribed now, or None when the management API cannot say (then only
-    `mandatory` and the timeout tell)."""
+def _management_get(settings: Settings, path: str) -> Any:
+    """A JSON document from the management API as the hub user, or None when it cannot be had."""
     amqp = settings.amqp
-    vhost = urllib.parse.quote(amqp.vhost, safe="")
-    url = f"{management_url(settings)}/api/exchanges/{vhost}/{EXCHANGE}/bindings/source"
-    request = urllib.request.Request(url)
+    request = urllib.request.Request(f"{management_url(settings)}/api/{path}")
     token = base64.b64encode(f"{amqp.user}:{amqp.password}".encode()).decode()
     request.add_header("Authorization", f"Basic {token}")
     try:
         with urllib.request.urlopen(request, timeout=MANAGEMENT_TIMEOUT_S) as response:
-            bindings = json.loads(response.read())
+            return json.loads(response.read())
     except (OSError, ValueError, urllib.error.URLError):
         return None
+
+
+def _vhost(settings: Settings) -> str:
+    return urllib.parse.quote(settings.amqp.vhost, safe="")
+
+
+def read_subscribed_devices(settings: Settings) -> set[str] | None:
+    """The devices subscribed now, or None when the management API cannot say (then only
+    `mandatory` and the timeout tell)."""
+    bindings = _management_get(settings, f"exchanges/{_vhost(settings)}/{EXCHANGE}/bindings/source")
     return subscribed_devices(bindings) if isinstance(bindings, list) else None
 
 
 def read_queue_names(settings: Settings) -> set[str] | None:
     """Names of the queues in the vhost, or None when the management API cannot say."""
-    amqp = settings.amqp
-    vhost = urllib.parse.quote(amqp.vhost, safe="")
-    request = urllib.request.Request(f"{management_url(settings)}/api/queues/{vhost}?columns=name")
-    token = base64.b64encode(f"{amqp.user}:{amqp.password}".encode()).decode()
-    request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=MANAGEMENT_TIMEOUT_S) as response:
-            queues = json.loads(response.read())
-    except (OSError, ValueError, urllib.error.URLError):
-        return None
+    queues = _management_get(settings, f"queues/{_vhost(settings)}?columns=name")
     return {str(q.get("name")) for q in queues if isinstance(q, dict)} if isinstance(queues, list) else None
