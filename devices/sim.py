@@ -27,7 +27,8 @@ from devices.fleet import Fleet
 from devices.models import KINDS
 from devices.stats import FleetStats, LagSummary
 from hub.config import load_settings
-from hub.shell import EXIT_INTERRUPTED, run_command
+from hub.control.exit_codes import ExitCode
+from hub.shell import run_command
 
 #: How often the progress line is redrawn.
 PROGRESS_REFRESH_S = 0.5
@@ -131,7 +132,7 @@ def sim(
         fleet.close()
     console.print(_summary_table(fleet.stats()))
     if interrupted:
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(ExitCode.INTERRUPTED)
 
 
 def _show_progress(fleet: Fleet, console: Console, duration: float | None) -> None:

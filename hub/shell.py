@@ -1,7 +1,7 @@
 """Run a click command as a program: the one place errors become exit codes.
 
 Every `HubError` becomes one line on stderr and its class's exit code; Ctrl-C (and SIGTERM,
-where the program turns it into KeyboardInterrupt) ends with `EXIT_INTERRUPTED`. No tracebacks
+where the program turns it into KeyboardInterrupt) ends with `ExitCode.INTERRUPTED`. No tracebacks
 for users.
 """
 
@@ -12,17 +12,15 @@ from typing import NoReturn
 
 import click
 
+from hub.control.exit_codes import ExitCode
 from hub.errors import HubError
-
-#: 128 + SIGINT, what a shell reports for a program stopped with Ctrl-C.
-EXIT_INTERRUPTED = 130
 
 
 def run_command(command: click.Command) -> NoReturn:
     try:
         returned = command.main(standalone_mode=False)
     except click.exceptions.Abort:
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(ExitCode.INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -30,6 +28,6 @@ def run_command(command: click.Command) -> NoReturn:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(ExitCode.INTERRUPTED)
     # click returns the code of a `ctx.exit(code)` instead of raising when not standalone.
     sys.exit(returned if isinstance(returned, int) else 0)

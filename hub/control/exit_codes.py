@@ -27,7 +27,7 @@ class ExitCode(IntEnum):
     UNKNOWN_DEVICE = 6
     #: The device is subscribed but did not answer before the timeout.
     TIMEOUT = 7
-    #: Interrupted with Ctrl-C where that is not the normal way to stop.
+    #: Interrupted with Ctrl-C or SIGTERM where that is not the normal way to stop (128 + SIGINT).
     INTERRUPTED = 130
 
 
