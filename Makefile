@@ -6,7 +6,7 @@ DURATION ?= 0
 COUNT ?= 50
 KEEP_STACK ?=
 
-.PHONY: demo test lint stack-up stack-down bench clean
+.PHONY: demo test test-unit lint stack-up stack-down bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,15 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m hub demo --count $(COUNT) --duration $(DURATION) $(if $(filter 1 yes true,$(KEEP_STACK)),--keep-stack)
 
-## All checks: lint, types, then the test suite on real RabbitMQ and InfluxDB processes.
+## All checks: lint, types, the layering contract, then the unit tests and the integration tests
+## (real RabbitMQ and InfluxDB processes).
 test: $(VENV)/.installed lint
 	$(PY) -m hub stack install
-	$(PY) -m pytest
+	$(PY) -m pytest tests/unit tests/integration
+
+## The quick loop: the unit tests alone (no servers, seconds).
+test-unit: $(VENV)/.installed
+	$(PY) -m pytest -q tests/unit
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check hub devices tests bench

@@ -36,14 +36,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 from rich.table import Table
 
-from hub.config import Settings
-from hub.contract import Reading, encode, mqtt_topic, now_ms
+from hub.core.config import Settings
+from hub.core.contract import Reading, encode, mqtt_topic, now_ms
+from hub.outputs.influxdb import HttpV1Writer
+from hub.outputs.lineprotocol import reading_line
+from hub.runtime.batch import BATCH_MAX_POINTS
+from hub.runtime.topology import RULES, STORE
 from hub.stack import Stack
 from hub.stack.stack import settings_on_free_ports
-from hub.store.batch import BATCH_MAX_POINTS
-from hub.store.lineprotocol import reading_line
-from hub.store.writers import HttpV1Writer
-from hub.topology import RULES, STORE
 
 REPO = Path(__file__).resolve().parents[1]
 console = Console()

@@ -29,8 +29,8 @@ from rich.table import Table
 from devices.device import ProtocolChoice
 from devices.fleet import Fleet
 from devices.stats import LagSummary
-from hub.config import Settings
-from hub.contract import VHOST, Reading, encode, mqtt_topic, now_ms, stomp_destination
+from hub.core.config import Settings
+from hub.core.contract import VHOST, Reading, encode, mqtt_topic, now_ms, stomp_destination
 from hub.stack import Stack
 from hub.stack.stack import settings_on_free_ports
 

@@ -17,7 +17,7 @@ import msgspec
 from devices.faults import FaultInjector
 from devices.models import KINDS, MODELS, CommandRefused, SensorModel
 from devices.outbox import Outbox
-from hub.contract import (
+from hub.core.contract import (
     COMMAND_ID_PATTERN,
     Ack,
     AckStatus,
@@ -30,7 +30,7 @@ from hub.contract import (
     now_ms,
     require_identifier,
 )
-from hub.errors import ConfigError, InvalidMessage
+from hub.core.errors import ConfigError, InvalidMessage
 
 FIRMWARE = "sim-1.0.0"
 DEFAULT_SITE = "plant-a"

@@ -28,7 +28,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from devices.backoff import Backoff
 from devices.device import (
     DEFAULT_SITE,
     ProtocolChoice,
@@ -42,9 +41,10 @@ from devices.mqtt_link import MqttLink
 from devices.outbox import MAX_IN_FLIGHT
 from devices.stats import FleetStats, LagRecorder, ProtocolStats
 from devices.stomp_link import StompLink
-from hub.config import Settings
-from hub.contract import ack_key, encode, now_ms, status_key, telemetry_key
-from hub.errors import BrokerUnavailable, ConfigError
+from hub.core.backoff import Backoff
+from hub.core.config import Settings
+from hub.core.contract import ack_key, encode, now_ms, status_key, telemetry_key
+from hub.core.errors import BrokerUnavailable, ConfigError
 
 #: How long `start()` waits for every device to be online before giving up.
 CONNECT_WAIT_S = 30.0

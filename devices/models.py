@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from hub.contract import Scalar
+from hub.core.contract import Scalar
 
 SECONDS_PER_DAY = 86_400.0
 #: Longest step integrated in one go; a longer gap (a reboot, a dropout) is integrated in pieces.

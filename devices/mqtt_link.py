@@ -18,8 +18,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from devices.links import LinkDown, LinkEvents
-from hub.config import Settings
-from hub.contract import command_key, mqtt_topic, status_key
+from hub.core.config import Settings
+from hub.core.contract import command_key, mqtt_topic, status_key
 
 #: Seconds between keep-alive pings; the broker fires the last will after 1.5 times this of silence.
 MQTT_KEEPALIVE_S = 30

@@ -26,9 +26,9 @@ from devices.device import DEFAULT_SITE, ProtocolChoice
 from devices.fleet import Fleet
 from devices.models import KINDS
 from devices.stats import FleetStats, LagSummary
-from hub.config import load_settings
-from hub.control.exit_codes import ExitCode
-from hub.shell import run_command
+from hub.core.config import load_settings
+from hub.core.exit_codes import ExitCode
+from hub.core.program import run_command
 
 #: How often the progress line is redrawn.
 PROGRESS_REFRESH_S = 0.5

@@ -20,8 +20,8 @@ import stomp
 import stomp.exception
 
 from devices.links import LinkDown, LinkEvents
-from hub.config import Settings
-from hub.contract import VHOST, command_key, status_key, stomp_destination
+from hub.core.config import Settings
+from hub.core.contract import VHOST, command_key, status_key, stomp_destination
 
 #: Heart-beats both ways (ms): a dead broker or device is noticed within about twice this.
 STOMP_HEARTBEAT_MS = 10_000

@@ -13,10 +13,8 @@ from types import FrameType
 
 import pytest
 
-from hub.config import Settings
-from hub.errors import StackError
-from hub.stack import Stack
-from hub.stack.stack import settings_on_free_ports
+from hub.core.config import Settings
+from tests.support import started_stack
 
 
 def _raise_keyboard_interrupt(signum: int, _frame: FrameType | None) -> None:
@@ -36,22 +34,3 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
             the_stack.down()
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-#: Another program may take one of our free ports between the choice and RabbitMQ's bind.
-START_ATTEMPTS = 3
-
-
-def started_stack(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Stack]:
-    """A running stack on free ports in a new temporary directory (the caller stops it)."""
-    for attempt in range(1, START_ATTEMPTS + 1):
-        settings = settings_on_free_ports(tmp_path_factory.mktemp("stack"))
-        the_stack = Stack(settings)
-        try:
-            the_stack.up()
-            return settings, the_stack
-        except StackError:
-            the_stack.down()
-            if attempt == START_ATTEMPTS:
-                raise
-    raise AssertionError("unreachable")

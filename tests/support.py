@@ -11,6 +11,8 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import uuid
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,12 +20,28 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pika
+import pytest
 import stomp
 from paho.mqtt.enums import CallbackAPIVersion
 from pika.adapters.blocking_connection import BlockingChannel
 
-from hub.config import Settings
-from hub.contract import EXCHANGE, VHOST
+from hub.core.config import Settings
+from hub.core.contract import (
+    EXCHANGE,
+    VHOST,
+    Ack,
+    Command,
+    Presence,
+    Reading,
+    command_key,
+    decode,
+    decode_reading,
+    encode,
+    now_ms,
+)
+from hub.core.errors import StackError
+from hub.stack import Stack
+from hub.stack.stack import settings_on_free_ports
 
 
 def amqp_connection(settings: Settings) -> pika.BlockingConnection:
@@ -152,3 +170,80 @@ def stomp_device(settings: Settings) -> stomp.Connection12:
     connection = stomp.Connection12([(settings.stomp_host, settings.stomp_port)], vhost=VHOST)
     connection.connect(settings.device_user, settings.device_password, wait=True)
     return connection
+
+
+class Watcher:
+    """An AMQP queue on exchange `iot` that sorts what devices publish into readings, presence and acks."""
+
+    def __init__(self, settings: Settings, *patterns: str) -> None:
+        self.connection = amqp_connection(settings)
+        self.channel: BlockingChannel = self.connection.channel()
+        self.queue = bind_temporary_queue(self.channel, *patterns)
+        self.readings: dict[str, list[Reading]] = defaultdict(list)
+        self.presence: dict[str, list[Presence]] = defaultdict(list)
+        self.acks: dict[str, Ack] = {}
+
+    def poll(self, timeout_s: float = 0.3) -> None:
+        for routing_key, body, _props in collect(self.connection, self.channel, self.queue, 100_000, timeout_s):
+            if routing_key.startswith("telemetry."):
+                reading = decode_reading(body, routing_key)  # contract-valid, on the right routing key
+                self.readings[reading.device].append(reading)
+            elif routing_key.startswith("status."):
+                presence = decode(body, Presence)
+                assert routing_key == presence.routing_key
+                self.presence[presence.device].append(presence)
+            elif routing_key.startswith("acks."):
+                ack = decode(body, Ack)
+                assert routing_key == ack.routing_key
+                self.acks[ack.id] = ack
+
+    def states(self, device: str) -> list[str]:
+        return [p.state for p in self.presence[device]]
+
+    def wait_states(self, device: str, expected: list[str], timeout_s: float = 10.0) -> None:
+        def seen() -> bool:
+            self.poll(0.1)
+            return self.states(device) == expected
+
+        wait_until(seen, timeout_s=timeout_s)
+
+    def send(self, device: str, command: str, expires_in_ms: int = 10_000, **args: bool | int | float | str) -> str:
+        sent = now_ms()
+        body = Command(id=uuid.uuid4().hex, command=command, args=args, ts=sent, expires=sent + expires_in_ms)
+        self.channel.basic_publish(
+            EXCHANGE,
+            command_key(device),
+            encode(body),
+            pika.BasicProperties(delivery_mode=2, app_id="cli", content_type="application/json"),
+        )
+        return body.id
+
+    def ack_for(self, command_id: str, timeout_s: float = 10.0) -> Ack:
+        def arrived() -> Ack | None:
+            self.poll(0.1)
+            return self.acks.get(command_id)
+
+        ack: Ack = wait_until(arrived, timeout_s=timeout_s)
+        return ack
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+#: Another program may take one of our free ports between the choice and RabbitMQ's bind.
+START_ATTEMPTS = 3
+
+
+def started_stack(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Stack]:
+    """A running stack on free ports in a new temporary directory (the caller stops it)."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        settings = settings_on_free_ports(tmp_path_factory.mktemp("stack"))
+        the_stack = Stack(settings)
+        try:
+            the_stack.up()
+            return settings, the_stack
+        except StackError:
+            the_stack.down()
+            if attempt == START_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")

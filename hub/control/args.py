@@ -6,8 +6,8 @@ import json
 import math
 import re
 
-from hub.contract import SENSOR_PATTERN, Scalar
-from hub.errors import ConfigError
+from hub.core.contract import SENSOR_PATTERN, Scalar
+from hub.core.errors import ConfigError
 
 _ARG_NAME = re.compile(SENSOR_PATTERN)
 

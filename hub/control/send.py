@@ -20,8 +20,11 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from hub.config import Settings
-from hub.contract import (
+from hub.clients.amqp import close_quietly, connect
+from hub.clients.management import read_subscribed_devices
+from hub.control.fleet_view import read_fleet
+from hub.core.config import Settings
+from hub.core.contract import (
     EXCHANGE,
     Ack,
     Command,
@@ -33,11 +36,8 @@ from hub.contract import (
     now_ms,
     require_identifier,
 )
-from hub.control.amqp import close_quietly, connect
-from hub.control.exit_codes import ExitCode
-from hub.control.fleet import read_fleet
-from hub.control.subscribers import read_subscribed_devices
-from hub.errors import BrokerUnavailable, ConfigError, InvalidMessage, StorageUnavailable
+from hub.core.errors import BrokerUnavailable, ConfigError, InvalidMessage, StorageUnavailable
+from hub.core.exit_codes import ExitCode
 
 #: How long `send` waits for an ack unless told otherwise.
 DEFAULT_TIMEOUT_S = 10.0

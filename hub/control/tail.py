@@ -19,8 +19,9 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from hub.config import Settings
-from hub.contract import (
+from hub.clients.amqp import close_quietly, connect
+from hub.core.config import Settings
+from hub.core.contract import (
     EXCHANGE,
     IDENTIFIER_PATTERN,
     SENSOR_UNITS,
@@ -31,8 +32,7 @@ from hub.contract import (
     decode,
     decode_reading,
 )
-from hub.control.amqp import close_quietly, connect
-from hub.errors import BrokerUnavailable, ConfigError, InvalidMessage
+from hub.core.errors import BrokerUnavailable, ConfigError, InvalidMessage
 
 #: A slow terminal must not make the broker hoard messages for us: past this many waiting,
 #: the oldest are dropped (tail is a viewer, not a consumer of record).

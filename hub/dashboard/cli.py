@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from hub.config import load_settings
+from hub.core.config import load_settings
+from hub.core.errors import ConfigError
 from hub.dashboard.server import make_server
-from hub.errors import ConfigError
 
 DEFAULT_PORT = 8050
 DEFAULT_HOST = "127.0.0.1"

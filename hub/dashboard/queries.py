@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from hub.contract import SENSOR_UNITS, require_identifier
-from hub.control.influxql import Series
+from hub.clients.influx import Series
+from hub.core.contract import SENSOR_UNITS, require_identifier
 
 #: The time ranges the page offers: name -> seconds.
 RANGES: dict[str, int] = {"5m": 300, "15m": 900, "1h": 3_600, "6h": 21_600, "24h": 86_400}

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from hub.config import Settings
-from hub.contract import now_ms
-from hub.control.influxql import query
+from hub.clients.influx import query
+from hub.core.config import Settings
+from hub.core.contract import now_ms
+from hub.core.errors import HubError, InvalidIdentifier, StorageUnavailable
 from hub.dashboard import queries
-from hub.errors import HubError, InvalidIdentifier, StorageUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from hub.config import load_settings
+from hub.core.config import load_settings
 from hub.stack.packages import ensure_packages
 from hub.stack.stack import Stack, StackStatus
 

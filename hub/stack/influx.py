@@ -12,11 +12,11 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from hub.errors import StackError
+from hub.core.config import PROJECT_ROOT
+from hub.core.errors import StackError
 from hub.stack.packages import INFLUXD
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-INFLUX_CONFIG = REPO_ROOT / "influxdb" / "influxdb.conf"
+INFLUX_CONFIG = PROJECT_ROOT / "influxdb" / "influxdb.conf"
 
 
 class InfluxNode:

@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from hub.errors import StackError
+from hub.core.errors import StackError
 
 RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 INFLUXD = Path("/usr/bin/influxd")

@@ -21,14 +21,13 @@ import pika
 import stomp
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hub.config import Settings
-from hub.contract import VHOST
-from hub.errors import StackError
+from hub.core.config import PROJECT_ROOT, Settings
+from hub.core.contract import VHOST
+from hub.core.errors import StackError
 from hub.stack.packages import RABBITMQ_SERVER
 from hub.stack.processes import port_open
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-RABBITMQ_CONFIG_DIR = REPO_ROOT / "rabbitmq"
+RABBITMQ_CONFIG_DIR = PROJECT_ROOT / "rabbitmq"
 #: The development users in rabbitmq/definitions.json, renamed and re-passworded from settings.
 DEFINITIONS_HUB_USER = "hub"
 DEFINITIONS_DEVICE_USER = "device"

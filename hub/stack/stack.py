@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hub.config import Settings, load_settings
-from hub.errors import StackError
+from hub.core.config import PROJECT_ROOT, Settings, load_settings
+from hub.core.errors import StackError
 from hub.stack import processes
 from hub.stack.influx import InfluxNode
 from hub.stack.packages import ensure_packages
-from hub.stack.rabbitmq import REPO_ROOT, RabbitNode, RabbitPorts, read_log_tail
+from hub.stack.rabbitmq import RabbitNode, RabbitPorts, read_log_tail
 
 #: A cold RabbitMQ start with four plugins takes 10-20 s on two cores; leave room for a busy CI.
 READY_TIMEOUT_S = 180.0
@@ -66,7 +66,7 @@ def settings_on_free_ports(root: Path) -> Settings:
 
 def stack_root(settings: Settings) -> Path:
     root = settings.stack_dir
-    return (root if root.is_absolute() else REPO_ROOT / root).resolve()
+    return (root if root.is_absolute() else PROJECT_ROOT / root).resolve()
 
 
 class Stack:

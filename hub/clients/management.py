@@ -1,0 +1,79 @@
+"""Which devices are listening for commands right now, from the broker's bindings.
+
+The hub's own `hub.commands` queue is bound to `commands.#`, so once the hub runs every
+command is routable and `mandatory` alone cannot tell an unknown device. A device, though,
+binds the exact key `commands.<device>` (its MQTT subscription queue or STOMP subscription),
+so an exact-key binding on exchange `iot` from a queue that is not the hub's means a device is
+there to hear it. The management API lists those bindings.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable
+from typing import Any
+
+from hub.core.config import Settings
+from hub.core.contract import EXCHANGE
+
+#: Queues of the hub itself, never a device.
+HUB_QUEUE_PREFIX = "hub."
+COMMAND_PREFIX = "commands."
+#: The management API answers in milliseconds; a slow one must not hold a command up long.
+MANAGEMENT_TIMEOUT_S = 5.0
+
+
+def subscribed_devices(bindings: Iterable[dict[str, Any]]) -> set[str]:
+    """Devices with an exact `commands.<device>` binding to a queue that is not the hub's."""
+    devices = set()
+    for binding in bindings:
+        key = binding.get("routing_key", "")
+        destination = binding.get("destination", "")
+        if (
+            binding.get("destination_type") == "queue"
+            and isinstance(key, str)
+            and key.startswith(COMMAND_PREFIX)
+            and not destination.startswith(HUB_QUEUE_PREFIX)
+        ):
+            device = key[len(COMMAND_PREFIX) :]
+            if device and "*" not in device and "#" not in device and "." not in device:
+                devices.add(device)
+    return devices
+
+
+def management_url(settings: Settings) -> str:
+    return f"http://{settings.amqp.host}:{settings.management_port}"
+
+
+def _management_get(settings: Settings, path: str) -> Any:
+    """A JSON document from the management API as the hub user, or None when it cannot be had."""
+    amqp = settings.amqp
+    request = urllib.request.Request(f"{management_url(settings)}/api/{path}")
+    token = base64.b64encode(f"{amqp.user}:{amqp.password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=MANAGEMENT_TIMEOUT_S) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+
+
+def _vhost(settings: Settings) -> str:
+    return urllib.parse.quote(settings.amqp.vhost, safe="")
+
+
+def read_subscribed_devices(settings: Settings) -> set[str] | None:
+    """The devices subscribed now, or None when the management API cannot say (then only
+    `mandatory` and the timeout tell)."""
+    bindings = _management_get(settings, f"exchanges/{_vhost(settings)}/{EXCHANGE}/bindings/source")
+    return subscribed_devices(bindings) if isinstance(bindings, list) else None
+
+
+def read_queue_names(settings: Settings) -> set[str] | None:
+    """Names of the queues in the vhost, or None when the management API cannot say."""
+    queues = _management_get(settings, f"queues/{_vhost(settings)}?columns=name")
+    return {str(q.get("name")) for q in queues if isinstance(q, dict)} if isinstance(queues, list) else None

@@ -1,0 +1,113 @@
+"""The one configuration object.
+
+Every value comes from an `IOT_*` environment variable, else from its development default
+(the contract's table in ARCHITECTURE.md); command-line flags override both by passing
+keyword arguments to `load_settings`. Nothing else in the project reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hub.core.errors import ConfigError
+
+#: The checkout (or installed tree) holding rabbitmq/, influxdb/, rules.yaml and the device models.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+#: Development defaults: fine on a laptop and in tests, replaced through IOT_* in production.
+DEV_AMQP_URL = "amqp://hub:hub-dev-password@localhost:5672/iot"
+DEV_DEVICE_USER = "device"
+DEV_DEVICE_PASSWORD = "device-dev-password"
+
+
+class Settings(BaseSettings):
+    """All settings of the hub, the simulator and the native stack."""
+
+    model_config = SettingsConfigDict(env_prefix="IOT_", frozen=True, extra="forbid")
+
+    amqp_url: str = DEV_AMQP_URL
+    mqtt_host: str = "localhost"
+    mqtt_port: int = 1883
+    stomp_host: str = "localhost"
+    stomp_port: int = 61613
+    device_user: str = DEV_DEVICE_USER
+    device_password: str = DEV_DEVICE_PASSWORD
+    influx_url: str = "http://localhost:8086"
+    influx_db: str = "telemetry"
+    influx_token: str | None = None
+    influx_org: str | None = None
+    influx_user: str | None = None
+    influx_password: str | None = None
+
+    #: Ports only the native stack binds (the broker's HTTP API and Prometheus endpoint).
+    management_port: int = 15672
+    rabbitmq_prometheus_port: int = 15692
+    #: Where `python -m hub stack` keeps data, logs and pid files (git-ignored).
+    stack_dir: Path = Path(".stack")
+
+    #: InfluxDB retention policy for 1.x writes ("" = the database's default).
+    influx_rp: str = ""
+    #: Which InfluxDB write API the hub uses: "v1" (HTTP /write), "v2" (influxdb-client) or "auto"
+    #: (v2 when IOT_INFLUX_TOKEN is set, else from the server's /ping X-Influxdb-Version).
+    influx_api: Literal["auto", "v1", "v2"] = "auto"
+    #: Port of the hub's /metrics (Prometheus) and /health endpoint; 0 turns it off.
+    metrics_port: int = 9108
+    #: The rules file `python -m hub run` loads (YAML, see rules.yaml).
+    rules_file: Path = Path("rules.yaml")
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_url_parses(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("amqp", "amqps"):
+            raise ValueError("must look like amqp://user:password@host:port/vhost")
+        return value
+
+    @property
+    def amqp(self) -> AmqpParts:
+        return AmqpParts.parse(self.amqp_url)
+
+    @property
+    def influx_port(self) -> int:
+        return urlsplit(self.influx_url).port or 8086
+
+    @property
+    def influx_host(self) -> str:
+        return urlsplit(self.influx_url).hostname or "localhost"
+
+
+class AmqpParts:
+    """The pieces of an `amqp://user:password@host:port/vhost` URL."""
+
+    def __init__(self, host: str, port: int, user: str, password: str, vhost: str) -> None:
+        self.host, self.port, self.user, self.password, self.vhost = host, port, user, password, vhost
+
+    @classmethod
+    def parse(cls, url: str) -> AmqpParts:
+        parts = urlsplit(url)
+        if parts.scheme not in ("amqp", "amqps"):
+            raise ConfigError(f"IOT_AMQP_URL must start with amqp:// (got {url!r})")
+        vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+        return cls(
+            host=parts.hostname or "localhost",
+            port=parts.port or 5672,
+            user=unquote(parts.username or "guest"),
+            password=unquote(parts.password or "guest"),
+            vhost=vhost,
+        )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with every non-None keyword (a CLI flag) on top."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"IOT_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

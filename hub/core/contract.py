@@ -1,0 +1,250 @@
+"""The wire contract of ARCHITECTURE.md as code: identifiers, routing keys, topics and bodies.
+
+A raw body becomes a typed, validated message here, once (`decode_reading` and friends); a
+`Reading` you hold is valid, and nothing downstream checks it again. Devices and the hub
+both build their routing keys, topics and destinations with the functions below.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+from hub.core.errors import InvalidIdentifier, InvalidMessage
+
+SCHEMA_VERSION = 1
+EXCHANGE = "iot"
+VHOST = "iot"
+DEAD_LETTER_EXCHANGE = "iot.dlx"
+DEAD_LETTER_QUEUE = "iot.dead-letter"
+#: Header on a dead-lettered message that says why it was refused.
+DEAD_LETTER_REASON_HEADER = "x-iot-reason"
+#: Bodies larger than this are refused before they are parsed.
+MAX_BODY_BYTES = 64 * 1024
+MAX_READINGS_PER_MESSAGE = 64
+
+IDENTIFIER_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+SENSOR_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+COMMAND_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
+
+Identifier = Annotated[str, msgspec.Meta(pattern=IDENTIFIER_PATTERN)]
+SensorName = Annotated[str, msgspec.Meta(pattern=SENSOR_PATTERN)]
+CommandId = Annotated[str, msgspec.Meta(pattern=COMMAND_ID_PATTERN)]
+EpochMs = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+Protocol = Literal["mqtt", "stomp"]
+Severity = Literal["info", "warning", "critical"]
+AckStatus = Literal["ok", "error", "unsupported", "expired"]
+Scalar = bool | int | float | str
+
+#: The unit of every sensor name a reading may carry; a name not listed here is refused.
+SENSOR_UNITS: dict[str, str] = {
+    "temperature": "°C",
+    "humidity": "%RH",
+    "pressure": "hPa",
+    "co2": "ppm",
+    "pm25": "µg/m³",
+    "voc": "ppb",
+    "voltage": "V",
+    "current": "A",
+    "power": "W",
+    "energy": "kWh",
+    "setpoint": "°C",
+    "heating": "on/off",
+    "relay": "on/off",
+    "ventilation": "on/off",
+}
+#: Field names the store adds itself, so no reading may use them.
+RESERVED_FIELDS = frozenset({"seq"})
+
+
+def now_ms() -> int:
+    """Wall-clock Unix time in integer milliseconds, the contract's timestamp."""
+    return time.time_ns() // 1_000_000
+
+
+def require_identifier(value: str, what: str = "identifier") -> str:
+    """Return `value` if it may be a topic level, routing-key word and InfluxDB tag."""
+    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+        raise InvalidIdentifier(
+            f"{what} {value!r} is not allowed: use 1-64 of a-z, 0-9, '_' and '-', starting with a letter or digit"
+        )
+    return value
+
+
+# --- routing keys, MQTT topics, STOMP destinations -------------------------------------------
+
+
+def telemetry_key(site: str, kind: str, device: str) -> str:
+    return "telemetry.{}.{}.{}".format(
+        require_identifier(site, "site"),
+        require_identifier(kind, "kind"),
+        require_identifier(device, "device"),
+    )
+
+
+def status_key(device: str) -> str:
+    return f"status.{require_identifier(device, 'device')}"
+
+
+def command_key(device: str) -> str:
+    return f"commands.{require_identifier(device, 'device')}"
+
+
+def ack_key(device: str) -> str:
+    return f"acks.{require_identifier(device, 'device')}"
+
+
+def alert_key(severity: Severity, site: str, device: str) -> str:
+    if severity not in ("info", "warning", "critical"):
+        raise InvalidIdentifier(f"severity {severity!r} is not one of info, warning, critical")
+    return f"alerts.{severity}.{require_identifier(site, 'site')}.{require_identifier(device, 'device')}"
+
+
+def mqtt_topic(routing_key: str) -> str:
+    """The MQTT topic RabbitMQ maps to `routing_key` (it swaps '/' and '.')."""
+    return routing_key.replace(".", "/")
+
+
+def routing_key_from_mqtt(topic: str) -> str:
+    return topic.replace("/", ".")
+
+
+def stomp_destination(routing_key: str) -> str:
+    """The STOMP destination that publishes to (or subscribes on) exchange `iot` with `routing_key`."""
+    return f"/exchange/{EXCHANGE}/{routing_key}"
+
+
+# --- bodies ----------------------------------------------------------------------------------
+
+
+class Reading(msgspec.Struct, frozen=True, kw_only=True):
+    """One telemetry message: a device's readings at one instant."""
+
+    v: Literal[1] = 1
+    device: Identifier
+    site: Identifier
+    kind: Identifier
+    seq: Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+    ts: EpochMs
+    readings: Annotated[dict[SensorName, bool | float], msgspec.Meta(min_length=1)]
+
+    def __post_init__(self) -> None:
+        if len(self.readings) > MAX_READINGS_PER_MESSAGE:
+            raise ValueError(f"more than {MAX_READINGS_PER_MESSAGE} readings")
+        for name, value in self.readings.items():
+            if name in RESERVED_FIELDS:
+                raise ValueError(f"reading name {name!r} is reserved")
+            if name not in SENSOR_UNITS:
+                raise ValueError(f"unknown sensor {name!r} (known: {', '.join(sorted(SENSOR_UNITS))})")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"reading {name!r} is not a finite number")
+
+    @property
+    def routing_key(self) -> str:
+        return telemetry_key(self.site, self.kind, self.device)
+
+
+class Presence(msgspec.Struct, frozen=True, kw_only=True):
+    """A device's status message (also its MQTT last will)."""
+
+    v: Literal[1] = 1
+    device: Identifier
+    state: Literal["online", "offline"]
+    protocol: Protocol
+    kind: Identifier
+    site: Identifier
+    interval_ms: Annotated[int, msgspec.Meta(ge=1)]
+    fw: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    ts: EpochMs
+
+    @property
+    def routing_key(self) -> str:
+        return status_key(self.device)
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True):
+    """A control command for one device; it must not be executed after `expires`."""
+
+    v: Literal[1] = 1
+    id: CommandId
+    command: Identifier
+    args: dict[Annotated[str, msgspec.Meta(pattern=SENSOR_PATTERN)], Scalar] = {}
+    ts: EpochMs
+    expires: EpochMs
+
+    def expired(self, at_ms: int | None = None) -> bool:
+        return (now_ms() if at_ms is None else at_ms) > self.expires
+
+
+class Ack(msgspec.Struct, frozen=True, kw_only=True):
+    """A device's answer to a command, with its state after executing it."""
+
+    v: Literal[1] = 1
+    id: CommandId
+    device: Identifier
+    status: AckStatus
+    detail: Annotated[str, msgspec.Meta(max_length=1024)] = ""
+    state: dict[str, Any] = {}
+    ts: EpochMs
+
+    @property
+    def routing_key(self) -> str:
+        return ack_key(self.device)
+
+
+class Alert(msgspec.Struct, frozen=True, kw_only=True):
+    """What a rule raised about a device (published to `alerts.<severity>.<site>.<device>`)."""
+
+    v: Literal[1] = 1
+    id: CommandId
+    rule: Identifier
+    severity: Severity
+    device: Identifier
+    site: Identifier
+    kind: Identifier
+    sensor: SensorName
+    value: float
+    message: Annotated[str, msgspec.Meta(max_length=1024)]
+    ts: EpochMs
+
+    @property
+    def routing_key(self) -> str:
+        return alert_key(self.severity, self.site, self.device)
+
+
+Message = Reading | Presence | Command | Ack | Alert
+M = TypeVar("M", Reading, Presence, Command, Ack, Alert)
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
+    cls: msgspec.json.Decoder(cls) for cls in (Reading, Presence, Command, Ack, Alert)
+}
+
+
+def encode(message: Message) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode(body: bytes, cls: type[M]) -> M:
+    """Parse and validate `body` as `cls`, or raise `InvalidMessage` with a reason code."""
+    if len(body) > MAX_BODY_BYTES:
+        raise InvalidMessage("oversize", f"{len(body)} bytes > {MAX_BODY_BYTES}")
+    try:
+        return _decoders[cls].decode(body)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as exc:
+        raise InvalidMessage("schema", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidMessage("bad_json", str(exc)) from None
+
+
+def decode_reading(body: bytes, routing_key: str | None = None) -> Reading:
+    """A telemetry body as a `Reading`; with `routing_key`, it must agree with the body."""
+    reading = decode(body, Reading)
+    if routing_key is not None and routing_key != reading.routing_key:
+        raise InvalidMessage("routing_mismatch", f"body says {reading.routing_key}, routed as {routing_key}")
+    return reading

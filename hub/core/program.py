@@ -1,0 +1,33 @@
+"""Run a click command as a program: the one place errors become exit codes.
+
+Every `HubError` becomes one line on stderr and its class's exit code; Ctrl-C (and SIGTERM,
+where the program turns it into KeyboardInterrupt) ends with `ExitCode.INTERRUPTED`. No tracebacks
+for users.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+import click
+
+from hub.core.errors import HubError
+from hub.core.exit_codes import ExitCode
+
+
+def run_command(command: click.Command) -> NoReturn:
+    try:
+        returned = command.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(ExitCode.INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except HubError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(ExitCode.INTERRUPTED)
+    # click returns the code of a `ctx.exit(code)` instead of raising when not standalone.
+    sys.exit(returned if isinstance(returned, int) else 0)

@@ -1,0 +1,38 @@
+"""The hub's services: store, rules, presence and commands, each consuming its own queue.
+
+- `store`: telemetry into the outputs (InfluxDB), batched, acked once written;
+- `rules`: per-device statistics and rules, alerts and rule commands;
+- `presence`: online/offline transitions of every device into `device_status`;
+- `commands`: every command's lifecycle into `commands`.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from hub.core.config import Settings
+from hub.runtime.consumer import AmqpService
+
+SERVICES = ("store", "rules", "presence", "commands")
+
+
+def build_services(settings: Settings, names: tuple[str, ...], stop: threading.Event) -> list[AmqpService]:
+    from hub.services.commands.service import CommandsService
+    from hub.services.presence.service import PresenceService
+    from hub.services.presence.tracker import PresenceTracker
+    from hub.services.rules.loader import load_rules
+    from hub.services.rules.service import RulesService
+    from hub.services.store.service import StoreService
+
+    tracker = PresenceTracker()
+    services: list[AmqpService] = []
+    for name in names:
+        if name == "store":
+            services.append(StoreService(settings, stop))
+        elif name == "rules":
+            services.append(RulesService(settings, stop, rules=load_rules(settings.rules_file), tracker=tracker))
+        elif name == "presence":
+            services.append(PresenceService(settings, stop, tracker=tracker))
+        elif name == "commands":
+            services.append(CommandsService(settings, stop))
+    return services

@@ -1,0 +1,150 @@
+"""Presence: which devices are online, from status messages, MQTT last wills and silence.
+
+`PresenceTracker` is the pure core: it takes status messages, signs of life (telemetry, fed
+by the rules service in the same process) and the clock, and returns *transitions* only.
+A device silent for `OFFLINE_AFTER_INTERVALS` of its reporting intervals is offline ("silent"),
+which also covers STOMP devices (no last will). An offline status whose body is older than
+the device's last sign of life is its MQTT last will: the broker publishes the body the device
+registered when it connected, while a device going offline on purpose stamps it now.
+An online status that names a new site, kind or protocol is recorded again even when the device
+was already online, so `device_status` always says where a device is.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from hub.core.contract import Presence, Protocol
+from hub.outputs.lineprotocol import point
+from hub.runtime.metrics import PRESENCE_TRANSITIONS
+
+#: A device is offline after this many of its intervals without a status or a reading.
+OFFLINE_AFTER_INTERVALS = 3
+
+
+@dataclass
+class DevicePresence:
+    device: str
+    site: str
+    kind: str
+    protocol: Protocol
+    interval_ms: int | None
+    fw: str
+    online: bool
+    #: Hub clock (ms) at the last status or reading.
+    last_seen_ms: int
+    #: The device's own timestamp on its last status or reading.
+    last_device_ts: int
+
+
+@dataclass(frozen=True)
+class Transition:
+    device: str
+    site: str
+    kind: str
+    protocol: Protocol
+    online: bool
+    interval_ms: int
+    fw: str
+    reason: str  # status | last_will | silent | telemetry
+    ts: int
+
+    def line(self) -> str:
+        return point(
+            "device_status",
+            {"device": self.device, "site": self.site, "kind": self.kind, "protocol": self.protocol},
+            {
+                "state": "online" if self.online else "offline",
+                "online": self.online,
+                "interval_ms": self.interval_ms,
+                "fw": self.fw,
+                "reason": self.reason,
+            },
+            self.ts,
+        )
+
+
+class PresenceTracker:
+    """Device states; thread-safe, because the rules and presence services share one."""
+
+    def __init__(self, offline_after_intervals: int = OFFLINE_AFTER_INTERVALS) -> None:
+        self.offline_after = offline_after_intervals
+        self.devices: dict[str, DevicePresence] = {}
+        self.lock = threading.Lock()
+
+    def _transition(self, state: DevicePresence, online: bool, reason: str, ts: int) -> Transition:
+        state.online = online
+        PRESENCE_TRANSITIONS.labels("online" if online else "offline", reason).inc()
+        return Transition(
+            state.device,
+            state.site,
+            state.kind,
+            state.protocol,
+            online,
+            state.interval_ms or 0,
+            state.fw,
+            reason,
+            ts,
+        )
+
+    def on_status(self, status: Presence, at_ms: int) -> Transition | None:
+        online = status.state == "online"
+        with self.lock:
+            state = self.devices.get(status.device)
+            if state is None:
+                state = self.devices[status.device] = DevicePresence(
+                    status.device, status.site, status.kind, status.protocol, status.interval_ms, status.fw,
+                    not online, at_ms, status.ts,
+                )  # fmt: skip
+                last_will = False
+            else:
+                last_will = not online and status.protocol == "mqtt" and status.ts < state.last_device_ts
+            moved = (state.site, state.kind, state.protocol) != (status.site, status.kind, status.protocol)
+            state.site, state.kind, state.protocol = status.site, status.kind, status.protocol
+            state.interval_ms, state.fw = status.interval_ms, status.fw or state.fw
+            if online:
+                state.last_seen_ms = max(state.last_seen_ms, at_ms)
+            if not last_will:
+                state.last_device_ts = max(state.last_device_ts, status.ts)
+            if state.online == online and not (online and moved):
+                return None
+            return self._transition(state, online, "last_will" if last_will else "status", at_ms)
+
+    def on_telemetry(
+        self, device: str, site: str, kind: str, protocol: Protocol, device_ts: int, at_ms: int
+    ) -> Transition | None:
+        """A reading is a sign of life; a device not known online becomes online ("telemetry").
+
+        A reading stamped before the device's last word is not: the telemetry and status queues
+        drain independently, so after a backlog a reading can arrive after the device's own
+        "offline" status, and must not bring a device back that has gone.
+        """
+        with self.lock:
+            state = self.devices.get(device)
+            if state is not None and not state.online and device_ts <= state.last_device_ts:
+                return None
+            if state is None:
+                state = self.devices[device] = DevicePresence(
+                    device, site, kind, protocol, None, "", False, at_ms, device_ts
+                )
+            elif state.interval_ms is None and device_ts > state.last_device_ts:
+                state.interval_ms = device_ts - state.last_device_ts  # no status seen: estimate it
+            state.last_seen_ms = max(state.last_seen_ms, at_ms)
+            state.last_device_ts = max(state.last_device_ts, device_ts)
+            if state.online:
+                return None
+            return self._transition(state, True, "telemetry", at_ms)
+
+    def silent(self, now: int) -> list[Transition]:
+        """Offline transitions for every online device not heard from for its allowed silence."""
+        found = []
+        with self.lock:
+            for state in self.devices.values():
+                if (
+                    state.online
+                    and state.interval_ms
+                    and now - state.last_seen_ms > self.offline_after * state.interval_ms
+                ):
+                    found.append(self._transition(state, False, "silent", now))
+        return found

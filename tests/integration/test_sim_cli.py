@@ -1,0 +1,69 @@
+"""`python -m devices.sim` as a user runs it: flags, the summary table, a clean stop on --duration and SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from hub.core.config import Settings
+from tests.support import REPO, Watcher, wait_until
+
+ROOT = str(REPO)
+
+
+def _sim(stack: Settings, *args: str) -> subprocess.Popen[str]:
+    env = dict(
+        os.environ,
+        IOT_MQTT_HOST=stack.mqtt_host,
+        IOT_MQTT_PORT=str(stack.mqtt_port),
+        IOT_STOMP_HOST=stack.stomp_host,
+        IOT_STOMP_PORT=str(stack.stomp_port),
+        PYTHONUNBUFFERED="1",
+    )
+    command = [sys.executable, "-m", "devices.sim", *args]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_timed_run_reports_both_protocols_and_leaves_every_device_offline(stack: Settings) -> None:
+    watcher = Watcher(stack, "telemetry.plant-cli.#", "status.#")
+    run = _sim(stack, "--count", "4", "--interval", "0.2", "--duration", "2", "--site", "plant-cli", "--seed", "5")
+    output, _ = run.communicate(timeout=60)
+    watcher.poll(1.0)
+    watcher.close()
+    assert run.returncode == 0, output
+    assert "all 4 devices online" in output
+    rows = {
+        line.split()[0]: line.split()[1:] for line in output.splitlines() if line.split()[:1] in (["mqtt"], ["stomp"])
+    }
+    assert set(rows) == {"mqtt", "stomp"}
+    for device in ("env-0001", "aq-0001", "pm-0001", "th-0001"):
+        assert watcher.states(device) == ["online", "offline"]
+        assert len(watcher.readings[device]) >= 5
+    produced = sum(int(row[1].replace(",", "")) for row in rows.values())
+    assert produced == sum(len(readings) for readings in watcher.readings.values())
+
+
+def test_sigterm_stops_cleanly_with_devices_offline_and_exit_130(stack: Settings) -> None:
+    watcher = Watcher(stack, "status.#")
+    run = _sim(stack, "--count", "2", "--interval", "0.2", "--protocol", "stomp", "--site", "plant-term")
+    assert run.stdout is not None
+    wait_until(lambda: "online" in run.stdout.readline(), timeout_s=20)  # type: ignore[union-attr]
+    time.sleep(0.5)
+    run.send_signal(signal.SIGTERM)
+    output, _ = run.communicate(timeout=30)
+    watcher.poll(1.0)
+    watcher.close()
+    assert run.returncode == 130, output
+    assert "stopping" in output and "total" in output
+    for device in ("env-0001", "aq-0001"):
+        assert watcher.states(device) == ["online", "offline"]
+
+
+def test_an_unknown_kind_is_refused_with_a_clear_message(stack: Settings) -> None:
+    run = _sim(stack, "--kinds", "environment,toaster")
+    output, _ = run.communicate(timeout=30)
+    assert run.returncode == 2
+    assert "toaster" in output and "thermostat" in output

@@ -1,0 +1,102 @@
+"""docker-compose.yml, checked without a Docker engine: pinned tags, contract ports, real files."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support import REPO
+
+CONTRACT_PORTS = {
+    "rabbitmq": {5672, 1883, 61613, 15672},
+    "influxdb": {8086},
+    "chronograf": {8888},
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    return document
+
+
+def _published(service: dict[str, Any]) -> set[int]:
+    ports = set()
+    for entry in service.get("ports", []):
+        host, _, container = str(entry).rpartition(":")
+        assert host == container, f"{entry}: host and container ports should match the contract"
+        ports.add(int(container))
+    return ports
+
+
+def _bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
+    mounts = []
+    for volume in service.get("volumes", []):
+        source, target = str(volume).split(":")[:2]
+        if source.startswith("."):
+            mounts.append((source, target))
+    return mounts
+
+
+def test_every_image_tag_is_pinned(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        image = service["image"]
+        _repository, _, tag = image.partition(":")
+        assert tag and tag != "latest" and re.match(r"^\d+(\.\d+)+", tag), f"{name}: {image} is not pinned"
+    assert re.match(r"^4\.\d+\.\d+-management$", compose["services"]["rabbitmq"]["image"].split(":")[1])
+    assert compose["services"]["influxdb"]["image"] == "influxdb:1.11"
+    assert compose["services"]["chronograf"]["image"] == "chronograf:1.10"
+
+
+def test_ports_are_the_contracts(compose: dict[str, Any]) -> None:
+    for name, wanted in CONTRACT_PORTS.items():
+        assert wanted <= _published(compose["services"][name]), name
+
+
+def test_every_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        check = service.get("healthcheck", {})
+        assert check.get("test"), f"{name} has no healthcheck"
+        assert check.get("interval") and check.get("retries"), name
+
+
+def test_every_mounted_file_exists(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for source, _target in _bind_mounts(service):
+            assert (REPO / source).exists(), f"{name} mounts {source}, which does not exist"
+
+
+def test_rabbitmq_uses_the_same_files_as_the_native_launcher(compose: dict[str, Any]) -> None:
+    mounts = dict(_bind_mounts(compose["services"]["rabbitmq"]))
+    assert {"./rabbitmq/rabbitmq.conf", "./rabbitmq/enabled_plugins", "./rabbitmq/definitions.json"} <= set(mounts)
+    conf = (REPO / "rabbitmq" / "rabbitmq.conf").read_text()
+    [definitions_path] = re.findall(r"(?m)^load_definitions\s*=\s*(\S+)$", conf)
+    assert mounts["./rabbitmq/definitions.json"] == definitions_path
+    assert mounts["./rabbitmq/enabled_plugins"] == "/etc/rabbitmq/enabled_plugins"
+    plugins = (REPO / "rabbitmq" / "enabled_plugins").read_text()
+    for plugin in ("rabbitmq_management", "rabbitmq_mqtt", "rabbitmq_stomp", "rabbitmq_prometheus"):
+        assert plugin in plugins
+
+
+def test_influxdb_and_chronograf_are_wired_together(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    influx_mounts = dict(_bind_mounts(services["influxdb"]))
+    assert influx_mounts["./influxdb/influxdb.conf"] == "/etc/influxdb/influxdb.conf"
+    assert services["influxdb"]["environment"]["INFLUXDB_DB"] == "telemetry"
+    assert services["chronograf"]["depends_on"]["influxdb"]["condition"] == "service_healthy"
+    resources = dict((target, source) for source, target in _bind_mounts(services["chronograf"]))
+    sources_dir = REPO / resources["/usr/share/chronograf/resources"]
+    [source] = [json.loads(path.read_text()) for path in sources_dir.glob("*.src")]
+    assert source["url"] == "http://influxdb:8086"
+    assert source["telegraf"] == "telemetry"
+
+
+def test_data_lives_in_named_volumes(compose: dict[str, Any]) -> None:
+    declared = set(compose["volumes"])
+    for name in ("rabbitmq", "influxdb", "chronograf"):
+        named = [str(v).split(":")[0] for v in compose["services"][name]["volumes"] if not str(v).startswith(".")]
+        assert named and set(named) <= declared, name
