@@ -36,12 +36,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 from rich.table import Table
 
+from hub.clients import influx
+from hub.clients.amqp import connect
 from hub.core.config import Settings
 from hub.core.contract import Reading, encode, mqtt_topic, now_ms
-from hub.outputs.influxdb import HttpV1Writer
-from hub.outputs.lineprotocol import reading_line
+from hub.outputs.influxdb_v1 import InfluxV1Output
 from hub.runtime.batch import BATCH_MAX_POINTS
 from hub.runtime.topology import RULES, STORE
+from hub.services.store.readings import reading_point
 from hub.stack import Stack
 from hub.stack.stack import settings_on_free_ports
 
@@ -113,34 +115,17 @@ def start_publishers(
 
 
 def amqp(settings: Settings) -> pika.BlockingConnection:
-    a = settings.amqp
-    return pika.BlockingConnection(
-        pika.ConnectionParameters(a.host, a.port, a.vhost, pika.PlainCredentials(a.user, a.password))
-    )
+    return connect(settings, "bench")
 
 
 def influx_seqs(settings: Settings, query: str) -> list[int]:
-    import json
-    import urllib.parse
-    import urllib.request
-
-    params = urllib.parse.urlencode({"db": settings.influx_db, "q": query})
-    with urllib.request.urlopen(f"{settings.influx_url}/query?{params}", timeout=30) as response:
-        result = json.loads(response.read())["results"][0]
-    series = result.get("series")
-    return [int(row[1]) for row in series[0]["values"]] if series else []
+    [series] = influx.query(settings, query)
+    return [int(value) for one in series for row in one.rows for key, value in row.items() if key != "time"]
 
 
 def influx_count(settings: Settings, query: str, db: str | None = None) -> int:
-    import json
-    import urllib.parse
-    import urllib.request
-
-    params = urllib.parse.urlencode({"db": db or settings.influx_db, "q": query})
-    with urllib.request.urlopen(f"{settings.influx_url}/query?{params}", timeout=30) as response:
-        result = json.loads(response.read())["results"][0]
-    series = result.get("series")
-    return int(series[0]["values"][0][1]) if series else 0
+    [series] = influx.query(settings.model_copy(update={"influx_db": db}) if db else settings, query)
+    return sum(int(value or 0) for one in series for row in one.rows for key, value in row.items() if key != "time")
 
 
 # --- 1. RabbitMQ alone ---------------------------------------------------------------------------
@@ -278,27 +263,26 @@ def hub_run(
 
 def influx_ceiling(settings: Settings, devices: int, per_device: int) -> float:
     ceiling = settings.model_copy(update={"influx_db": "bench_ceiling"})
-    writer = HttpV1Writer(ceiling)
-    writer.ensure_database()
+    writer = InfluxV1Output(ceiling)
     base_ts = now_ms() - 7_200_000
-    lines = [
-        reading_line(make_reading("inf", device, seq, base_ts), "mqtt")
+    points = [
+        reading_point(make_reading("inf", device, seq, base_ts), "mqtt")
         for seq in range(per_device)
         for device in range(devices)
     ]
     started = time.monotonic()
     last_report = started
-    for start in range(0, len(lines), BATCH_MAX_POINTS):
-        writer.write("\n".join(lines[start : start + BATCH_MAX_POINTS]).encode())
+    for start in range(0, len(points), BATCH_MAX_POINTS):
+        writer.write(points[start : start + BATCH_MAX_POINTS])
         if time.monotonic() - last_report >= PROGRESS_EVERY_S:
             last_report = time.monotonic()
             done = start + BATCH_MAX_POINTS
             console.print(
-                f"  influxdb alone: {done:>8} / {len(lines)} written, {done / (last_report - started):8.0f}/s"
+                f"  influxdb alone: {done:>8} / {len(points)} written, {done / (last_report - started):8.0f}/s"
             )
     elapsed = time.monotonic() - started
     writer.close()
-    return len(lines) / elapsed
+    return len(points) / elapsed
 
 
 def main() -> None:

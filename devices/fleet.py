@@ -41,7 +41,7 @@ from devices.mqtt_link import MqttLink
 from devices.outbox import MAX_IN_FLIGHT
 from devices.stats import FleetStats, LagRecorder, ProtocolStats
 from devices.stomp_link import StompLink
-from hub.core.backoff import Backoff
+from hub.core.backoff import DEVICE_RECONNECT, Backoff
 from hub.core.config import Settings
 from hub.core.contract import ack_key, encode, now_ms, status_key, telemetry_key
 from hub.core.errors import BrokerUnavailable, ConfigError
@@ -115,7 +115,9 @@ class Fleet:
         ]
         self._runtimes = {
             d.device_id: _Runtime(
-                d, Backoff(device_rng(seed, d.device_id + "/backoff")), telemetry_key(d.site, d.kind, d.device_id)
+                d,
+                Backoff(DEVICE_RECONNECT, device_rng(seed, d.device_id + "/backoff")),
+                telemetry_key(d.site, d.kind, d.device_id),
             )
             for d in self.devices
         }

@@ -25,6 +25,7 @@ import stomp
 from paho.mqtt.enums import CallbackAPIVersion
 from pika.adapters.blocking_connection import BlockingChannel
 
+from hub.clients.amqp import connect
 from hub.core.config import Settings
 from hub.core.contract import (
     EXCHANGE,
@@ -45,15 +46,7 @@ from hub.stack.stack import settings_on_free_ports
 
 
 def amqp_connection(settings: Settings) -> pika.BlockingConnection:
-    amqp = settings.amqp
-    return pika.BlockingConnection(
-        pika.ConnectionParameters(
-            host=amqp.host,
-            port=amqp.port,
-            virtual_host=VHOST,
-            credentials=pika.PlainCredentials(amqp.user, amqp.password),
-        )
-    )
+    return connect(settings, "test")
 
 
 def bind_temporary_queue(channel: BlockingChannel, *patterns: str) -> str:

@@ -1,4 +1,9 @@
-"""A blocking AMQP connection for the command-line tools, with errors a user can act on."""
+"""The one AMQP client: connection parameters and connecting, for every process of the hub.
+
+The hub's services, its monitor, the CLI (`send`, `tail`), the stack's readiness check, the
+benchmarks and the tests all connect through `connect`, so vhost, heartbeat, client name,
+timeouts and the errors a user sees are decided here once.
+"""
 
 from __future__ import annotations
 
@@ -11,31 +16,46 @@ import pika.exceptions
 from hub.core.config import Settings
 from hub.core.errors import BrokerUnavailable
 
-#: How long connecting may take before we say the broker is unreachable.
+#: How long connecting may take before the broker counts as unreachable.
 CONNECT_TIMEOUT_S = 5.0
-#: Heart-beats keep a long `tail` alive through idle stretches.
+#: AMQP heartbeat: long-lived consumers (and a long `tail`) stay alive through idle stretches.
 HEARTBEAT_S = 30
+#: A publisher blocked by the broker's flow control (memory or disk alarm) gives up after this.
+BLOCKED_CONNECTION_TIMEOUT_S = 60.0
 
 
-def connect(settings: Settings, purpose: str) -> pika.BlockingConnection:
-    """A connection to the `iot` vhost as the hub user, or `BrokerUnavailable` in one clear line."""
+def connection_parameters(
+    settings: Settings, name: str, *, host: str | None = None, port: int | None = None
+) -> pika.ConnectionParameters:
+    """Parameters for a connection named `name` (shown in the management UI) to IOT_AMQP_URL.
+
+    `host` and `port` replace the URL's, for a check of one particular node.
+    """
     amqp = settings.amqp
-    parameters = pika.ConnectionParameters(
-        host=amqp.host,
-        port=amqp.port,
+    return pika.ConnectionParameters(
+        host=host or amqp.host,
+        port=port or amqp.port,
         virtual_host=amqp.vhost,
         credentials=pika.PlainCredentials(amqp.user, amqp.password),
+        heartbeat=HEARTBEAT_S,
         connection_attempts=1,
         socket_timeout=CONNECT_TIMEOUT_S,
         stack_timeout=CONNECT_TIMEOUT_S * 2,
-        blocked_connection_timeout=CONNECT_TIMEOUT_S * 6,
-        heartbeat=HEARTBEAT_S,
-        client_properties={"connection_name": f"iot-hub {purpose}"},
+        blocked_connection_timeout=BLOCKED_CONNECTION_TIMEOUT_S,
+        client_properties={"connection_name": f"iot-hub {name}"},
     )
-    where = f"amqp://{amqp.host}:{amqp.port}/{amqp.vhost}"
+
+
+def connect(
+    settings: Settings, name: str, *, host: str | None = None, port: int | None = None
+) -> pika.BlockingConnection:
+    """A connection to the configured vhost, or `BrokerUnavailable` in one line a user can act on."""
+    amqp = settings.amqp
+    parameters = connection_parameters(settings, name, host=host, port=port)
+    where = f"amqp://{parameters.host}:{parameters.port}/{amqp.vhost}"
     try:
         # pika reports a refused connection as a bare AMQPConnectionError; the socket says why.
-        socket.create_connection((amqp.host, amqp.port), timeout=CONNECT_TIMEOUT_S).close()
+        socket.create_connection((parameters.host, parameters.port), timeout=CONNECT_TIMEOUT_S).close()
         return pika.BlockingConnection(parameters)
     except pika.exceptions.ProbableAuthenticationError:
         raise BrokerUnavailable(

@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hub.core.contract import VHOST
 from hub.core.errors import ConfigError
 
 #: The checkout (or installed tree) holding rabbitmq/, influxdb/, rules.yaml and the device models.
@@ -55,6 +56,11 @@ class Settings(BaseSettings):
     #: Which InfluxDB write API the hub uses: "v1" (HTTP /write), "v2" (influxdb-client) or "auto"
     #: (v2 when IOT_INFLUX_TOKEN is set, else from the server's /ping X-Influxdb-Version).
     influx_api: Literal["auto", "v1", "v2"] = "auto"
+    #: Where the hub's points go: output names, comma-separated (see hub/outputs): `influxdb`
+    #: (v1 or v2 as IOT_INFLUX_API says), `influxdb_v1`, `influxdb_v2`, `jsonl`.
+    outputs: str = "influxdb"
+    #: The file the `jsonl` output appends points to (one JSON object a line).
+    jsonl_path: Path = Path("points.jsonl")
     #: Port of the hub's /metrics (Prometheus) and /health endpoint; 0 turns it off.
     metrics_port: int = 9108
     #: The rules file `python -m hub run` loads (YAML, see rules.yaml).
@@ -91,7 +97,8 @@ class AmqpParts:
         parts = urlsplit(url)
         if parts.scheme not in ("amqp", "amqps"):
             raise ConfigError(f"IOT_AMQP_URL must start with amqp:// (got {url!r})")
-        vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+        # No vhost in the URL means the contract's; `%2F` still names the default vhost "/".
+        vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else VHOST
         return cls(
             host=parts.hostname or "localhost",
             port=parts.port or 5672,

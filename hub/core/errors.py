@@ -53,3 +53,7 @@ class StorageUnavailable(HubError):
     """InfluxDB cannot be reached or refused a write; the data waits in RabbitMQ."""
 
     exit_code = 5
+
+
+class PointsRejected(HubError):
+    """An output's server refused the points themselves (e.g. a field type conflict); retrying cannot help."""

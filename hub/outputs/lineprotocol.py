@@ -1,17 +1,16 @@
-"""InfluxDB line protocol as pure functions.
+"""InfluxDB line protocol as pure functions: how the InfluxDB outputs encode a `Point`.
 
-Identifiers are already validated by the contract, but the escaping here is complete anyway:
-a tag or field value that reaches this module can never break a line or inject a second one.
+The escaping here is complete: a tag or field value that reaches this module can never break a
+line or inject a second one. A `trusted` point (its names matched the contract's identifier
+patterns, as a `Reading`'s do) skips the escaping of names: the store's hot path.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from hub.core.contract import Protocol, Reading
-
-FieldValue = bool | int | float | str
+from hub.core.points import FieldValue, Point
 
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\r": r"\r", "\\": "\\\\"})
 _KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\r": r"\r", "\\": "\\\\"})
@@ -48,18 +47,24 @@ def point(measurement: str, tags: Mapping[str, str], fields: Mapping[str, FieldV
     return f"{escape_measurement(measurement)}{tag_part} {field_part} {int(ts_ms)}"
 
 
-def reading_line(reading: Reading, protocol: Protocol) -> str:
-    """The reading as stored: measurement = kind, tags device/protocol/site, fields readings + seq.
+def point_line(p: Point) -> str:
+    """The point as one line of line protocol (tags sorted, empty tag values left out)."""
+    if not p.trusted:
+        return point(p.measurement, p.tags, p.fields, p.ts_ms)
+    if not p.fields:
+        raise ValueError("a point needs at least one field")
+    tag_part = "".join(f",{key}={value}" for key, value in sorted(p.tags.items()) if value != "")
+    field_part = ",".join(
+        f"{key}={'true' if value else 'false'}"
+        if value is True or value is False
+        else f"{key}={value!r}"
+        if isinstance(value, float)
+        else f"{key}={format_field(value)}"
+        for key, value in p.fields.items()
+    )
+    return f"{p.measurement}{tag_part} {field_part} {p.ts_ms}"
 
-    The hot path of the store: a `Reading` only exists once its identifiers and sensor names
-    matched the contract's patterns (no comma, space, quote, '=' or backslash possible), so
-    they need no escaping here; the general `point` escapes everything.
-    """
-    fields = ",".join(
-        f"{name}={'true' if value else 'false'}" if isinstance(value, bool) else f"{name}={value!r}"
-        for name, value in reading.readings.items()
-    )
-    return (
-        f"{reading.kind},device={reading.device},protocol={protocol},site={reading.site} "
-        f"{fields},seq={reading.seq}i {reading.ts}"
-    )
+
+def lines_payload(points: Sequence[Point]) -> bytes:
+    """The body of one write: the points' lines, newline-separated."""
+    return "\n".join(map(point_line, points)).encode()

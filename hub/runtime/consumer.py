@@ -1,9 +1,9 @@
-"""The pika shell every hub service shares: connect, declare, consume, tick, reconnect.
+"""The AMQP side of a service: connect, declare, prefetch, deliver, ack, publish, reconnect.
 
-A service implements `on_message` (called for each delivery) and `tick` (called at least every
-`tick_interval_s`, where batches are flushed and timers fire). Deliveries are settled by the
-service with `ack_through(tag)`, one `basic_ack(multiple=True)` for many. A lost connection
-drops whatever was not acked: the broker redelivers it, and every effect is idempotent.
+A `Consumer` owns one connection with two channels (one consuming with a prefetch window, one
+publishing with confirms) and hands each delivery to its `Handler`. It acks only what the
+handler settles; a lost connection drops whatever was not acked, the broker redelivers it, and
+every effect downstream is idempotent. The handler decides; this module only moves bytes.
 """
 
 from __future__ import annotations
@@ -12,150 +12,101 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Any
+from typing import NamedTuple, Protocol
 
 import pika
 import pika.exceptions
-import tenacity
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
+from hub.clients.amqp import connect
+from hub.core.backoff import HUB_RECONNECT, Backoff
 from hub.core.config import Settings
-from hub.core.contract import DEAD_LETTER_EXCHANGE, DEAD_LETTER_REASON_HEADER, VHOST
-from hub.core.errors import HubError, StorageUnavailable
-from hub.outputs.influxdb import Writer, open_writer
+from hub.core.contract import Protocol as DeviceProtocol
+from hub.core.errors import BrokerUnavailable, HubError, StorageUnavailable
 from hub.runtime import topology
-from hub.runtime.batch import Batch
-from hub.runtime.metrics import CONNECTED, DEAD_LETTERED, WRITE_RETRIES, ServiceStats
 
 log = logging.getLogger(__name__)
 
-#: Longest wait between two reconnection attempts.
-RECONNECT_MAX_S = 10.0
-RECONNECT_MIN_S = 0.5
-#: Backoff between failed InfluxDB writes: exponential from RETRY_MIN_S to RETRY_MAX_S, with jitter.
-RETRY_MIN_S = 0.2
-RETRY_MAX_S = 10.0
-#: AMQP heartbeat; the event loop runs at least every tick, so it is always answered.
-HEARTBEAT_S = 30
-#: Header carrying the human-readable detail of a dead-lettering (the reason code is x-iot-reason).
-DEAD_LETTER_DETAIL_HEADER = "x-iot-detail"
-DETAIL_MAX_CHARS = 500
 #: Returned (unroutable) mandatory messages are logged the 1st, 10th and every this many times.
 UNROUTABLE_LOG_EVERY = 100
-
-Delivery = tuple[Basic.Deliver, BasicProperties, bytes]
-
-
-def connection_parameters(settings: Settings, name: str) -> pika.ConnectionParameters:
-    amqp = settings.amqp
-    return pika.ConnectionParameters(
-        host=amqp.host,
-        port=amqp.port,
-        virtual_host=amqp.vhost if amqp.vhost != "/" else VHOST,
-        credentials=pika.PlainCredentials(amqp.user, amqp.password),
-        heartbeat=HEARTBEAT_S,
-        client_properties={"connection_name": f"hub-{name}"},
-        connection_attempts=1,
-        blocked_connection_timeout=60,
-    )
+#: Header RabbitMQ's MQTT plugin (3.10) puts on every message it publishes; STOMP ones never have it.
+MQTT_HEADER = "x-mqtt-publish-qos"
+#: What may pass by itself: the consumer reconnects after these, anything else stops the service.
+TRANSIENT_ERRORS = (pika.exceptions.AMQPError, OSError, BrokerUnavailable, StorageUnavailable)
 
 
-class AmqpService:
-    """Base of the hub's consumers; one instance runs in one thread with its own connection."""
+class Delivery(NamedTuple):
+    method: Basic.Deliver
+    properties: BasicProperties
+    body: bytes
 
-    name: str = "service"
-    queue: topology.HubQueue
-    tick_interval_s: float = 0.2
+    @property
+    def tag(self) -> int:
+        return int(self.method.delivery_tag)
 
-    def __init__(self, settings: Settings, stop: threading.Event, writer: Writer | None = None) -> None:
-        self.settings = settings
-        self.stop = stop
-        self.stats = ServiceStats(self.name)
+    @property
+    def routing_key(self) -> str:
+        return str(self.method.routing_key)
+
+
+def protocol_of(properties: BasicProperties) -> DeviceProtocol:
+    """The device protocol a delivery came in on: only the MQTT plugin sets `x-mqtt-publish-qos`."""
+    headers = properties.headers
+    return "mqtt" if headers is not None and MQTT_HEADER in headers else "stomp"
+
+
+class Handler(Protocol):
+    """What a consumer drives; every call happens on the consumer's thread."""
+
+    def on_start(self, consumer: Consumer) -> None:
+        """After each (re)connection, before consuming: open outputs, add subscriptions."""
+
+    def deliver(self, delivery: Delivery) -> None: ...
+
+    def tick(self) -> None:
+        """At least every `tick_interval_s`: flush batches, fire timers."""
+
+    def on_stop(self) -> None:
+        """On a clean stop while still connected: settle what can be settled."""
+
+    def on_connection_lost(self) -> None:
+        """Forget per-channel state (delivery tags): unacked deliveries come back."""
+
+    def on_connected(self, connected: bool) -> None: ...
+
+
+class Consumer:
+    """One connection that consumes `queue` for `handler` until `stop` is set."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        queue: topology.HubQueue,
+        stop: threading.Event,
+        handler: Handler,
+        tick_interval_s: float = 0.2,
+    ) -> None:
+        self.settings, self.name, self.queue, self.stop, self.handler = settings, name, queue, stop, handler
+        self.tick_interval_s = tick_interval_s
         self.connection: pika.BlockingConnection | None = None
         self.channel: BlockingChannel | None = None
         self.publisher: BlockingChannel | None = None
-        self.writer = writer
-        #: Points this service caused and the deliveries they settle, written by `flush_outbox`.
-        self.outbox = self.new_outbox()
         #: Mandatory messages the broker returned as unroutable (see `publish`).
         self.unroutable = 0
 
-    # --- hooks -------------------------------------------------------------------------------
-
-    def on_start(self) -> None:
-        """Called after each (re)connection, before consuming."""
-        if self.writer is None:
-            self.writer = open_writer(self.settings)
-
-    def on_message(self, method: Basic.Deliver, properties: BasicProperties, body: bytes) -> None:
-        raise NotImplementedError
-
-    def tick(self) -> None:
-        """Periodic work: flush batches, fire timers."""
-        if self.outbox.due():
-            self.flush_outbox()
-
-    def on_stop(self) -> None:
-        """Called on a clean stop while still connected: settle what can be settled."""
-        self.flush_outbox()
-
-    def new_outbox(self) -> Batch:
-        return Batch()
-
-    def settle(self, batch: Batch) -> None:
-        """Ack the deliveries `batch` covers, once its points are written."""
-        self.ack_through(batch.last_tag)
-
-    def on_connection_lost(self) -> None:
-        """Forget per-channel state (delivery tags); unacked deliveries come back."""
-        self.outbox.reset()
-
-    def flush_outbox(self) -> None:
-        """Write the outbox's points, then ack every delivery it covers."""
-        if self.outbox.empty:
-            return
-        batch, self.outbox = self.outbox, self.new_outbox()
-        if batch.lines:
-            self.write_with_retries(batch.payload())
-        self.settle(batch)
-        with self.stats.lock:
-            self.stats.received += batch.deliveries
-            self.stats.stored += len(batch.lines)
-
-    def write_with_retries(self, payload: bytes) -> None:
-        """Write until InfluxDB takes it or the hub stops; the connection is served meanwhile."""
-        assert self.writer is not None
-
-        def note_retry(state: tenacity.RetryCallState) -> None:
-            WRITE_RETRIES.labels(self.name).inc()
-            with self.stats.lock:
-                self.stats.write_retries += 1
-            if state.attempt_number in (1, 10) or state.attempt_number % 50 == 0:
-                log.warning(
-                    "service=%s event=write_failed attempt=%d points_kept=%d error=%r",
-                    self.name,
-                    state.attempt_number,
-                    payload.count(b"\n") + 1,
-                    state.outcome.exception() if state.outcome else None,
-                )
-
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(StorageUnavailable),
-            wait=tenacity.wait_exponential_jitter(initial=RETRY_MIN_S, max=RETRY_MAX_S),
-            stop=lambda _state: self.stop.is_set(),
-            sleep=self.sleep,
-            before_sleep=note_retry,
-            reraise=True,
-        )
-        retrying(self.writer.write, payload)
-
-    # --- helpers for services ------------------------------------------------------------------
+    # --- what handlers use -----------------------------------------------------------------------
 
     def ack_through(self, tag: int) -> None:
+        """Ack every delivery up to `tag` at once (`multiple`)."""
         assert self.channel is not None
         if tag:
             self.channel.basic_ack(delivery_tag=tag, multiple=True)
+
+    def ack(self, tag: int) -> None:
+        assert self.channel is not None
+        self.channel.basic_ack(delivery_tag=tag, multiple=False)
 
     def sleep(self, seconds: float) -> None:
         """Wait while still serving the connection (heartbeats, deliveries into the next batch)."""
@@ -163,6 +114,11 @@ class AmqpService:
             self.connection.sleep(seconds)
         else:
             time.sleep(seconds)
+
+    def subscribe(self, queue: str, callback: ConsumeCallback, *, auto_ack: bool) -> None:
+        """Consume another queue on the same channel (e.g. presence's signs of life)."""
+        assert self.channel is not None
+        self.channel.basic_consume(queue, callback, auto_ack=auto_ack)
 
     def publish(
         self, exchange: str, routing_key: str, body: bytes, properties: BasicProperties, *, mandatory: bool
@@ -191,77 +147,59 @@ class AmqpService:
             return False
         return True
 
-    def dead_letter(
-        self, method: Basic.Deliver, properties: BasicProperties, body: bytes, reason: str, detail: str
-    ) -> None:
-        """Send the delivery to iot.dlx with the reason; the caller settles (acks) the original."""
-        headers: dict[str, Any] = dict(properties.headers or {})
-        headers[DEAD_LETTER_REASON_HEADER] = reason
-        headers[DEAD_LETTER_DETAIL_HEADER] = detail[:DETAIL_MAX_CHARS]
-        headers["x-iot-queue"] = self.queue.name
-        self.publish(
-            DEAD_LETTER_EXCHANGE,
-            method.routing_key,
-            body,
-            BasicProperties(
-                headers=headers,
-                delivery_mode=2,
-                content_type=properties.content_type,
-                app_id=properties.app_id,
-                timestamp=properties.timestamp,
-            ),
-            mandatory=True,  # iot.dead-letter is declared at every connect; a return is logged
-        )
-        DEAD_LETTERED.labels(self.name, reason).inc()
-        with self.stats.lock:
-            self.stats.dead_lettered += 1
-
-    # --- the loop ------------------------------------------------------------------------------
+    # --- the loop --------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Consume until `stop` is set; reconnect with backoff on any broker or storage outage."""
-        backoff = RECONNECT_MIN_S
+        """Consume until `stop` is set; reconnect with backoff after any broker or storage outage."""
+        backoff = Backoff(HUB_RECONNECT)
         while not self.stop.is_set():
             try:
                 self._connect_and_consume()
-                backoff = RECONNECT_MIN_S
-            except (pika.exceptions.AMQPError, StorageUnavailable, OSError) as exc:
-                log.warning("service=%s event=disconnected error=%r retry_in_s=%.1f", self.name, exc, backoff)
+                backoff.reset()
+            except TRANSIENT_ERRORS as exc:
+                log.warning("service=%s event=disconnected error=%r", self.name, exc)
             except HubError:
                 raise
             except Exception:
-                log.exception("service=%s event=crashed retry_in_s=%.1f", self.name, backoff)
+                log.exception("service=%s event=crashed", self.name)
             finally:
-                CONNECTED.labels(self.name).set(0)
-                self.on_connection_lost()
+                self.handler.on_connected(False)
+                self.handler.on_connection_lost()
                 self._close()
             if not self.stop.is_set():
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, RECONNECT_MAX_S)
+                delay = backoff.next_delay_s()
+                log.info("service=%s event=reconnecting in_s=%.1f", self.name, delay)
+                self.stop.wait(delay)
 
     def _connect_and_consume(self) -> None:
-        self.connection = pika.BlockingConnection(connection_parameters(self.settings, self.name))
+        self.connection = connect(self.settings, f"hub-{self.name}")
         self.channel = self.connection.channel()
         topology.declare(self.channel, self.queue)
         self.channel.basic_qos(prefetch_count=self.queue.prefetch)
         self.publisher = self.connection.channel()
         self.publisher.confirm_delivery()
-        self.on_start()
+        self.handler.on_start(self)
         self.channel.basic_consume(self.queue.name, self._deliver)
-        CONNECTED.labels(self.name).set(1)
+        self.handler.on_connected(True)
         log.info("service=%s event=consuming queue=%s prefetch=%d", self.name, self.queue.name, self.queue.prefetch)
         while not self.stop.is_set():
             self.connection.process_data_events(time_limit=self.tick_interval_s)
-            self.tick()
-        self.on_stop()
+            self.handler.tick()
+        self.handler.on_stop()
 
     def _deliver(
         self, _channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
     ) -> None:
-        self.on_message(method, properties, body)
+        self.handler.deliver(Delivery(method, properties, body))
 
     def _close(self) -> None:
         connection, self.connection, self.channel, self.publisher = self.connection, None, None, None
         if connection is not None and connection.is_open:
             with contextlib.suppress(Exception):  # a broken connection fails to close in many ways
                 connection.close()
+
+
+class ConsumeCallback(Protocol):
+    def __call__(
+        self, channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
+    ) -> None: ...

@@ -16,17 +16,17 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import pika
 import pika.exceptions
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from hub.clients.amqp import connect
+from hub.clients.influx import server_version
 from hub.core.config import Settings
 from hub.core.contract import now_ms
-from hub.core.errors import HubError
-from hub.outputs.influxdb import open_writer, server_version
-from hub.outputs.lineprotocol import point
+from hub.core.errors import BrokerUnavailable, HubError
+from hub.core.points import Point
+from hub.outputs.fanout import OutputSet
 from hub.runtime import topology
-from hub.runtime.consumer import connection_parameters
 from hub.runtime.metrics import QUEUE_DEPTH, ServiceStats
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,9 @@ def instance_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def stats_lines(instance: str, stats: Sequence[ServiceStats], depths: dict[str, int], ts_ms: int) -> list[str]:
+def stats_points(instance: str, stats: Sequence[ServiceStats], depths: dict[str, int], ts_ms: int) -> list[Point]:
     """One `hub_stats` point per service (pure: the monitor supplies the numbers)."""
-    lines = []
+    points = []
     for s in stats:
         with s.lock:
             fields: dict[str, int | float] = {
@@ -57,8 +57,8 @@ def stats_lines(instance: str, stats: Sequence[ServiceStats], depths: dict[str, 
         queue = topology.QUEUES[s.service].name
         if queue in depths:
             fields["queue_depth"] = depths[queue]
-        lines.append(point("hub_stats", {"instance": instance, "service": s.service}, fields, ts_ms))
-    return lines
+        points.append(Point("hub_stats", {"instance": instance, "service": s.service}, fields, ts_ms))
+    return points
 
 
 def broker_reachable(settings: Settings) -> bool:
@@ -91,8 +91,8 @@ class Monitor:
     def queue_depths(self) -> dict[str, int]:
         depths: dict[str, int] = {}
         try:
-            connection = pika.BlockingConnection(connection_parameters(self.settings, "monitor"))
-        except (pika.exceptions.AMQPError, OSError):
+            connection = connect(self.settings, "monitor")
+        except BrokerUnavailable:
             return depths
         try:
             for s in self.stats:
@@ -109,18 +109,17 @@ class Monitor:
         return depths
 
     def run(self) -> None:
-        writer = None
-        while not self.stop.wait(STATS_INTERVAL_S):
-            try:
-                if writer is None:
-                    writer = open_writer(self.settings)
-                lines = stats_lines(self.instance, self.stats, self.queue_depths(), now_ms())
-                writer.write("\n".join(lines).encode())
-            except HubError as exc:
-                log.warning("service=monitor event=stats_not_written error=%r", exc)
-                writer = None
-            except Exception:
-                log.exception("service=monitor event=stats_failed")
+        outputs = OutputSet(self.settings)
+        try:
+            while not self.stop.wait(STATS_INTERVAL_S):
+                try:
+                    outputs.write_once(stats_points(self.instance, self.stats, self.queue_depths(), now_ms()))
+                except HubError as exc:
+                    log.warning("service=monitor event=stats_not_written error=%r", exc)
+                except Exception:
+                    log.exception("service=monitor event=stats_failed")
+        finally:
+            outputs.close()
 
     def serve_http(self, port: int) -> None:
         """Serve /metrics and /health on `port` in a daemon thread."""

@@ -11,21 +11,23 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter, Gauge, Histogram
 
 RECEIVED = Counter("hub_messages_received", "Messages taken from a hub queue", ["service", "protocol"])
-STORED = Counter("hub_readings_stored", "Readings written to InfluxDB and acked", ["protocol"])
+STORED = Counter("hub_readings_stored", "Readings written to the outputs and acked", ["protocol"])
 DEAD_LETTERED = Counter("hub_messages_dead_lettered", "Messages refused and sent to iot.dlx", ["service", "reason"])
 ALERTS = Counter("hub_alerts", "Alerts raised by rules", ["severity", "rule"])
 RULE_COMMANDS = Counter("hub_rule_commands", "Commands sent by rule actions", ["command"])
 COMMAND_OUTCOMES = Counter("hub_command_outcomes", "Command lifecycle events recorded", ["status"])
 PRESENCE_TRANSITIONS = Counter("hub_presence_transitions", "Device online/offline transitions", ["state", "reason"])
-WRITE_RETRIES = Counter("hub_write_retries", "InfluxDB writes that failed and were retried", ["service"])
+WRITE_RETRIES = Counter("hub_write_retries", "Output writes that failed and were retried", ["service"])
 BATCH_SIZE = Histogram(
     "hub_batch_points",
-    "Points per InfluxDB write",
+    "Points per batch written to the outputs",
+    ["service"],
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
 )
 BATCH_LATENCY = Histogram(
     "hub_batch_write_seconds",
-    "Time to write one batch, retries included",
+    "Time to write one batch to every output, retries included",
+    ["service"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 QUEUE_DEPTH = Gauge("hub_queue_depth", "Messages ready in a hub queue (consumer lag)", ["queue"])

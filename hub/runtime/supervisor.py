@@ -16,8 +16,8 @@ from prometheus_client import disable_created_metrics
 
 from hub.core.config import Settings
 from hub.core.errors import HubError
-from hub.runtime.consumer import AmqpService
 from hub.runtime.health import Monitor
+from hub.runtime.service import Service
 
 log = logging.getLogger("hub")
 
@@ -27,7 +27,7 @@ STOP_GRACE_S = 30.0
 
 def run_hub(
     settings: Settings,
-    build: Callable[[threading.Event], Sequence[AmqpService]],
+    build: Callable[[threading.Event], Sequence[Service]],
     on_ready: Callable[[], None] = lambda: None,
 ) -> None:
     disable_created_metrics()  # type: ignore[no-untyped-call]

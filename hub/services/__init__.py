@@ -11,28 +11,27 @@ from __future__ import annotations
 import threading
 
 from hub.core.config import Settings
-from hub.runtime.consumer import AmqpService
+from hub.runtime.service import Service
 
 SERVICES = ("store", "rules", "presence", "commands")
 
 
-def build_services(settings: Settings, names: tuple[str, ...], stop: threading.Event) -> list[AmqpService]:
+def build_services(settings: Settings, names: tuple[str, ...], stop: threading.Event) -> list[Service]:
+    """The named services, sharing nothing but the stop event: each consumes what it needs itself."""
     from hub.services.commands.service import CommandsService
     from hub.services.presence.service import PresenceService
-    from hub.services.presence.tracker import PresenceTracker
     from hub.services.rules.loader import load_rules
     from hub.services.rules.service import RulesService
     from hub.services.store.service import StoreService
 
-    tracker = PresenceTracker()
-    services: list[AmqpService] = []
+    services: list[Service] = []
     for name in names:
         if name == "store":
             services.append(StoreService(settings, stop))
         elif name == "rules":
-            services.append(RulesService(settings, stop, rules=load_rules(settings.rules_file), tracker=tracker))
+            services.append(RulesService(settings, stop, rules=load_rules(settings.rules_file)))
         elif name == "presence":
-            services.append(PresenceService(settings, stop, tracker=tracker))
+            services.append(PresenceService(settings, stop))
         elif name == "commands":
             services.append(CommandsService(settings, stop))
     return services

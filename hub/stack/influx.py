@@ -7,13 +7,11 @@ file stays the same one docker compose mounts.
 from __future__ import annotations
 
 import os
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
+from hub.clients.influx import InfluxHttp, server_version
 from hub.core.config import PROJECT_ROOT
-from hub.core.errors import StackError
+from hub.core.errors import StackError, StorageUnavailable
 from hub.stack.packages import INFLUXD
 
 INFLUX_CONFIG = PROJECT_ROOT / "influxdb" / "influxdb.conf"
@@ -52,19 +50,13 @@ class InfluxNode:
         return [str(INFLUXD), "-config", str(INFLUX_CONFIG), "-pidfile", str(self.home / "influxd.pid")]
 
     def problems(self) -> list[str]:
-        try:
-            with urllib.request.urlopen(f"{self.url}/ping", timeout=2) as response:
-                if response.status != 204:
-                    return [f"/ping answered {response.status}"]
-        except (OSError, urllib.error.URLError) as exc:
-            return [f"/ping: {exc}"]
-        return []
+        return [] if server_version(self.url) is not None else [f"{self.url}/ping does not answer"]
 
     def create_database(self, name: str) -> None:
-        body = urllib.parse.urlencode({"q": f'CREATE DATABASE "{name}"'}).encode()
+        client = InfluxHttp(self.url, name)
         try:
-            with urllib.request.urlopen(f"{self.url}/query", data=body, timeout=10) as response:
-                if response.status != 200:
-                    raise StackError(f"CREATE DATABASE {name} answered {response.status}")
-        except urllib.error.URLError as exc:
-            raise StackError(f"CREATE DATABASE {name} failed: {exc}") from exc
+            client.create_database()
+        except StorageUnavailable as exc:
+            raise StackError(str(exc)) from exc
+        finally:
+            client.close()

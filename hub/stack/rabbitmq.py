@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-import pika
 import stomp
 from paho.mqtt.enums import CallbackAPIVersion
 
+from hub.clients.amqp import connect
 from hub.core.config import PROJECT_ROOT, Settings
 from hub.core.contract import VHOST
 from hub.core.errors import StackError
@@ -157,17 +157,7 @@ class RabbitNode:
         return problems
 
     def _amqp_ok(self, host: str) -> None:
-        amqp = self.settings.amqp
-        params = pika.ConnectionParameters(
-            host=host,
-            port=self.ports.amqp,
-            virtual_host=VHOST,
-            credentials=pika.PlainCredentials(amqp.user, amqp.password),
-            connection_attempts=1,
-            socket_timeout=3,
-            blocked_connection_timeout=3,
-        )
-        connection = pika.BlockingConnection(params)
+        connection = connect(self.settings, "stack check", host=host, port=self.ports.amqp)
         try:
             channel = connection.channel()
             channel.exchange_declare("iot", passive=True)

@@ -5,19 +5,28 @@ from __future__ import annotations
 import pytest
 
 from hub.core.config import load_settings
-from hub.core.contract import Ack, Command, Presence, Reading
+from hub.core.contract import Ack, Command, Presence, Protocol, Reading
 from hub.core.errors import ConfigError
-from hub.outputs.influxdb import ClientV2Writer, open_writer
-from hub.outputs.lineprotocol import point, reading_line
+from hub.core.points import Point
+from hub.outputs.influxdb_v2 import InfluxV2Output
+from hub.outputs.lineprotocol import point, point_line
+from hub.outputs.registry import open_output
 from hub.runtime.batch import BATCH_MAX_POINTS, FLUSH_INTERVAL_S, Batch
-from hub.runtime.health import stats_lines
+from hub.runtime.health import stats_points
 from hub.runtime.metrics import ServiceStats
 from hub.runtime.topology import COMMANDS
-from hub.services.commands.ledger import MAX_EARLY_ACKS, ORPHAN_ACK_GRACE_MS, TIMEOUT_GRACE_MS, CommandLedger, Recorded
+from hub.services.commands.ledger import (
+    MAX_EARLY_ACKS,
+    ORPHAN_ACK_GRACE_MS,
+    TIMEOUT_GRACE_MS,
+    CommandLedger,
+    Recorded,
+)
 from hub.services.presence.tracker import OFFLINE_AFTER_INTERVALS, PresenceTracker
 from hub.services.rules.engine import Engine
 from hub.services.rules.loader import load_rules, parse_rules
 from hub.services.rules.model import Action, RateOfChange, Stuck, Threshold, ZScore
+from hub.services.store.readings import reading_point
 from tests.support import REPO
 
 
@@ -25,6 +34,19 @@ def _reading(
     seq: int = 1, kind: str = "thermostat", device: str = "th-1", ts: int = 1_000_000, **values: float
 ) -> Reading:
     return Reading(device=device, site="plant-a", kind=kind, seq=seq, ts=ts, readings=values or {"temperature": 21.0})
+
+
+def reading_line(reading: Reading, protocol: Protocol) -> str:
+    """What the store writes for a reading: its point, as InfluxDB line protocol."""
+    return point_line(reading_point(reading, protocol))
+
+
+def lines(recorded: Recorded) -> list[str]:
+    return [point_line(p) for p in recorded.points]
+
+
+def named(name: str) -> Point:
+    return Point(name, {}, {"x": 1}, 0)
 
 
 # --- line protocol -------------------------------------------------------------------------------
@@ -65,29 +87,29 @@ def test_line_protocol_refuses_nan_and_pointless_points() -> None:
 def test_a_batch_is_due_when_full_or_when_its_oldest_point_waited_the_flush_interval() -> None:
     batch = Batch(max_points=3, flush_interval_s=FLUSH_INTERVAL_S)
     assert not batch.due(now=0.0)
-    batch.add(1, "a", now=10.0)
-    batch.add(2, "b", now=10.05)
+    batch.add(1, named("a"), now=10.0)
+    batch.add(2, named("b"), now=10.05)
     assert not batch.due(now=10.1)
     assert batch.due(now=10.0 + FLUSH_INTERVAL_S + 0.001)
-    batch.add(3, "c", now=10.1)
+    batch.add(3, named("c"), now=10.1)
     assert batch.due(now=10.1), "full"
     assert BATCH_MAX_POINTS >= 1000
 
 
 def test_one_ack_covers_written_and_dead_lettered_deliveries_alike() -> None:
     batch = Batch()
-    batch.add(7, "a", now=0)
+    batch.add(7, named("a"), now=0)
     batch.add(8, None, now=0)  # dead-lettered with confirms: settled by the same ack
-    batch.add(9, "b", now=0)
-    batch.add(0, "presence timeout", now=0)  # a point that settles no delivery
+    batch.add(9, named("b"), now=0)
+    batch.add(0, named("presence timeout"), now=0)  # a point that settles no delivery
     assert batch.last_tag == 9
     assert batch.deliveries == 3
-    assert batch.payload() == b"a\nb\npresence timeout"
+    assert [p.measurement for p in batch.points] == ["a", "b", "presence timeout"]
 
 
 def test_a_batch_of_only_timer_points_is_not_empty() -> None:
     batch = Batch()
-    batch.add(0, "x", now=0)
+    batch.add(0, named("x"), now=0)
     assert not batch.empty and batch.last_tag == 0
 
 
@@ -230,10 +252,10 @@ def _command(ts: int = 1000, expires: int = 11_000) -> Command:
 
 def test_an_ack_records_the_outcome_with_its_round_trip_and_origin() -> None:
     ledger = CommandLedger()
-    [sent] = ledger.on_command("dev-1", _command(), "rule", at_ms=1005).lines
+    [sent] = lines(ledger.on_command("dev-1", _command(), "rule", at_ms=1005))
     assert sent.startswith("commands,command=ping,device=dev-1,origin=rule,status=sent ")
     acked = ledger.on_ack(Ack(id="c-1", device="dev-1", status="ok", ts=1030), at_ms=1042, token=7)
-    [line] = acked.lines
+    [line] = lines(acked)
     assert line.startswith("commands,command=ping,device=dev-1,origin=rule,status=ok ")
     assert "rtt_ms=42.0" in line
     assert acked.released == [7], "the ack's delivery is settled with its point"
@@ -243,9 +265,9 @@ def test_an_ack_records_the_outcome_with_its_round_trip_and_origin() -> None:
 def test_a_command_without_ack_by_its_expiry_times_out_once() -> None:
     ledger = CommandLedger()
     ledger.on_command("dev-1", _command(), "cli", at_ms=1000)
-    assert ledger.timed_out(11_000 + TIMEOUT_GRACE_MS).lines == []
+    assert lines(ledger.timed_out(11_000 + TIMEOUT_GRACE_MS)) == []
     timed_out = ledger.timed_out(11_001 + TIMEOUT_GRACE_MS)
-    [line] = timed_out.lines
+    [line] = lines(timed_out)
     assert ",status=timeout " in line and ",origin=cli," in line
     assert timed_out.released == [], "a timeout settles no delivery"
     assert ledger.timed_out(10**9) == Recorded()
@@ -258,7 +280,7 @@ def test_an_ack_that_overtakes_its_command_is_held_then_recorded_with_the_comman
     assert ledger.held_tokens() == [5]
     assert ledger.timed_out(1042 + ORPHAN_ACK_GRACE_MS) == Recorded(), "still within the grace"
     recorded = ledger.on_command("dev-1", _command(ts=1000), "rule", at_ms=1050)
-    sent, ok = recorded.lines
+    sent, ok = lines(recorded)
     assert sent.startswith("commands,command=ping,device=dev-1,origin=rule,status=sent ")
     assert sent.endswith(" 1042"), "sent is stamped no later than its outcome"
     assert ok.startswith("commands,command=ping,device=dev-1,origin=rule,status=ok ")
@@ -272,12 +294,12 @@ def test_an_early_ack_unmatched_after_the_grace_is_unknown_and_its_late_command_
     ledger = CommandLedger()
     ledger.on_ack(Ack(id="c-1", device="dev-1", status="error", detail="bad args", ts=1030), at_ms=2000, token=9)
     expired = ledger.timed_out(2001 + ORPHAN_ACK_GRACE_MS)
-    [line] = expired.lines
+    [line] = lines(expired)
     assert line.startswith("commands,command=unknown,device=dev-1,origin=cli,status=error ")
     assert 'detail="bad args"' in line and line.endswith(" 2000")
     assert expired.released == [9]
     assert ledger.timed_out(10**9) == Recorded(), "recorded once"
-    [sent] = ledger.on_command("dev-1", _command(ts=1000, expires=11_000), "cli", at_ms=2_000_000).lines
+    [sent] = lines(ledger.on_command("dev-1", _command(ts=1000, expires=11_000), "cli", at_ms=2_000_000))
     assert ",status=sent " in sent
     assert ledger.timed_out(10**9) == Recorded()
 
@@ -288,12 +310,12 @@ def test_early_acks_are_bounded_the_oldest_recorded_as_unknown_and_a_duplicate_i
         early = Ack(id=f"c-{index}", device="dev-1", status="ok", ts=1)
         assert ledger.on_ack(early, at_ms=10, token=index + 1) == Recorded()
     evicted = ledger.on_ack(Ack(id="c-2", device="dev-1", status="ok", ts=1), at_ms=11, token=3)
-    assert [line.split(" ")[0] for line in evicted.lines] == [
+    assert [line.split(" ")[0] for line in lines(evicted)] == [
         "commands,command=unknown,device=dev-1,origin=cli,status=ok"
     ]
     assert evicted.released == [1]
     duplicate = ledger.on_ack(Ack(id="c-2", device="dev-1", status="ok", ts=1), at_ms=12, token=4)
-    assert duplicate.released == [4] and len(duplicate.lines) == 1
+    assert duplicate.released == [4] and len(lines(duplicate)) == 1
     assert sorted(ledger.held_tokens()) == [2, 3]
     assert COMMANDS.prefetch > MAX_EARLY_ACKS, "held deliveries must never fill the prefetch window"
 
@@ -301,7 +323,7 @@ def test_early_acks_are_bounded_the_oldest_recorded_as_unknown_and_a_duplicate_i
 def test_hub_stats_points_carry_the_service_counters() -> None:
     stats = ServiceStats("store", received=10, stored=9, dead_lettered=1)
     stats.add_batch(0.004)
-    [line] = stats_lines("host-1", [stats], {"hub.store": 5}, 1234)
+    [line] = map(point_line, stats_points("host-1", [stats], {"hub.store": 5}, 1234))
     assert line.startswith("hub_stats,instance=host-1,service=store received=10i,stored=9i,dead_lettered=1i,")
     assert "batches=1i" in line and "batch_latency_ms=4.0" in line and "queue_depth=5i" in line
 
@@ -311,14 +333,14 @@ def test_hub_stats_points_carry_the_service_counters() -> None:
 
 def test_a_token_selects_the_v2_api_and_v2_without_credentials_is_a_config_error() -> None:
     settings = load_settings(influx_url="http://127.0.0.1:9", influx_token="t0ken", influx_org="acme")
-    writer = open_writer(settings)
+    writer = open_output(settings, "influxdb")
     try:
-        assert isinstance(writer, ClientV2Writer)
+        assert isinstance(writer, InfluxV2Output)
         assert (writer.bucket, writer.org) == ("telemetry", "acme")
     finally:
         writer.close()
     with pytest.raises(ConfigError, match="IOT_INFLUX_TOKEN"):
-        open_writer(load_settings(influx_url="http://127.0.0.1:9", influx_api="v2"))
+        open_output(load_settings(influx_url="http://127.0.0.1:9", influx_api="v2"), "influxdb")
 
 
 def test_the_fast_reading_line_equals_the_general_escaping_one() -> None:

@@ -13,7 +13,7 @@ from devices.faults import FaultInjector
 from devices.models import AirQuality, Environment, PowerMeter, SensorModel, Thermostat
 from devices.outbox import Outbox
 from devices.stats import LagRecorder, LagSummary
-from hub.core.backoff import Backoff
+from hub.core.backoff import Backoff, BackoffPolicy
 from hub.core.contract import SENSOR_UNITS, Command, decode_reading, encode, require_identifier
 from hub.core.errors import ConfigError, InvalidIdentifier
 
@@ -254,7 +254,7 @@ def test_outbox_resends_unconfirmed_readings_in_order_and_drops_the_oldest_when_
 
 
 def test_backoff_grows_to_its_cap_with_jitter_and_starts_over_after_reset() -> None:
-    backoff = Backoff(random.Random(1), first_s=0.5, max_s=8.0)
+    backoff = Backoff(BackoffPolicy(first_s=0.5, max_s=8.0), random.Random(1))
     delays = [backoff.next_delay_s() for _ in range(8)]
     assert 0.25 <= delays[0] <= 0.5
     assert all(4.0 <= d <= 8.0 for d in delays[5:])

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hub.core.contract import Ack, Command
-from hub.outputs.lineprotocol import FieldValue, point
+from hub.core.points import FieldValue, Point
 from hub.runtime import topology
 from hub.runtime.metrics import COMMAND_OUTCOMES
 
@@ -59,16 +59,16 @@ class EarlyAck:
 class Recorded:
     """The points one event produces, and the held tokens those points now account for."""
 
-    lines: list[str] = field(default_factory=list)
-    #: Tokens of acks whose point is in `lines`: settle them once `lines` are written.
+    points: list[Point] = field(default_factory=list)
+    #: Tokens of acks whose point is in `points`: settle them once `points` are written.
     released: list[int] = field(default_factory=list)
 
     def extend(self, other: Recorded) -> None:
-        self.lines.extend(other.lines)
+        self.points.extend(other.points)
         self.released.extend(other.released)
 
 
-def outcome_line(
+def outcome_point(
     device: str,
     command: str,
     status: str,
@@ -77,11 +77,11 @@ def outcome_line(
     ts: int,
     detail: str = "",
     rtt_ms: float | None = None,
-) -> str:
+) -> Point:
     fields: dict[str, FieldValue] = {"id": command_id, "detail": detail}
     if rtt_ms is not None:
         fields["rtt_ms"] = float(rtt_ms)
-    return point("commands", {"device": device, "command": command, "status": status, "origin": origin}, fields, ts)
+    return Point("commands", {"device": device, "command": command, "status": status, "origin": origin}, fields, ts)
 
 
 class CommandLedger:
@@ -100,19 +100,19 @@ class CommandLedger:
             sent = Sent(device, command, origin)
             return Recorded(
                 [
-                    outcome_line(device, command.command, "sent", origin, command.id, min(at_ms, early.at_ms)),
+                    outcome_point(device, command.command, "sent", origin, command.id, min(at_ms, early.at_ms)),
                     self._outcome(sent, early.ack, early.at_ms),
                 ],
                 [early.token],
             )
-        line = outcome_line(device, command.command, "sent", origin, command.id, at_ms)
+        sent_point = outcome_point(device, command.command, "sent", origin, command.id, at_ms)
         if command.id in self.answered:  # its ack was recorded as unknown already: it must not time out
             del self.answered[command.id]
-            return Recorded([line])
+            return Recorded([sent_point])
         if len(self.pending) >= MAX_PENDING:
             self.pending.pop(next(iter(self.pending)))
         self.pending[command.id] = Sent(device, command, origin)
-        return Recorded([line])
+        return Recorded([sent_point])
 
     def on_ack(self, ack: Ack, at_ms: int, token: int = 0) -> Recorded:
         """Record the ack, or hold it (nothing recorded, `token` not released) until its command comes."""
@@ -135,8 +135,8 @@ class CommandLedger:
         for sent in late:
             del self.pending[sent.command.id]
             COMMAND_OUTCOMES.labels("timeout").inc()
-            recorded.lines.append(
-                outcome_line(
+            recorded.points.append(
+                outcome_point(
                     sent.device, sent.command.command, "timeout", sent.origin, sent.command.id, now, "no ack by expires"
                 )
             )
@@ -153,9 +153,9 @@ class CommandLedger:
         """Drop the early acks (their deliveries were not acked: the broker sends them again)."""
         self.early.clear()
 
-    def _outcome(self, sent: Sent, ack: Ack, at_ms: int) -> str:
+    def _outcome(self, sent: Sent, ack: Ack, at_ms: int) -> Point:
         rtt = max(0, at_ms - sent.command.ts)
-        return outcome_line(ack.device, sent.command.command, ack.status, sent.origin, ack.id, at_ms, ack.detail, rtt)
+        return outcome_point(ack.device, sent.command.command, ack.status, sent.origin, ack.id, at_ms, ack.detail, rtt)
 
     def _unknown(self, early: EarlyAck) -> Recorded:
         """Sent before this hub started, already timed out, or never seen within the grace."""
@@ -163,5 +163,7 @@ class CommandLedger:
         if len(self.answered) >= MAX_ANSWERED:
             self.answered.pop(next(iter(self.answered)))
         self.answered[ack.id] = None
-        line = outcome_line(ack.device, UNKNOWN_COMMAND, ack.status, UNKNOWN_ORIGIN, ack.id, early.at_ms, ack.detail)
-        return Recorded([line], [early.token])
+        unknown = outcome_point(
+            ack.device, UNKNOWN_COMMAND, ack.status, UNKNOWN_ORIGIN, ack.id, early.at_ms, ack.detail
+        )
+        return Recorded([unknown], [early.token])

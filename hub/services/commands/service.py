@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from pika.spec import Basic, BasicProperties
+from typing import Any
 
 from hub.core.contract import Ack, Command, decode, now_ms, require_identifier
 from hub.core.errors import InvalidIdentifier, InvalidMessage
+from hub.core.points import Point
 from hub.runtime import topology
 from hub.runtime.batch import Batch
-from hub.runtime.consumer import AmqpService
+from hub.runtime.consumer import Delivery
+from hub.runtime.service import Service
 from hub.services.commands.ledger import ORIGINS, TIMEOUT_CHECK_S, CommandLedger, Recorded
 
 
@@ -20,8 +21,8 @@ class TaggedBatch(Batch):
 
     tags: list[int] = field(default_factory=list)
 
-    def add(self, tag: int, line: str | None, now: float | None = None) -> None:
-        super().add(tag, line, now)
+    def add(self, tag: int, point: Point | None = None, now: float | None = None, source: Any = None) -> None:
+        super().add(tag, point, now, source)
         if tag:
             self.tags.append(tag)
 
@@ -30,48 +31,43 @@ class TaggedBatch(Batch):
         self.tags = []
 
 
-class CommandsService(AmqpService):
+class CommandsService(Service):
     name = "commands"
     queue = topology.COMMANDS
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.ledger = CommandLedger()
         self.next_check = 0
 
     def new_outbox(self) -> Batch:
         return TaggedBatch()
 
-    def on_message(self, method: Basic.Deliver, properties: BasicProperties, body: bytes) -> None:
+    def handle(self, delivery: Delivery) -> None:
         now = now_ms()
+        prefix, _, device = delivery.routing_key.partition(".")
         try:
-            prefix, _, device = method.routing_key.partition(".")
             require_identifier(device, "device")
-            if prefix == "commands":
-                origin = properties.app_id if properties.app_id in ORIGINS else "cli"
-                recorded = self.ledger.on_command(device, decode(body, Command), origin, now)
-                recorded.released.append(method.delivery_tag)
-            else:
-                ack = decode(body, Ack)
-                if ack.device != device:
-                    raise InvalidMessage("routing_mismatch", f"ack from {ack.device} routed as {method.routing_key}")
-                recorded = self.ledger.on_ack(ack, now, token=method.delivery_tag)
         except InvalidIdentifier as exc:
-            self.dead_letter(method, properties, body, "routing_key", str(exc))
-            self.outbox.add(method.delivery_tag, None)
-            return
-        except InvalidMessage as exc:
-            self.dead_letter(method, properties, body, exc.reason, exc.detail)
-            self.outbox.add(method.delivery_tag, None)
-            return
+            raise InvalidMessage("routing_key", str(exc)) from None
+        properties = delivery.properties
+        if prefix == "commands":
+            origin = properties.app_id if properties.app_id in ORIGINS else "cli"
+            recorded = self.ledger.on_command(device, decode(delivery.body, Command), origin, now)
+            recorded.released.append(delivery.tag)
+        else:
+            ack = decode(delivery.body, Ack)
+            if ack.device != device:
+                raise InvalidMessage("routing_mismatch", f"ack from {ack.device} routed as {delivery.routing_key}")
+            recorded = self.ledger.on_ack(ack, now, token=delivery.tag)
         self._add(recorded)
 
     def _add(self, recorded: Recorded) -> None:
-        """Lines first (tag 0: they settle nothing by themselves), then each released delivery once."""
-        for line in recorded.lines:
-            self.outbox.add(0, line)
+        """Points first (tag 0: they settle nothing by themselves), then each released delivery once."""
+        for point in recorded.points:
+            self.outbox.add(0, point)
         for tag in recorded.released:
-            self.outbox.add(tag, None)
+            self.outbox.add(tag)
 
     def settle(self, batch: Batch) -> None:
         """Ack what `batch` covers, but never a held early ack or a delivery of the next batch.
@@ -81,14 +77,13 @@ class CommandsService(AmqpService):
         one by one.
         """
         assert isinstance(batch, TaggedBatch) and isinstance(self.outbox, TaggedBatch)
-        assert self.channel is not None
         floor = min([*self.ledger.held_tokens(), *self.outbox.tags], default=None)
         below = [tag for tag in batch.tags if floor is None or tag < floor]
         if below:
-            self.channel.basic_ack(delivery_tag=max(below), multiple=True)
+            self.consumer.ack_through(max(below))
         for tag in batch.tags:
             if floor is not None and tag > floor:
-                self.channel.basic_ack(delivery_tag=tag, multiple=False)
+                self.consumer.ack(tag)
 
     def on_connection_lost(self) -> None:
         super().on_connection_lost()

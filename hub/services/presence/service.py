@@ -1,46 +1,117 @@
-"""The presence service: queue `hub.presence` (status messages, last wills) -> `device_status`."""
+"""The presence service: the one writer of `device_status`, from its own evidence.
+
+Status messages and MQTT last wills come from the durable quorum queue `hub.presence`, acked
+once their transitions are written. Signs of life come from telemetry through a queue of the
+service's own (`hub.presence.signs.<host>-<pid>`): exclusive, non-durable and capped, because
+only a recent sign of life matters, never a backlog of them. So presence is right whether it
+runs alone (`hub run --only presence`) or beside the other services, in one process or several.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import socket
+from typing import Any
+
+import msgspec
+from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from hub.core.contract import Presence, decode, now_ms
+from hub.core.contract import EXCHANGE, IDENTIFIER_PATTERN, Presence, decode, now_ms
 from hub.core.errors import InvalidMessage
 from hub.runtime import topology
-from hub.runtime.consumer import AmqpService
+from hub.runtime.consumer import Consumer, Delivery, protocol_of
+from hub.runtime.service import Service
 from hub.services.presence.tracker import PresenceTracker
 
 #: How often the presence service looks for silent devices.
 SILENCE_CHECK_S = 1.0
+#: Signs of life kept waiting at most; older ones are dropped first (only the newest matter).
+SIGNS_MAX_LENGTH = 10_000
+#: Unacked signs of life the broker may send ahead; they are acked together every tick.
+SIGNS_PREFETCH = 2_000
+
+_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 
 
-class PresenceService(AmqpService):
+class _Stamp(msgspec.Struct):
+    """The one field of a telemetry body a sign of life needs: the device's own timestamp."""
+
+    ts: int
+
+
+_stamp_decoder = msgspec.json.Decoder(_Stamp)
+
+
+def signs_queue_name() -> str:
+    return f"hub.presence.signs.{socket.gethostname()}-{os.getpid()}"
+
+
+def signs_queue_arguments() -> dict[str, Any]:
+    return {"x-queue-type": "classic", "x-max-length": SIGNS_MAX_LENGTH, "x-overflow": "drop-head"}
+
+
+class PresenceService(Service):
     name = "presence"
     queue = topology.PRESENCE
 
-    def __init__(self, *args: object, tracker: PresenceTracker, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.tracker = tracker
+    def __init__(self, *args: Any, tracker: PresenceTracker | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tracker = tracker or PresenceTracker()
         self.next_check = 0.0
+        self.signs: BlockingChannel | None = None
+        self.signs_tag = 0
 
-    def on_message(self, method: Basic.Deliver, properties: BasicProperties, body: bytes) -> None:
-        try:
-            status = decode(body, Presence)
-            if method.routing_key != status.routing_key:
-                raise InvalidMessage(
-                    "routing_mismatch", f"body says {status.routing_key}, routed as {method.routing_key}"
-                )
-        except InvalidMessage as exc:
-            self.dead_letter(method, properties, body, exc.reason, exc.detail)
-            self.outbox.add(method.delivery_tag, None)
-            return
+    def on_start(self, consumer: Consumer) -> None:
+        super().on_start(consumer)
+        assert consumer.connection is not None
+        self.signs = consumer.connection.channel()
+        queue = signs_queue_name()
+        self.signs.queue_declare(queue, exclusive=True, auto_delete=True, arguments=signs_queue_arguments())
+        self.signs.queue_bind(queue, EXCHANGE, routing_key="telemetry.#")
+        self.signs.basic_qos(prefetch_count=SIGNS_PREFETCH)
+        self.signs.basic_consume(queue, self._sign_of_life)
+        self.signs_tag = 0
+
+    def handle(self, delivery: Delivery) -> None:
+        status = decode(delivery.body, Presence)
+        if delivery.routing_key != status.routing_key:
+            raise InvalidMessage(
+                "routing_mismatch", f"body says {status.routing_key}, routed as {delivery.routing_key}"
+            )
         transition = self.tracker.on_status(status, now_ms())
-        self.outbox.add(method.delivery_tag, transition.line() if transition else None)
+        self.outbox.add(delivery.tag, transition.point() if transition else None)
+
+    def _sign_of_life(
+        self, _channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
+    ) -> None:
+        """A reading proves its device alive; one that breaks the contract proves nothing (the store refuses it)."""
+        self.signs_tag = method.delivery_tag
+        parts = str(method.routing_key).split(".")
+        if len(parts) != 4 or not all(_IDENTIFIER.match(part) for part in parts[1:]):
+            return
+        try:
+            device_ts = _stamp_decoder.decode(body).ts
+        except msgspec.MsgspecError:
+            return
+        _prefix, site, kind, device = parts
+        transition = self.tracker.on_telemetry(device, site, kind, protocol_of(properties), device_ts, now_ms())
+        if transition is not None:
+            self.outbox.add(0, transition.point())
 
     def tick(self) -> None:
+        if self.signs is not None and self.signs_tag:
+            self.signs.basic_ack(delivery_tag=self.signs_tag, multiple=True)
+            self.signs_tag = 0
         now = now_ms()
         if now >= self.next_check:
             self.next_check = now + SILENCE_CHECK_S * 1000
             for transition in self.tracker.silent(now):
-                self.outbox.add(0, transition.line())
+                self.outbox.add(0, transition.point())
         super().tick()
+
+    def on_connection_lost(self) -> None:
+        super().on_connection_lost()
+        self.signs = None
+        self.signs_tag = 0

@@ -1,7 +1,7 @@
 """Presence: which devices are online, from status messages, MQTT last wills and silence.
 
-`PresenceTracker` is the pure core: it takes status messages, signs of life (telemetry, fed
-by the rules service in the same process) and the clock, and returns *transitions* only.
+`PresenceTracker` is the pure core: it takes status messages, signs of life (telemetry) and the
+clock, and returns *transitions* only.
 A device silent for `OFFLINE_AFTER_INTERVALS` of its reporting intervals is offline ("silent"),
 which also covers STOMP devices (no last will). An offline status whose body is older than
 the device's last sign of life is its MQTT last will: the broker publishes the body the device
@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 
 from hub.core.contract import Presence, Protocol
-from hub.outputs.lineprotocol import point
+from hub.core.points import Point
 from hub.runtime.metrics import PRESENCE_TRANSITIONS
 
 #: A device is offline after this many of its intervals without a status or a reading.
@@ -50,8 +50,8 @@ class Transition:
     reason: str  # status | last_will | silent | telemetry
     ts: int
 
-    def line(self) -> str:
-        return point(
+    def point(self) -> Point:
+        return Point(
             "device_status",
             {"device": self.device, "site": self.site, "kind": self.kind, "protocol": self.protocol},
             {
@@ -66,7 +66,7 @@ class Transition:
 
 
 class PresenceTracker:
-    """Device states; thread-safe, because the rules and presence services share one."""
+    """Device states; thread-safe (the presence service's status and telemetry consumers share it)."""
 
     def __init__(self, offline_after_intervals: int = OFFLINE_AFTER_INTERVALS) -> None:
         self.offline_after = offline_after_intervals

@@ -4,30 +4,30 @@ Alerts and commands are published with publisher confirms before the reading is 
 alert points are written with the batch: a crash means at most a repeated alert, never a lost one.
 Alerts are a broadcast (not mandatory): with nobody bound to `alerts.#` the broker drops them,
 which is normal; they are in InfluxDB `alerts` regardless.
-The readings are also the presence tracker's signs of life (same process, no third copy).
 """
 
 from __future__ import annotations
 
-from pika.spec import Basic, BasicProperties
+from typing import Any
+
+from pika.spec import BasicProperties
 
 from hub.core.contract import EXCHANGE, Alert, command_key, decode_reading, encode, now_ms
 from hub.core.errors import InvalidMessage
-from hub.outputs.lineprotocol import point
+from hub.core.points import Point
 from hub.runtime import topology
-from hub.runtime.consumer import AmqpService
+from hub.runtime.consumer import Delivery
 from hub.runtime.metrics import ALERTS, RULE_COMMANDS
-from hub.services.presence.tracker import PresenceTracker
+from hub.runtime.service import Service
 from hub.services.rules.engine import Engine
 from hub.services.rules.model import Rule
-from hub.services.store.service import protocol_of
 
 #: AMQP app_id of commands sent by rules (the `origin` tag in `commands`).
 RULE_ORIGIN = "rule"
 
 
-def alert_line(alert: Alert) -> str:
-    return point(
+def alert_point(alert: Alert) -> Point:
+    return Point(
         "alerts",
         {
             "device": alert.device,
@@ -41,27 +41,21 @@ def alert_line(alert: Alert) -> str:
     )
 
 
-class RulesService(AmqpService):
+class RulesService(Service):
     name = "rules"
     queue = topology.RULES
 
-    def __init__(self, *args: object, rules: list[Rule], tracker: PresenceTracker, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, rules: list[Rule], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.engine = Engine(rules)
-        self.tracker = tracker
 
-    def on_message(self, method: Basic.Deliver, properties: BasicProperties, body: bytes) -> None:
+    def handle(self, delivery: Delivery) -> None:
         try:
-            reading = decode_reading(body, method.routing_key)
+            reading = decode_reading(delivery.body, delivery.routing_key)
         except InvalidMessage:
-            self.outbox.add(method.delivery_tag, None)  # the store dead-letters its own copy
+            self.outbox.add(delivery.tag)  # the store dead-letters its own copy
             return
         now = now_ms()
-        transition = self.tracker.on_telemetry(
-            reading.device, reading.site, reading.kind, protocol_of(properties), reading.ts, now
-        )
-        if transition is not None:
-            self.outbox.add(0, transition.line())
         for decision in self.engine.evaluate(reading, now):
             alert = decision.alert
             self.publish(
@@ -71,7 +65,7 @@ class RulesService(AmqpService):
                 BasicProperties(content_type="application/json", delivery_mode=2, app_id=RULE_ORIGIN),
                 mandatory=False,  # a broadcast: nobody tailing alerts is normal, the point is stored anyway
             )
-            self.outbox.add(0, alert_line(alert))
+            self.outbox.add(0, alert_point(alert))
             ALERTS.labels(alert.severity, alert.rule).inc()
             if decision.command is not None:
                 self.publish(
@@ -82,4 +76,4 @@ class RulesService(AmqpService):
                     mandatory=True,  # always routable to hub.commands (commands.#); a return is logged
                 )
                 RULE_COMMANDS.labels(decision.command.command).inc()
-        self.outbox.add(method.delivery_tag, None)
+        self.outbox.add(delivery.tag)

@@ -1,0 +1,51 @@
+"""Output `jsonl`: each point as one JSON object a line, appended to IOT_JSONL_PATH.
+
+For archiving, replaying into another system, or reading what the hub would store without a
+database. A batch is flushed and fsynced before `write` returns, so an acked reading is on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+
+from hub.core.config import Settings
+from hub.core.errors import StorageUnavailable
+from hub.core.points import Point
+
+_encoder = msgspec.json.Encoder()
+
+
+def point_json(point: Point) -> bytes:
+    return _encoder.encode(
+        {"measurement": point.measurement, "tags": point.tags, "fields": point.fields, "ts": point.ts_ms}
+    )
+
+
+class JsonLinesOutput:
+    #: The dead-letter reason of a point it refuses is `rejected_by_<family>`.
+    family = "jsonl"
+    name = "jsonl"
+
+    def __init__(self, settings: Settings) -> None:
+        self.path = Path(settings.jsonl_path)
+
+    def write(self, points: Sequence[Point]) -> None:
+        payload = b"".join(point_json(p) + b"\n" for p in points)
+        try:
+            with open(self.path, "ab") as file:
+                file.write(payload)
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot append to {self.path}: {exc.strerror or exc}") from exc
+
+    def ping(self) -> bool:
+        directory = self.path.parent
+        return directory.is_dir() and os.access(directory, os.W_OK)
+
+    def close(self) -> None:
+        pass
