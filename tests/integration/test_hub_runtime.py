@@ -1,0 +1,188 @@
+"""The hub's runtime on the real stack: presence standing on its own, one bad message never
+holding up the rest, and every output getting every reading."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pika
+
+from hub.core.config import Settings
+from hub.core.contract import (
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_REASON_HEADER,
+    EXCHANGE,
+    Presence,
+    Reading,
+    encode,
+    mqtt_topic,
+    now_ms,
+    status_key,
+    stomp_destination,
+)
+from hub.runtime.consumer import Delivery
+from hub.runtime.deadletter import DEAD_LETTER_DETAIL_HEADER
+from hub.services.store.service import StoreService
+from tests.support import (
+    amqp_connection,
+    bind_temporary_queue,
+    collect,
+    hub_process,
+    influx_query,
+    mqtt_device,
+    stomp_device,
+    wait_until,
+)
+
+SITE = "plant-rt"
+#: The devices of the presence test report every INTERVAL_MS and stream for STREAM_INTERVALS of them.
+INTERVAL_MS = 300
+STREAM_INTERVALS = 12
+
+
+def transitions(settings: Settings, device: str) -> list[tuple[str, str]]:
+    series = influx_query(settings, f"SELECT state, reason FROM device_status WHERE device = '{device}'")
+    return [(row[1], row[2]) for row in series[0]["values"]] if series else []
+
+
+def count_stored(settings: Settings, device: str) -> int:
+    series = influx_query(settings, f"SELECT count(seq) FROM environment WHERE device = '{device}'")
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def reading(device: str, seq: int, base_ts: int | None = None) -> Reading:
+    """With `base_ts`, stamped base_ts + seq: distinct points even when published within one millisecond."""
+    ts = now_ms() if base_ts is None else base_ts + seq
+    return Reading(device=device, site=SITE, kind="environment", seq=seq, ts=ts, readings={"temperature": 20.0 + seq})
+
+
+def status(device: str, protocol: Any) -> bytes:
+    return encode(
+        Presence(
+            device=device,
+            state="online",
+            protocol=protocol,
+            kind="environment",
+            site=SITE,
+            interval_ms=INTERVAL_MS,
+            ts=now_ms(),
+        )
+    )
+
+
+def test_presence_alone_keeps_streaming_devices_online_and_takes_silent_ones_offline(
+    stack: Settings, tmp_path: Path
+) -> None:
+    """`--only presence`, no rules service: telemetry is still the devices' sign of life."""
+    with hub_process(stack, tmp_path, "--only", "presence"):
+        mqtt_dev = mqtt_device(stack, "alone-m")
+        stomp_dev = stomp_device(stack)
+        mqtt_dev.publish(mqtt_topic(status_key("alone-m")), status("alone-m", "mqtt"), qos=1).wait_for_publish(10)
+        stomp_dev.send(stomp_destination(status_key("alone-s")), status("alone-s", "stomp"), headers={})
+        wait_until(lambda: transitions(stack, "alone-m") and transitions(stack, "alone-s"), 15)
+        streamed_until = now_ms() + STREAM_INTERVALS * INTERVAL_MS
+        seq = 0
+        stop_streaming = threading.Event()
+        while now_ms() < streamed_until:
+            for device in ("alone-m", "alone-s", "alone-t"):  # alone-t never says anything but readings
+                r = reading(device, seq)
+                if device == "alone-s":
+                    stomp_dev.send(stomp_destination(r.routing_key), encode(r), headers={})
+                else:
+                    mqtt_dev.publish(mqtt_topic(r.routing_key), encode(r), qos=1)
+            seq += 1
+            stop_streaming.wait(INTERVAL_MS / 3000)
+        assert transitions(stack, "alone-m") == [("online", "status")], "streaming for 12 intervals is not silence"
+        assert transitions(stack, "alone-s") == [("online", "status")]
+        wait_until(lambda: transitions(stack, "alone-t") == [("online", "telemetry")], 10)
+        wait_until(lambda: len(transitions(stack, "alone-s")) == 2, 15)
+        mqtt_dev.loop_stop()
+        mqtt_dev.disconnect()
+        stomp_dev.disconnect()
+    assert transitions(stack, "alone-s") == [("online", "status"), ("offline", "silent")]
+
+
+def test_the_rules_service_alone_writes_no_device_status(stack: Settings, tmp_path: Path) -> None:
+    """Presence has one writer: a rules process sees telemetry but records no transitions."""
+    with hub_process(stack, tmp_path, "--only", "rules", "--only", "store"):
+        device = mqtt_device(stack, "rules-only")
+        base_ts = now_ms()
+        for seq in range(5):
+            r = reading("rules-only", seq, base_ts)
+            device.publish(mqtt_topic(r.routing_key), encode(r), qos=1).wait_for_publish(10)
+        wait_until(lambda: count_stored(stack, "rules-only") == 5, 20)
+        device.loop_stop()
+        device.disconnect()
+    assert transitions(stack, "rules-only") == []
+
+
+class _StoreWithABug(StoreService):
+    """The store, with a bug that only one message triggers."""
+
+    def handle(self, delivery: Delivery) -> None:
+        if b'"seq":13,' in delivery.body:
+            raise ZeroDivisionError("a bug in the hub, not in the message")
+        super().handle(delivery)
+
+
+def test_an_unexpected_error_dead_letters_that_message_alone_and_the_rest_are_stored_without_redelivery(
+    stack: Settings,
+) -> None:
+    connection = amqp_connection(stack)
+    channel = connection.channel()
+    dead = bind_temporary_queue(channel, "#")
+    channel.queue_unbind(dead, EXCHANGE, routing_key="#")
+    channel.queue_bind(dead, DEAD_LETTER_EXCHANGE)
+    stop = threading.Event()
+    service = _StoreWithABug(stack, stop)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: service.consumer.channel is not None, 15)
+        first_connection = service.consumer.connection
+        base_ts = now_ms()
+        for seq in range(30):
+            r = reading("buggy", seq, base_ts)
+            channel.basic_publish(EXCHANGE, r.routing_key, encode(r), pika.BasicProperties(delivery_mode=2))
+        wait_until(lambda: count_stored(stack, "buggy") == 29, 20)
+        [(_key, body, properties)] = [
+            m for m in collect(connection, channel, dead, 100, timeout_s=5) if m[0].endswith(".buggy")
+        ]
+        assert b'"seq":13,' in body
+        assert properties.headers[DEAD_LETTER_REASON_HEADER] == "internal"
+        assert properties.headers[DEAD_LETTER_DETAIL_HEADER].startswith("ZeroDivisionError: ")
+        assert service.consumer.connection is first_connection, "no reconnect, so no redelivery of the window"
+        assert service.stats.received == 30 and service.stats.dead_lettered == 1
+    finally:
+        stop.set()
+        thread.join(30)
+        connection.close()
+    assert count_stored(stack, "buggy") == 29
+
+
+def test_every_output_gets_every_reading_and_a_failing_one_holds_the_batch_until_it_recovers(
+    stack: Settings, tmp_path: Path
+) -> None:
+    archive = tmp_path / "not-yet" / "points.jsonl"
+    with hub_process(
+        stack, tmp_path, "--only", "store", IOT_OUTPUTS="influxdb,jsonl", IOT_JSONL_PATH=str(archive)
+    ) as hub:
+        device = mqtt_device(stack, "fanout")
+        base_ts = now_ms()
+        for seq in range(40):
+            r = reading("fanout", seq, base_ts)
+            device.publish(mqtt_topic(r.routing_key), encode(r), qos=1).wait_for_publish(10)
+        device.loop_stop()
+        device.disconnect()
+        wait_until(lambda: count_stored(stack, "fanout") == 40, 20)
+        log = next(tmp_path.glob("hub-*.log"))
+        wait_until(lambda: "event=write_failed output=jsonl" in log.read_text(), 20)
+        assert not archive.exists()
+        archive.parent.mkdir()  # the archive's disk comes back: the kept batch goes there too
+        wait_until(lambda: archive.exists() and archive.read_text().count('"device":"fanout"') >= 40, 30)
+        assert hub.poll() is None
+    points = [line for line in archive.read_text().splitlines() if '"device":"fanout"' in line]
+    assert len(points) == 40, "written once the output came back, and not again after the ack"
+    assert count_stored(stack, "fanout") == 40

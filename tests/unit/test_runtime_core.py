@@ -1,0 +1,102 @@
+"""The runtime's plain parts without servers: connection parameters, outputs and their retries, points."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from hub.clients.amqp import connection_parameters
+from hub.core.backoff import Backoff, BackoffPolicy
+from hub.core.config import load_settings
+from hub.core.contract import VHOST
+from hub.core.errors import ConfigError, StorageUnavailable
+from hub.core.points import Point
+from hub.outputs.fanout import OutputSet
+from hub.outputs.lineprotocol import point, point_line
+from hub.outputs.registry import output_names
+from hub.runtime.deadletter import dead_letter_properties, internal_detail
+
+
+def test_every_process_reaches_the_same_vhost_from_the_same_url() -> None:
+    """A URL without a vhost means the contract's vhost for the hub and the CLI alike."""
+    without = load_settings(amqp_url="amqp://u:p@broker:5672")
+    assert without.amqp.vhost == VHOST
+    assert connection_parameters(without, "hub-store").virtual_host == VHOST
+    explicit_default = load_settings(amqp_url="amqp://u:p@broker:5672/%2F")
+    assert connection_parameters(explicit_default, "tail").virtual_host == "/"
+    named = connection_parameters(load_settings(amqp_url="amqp://u:p@broker:5672/other"), "send", port=5673)
+    assert (named.virtual_host, named.port, named.client_properties["connection_name"]) == (
+        "other",
+        5673,
+        "iot-hub send",
+    )
+
+
+def test_outputs_are_chosen_by_name_and_an_unknown_name_is_a_config_error() -> None:
+    assert output_names(load_settings(outputs="influxdb, jsonl,influxdb")) == ["influxdb", "jsonl"]
+    with pytest.raises(ConfigError, match="unknown output kafka"):
+        output_names(load_settings(outputs="influxdb,kafka"))
+    with pytest.raises(ConfigError, match="names no output"):
+        output_names(load_settings(outputs=" , "))
+
+
+def test_a_failing_output_keeps_the_batch_and_retries_with_its_own_backoff_until_it_takes_it(tmp_path: Path) -> None:
+    archive = tmp_path / "later" / "points.jsonl"
+    outputs = OutputSet(load_settings(outputs="jsonl", jsonl_path=archive))
+    failures: list[tuple[str, int]] = []
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 3:
+            archive.parent.mkdir()
+
+    points = [Point("environment", {"device": "d-1"}, {"temperature": 21.5, "seq": n}, 1000 + n) for n in range(3)]
+    refused = outputs.write(
+        points, threading.Event(), sleep, lambda name, attempt, _exc: failures.append((name, attempt))
+    )
+    assert refused == {}
+    assert failures == [("jsonl", 1), ("jsonl", 2), ("jsonl", 3)]
+    assert waits[0] <= waits[2], "the delay grows"
+    stored = [json.loads(line) for line in archive.read_text().splitlines()]
+    assert [p["fields"]["seq"] for p in stored] == [0, 1, 2]
+    assert stored[0] == {
+        "measurement": "environment",
+        "tags": {"device": "d-1"},
+        "fields": {"temperature": 21.5, "seq": 0},
+        "ts": 1000,
+    }
+
+
+def test_a_stop_ends_the_retries_with_the_batch_unwritten(tmp_path: Path) -> None:
+    outputs = OutputSet(load_settings(outputs="jsonl", jsonl_path=tmp_path / "missing" / "points.jsonl"))
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(StorageUnavailable, match="jsonl"):
+        outputs.write([Point("m", {}, {"x": 1}, 1)], stop, lambda _s: None, lambda *_args: None)
+
+
+def test_a_trusted_point_is_written_like_the_general_escaping_path_would() -> None:
+    fields: dict[str, bool | int | float | str] = {"rms": 1e-05, "on": False, "seq": 7, "out_of_range": "rms"}
+    trusted = Point("vibration", {"site": "s-1", "device": "v_1-x"}, fields, 12, True)
+    assert point_line(trusted) == point("vibration", {"device": "v_1-x", "site": "s-1"}, fields, 12)
+    assert point_line(trusted._replace(trusted=False)) == point_line(trusted)
+
+
+def test_a_dead_letter_carries_the_reason_the_detail_and_the_queue_and_keeps_the_original_headers() -> None:
+    from pika.spec import BasicProperties
+
+    original = BasicProperties(headers={"x-mqtt-publish-qos": 1}, content_type="application/json", app_id="cli")
+    copy = dead_letter_properties(original, "internal", internal_detail(KeyError("seq")) * 100, "hub.store")
+    assert copy.headers["x-iot-reason"] == "internal" and copy.headers["x-iot-queue"] == "hub.store"
+    assert copy.headers["x-iot-detail"].startswith("KeyError: 'seq'") and len(copy.headers["x-iot-detail"]) == 500
+    assert copy.headers["x-mqtt-publish-qos"] == 1 and copy.delivery_mode == 2 and copy.app_id == "cli"
+
+
+def test_the_reconnect_policy_starts_fast_and_is_capped() -> None:
+    backoff = Backoff(BackoffPolicy(first_s=0.1, max_s=1.0))
+    delays = [backoff.next_delay_s() for _ in range(10)]
+    assert delays[0] <= 0.1 and max(delays) <= 1.0 and min(delays[5:]) >= 0.5
