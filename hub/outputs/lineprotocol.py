@@ -53,16 +53,19 @@ def point_line(p: Point) -> str:
         return point(p.measurement, p.tags, p.fields, p.ts_ms)
     if not p.fields:
         raise ValueError("a point needs at least one field")
-    tag_part = "".join(f",{key}={value}" for key, value in sorted(p.tags.items()) if value != "")
-    field_part = ",".join(
-        f"{key}={'true' if value else 'false'}"
-        if value is True or value is False
-        else f"{key}={value!r}"
-        if isinstance(value, float)
-        else f"{key}={format_field(value)}"
-        for key, value in p.fields.items()
-    )
-    return f"{p.measurement}{tag_part} {field_part} {p.ts_ms}"
+    tag_part = "".join([f",{key}={value}" for key, value in p.tags.items() if value])
+    fields = []
+    for key, value in p.fields.items():
+        kind = type(value)
+        if kind is float:
+            fields.append(f"{key}={value!r}")
+        elif kind is bool:
+            fields.append(f"{key}=true" if value else f"{key}=false")
+        elif kind is int:
+            fields.append(f"{key}={value}i")
+        else:
+            fields.append(f"{key}={format_field(value)}")
+    return f"{p.measurement}{tag_part} {','.join(fields)} {p.ts_ms}"
 
 
 def lines_payload(points: Sequence[Point]) -> bytes:

@@ -81,7 +81,7 @@ def test_a_stop_ends_the_retries_with_the_batch_unwritten(tmp_path: Path) -> Non
 
 def test_a_trusted_point_is_written_like_the_general_escaping_path_would() -> None:
     fields: dict[str, bool | int | float | str] = {"rms": 1e-05, "on": False, "seq": 7, "out_of_range": "rms"}
-    trusted = Point("vibration", {"site": "s-1", "device": "v_1-x"}, fields, 12, True)
+    trusted = Point("vibration", {"device": "v_1-x", "site": "s-1"}, fields, 12, True)
     assert point_line(trusted) == point("vibration", {"device": "v_1-x", "site": "s-1"}, fields, 12)
     assert point_line(trusted._replace(trusted=False)) == point_line(trusted)
 
