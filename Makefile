@@ -33,6 +33,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check hub devices tests bench
 	$(VENV)/bin/ruff format --check hub devices tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 ## Benchmarks (each starts its own stack on free ports; several minutes): figures and a table.
 bench: $(VENV)/.installed
