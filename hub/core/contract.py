@@ -59,7 +59,7 @@ SENSOR_UNITS: dict[str, str] = {
     "ventilation": "on/off",
 }
 #: Field names the store adds itself, so no reading may use them.
-RESERVED_FIELDS = frozenset({"seq"})
+RESERVED_FIELDS = frozenset({"seq", "out_of_range"})
 
 
 def now_ms() -> int:
@@ -238,7 +238,10 @@ def decode(body: bytes, cls: type[M]) -> M:
         return _decoders[cls].decode(body)  # type: ignore[no-any-return]
     except msgspec.ValidationError as exc:
         raise InvalidMessage("schema", str(exc)) from None
-    except msgspec.DecodeError as exc:
+    except (
+        msgspec.DecodeError,
+        UnicodeDecodeError,
+    ) as exc:  # invalid UTF-8 inside a string is msgspec's UnicodeDecodeError
         raise InvalidMessage("bad_json", str(exc)) from None
 
 
