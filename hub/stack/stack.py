@@ -80,35 +80,55 @@ class Stack:
     # --- public --------------------------------------------------------------------------------
 
     def up(self, progress: Callable[[str], None] = lambda _msg: None) -> StackStatus:
-        """Start both servers and wait until they really answer; a running stack is left alone."""
+        """Start both servers and wait until they really answer.
+
+        A running stack is left alone; a partly running one gets its missing server started
+        again on the ports it had, and the running one is left alone.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         with self._lock():
             current = self._status_unlocked()
-            if current.services and any(s.running for s in current.services):
-                if current.running:
-                    current.already_running = True
-                    return current
-                raise StackError(f"the stack under {self.root} is partly running: run `python -m hub stack down` first")
+            if current.running:
+                current.already_running = True
+                return current
+            state = self._load_state() if any(s.running for s in current.services) else None
             installed = ensure_packages()
             if installed:
                 progress(f"installed Debian packages: {' '.join(installed)}")
-            rabbit, influx = self._nodes(self._choose_ports())
-            self._refuse_busy_ports(rabbit, influx)
-            rabbit.prepare()
-            influx.prepare()
+            if state is None:
+                rabbit, influx = self._nodes(self._choose_ports())
+                missing = {"InfluxDB", "RabbitMQ"}
+            else:
+                rabbit, influx = self._nodes(
+                    RabbitPorts(**state["rabbit_ports"]), state["influx_http_port"], state["influx_rpc_port"]
+                )
+                missing = {s.name for s in current.services if not s.running}
+                kept = ", ".join(s.name for s in current.services if s.running)
+                progress(f"{' and '.join(sorted(missing))} not running: starting it again ({kept} left as it is)")
+            self._refuse_busy_ports(
+                rabbit if "RabbitMQ" in missing else None, influx if "InfluxDB" in missing else None
+            )
             started = time.monotonic()
-            influx_process = processes.start_detached(influx.argv(), influx.environment(), influx.log_path, self.root)
-            rabbit_process = processes.start_detached(rabbit.argv(), rabbit.environment(), rabbit.log_path, self.root)
-            self._save_state(rabbit, influx, rabbit_process.pid, influx_process.pid)
+            pending: dict[str, tuple[RabbitNode | InfluxNode, subprocess.Popen[bytes]]] = {}
+            pids = {"InfluxDB": state["influx_pid"] if state else 0, "RabbitMQ": state["rabbit_pid"] if state else 0}
+            for name, node in (("InfluxDB", influx), ("RabbitMQ", rabbit)):
+                if name in missing:
+                    node.prepare()
+                    process = processes.start_detached(node.argv(), node.environment(), node.log_path, self.root)
+                    pending[name] = (node, process)
+                    pids[name] = process.pid
+            self._save_state(rabbit, influx, pids["RabbitMQ"], pids["InfluxDB"])
             progress(
-                f"started influxd (pid {influx_process.pid}) and RabbitMQ (pid {rabbit_process.pid}); "
-                "waiting until they answer"
+                " and ".join(f"started {'influxd' if n == 'InfluxDB' else n} (pid {pids[n]})" for n in pending)
+                + "; waiting until they answer"
             )
             try:
-                self._wait_ready({"InfluxDB": (influx, influx_process), "RabbitMQ": (rabbit, rabbit_process)}, progress)
-                influx.create_database(self.settings.influx_db)
+                self._wait_ready(pending, progress)
+                if "InfluxDB" in missing:
+                    influx.create_database(self.settings.influx_db)
             except BaseException:
-                self._stop_unlocked()
+                if state is None:
+                    self._stop_unlocked()
                 raise
             progress(f"ready in {time.monotonic() - started:.1f} s")
             return self._status_unlocked()
@@ -151,15 +171,21 @@ class Stack:
             epmd=processes.free_port(),
         )
 
-    def _refuse_busy_ports(self, rabbit: RabbitNode, influx: InfluxNode) -> None:
-        wanted = {
-            "IOT_AMQP_URL (AMQP port)": rabbit.ports.amqp,
-            "IOT_MQTT_PORT": rabbit.ports.mqtt,
-            "IOT_STOMP_PORT": rabbit.ports.stomp,
-            "IOT_MANAGEMENT_PORT": rabbit.ports.management,
-            "IOT_RABBITMQ_PROMETHEUS_PORT": rabbit.ports.prometheus,
-            "IOT_INFLUX_URL (InfluxDB port)": influx.http_port,
-        }
+    def _refuse_busy_ports(self, rabbit: RabbitNode | None, influx: InfluxNode | None) -> None:
+        """Refuse to start a server whose ports another program holds (None: that server is not started)."""
+        wanted: dict[str, int] = {}
+        if rabbit is not None:
+            wanted.update(
+                {
+                    "IOT_AMQP_URL (AMQP port)": rabbit.ports.amqp,
+                    "IOT_MQTT_PORT": rabbit.ports.mqtt,
+                    "IOT_STOMP_PORT": rabbit.ports.stomp,
+                    "IOT_MANAGEMENT_PORT": rabbit.ports.management,
+                    "IOT_RABBITMQ_PROMETHEUS_PORT": rabbit.ports.prometheus,
+                }
+            )
+        if influx is not None:
+            wanted["IOT_INFLUX_URL (InfluxDB port)"] = influx.http_port
         busy = [f"{port} ({name})" for name, port in wanted.items() if processes.port_open("127.0.0.1", port)]
         if busy:
             raise StackError(
