@@ -37,6 +37,8 @@ SensorName = Annotated[str, msgspec.Meta(pattern=SENSOR_PATTERN)]
 CommandId = Annotated[str, msgspec.Meta(pattern=COMMAND_ID_PATTERN)]
 EpochMs = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 Protocol = Literal["mqtt", "stomp"]
+#: How a message reached exchange `iot`: a device protocol, or AMQP itself (a gateway, a script).
+Transport = Literal["mqtt", "stomp", "amqp"]
 Severity = Literal["info", "warning", "critical"]
 AckStatus = Literal["ok", "error", "unsupported", "expired"]
 Scalar = bool | int | float | str

@@ -22,7 +22,7 @@ from pika.spec import Basic, BasicProperties
 from hub.clients.amqp import connect
 from hub.core.backoff import HUB_RECONNECT, Backoff
 from hub.core.config import Settings
-from hub.core.contract import Protocol as DeviceProtocol
+from hub.core.contract import Transport
 from hub.core.errors import BrokerUnavailable, HubError, StorageUnavailable
 from hub.runtime import topology
 
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 UNROUTABLE_LOG_EVERY = 100
 #: Header RabbitMQ's MQTT plugin (3.10) puts on every message it publishes; STOMP ones never have it.
 MQTT_HEADER = "x-mqtt-publish-qos"
+#: Header every STOMP SEND frame of stomp.py (and most STOMP clients) carries, kept by the STOMP plugin.
+STOMP_HEADER = "content-length"
 #: What may pass by itself: the consumer reconnects after these, anything else stops the service.
 TRANSIENT_ERRORS = (pika.exceptions.AMQPError, OSError, BrokerUnavailable, StorageUnavailable)
 
@@ -50,10 +52,15 @@ class Delivery(NamedTuple):
         return str(self.method.routing_key)
 
 
-def protocol_of(properties: BasicProperties) -> DeviceProtocol:
-    """The device protocol a delivery came in on: only the MQTT plugin sets `x-mqtt-publish-qos`."""
+def protocol_of(properties: BasicProperties) -> Transport:
+    """How a delivery reached the exchange: the MQTT plugin sets `x-mqtt-publish-qos` on everything
+    it publishes, a STOMP frame carries its `content-length` into the headers, AMQP neither."""
     headers = properties.headers
-    return "mqtt" if headers is not None and MQTT_HEADER in headers else "stomp"
+    if headers is None:
+        return "amqp"
+    if MQTT_HEADER in headers:
+        return "mqtt"
+    return "stomp" if STOMP_HEADER in headers else "amqp"
 
 
 class Handler(Protocol):

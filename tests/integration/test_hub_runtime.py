@@ -160,6 +160,8 @@ def test_an_unexpected_error_dead_letters_that_message_alone_and_the_rest_are_st
         thread.join(30)
         connection.close()
     assert count_stored(stack, "buggy") == 29
+    series = influx_query(stack, "SELECT count(seq) FROM environment WHERE device = 'buggy' GROUP BY protocol")
+    assert [one["tags"]["protocol"] for one in series] == ["amqp"], "published straight over AMQP, tagged so"
 
 
 def test_every_output_gets_every_reading_and_a_failing_one_holds_the_batch_until_it_recovers(

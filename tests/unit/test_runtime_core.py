@@ -100,3 +100,14 @@ def test_the_reconnect_policy_starts_fast_and_is_capped() -> None:
     backoff = Backoff(BackoffPolicy(first_s=0.1, max_s=1.0))
     delays = [backoff.next_delay_s() for _ in range(10)]
     assert delays[0] <= 0.1 and max(delays) <= 1.0 and min(delays[5:]) >= 0.5
+
+
+def test_the_protocol_tag_says_how_a_message_reached_the_exchange() -> None:
+    from pika.spec import BasicProperties
+
+    from hub.runtime.consumer import protocol_of
+
+    assert protocol_of(BasicProperties(headers={"x-mqtt-publish-qos": 1, "x-mqtt-dup": False})) == "mqtt"
+    assert protocol_of(BasicProperties(headers={"content-length": "7", "receipt": "r-1"})) == "stomp"
+    assert protocol_of(BasicProperties(delivery_mode=2)) == "amqp"
+    assert protocol_of(BasicProperties(headers={"gateway": "lora-1"})) == "amqp"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from hub.core.contract import Presence, Protocol
+from hub.core.contract import Presence, Transport
 from hub.core.points import Point
 from hub.runtime.metrics import PRESENCE_TRANSITIONS
 
@@ -28,7 +28,7 @@ class DevicePresence:
     device: str
     site: str
     kind: str
-    protocol: Protocol
+    protocol: Transport
     interval_ms: int | None
     fw: str
     online: bool
@@ -43,7 +43,7 @@ class Transition:
     device: str
     site: str
     kind: str
-    protocol: Protocol
+    protocol: Transport
     online: bool
     interval_ms: int
     fw: str
@@ -112,7 +112,7 @@ class PresenceTracker:
             return self._transition(state, online, "last_will" if last_will else "status", at_ms)
 
     def on_telemetry(
-        self, device: str, site: str, kind: str, protocol: Protocol, device_ts: int, at_ms: int
+        self, device: str, site: str, kind: str, protocol: Transport, device_ts: int, at_ms: int
     ) -> Transition | None:
         """A reading is a sign of life; a device not known online becomes online ("telemetry").
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from hub.core.contract import Protocol, Reading
+from hub.core.contract import Reading, Transport
 from hub.core.points import FieldValue, Point
 
 
-def reading_point(reading: Reading, protocol: Protocol) -> Point:
+def reading_point(reading: Reading, protocol: Transport) -> Point:
     """The reading as stored: measurement = kind, tags device/protocol/site, fields readings + seq.
 
     Trusted: a `Reading` only exists once its identifiers and sensor names matched the
