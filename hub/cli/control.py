@@ -23,9 +23,10 @@ from hub.control.fleet_view import DeviceView, StateFilter, read_fleet, select
 from hub.control.send import DEFAULT_TIMEOUT_S, CommandSender, Outcome, overall_exit_code
 from hub.control.tail import Tail, as_json_line, describe
 from hub.core.config import Settings, load_settings
-from hub.core.contract import SENSOR_UNITS, now_ms, require_identifier
+from hub.core.contract import now_ms, require_identifier
 from hub.core.errors import ConfigError
 from hub.core.exit_codes import DEVICES_EXIT_CODES_HELP, EXIT_CODES_HELP, TAIL_EXIT_CODES_HELP, ExitCode
+from hub.core.models import DeviceModels, load_models
 
 #: Tables are laid out for this width when the output is not a terminal (a pipe, a file, CI).
 PIPE_WIDTH = 200
@@ -250,6 +251,7 @@ def devices(site: str | None, kind: str | None, state: StateFilter, as_json: boo
       python -m hub devices --kind thermostat --json | jq '.[].device'
     """
     settings = load_settings(influx_url=influx_url)
+    models = load_models(settings.models_file)
     fleet = read_fleet(settings)
     chosen = select(fleet, site=_validated(site, "site"), kind=_validated(kind, "kind"), state=state)
     if as_json:
@@ -261,7 +263,7 @@ def devices(site: str | None, kind: str | None, state: StateFilter, as_json: boo
             "no device has reported yet: start the hub (`python -m hub run`) and devices (`python -m devices.sim`)"
         )
         return
-    out.print(_fleet_table(chosen, now_ms()))
+    out.print(_fleet_table(chosen, now_ms(), models))
     online = sum(view.online and not view.stale for view in chosen)
     stale = sum(view.stale for view in chosen)
     shown = f"{len(chosen)} of {len(fleet)}" if len(chosen) != len(fleet) else str(len(fleet))
@@ -280,13 +282,13 @@ def _ago(at_ms: int, now: int) -> str:
     return datetime.fromtimestamp(at_ms / 1000).strftime("%Y-%m-%d %H:%M")
 
 
-def _reading_text(name: str, value: float | bool) -> str:
+def _reading_text(name: str, value: float | bool, unit: str) -> str:
     if isinstance(value, bool):
         return f"{name}={'on' if value else 'off'}"
-    return f"{name}={value:g}{SENSOR_UNITS.get(name, '')}"
+    return f"{name}={value:g}{unit}"
 
 
-def _fleet_table(views: Sequence[DeviceView], now: int) -> Table:
+def _fleet_table(views: Sequence[DeviceView], now: int, models: DeviceModels) -> Table:
     table = Table()
     for column in ("device", "kind", "site", "protocol", "state", "last seen", "latest readings"):
         table.add_column(column, overflow="fold" if column == "latest readings" else "ellipsis")
@@ -298,7 +300,9 @@ def _fleet_table(views: Sequence[DeviceView], now: int) -> Table:
             state = Text(view.state, style="green" if view.online else "red")
         if not view.online and view.reason:
             state.append(f" ({view.reason})", style="dim")
-        readings = " ".join(_reading_text(name, value) for name, value in view.readings.items())
+        readings = " ".join(
+            _reading_text(name, value, models.unit(name, view.kind)) for name, value in view.readings.items()
+        )
         table.add_row(view.device, view.kind, view.site, view.protocol, state, _ago(view.last_seen, now), readings)
     return table
 
@@ -330,6 +334,7 @@ def tail(
       python -m hub tail 'commands.*' 'acks.*' --count 10 --json
     """
     settings = load_settings(amqp_url=amqp_url)
+    models = load_models(settings.models_file)
     out = Console(file=sys.stdout, highlight=False, soft_wrap=True, markup=False)
     err = _console(stderr=True)
 
@@ -338,7 +343,7 @@ def tail(
         if as_json:
             out.file.write(as_json_line(routing_key, body, props.app_id, received) + "\n")
         else:
-            line = describe(routing_key, body, props.app_id)
+            line = describe(routing_key, body, props.app_id, models)
             clock = datetime.fromtimestamp(received / 1000).strftime("%H:%M:%S.%f")[:-3]
             text = Text(f"{clock} ", style="dim")
             text.append(routing_key, style=f"bold {line.style}")

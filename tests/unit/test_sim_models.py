@@ -14,8 +14,9 @@ from devices.models import AirQuality, Environment, PowerMeter, SensorModel, The
 from devices.outbox import Outbox
 from devices.stats import LagRecorder, LagSummary
 from hub.core.backoff import Backoff
-from hub.core.contract import SENSOR_UNITS, Command, decode_reading, encode, require_identifier
+from hub.core.contract import Command, decode_reading, encode, require_identifier
 from hub.core.errors import ConfigError, InvalidIdentifier
+from hub.core.models import default_models
 
 #: 2026-11-23 00:00 UTC: a fixed day so the daily cycle is the same in every run.
 MIDNIGHT_S = 1_795_392_000.0
@@ -141,13 +142,15 @@ def test_without_a_fault_rate_no_reading_is_altered() -> None:
     assert device.faults.counts.spike == device.faults.counts.stuck == device.faults.counts.dropout == 0
 
 
-def test_every_kind_produces_contract_valid_readings_with_known_units() -> None:
+def test_every_kind_produces_contract_valid_readings_of_its_declared_sensors() -> None:
+    models = default_models()
     for index, spec in enumerate(plan_fleet(8)):
         device = SimulatedDevice.create(spec, seed=index, start_s=MIDNIGHT_S)
         reading = device.produce(int(MIDNIGHT_S * 1000) + 1_000)
         assert reading is not None
         decoded = decode_reading(encode(reading), reading.routing_key)
-        assert set(decoded.readings) <= set(SENSOR_UNITS)
+        assert list(decoded.readings) == list(models.kinds[spec.kind].sensors)
+        assert models.check(decoded).clean
     assert {s.kind for s in plan_fleet(4)} == {"environment", "air_quality", "power_meter", "thermostat"}
 
 
