@@ -3,14 +3,21 @@ and the checks the store, the CLI and the devices make with it."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
 
+from devices.models import PHYSICS
 from hub.core.config import load_settings
 from hub.core.contract import Reading
 from hub.core.errors import ConfigError
 from hub.core.models import CLEAN, SHIPPED_MODELS_FILE, DeviceModels, default_models, load_models
+
+#: 2026-11-23 00:00 UTC: a fixed day so the daily cycle is the same in every run.
+MIDNIGHT_S = 1_795_392_000.0
+DAY_S = 86_400.0
+STEP_S = 60.0
 
 PHYSICS_KINDS = {
     "environment": ("env", {"temperature": "°C", "humidity": "%RH", "pressure": "hPa"}),
@@ -42,7 +49,7 @@ def test_the_shipped_file_declares_the_four_physics_kinds_as_the_code_has_them_a
         assert {name: sensor.unit for name, sensor in spec.sensors.items()} == units
         assert all(sensor.is_boolean == (sensor.unit == "on/off") for sensor in spec.sensors.values())
     vibration = models.kinds["vibration"]
-    assert vibration.prefix == "vib"
+    assert vibration.prefix == "vib" and "vibration" not in PHYSICS
     assert {name: (s.unit, s.type) for name, s in vibration.sensors.items()} == {
         "rms": ("mm/s", "number"),
         "peak": ("mm/s", "number"),
@@ -50,6 +57,25 @@ def test_the_shipped_file_declares_the_four_physics_kinds_as_the_code_has_them_a
     assert list(models.common_commands) == ["ping", "set_interval", "reboot"]
     assert models.kinds["thermostat"].actuators == ("setpoint", "heating")
     assert SHIPPED_MODELS_FILE.name == "models.yaml" and default_models() is default_models()
+
+
+@pytest.mark.parametrize("kind", sorted(PHYSICS))
+def test_every_physics_model_emits_exactly_its_declared_sensors_in_range_over_a_day(kind: str) -> None:
+    spec = default_models().kinds[kind]
+    for seed in range(5):
+        model = PHYSICS[kind](random.Random(seed), MIDNIGHT_S)
+        t = MIDNIGHT_S
+        while t < MIDNIGHT_S + DAY_S:
+            t += STEP_S
+            values = model.sample(t)
+            assert list(values) == list(spec.sensors), f"{kind} at {t}"
+            for name, value in values.items():
+                sensor = spec.sensors[name]
+                assert isinstance(value, bool) == sensor.is_boolean, f"{kind}.{name}={value!r}"
+                if sensor.range is not None:
+                    low, high = sensor.range
+                    assert low <= value <= high, f"{kind}.{name}={value} outside {sensor.range} at {t}"
+            assert default_models().check(reading(kind, **values)) is CLEAN
 
 
 # --- an extension file -----------------------------------------------------------------------------
