@@ -26,7 +26,7 @@ from hub.core.config import Settings, load_settings
 from hub.core.contract import now_ms, require_identifier
 from hub.core.errors import ConfigError
 from hub.core.exit_codes import DEVICES_EXIT_CODES_HELP, EXIT_CODES_HELP, TAIL_EXIT_CODES_HELP, ExitCode
-from hub.core.models import DeviceModels, load_models
+from hub.core.models import CommandSpec, DeviceModels, default_models, load_models
 
 #: Tables are laid out for this width when the output is not a terminal (a pipe, a file, CI).
 PIPE_WIDTH = 200
@@ -60,7 +60,32 @@ def _validated(name: str | None, what: str) -> str | None:
 # --- send --------------------------------------------------------------------------------------
 
 
+class _SendCommand(click.Command):
+    """`send`, whose help lists the commands of the device models (IOT_MODELS_FILE's too)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        models = _help_models()
+        with formatter.section("Commands of the device models"):
+            formatter.write_dl([(spec.usage(), _command_help(models, spec)) for spec in models.commands().values()])
+        super().format_epilog(ctx, formatter)
+
+
+def _help_models() -> DeviceModels:
+    """The models `send` would use; the shipped ones when the settings or the extra file are broken."""
+    try:
+        return load_models(load_settings().models_file)
+    except ConfigError:
+        return default_models()
+
+
+def _command_help(models: DeviceModels, spec: CommandSpec) -> str:
+    kinds = models.kinds_with_command(spec.name)
+    scope = "every kind" if spec.name in models.common_commands else ", ".join(kinds)
+    return f"{scope} — {spec.describe_args() or spec.description}"
+
+
 @click.command(
+    cls=_SendCommand,
     epilog=EXIT_CODES_HELP,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -102,16 +127,8 @@ def send(
     Arguments are KEY=VALUE; a value is read as JSON where it is one (21.5, true, 5000)
     and as text otherwise. Prints the outcome, the device's state after the command and
     the round-trip time. The command is published persistently, with an id and an expiry
-    (--timeout), and is never executed after it.
-
-    \b
-    Commands the simulated devices understand:
-      ping                      every kind
-      set_interval ms=5000      every kind (ms >= 100)
-      reboot                    every kind
-      set_setpoint value=21.5   thermostat (5..35 °C)
-      set_relay on=false        power_meter
-      set_ventilation on=true   air_quality
+    (--timeout), and is never executed after it. Arguments of a command the device models
+    declare (listed below) are checked first: a bad one is a usage error, and nothing is sent.
 
     \b
     Examples:
@@ -132,6 +149,7 @@ def send(
     command = require_identifier(words[0 if many else 1], "command")
     args = parse_command_args(words[needed:])
     settings = load_settings(amqp_url=amqp_url, influx_url=influx_url)
+    load_models(settings.models_file).validate_command(command, args)
     if device is not None:
         devices = [device]
     else:
