@@ -80,7 +80,8 @@ def plan_fleet(
         kind = kinds[index % len(kinds)]
         numbers[kind] += 1
         if protocol == "mixed":
-            chosen: Protocol = PROTOCOLS[(index + index // len(kinds)) % 2]
+            # Shifted by one every round of kinds, so each kind alternates (also with an odd number of kinds).
+            chosen: Protocol = PROTOCOLS[(index % len(kinds) + index // len(kinds)) % 2]
         else:
             chosen = protocol
         specs.append(DeviceSpec(f"{models.kinds[kind].prefix}-{numbers[kind]:04d}", kind, chosen, site))

@@ -57,6 +57,8 @@ def test_a_kind_declared_only_in_the_models_runs_with_generic_readings(stack: Se
     assert sorted(watcher.readings) == ["vib-0001", "vib-0002"]
     for readings in watcher.readings.values():
         assert readings and all(set(r.readings) == {"rms", "peak"} and r.kind == "vibration" for r in readings)
+    rows = [line.split()[0] for line in output.splitlines() if line.split()[:1] in (["mqtt"], ["stomp"])]
+    assert sorted(rows) == ["mqtt", "stomp"], "mixed gives a lone kind both protocols"
 
 
 def test_sigterm_stops_cleanly_with_devices_offline_and_exit_130(stack: Settings) -> None:

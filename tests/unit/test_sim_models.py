@@ -283,6 +283,11 @@ def test_fleet_plan_numbers_each_kind_and_mixes_protocols_within_every_kind() ->
     for kind in ("environment", "air_quality", "power_meter", "thermostat"):
         assert {s.protocol for s in specs if s.kind == kind} == {"mqtt", "stomp"}
     assert {s.protocol for s in plan_fleet(4)} == {"mqtt", "stomp"}
+    for kinds in (["vibration"], ["environment", "thermostat", "vibration"]):
+        specs = plan_fleet(4 * len(kinds), kinds=kinds)
+        for kind in kinds:
+            protocols = [s.protocol for s in specs if s.kind == kind]
+            assert all(a != b for a, b in itertools.pairwise(protocols)), (kinds, kind, protocols)
     assert {s.protocol for s in plan_fleet(6, protocol="stomp")} == {"stomp"}
 
 
