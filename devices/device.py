@@ -15,7 +15,7 @@ from typing import Any, Literal
 import msgspec
 
 from devices.faults import FaultInjector
-from devices.models import KINDS, MODELS, CommandRefused, SensorModel
+from devices.models import DEFAULT_KINDS, CommandRefused, SensorModel, make_model
 from devices.outbox import Outbox
 from hub.core.contract import (
     COMMAND_ID_PATTERN,
@@ -31,18 +31,14 @@ from hub.core.contract import (
     require_identifier,
 )
 from hub.core.errors import ConfigError, InvalidMessage
+from hub.core.models import DeviceModels, default_models
 
 FIRMWARE = "sim-1.0.0"
 DEFAULT_SITE = "plant-a"
 DEFAULT_INTERVAL_MS = 1_000
-MIN_INTERVAL_MS = 100
-MAX_INTERVAL_MS = 3_600_000
 PROTOCOLS: tuple[Protocol, ...] = ("mqtt", "stomp")
 ProtocolChoice = Literal["mqtt", "stomp", "mixed"]
-#: Commands every kind understands; the kind-specific ones live on the models.
-COMMON_COMMANDS = frozenset({"ping", "set_interval", "reboot"})
 _COMMAND_ID = re.compile(COMMAND_ID_PATTERN)
-ACTUATOR_COMMANDS = {command: model.kind for model in MODELS.values() for command in model.commands}
 
 
 @dataclass(frozen=True)
@@ -61,14 +57,20 @@ class DeviceSpec:
 
 
 def plan_fleet(
-    count: int, kinds: Sequence[str] = KINDS, protocol: ProtocolChoice = "mixed", site: str = DEFAULT_SITE
+    count: int,
+    kinds: Sequence[str] = DEFAULT_KINDS,
+    protocol: ProtocolChoice = "mixed",
+    site: str = DEFAULT_SITE,
+    models: DeviceModels | None = None,
 ) -> list[DeviceSpec]:
-    """`count` devices cycling through `kinds`; `mixed` alternates protocols so every kind gets both."""
+    """`count` devices cycling through `kinds` of `models` (default: the shipped ones); `mixed`
+    alternates protocols so every kind gets both."""
+    models = models or default_models()
     if count < 1:
         raise ConfigError(f"--count must be at least 1 (got {count})")
-    unknown = [kind for kind in kinds if kind not in MODELS]
+    unknown = [kind for kind in kinds if kind not in models.kinds]
     if unknown or not kinds:
-        raise ConfigError(f"unknown kind(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(KINDS)}")
+        raise ConfigError(f"unknown kind(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(models.kinds)}")
     if protocol not in ("mqtt", "stomp", "mixed"):
         raise ConfigError(f"--protocol must be mqtt, stomp or mixed (got {protocol!r})")
     require_identifier(site, "site")
@@ -78,10 +80,11 @@ def plan_fleet(
         kind = kinds[index % len(kinds)]
         numbers[kind] += 1
         if protocol == "mixed":
-            chosen: Protocol = PROTOCOLS[(index + index // len(kinds)) % 2]
+            # Shifted by one every round of kinds, so each kind alternates (also with an odd number of kinds).
+            chosen: Protocol = PROTOCOLS[(index % len(kinds) + index // len(kinds)) % 2]
         else:
             chosen = protocol
-        specs.append(DeviceSpec(f"{MODELS[kind].prefix}-{numbers[kind]:04d}", kind, chosen, site))
+        specs.append(DeviceSpec(f"{models.kinds[kind].prefix}-{numbers[kind]:04d}", kind, chosen, site))
     return specs
 
 
@@ -106,6 +109,7 @@ class SimulatedDevice:
     spec: DeviceSpec
     model: SensorModel
     faults: FaultInjector
+    models: DeviceModels = field(default_factory=default_models)
     interval_ms: int = DEFAULT_INTERVAL_MS
     seq: int = 0
     outbox: Outbox = field(default_factory=Outbox)
@@ -120,12 +124,17 @@ class SimulatedDevice:
         interval_ms: int = DEFAULT_INTERVAL_MS,
         fault_rate: float = 0.0,
         start_s: float | None = None,
+        models: DeviceModels | None = None,
     ) -> SimulatedDevice:
+        models = models or default_models()
+        kind = models.kind(spec.kind)
+        if kind is None:
+            raise ConfigError(f"unknown kind {spec.kind!r}; choose from {', '.join(models.kinds)}")
         rng = device_rng(seed, spec.device_id)
         start = now_ms() / 1000.0 if start_s is None else start_s
-        model = MODELS[spec.kind](rng, start)
+        model = make_model(kind, rng, start)
         faults = FaultInjector(random.Random(rng.random()), fault_rate)
-        return cls(spec, model, faults, interval_ms=interval_ms)
+        return cls(spec, model, faults, models, interval_ms=interval_ms)
 
     @property
     def device_id(self) -> str:
@@ -192,29 +201,32 @@ class SimulatedDevice:
         if command.expired(at_ms):
             return CommandOutcome(self._ack(command.id, "expired", f"expired {at_ms - command.expires} ms ago", at_ms))
         name, args = command.command, command.args
+        if self.kind not in self.models.kinds_with_command(name):
+            return CommandOutcome(self._ack(command.id, "unsupported", self._unsupported(name), at_ms))
+        try:
+            self.models.validate_command(name, args)
+        except ConfigError as exc:
+            return CommandOutcome(self._ack(command.id, "error", str(exc), at_ms))
         if name == "ping":
             return CommandOutcome(self._ack(command.id, "ok", "pong", at_ms))
         if name == "set_interval":
-            ms = args.get("ms")
-            if isinstance(ms, bool) or not isinstance(ms, int) or not MIN_INTERVAL_MS <= ms <= MAX_INTERVAL_MS:
-                detail = f"argument 'ms' must be an integer from {MIN_INTERVAL_MS} to {MAX_INTERVAL_MS} (got {ms!r})"
-                return CommandOutcome(self._ack(command.id, "error", detail, at_ms))
-            self.interval_ms = ms
+            self.interval_ms = int(args["ms"])
             return CommandOutcome(self._ack(command.id, "ok", "", at_ms), interval_changed=True)
         if name == "reboot":
             return CommandOutcome(self._ack(command.id, "ok", "rebooting", at_ms), reboot=True)
-        if name in self.model.commands:
-            try:
-                self.model.actuate(name, args)
-            except CommandRefused as exc:
-                return CommandOutcome(self._ack(command.id, "error", str(exc), at_ms))
-            return CommandOutcome(self._ack(command.id, "ok", "", at_ms))
-        if name in ACTUATOR_COMMANDS:
-            detail = f"{name} is for {ACTUATOR_COMMANDS[name]} devices, this is {self.kind}"
-        else:
-            supported = sorted(COMMON_COMMANDS | self.model.commands)
-            detail = f"unknown command {name!r}; {self.kind} supports {', '.join(supported)}"
-        return CommandOutcome(self._ack(command.id, "unsupported", detail, at_ms))
+        try:
+            self.model.actuate(name, args)
+        except CommandRefused as exc:
+            return CommandOutcome(self._ack(command.id, "error", str(exc), at_ms))
+        return CommandOutcome(self._ack(command.id, "ok", "", at_ms))
+
+    def _unsupported(self, name: str) -> str:
+        others = self.models.kinds_with_command(name)
+        if others:
+            return f"{name} is for {', '.join(others)} devices, this is {self.kind}"
+        kind = self.models.kinds[self.kind]
+        supported = sorted([*self.models.common_commands, *kind.commands])
+        return f"unknown command {name!r}; {self.kind} supports {', '.join(supported)}"
 
     def _ack(self, command_id: str, status: AckStatus, detail: str, at_ms: int) -> Ack:
         return Ack(id=command_id, device=self.device_id, status=status, detail=detail, state=self.state(), ts=at_ms)

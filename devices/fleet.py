@@ -36,7 +36,7 @@ from devices.device import (
     plan_fleet,
 )
 from devices.links import LinkDown
-from devices.models import KINDS
+from devices.models import DEFAULT_KINDS
 from devices.mqtt_link import MqttLink
 from devices.outbox import MAX_IN_FLIGHT
 from devices.stats import FleetStats, LagRecorder, ProtocolStats
@@ -45,6 +45,7 @@ from hub.core.backoff import DEVICE_RECONNECT, Backoff
 from hub.core.config import Settings
 from hub.core.contract import ack_key, encode, now_ms, status_key, telemetry_key
 from hub.core.errors import BrokerUnavailable, ConfigError
+from hub.core.models import load_models
 
 #: How long `start()` waits for every device to be online before giving up.
 CONNECT_WAIT_S = 30.0
@@ -96,7 +97,7 @@ class Fleet:
         count: int = 50,
         protocol: ProtocolChoice = "mixed",
         interval_s: float = 1.0,
-        kinds: Sequence[str] = KINDS,
+        kinds: Sequence[str] = DEFAULT_KINDS,
         site: str = DEFAULT_SITE,
         seed: int | None = None,
         fault_rate: float = 0.0,
@@ -107,10 +108,13 @@ class Fleet:
         if not 0.0 <= fault_rate <= 1.0:
             raise ConfigError(f"--fault-rate must be between 0 and 1 (got {fault_rate})")
         self.settings = settings
-        specs = plan_fleet(count, list(kinds), protocol, site)
+        self.models = load_models(settings.models_file)
+        specs = plan_fleet(count, list(kinds), protocol, site, self.models)
         started = time.time()
         self.devices: list[SimulatedDevice] = [
-            SimulatedDevice.create(spec, seed=seed, interval_ms=interval_ms, fault_rate=fault_rate, start_s=started)
+            SimulatedDevice.create(
+                spec, seed=seed, interval_ms=interval_ms, fault_rate=fault_rate, start_s=started, models=self.models
+            )
             for spec in specs
         ]
         self._runtimes = {

@@ -5,6 +5,11 @@ Unix seconds), draws all randomness from the `random.Random` it was given (so a 
 reproduces a run), and integrates its state over the time elapsed since the previous sample,
 so changing the reading rate does not change the physics. Actuator commands (`set_setpoint`,
 `set_relay`, `set_ventilation`) change the state the next sample starts from.
+
+What a kind is (its sensors, id prefix, commands and their argument ranges) is data in the
+device models (`hub.core.models`); the device checks a command's arguments against them before
+`actuate` applies its effect. Four kinds have physics here; any other kind of the models gets a
+`GenericModel` (`make_model` picks).
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 from hub.core.contract import Scalar
+from hub.core.models import KindSpec
 
 SECONDS_PER_DAY = 86_400.0
 #: Longest step integrated in one go; a longer gap (a reboot, a dropout) is integrated in pieces.
@@ -48,26 +54,25 @@ class Drift:
         return self.value
 
 
-def _require_bool(args: Mapping[str, Scalar], name: str) -> bool:
+def _bool_arg(command: str, args: Mapping[str, Scalar], name: str) -> bool:
+    """The argument the physics needs (its range is the models' business, checked before `actuate`)."""
     value = args.get(name)
     if not isinstance(value, bool):
-        raise CommandRefused(f"argument {name!r} must be true or false (got {value!r})")
+        raise CommandRefused(f"{command} needs argument {name!r}: true or false (got {value!r})")
     return value
 
 
-def _require_number(args: Mapping[str, Scalar], name: str, low: float, high: float) -> float:
+def _number_arg(command: str, args: Mapping[str, Scalar], name: str) -> float:
     value = args.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise CommandRefused(f"argument {name!r} must be a number from {low:g} to {high:g} (got {value!r})")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CommandRefused(f"{command} needs argument {name!r}: a number (got {value!r})")
     return float(value)
 
 
 class SensorModel(ABC):
-    """One device kind's physics. `commands` lists the kind-specific commands `actuate` accepts."""
+    """One device kind's behaviour: its readings over time, its actuator state and command effects."""
 
-    kind: ClassVar[str]
-    prefix: ClassVar[str]
-    commands: ClassVar[frozenset[str]] = frozenset()
+    kind: str
 
     def __init__(self, rng: random.Random, start_s: float) -> None:
         self.rng = rng
@@ -106,7 +111,6 @@ class Environment(SensorModel):
     """Indoor climate: temperature peaks mid-afternoon, humidity moves against it, pressure wanders."""
 
     kind = "environment"
-    prefix = "env"
     TEMPERATURE_BASE_C = 21.0
     TEMPERATURE_DAILY_AMPLITUDE_C = 2.5
     TEMPERATURE_PEAK_HOUR = 15.0
@@ -143,8 +147,6 @@ class AirQuality(SensorModel):
     """A room with people in it during the working day: CO2 and VOC build up, ventilation clears them."""
 
     kind = "air_quality"
-    prefix = "aq"
-    commands = frozenset({"set_ventilation"})
     OUTDOOR_CO2_PPM = 420.0
     BASE_VOC_PPB = 80.0
     #: CO2 and VOC added per second by a full room (ppm/s, ppb/s).
@@ -193,15 +195,13 @@ class AirQuality(SensorModel):
     def actuate(self, command: str, args: Mapping[str, Scalar]) -> None:
         if command != "set_ventilation":
             super().actuate(command, args)
-        self.ventilation = _require_bool(args, "on")
+        self.ventilation = _bool_arg(command, args, "on")
 
 
 class PowerMeter(SensorModel):
     """A metered load on a relay: office-hours profile, mains voltage, an energy counter that only rises."""
 
     kind = "power_meter"
-    prefix = "pm"
-    commands = frozenset({"set_relay"})
     MAINS_VOLTAGE_V = 230.0
     POWER_FACTOR = 0.95
     NIGHT_LOAD_W = 250.0
@@ -249,16 +249,13 @@ class PowerMeter(SensorModel):
     def actuate(self, command: str, args: Mapping[str, Scalar]) -> None:
         if command != "set_relay":
             super().actuate(command, args)
-        self.relay = _require_bool(args, "on")
+        self.relay = _bool_arg(command, args, "on")
 
 
 class Thermostat(SensorModel):
     """A heated room: it loses heat to the outside, the heater (hysteresis control) drives it to the setpoint."""
 
     kind = "thermostat"
-    prefix = "th"
-    commands = frozenset({"set_setpoint"})
-    SETPOINT_MIN_C, SETPOINT_MAX_C = 5.0, 35.0
     DEFAULT_SETPOINT_C = 21.0
     #: Heating switches on below setpoint - band and off above setpoint + band.
     HYSTERESIS_C = 0.3
@@ -298,8 +295,78 @@ class Thermostat(SensorModel):
     def actuate(self, command: str, args: Mapping[str, Scalar]) -> None:
         if command != "set_setpoint":
             super().actuate(command, args)
-        self.setpoint = _require_number(args, "value", self.SETPOINT_MIN_C, self.SETPOINT_MAX_C)
+        self.setpoint = _number_arg(command, args, "value")
 
 
-MODELS: dict[str, type[SensorModel]] = {m.kind: m for m in (Environment, AirQuality, PowerMeter, Thermostat)}
-KINDS: tuple[str, ...] = tuple(MODELS)
+class GenericModel(SensorModel):
+    """A kind declared only in the device models: every declared sensor, believable but without physics.
+
+    A number wanders slowly (a random walk pulled back to the middle of its typical band) with a
+    little noise, and never leaves its plausible range; a boolean holds for about an hour on
+    average, then toggles. It reports its actuators' sensor values as state and has no command
+    effects of its own.
+    """
+
+    #: How long a wander takes to be pulled back halfway to the middle of the band (roughly).
+    WANDER_TIME_CONSTANT_S = 1_800.0
+    #: Spread of the wander, as a fraction of the typical band's half width.
+    WANDER_SPREAD = 0.35
+    #: Reading noise, as a fraction of the typical band's half width.
+    NOISE_SPREAD = 0.02
+    #: A boolean holds its value this long on average before it toggles.
+    MEAN_HOLD_S = 3_600.0
+    DECIMALS = 3
+
+    def __init__(self, spec: KindSpec, rng: random.Random, start_s: float) -> None:
+        super().__init__(rng, start_s)
+        self.kind = spec.name
+        self._spec = spec
+        self._wanders: dict[str, Drift] = {}
+        self._switches: dict[str, bool] = {}
+        for sensor in spec.sensors.values():
+            if sensor.typical is None:
+                self._switches[sensor.name] = rng.random() < 0.5
+                continue
+            half_width = (sensor.typical[1] - sensor.typical[0]) / 2.0
+            drift = Drift(rng, sigma=half_width * self.WANDER_SPREAD, time_constant_s=self.WANDER_TIME_CONSTANT_S)
+            drift.value = rng.gauss(0.0, half_width * self.WANDER_SPREAD)
+            self._wanders[sensor.name] = drift
+
+    def _advance(self, now_s: float, dt_s: float) -> None:
+        toggle = 1.0 - math.exp(-dt_s / self.MEAN_HOLD_S)
+        for drift in self._wanders.values():
+            drift.step(dt_s)
+        for name, on in self._switches.items():
+            if self.rng.random() < toggle:
+                self._switches[name] = not on
+
+    def _readings(self, now_s: float) -> SampleValues:
+        values: SampleValues = {}
+        for sensor in self._spec.sensors.values():
+            if sensor.typical is None or sensor.range is None:
+                values[sensor.name] = self._switches[sensor.name]
+                continue
+            low, high = sensor.typical
+            middle, half_width = (low + high) / 2.0, (high - low) / 2.0
+            wandered = min(high, max(low, middle + self._wanders[sensor.name].value))
+            value = wandered + self._noise(half_width * self.NOISE_SPREAD)
+            values[sensor.name] = round(min(sensor.range[1], max(sensor.range[0], value)), self.DECIMALS)
+        return values
+
+    def state(self) -> dict[str, Any]:
+        return {name: self._switches[name] for name in self._spec.actuators if name in self._switches}
+
+    def actuate(self, command: str, args: Mapping[str, Scalar]) -> None:
+        raise CommandRefused(f"the simulator has no effect for {command} on {self.kind} devices")
+
+
+#: The kinds with physics of their own; every other kind of the device models is a `GenericModel`.
+PHYSICS: dict[str, type[SensorModel]] = {m.kind: m for m in (Environment, AirQuality, PowerMeter, Thermostat)}
+#: What the simulator runs unless told otherwise.
+DEFAULT_KINDS: tuple[str, ...] = tuple(PHYSICS)
+
+
+def make_model(spec: KindSpec, rng: random.Random, start_s: float) -> SensorModel:
+    """The kind's physics when it has some, else a generic model of its declared sensors."""
+    physics = PHYSICS.get(spec.name)
+    return physics(rng, start_s) if physics is not None else GenericModel(spec, rng, start_s)

@@ -23,9 +23,10 @@ from hub.control.fleet_view import DeviceView, StateFilter, read_fleet, select
 from hub.control.send import DEFAULT_TIMEOUT_S, CommandSender, Outcome, overall_exit_code
 from hub.control.tail import Tail, as_json_line, describe
 from hub.core.config import Settings, load_settings
-from hub.core.contract import SENSOR_UNITS, now_ms, require_identifier
+from hub.core.contract import now_ms, require_identifier
 from hub.core.errors import ConfigError
 from hub.core.exit_codes import DEVICES_EXIT_CODES_HELP, EXIT_CODES_HELP, TAIL_EXIT_CODES_HELP, ExitCode
+from hub.core.models import CommandSpec, DeviceModels, default_models, load_models
 
 #: Tables are laid out for this width when the output is not a terminal (a pipe, a file, CI).
 PIPE_WIDTH = 200
@@ -59,7 +60,32 @@ def _validated(name: str | None, what: str) -> str | None:
 # --- send --------------------------------------------------------------------------------------
 
 
+class _SendCommand(click.Command):
+    """`send`, whose help lists the commands of the device models (IOT_MODELS_FILE's too)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        models = _help_models()
+        with formatter.section("Commands of the device models"):
+            formatter.write_dl([(spec.usage(), _command_help(models, spec)) for spec in models.commands().values()])
+        super().format_epilog(ctx, formatter)
+
+
+def _help_models() -> DeviceModels:
+    """The models `send` would use; the shipped ones when the settings or the extra file are broken."""
+    try:
+        return load_models(load_settings().models_file)
+    except ConfigError:
+        return default_models()
+
+
+def _command_help(models: DeviceModels, spec: CommandSpec) -> str:
+    kinds = models.kinds_with_command(spec.name)
+    scope = "every kind" if spec.name in models.common_commands else ", ".join(kinds)
+    return f"{scope} — {spec.describe_args() or spec.description}"
+
+
 @click.command(
+    cls=_SendCommand,
     epilog=EXIT_CODES_HELP,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -101,16 +127,8 @@ def send(
     Arguments are KEY=VALUE; a value is read as JSON where it is one (21.5, true, 5000)
     and as text otherwise. Prints the outcome, the device's state after the command and
     the round-trip time. The command is published persistently, with an id and an expiry
-    (--timeout), and is never executed after it.
-
-    \b
-    Commands the simulated devices understand:
-      ping                      every kind
-      set_interval ms=5000      every kind (ms >= 100)
-      reboot                    every kind
-      set_setpoint value=21.5   thermostat (5..35 °C)
-      set_relay on=false        power_meter
-      set_ventilation on=true   air_quality
+    (--timeout), and is never executed after it. Arguments of a command the device models
+    declare (listed below) are checked first: a bad one is a usage error, and nothing is sent.
 
     \b
     Examples:
@@ -131,6 +149,7 @@ def send(
     command = require_identifier(words[0 if many else 1], "command")
     args = parse_command_args(words[needed:])
     settings = load_settings(amqp_url=amqp_url, influx_url=influx_url)
+    load_models(settings.models_file).validate_command(command, args)
     if device is not None:
         devices = [device]
     else:
@@ -250,6 +269,7 @@ def devices(site: str | None, kind: str | None, state: StateFilter, as_json: boo
       python -m hub devices --kind thermostat --json | jq '.[].device'
     """
     settings = load_settings(influx_url=influx_url)
+    models = load_models(settings.models_file)
     fleet = read_fleet(settings)
     chosen = select(fleet, site=_validated(site, "site"), kind=_validated(kind, "kind"), state=state)
     if as_json:
@@ -261,7 +281,7 @@ def devices(site: str | None, kind: str | None, state: StateFilter, as_json: boo
             "no device has reported yet: start the hub (`python -m hub run`) and devices (`python -m devices.sim`)"
         )
         return
-    out.print(_fleet_table(chosen, now_ms()))
+    out.print(_fleet_table(chosen, now_ms(), models))
     online = sum(view.online and not view.stale for view in chosen)
     stale = sum(view.stale for view in chosen)
     shown = f"{len(chosen)} of {len(fleet)}" if len(chosen) != len(fleet) else str(len(fleet))
@@ -280,13 +300,13 @@ def _ago(at_ms: int, now: int) -> str:
     return datetime.fromtimestamp(at_ms / 1000).strftime("%Y-%m-%d %H:%M")
 
 
-def _reading_text(name: str, value: float | bool) -> str:
+def _reading_text(name: str, value: float | bool, unit: str) -> str:
     if isinstance(value, bool):
         return f"{name}={'on' if value else 'off'}"
-    return f"{name}={value:g}{SENSOR_UNITS.get(name, '')}"
+    return f"{name}={value:g}{unit}"
 
 
-def _fleet_table(views: Sequence[DeviceView], now: int) -> Table:
+def _fleet_table(views: Sequence[DeviceView], now: int, models: DeviceModels) -> Table:
     table = Table()
     for column in ("device", "kind", "site", "protocol", "state", "last seen", "latest readings"):
         table.add_column(column, overflow="fold" if column == "latest readings" else "ellipsis")
@@ -298,7 +318,9 @@ def _fleet_table(views: Sequence[DeviceView], now: int) -> Table:
             state = Text(view.state, style="green" if view.online else "red")
         if not view.online and view.reason:
             state.append(f" ({view.reason})", style="dim")
-        readings = " ".join(_reading_text(name, value) for name, value in view.readings.items())
+        readings = " ".join(
+            _reading_text(name, value, models.unit(name, view.kind)) for name, value in view.readings.items()
+        )
         table.add_row(view.device, view.kind, view.site, view.protocol, state, _ago(view.last_seen, now), readings)
     return table
 
@@ -330,6 +352,7 @@ def tail(
       python -m hub tail 'commands.*' 'acks.*' --count 10 --json
     """
     settings = load_settings(amqp_url=amqp_url)
+    models = load_models(settings.models_file)
     out = Console(file=sys.stdout, highlight=False, soft_wrap=True, markup=False)
     err = _console(stderr=True)
 
@@ -338,7 +361,7 @@ def tail(
         if as_json:
             out.file.write(as_json_line(routing_key, body, props.app_id, received) + "\n")
         else:
-            line = describe(routing_key, body, props.app_id)
+            line = describe(routing_key, body, props.app_id, models)
             clock = datetime.fromtimestamp(received / 1000).strftime("%H:%M:%S.%f")[:-3]
             text = Text(f"{clock} ", style="dim")
             text.append(routing_key, style=f"bold {line.style}")

@@ -24,7 +24,6 @@ from hub.core.config import Settings
 from hub.core.contract import (
     EXCHANGE,
     IDENTIFIER_PATTERN,
-    SENSOR_UNITS,
     Ack,
     Alert,
     Command,
@@ -33,6 +32,7 @@ from hub.core.contract import (
     decode_reading,
 )
 from hub.core.errors import BrokerUnavailable, ConfigError, InvalidMessage
+from hub.core.models import DeviceModels, default_models
 
 #: A slow terminal must not make the broker hoard messages for us: past this many waiting,
 #: the oldest are dropped (tail is a viewer, not a consumer of record).
@@ -72,21 +72,26 @@ def _value(value: Any) -> str:
     return str(value)
 
 
-def _pairs(values: dict[str, Any], units: bool = False) -> str:
+def _pairs(values: dict[str, Any], unit: Callable[[str], str] | None = None) -> str:
     parts = []
     for name, value in values.items():
-        unit = SENSOR_UNITS.get(name, "") if units and not isinstance(value, bool) else ""
-        parts.append(f"{name}={_value(value)}{unit}")
+        suffix = unit(name) if unit is not None and not isinstance(value, bool) else ""
+        parts.append(f"{name}={_value(value)}{suffix}")
     return " ".join(parts)
 
 
-def describe(routing_key: str, body: bytes, app_id: str | None = None) -> Line:
-    """A compact, readable text for a message and the style that says what kind it is."""
+def describe(routing_key: str, body: bytes, app_id: str | None = None, models: DeviceModels | None = None) -> Line:
+    """A compact, readable text for a message and the style that says what kind it is.
+
+    Units come from `models` (the shipped device models when not given).
+    """
     family = routing_key.split(".", 1)[0]
     try:
         if family == "telemetry":
             reading = decode_reading(body)
-            return Line(f"{_pairs(reading.readings, units=True)}  seq={reading.seq}", "green")
+            known = models or default_models()
+            text = _pairs(reading.readings, lambda sensor: known.unit(sensor, reading.kind))
+            return Line(f"{text}  seq={reading.seq}", "green")
         if family == "status":
             presence = decode(body, Presence)
             text = (

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     metrics_port: int = 9108
     #: The rules file `python -m hub run` loads (YAML, see rules.yaml).
     rules_file: Path = Path("rules.yaml")
+    #: Device models merged over the shipped hub/core/models.yaml: kinds added or replaced (YAML).
+    models_file: Path | None = None
+    #: What the store does with a reading that carries sensors its kind does not declare (or comes
+    #: from an undeclared kind): store them as they are, or dead-letter the whole reading.
+    unknown_sensors: Literal["store", "dead_letter"] = "store"
 
     @field_validator("amqp_url")
     @classmethod

@@ -43,23 +43,6 @@ Severity = Literal["info", "warning", "critical"]
 AckStatus = Literal["ok", "error", "unsupported", "expired"]
 Scalar = bool | int | float | str
 
-#: The unit of every sensor name a reading may carry; a name not listed here is refused.
-SENSOR_UNITS: dict[str, str] = {
-    "temperature": "°C",
-    "humidity": "%RH",
-    "pressure": "hPa",
-    "co2": "ppm",
-    "pm25": "µg/m³",
-    "voc": "ppb",
-    "voltage": "V",
-    "current": "A",
-    "power": "W",
-    "energy": "kWh",
-    "setpoint": "°C",
-    "heating": "on/off",
-    "relay": "on/off",
-    "ventilation": "on/off",
-}
 #: Field names the store adds itself, so no reading may use them.
 RESERVED_FIELDS = frozenset({"seq", "out_of_range"})
 
@@ -125,7 +108,11 @@ def stomp_destination(routing_key: str) -> str:
 
 
 class Reading(msgspec.Struct, frozen=True, kw_only=True):
-    """One telemetry message: a device's readings at one instant."""
+    """One telemetry message: a device's readings at one instant.
+
+    Any sensor name of the right shape is accepted: which sensors a kind has, their units and
+    plausible ranges are the device models' business (`hub.core.models`), not the wire's.
+    """
 
     v: Literal[1] = 1
     device: Identifier
@@ -141,8 +128,6 @@ class Reading(msgspec.Struct, frozen=True, kw_only=True):
         for name, value in self.readings.items():
             if name in RESERVED_FIELDS:
                 raise ValueError(f"reading name {name!r} is reserved")
-            if name not in SENSOR_UNITS:
-                raise ValueError(f"unknown sensor {name!r} (known: {', '.join(sorted(SENSOR_UNITS))})")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"reading {name!r} is not a finite number")
 

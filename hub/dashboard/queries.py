@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hub.clients.influx import Series
-from hub.core.contract import SENSOR_UNITS, require_identifier
+from hub.core.contract import RESERVED_FIELDS, require_identifier
+from hub.core.models import DeviceModels, default_models
 
 #: The time ranges the page offers: name -> seconds.
 RANGES: dict[str, int] = {"5m": 300, "15m": 900, "1h": 3_600, "6h": 21_600, "24h": 86_400}
@@ -22,7 +23,6 @@ DEFAULT_RANGE = "15m"
 POINTS_PER_CHART = 120
 #: Rows in the device's alert and command tables.
 EVENT_ROWS = 50
-BOOLEAN_SENSORS = tuple(sorted(name for name, unit in SENSOR_UNITS.items() if unit == "on/off"))
 #: Command statuses that are an outcome (everything but `sent`).
 OUTCOMES = ("ok", "error", "unsupported", "expired", "timeout")
 
@@ -86,12 +86,13 @@ def device_presence_statement(device: str) -> str:
     )
 
 
-def device_statements(device: str, kind: str, w: Window) -> list[str]:
+def device_statements(device: str, kind: str, w: Window, models: DeviceModels | None = None) -> list[str]:
+    """The device page's questions; the on/off chart asks for every boolean sensor of the models."""
     device = require_identifier(device, "device")
     kind = require_identifier(kind, "kind")
     t, g = w.where_time, w.group_by_time
     mine = f"\"device\" = '{device}' AND {t}"
-    booleans = "|".join(BOOLEAN_SENSORS)
+    booleans = "|".join((models or default_models()).sensor_names("boolean"))
     return [
         f'SELECT mean(*) FROM "{kind}" WHERE {mine} GROUP BY {g} fill(none)',
         f'SELECT last(/^({booleans})$/) FROM "{kind}" WHERE {mine} GROUP BY {g} fill(none)',
@@ -159,14 +160,23 @@ def overview(w: Window, results: list[list[Series]], now_ms: int) -> dict[str, A
     }
 
 
-def device_detail(w: Window, identity: dict[str, str], results: list[list[Series]], now_ms: int) -> dict[str, Any]:
+def device_detail(
+    w: Window,
+    identity: dict[str, str],
+    results: list[list[Series]],
+    now_ms: int,
+    models: DeviceModels | None = None,
+) -> dict[str, Any]:
+    """The device page's JSON; every numeric field is a reading (one its model does not declare has no unit)."""
+    known = models or default_models()
     means, states, alerts, commands = results
     readings = []
     for s in means:
         for column in s.rows[0] if s.rows else []:
             sensor = column.removeprefix("mean_")
-            if column.startswith("mean_") and sensor in SENSOR_UNITS:
-                readings.append({"name": sensor, "unit": SENSOR_UNITS[sensor], "points": _points(s, column)})
+            if column.startswith("mean_") and sensor not in RESERVED_FIELDS:
+                unit = known.unit(sensor, identity.get("kind"))
+                readings.append({"name": sensor, "unit": unit, "points": _points(s, column)})
     switches = []
     for s in states:
         for column in s.rows[0] if s.rows else []:

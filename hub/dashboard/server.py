@@ -24,6 +24,7 @@ from hub.clients.influx import query
 from hub.core.config import Settings
 from hub.core.contract import now_ms
 from hub.core.errors import HubError, InvalidIdentifier, StorageUnavailable
+from hub.core.models import load_models
 from hub.dashboard import queries
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Dashboard:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.models = load_models(settings.models_file)
 
     def overview(self, range_name: str | None) -> dict[str, Any]:
         w = queries.window(range_name)
@@ -63,8 +65,8 @@ class Dashboard:
             "protocol": tags.get("protocol", ""),
             "state": str(presence[0].rows[0].get("state", "")) if presence[0].rows else "",
         }
-        results = query(self.settings, *queries.device_statements(device, identity["kind"], w))
-        return queries.device_detail(w, identity, results, now_ms())
+        results = query(self.settings, *queries.device_statements(device, identity["kind"], w, self.models))
+        return queries.device_detail(w, identity, results, now_ms(), self.models)
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -114,11 +115,16 @@ def test_send_unsupported_command_exits_1_with_the_device_answer(stack: Settings
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_send_with_bad_arguments_exits_1_with_the_device_error(stack: Settings, fleet: Fleet, protocol: str) -> None:
+def test_send_with_arguments_the_device_refuses_exits_1_with_the_device_error(
+    stack: Settings, fleet: Fleet, protocol: str, tmp_path: Path
+) -> None:
+    """The CLI checks arguments against its models; a device whose models disagree still has the last word."""
+    looser = tmp_path / "looser.yaml"
+    looser.write_text("common_commands:\n  set_interval: {args: {ms: {type: integer, minimum: 1}}, required: [ms]}\n")
     device = device_of(fleet, "power_meter", protocol)
-    result = hub_cli(stack, "send", device, "set_interval", "ms=5")
+    result = hub_cli(stack, "send", device, "set_interval", "ms=5", IOT_MODELS_FILE=str(looser))
     assert result.returncode == ExitCode.DEVICE_REFUSED
-    assert "device answered error" in result.stderr
+    assert "device answered error" in result.stderr and "from 100 to 3600000" in result.stderr
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -210,6 +216,8 @@ def test_send_with_the_broker_unreachable_exits_4(stack: Settings) -> None:
         (["Env-1", "ping"], "device 'Env-1' is not allowed"),
         (["env-0001", "ping", "ms"], "argument 'ms' is not key=value"),
         (["env-0001", "set_interval", "ms=null"], "value 'null' is not allowed"),
+        (["th-0001", "set_setpoint", "value=99"], "argument 'value' must be a number from 5 to 35 (got 99)"),
+        (["env-0001", "set_interval", "ms=5"], "an integer from 100 to 3600000"),
         (["env-0001"], "give DEVICE and COMMAND"),
     ],
 )

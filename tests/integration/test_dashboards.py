@@ -32,8 +32,9 @@ import yaml
 from devices.fleet import Fleet
 from hub.clients.influx import Series
 from hub.core.config import Settings
-from hub.core.contract import EXCHANGE, SENSOR_UNITS
+from hub.core.contract import EXCHANGE
 from hub.core.errors import InvalidIdentifier
+from hub.core.models import default_models
 from hub.dashboard import queries
 from hub.dashboard.server import make_server
 from hub.stack.packages import ensure_packages
@@ -301,9 +302,9 @@ def test_every_dashboard_file_is_a_chronograf_dashboard() -> None:
     assert len(ids) == len(files), "two dashboards share an id"
 
 
-def test_device_readings_cover_every_numeric_sensor_of_the_contract() -> None:
-    """The device dashboard lists sensors by name; a sensor added to the contract must be added there."""
-    numeric = {name for name, unit in SENSOR_UNITS.items() if unit != "on/off"}
+def test_device_readings_cover_every_numeric_sensor_of_the_models() -> None:
+    """The device dashboard lists sensors by name; a sensor added to the shipped models must be added there."""
+    numeric = set(default_models().sensor_names("number"))
     for _name, query in cell_queries(load(DASHBOARDS / "device-detail.dashboard")):
         for listed in re.findall(r"mean\(/\^\(([^)]*)\)\$/\)", query):
             assert set(listed.split("|")) == numeric
@@ -363,7 +364,7 @@ def test_device_detail_variables_follow_the_chosen_device(fleet_data: FleetData)
         [series] = influx_query(fleet_data.settings, readings_query)
         assert series["name"] == device.kind
         fields = {c.removeprefix("mean_") for c in series["columns"][1:]}
-        assert "seq" not in fields and fields <= set(SENSOR_UNITS)
+        assert "seq" not in fields and fields <= set(default_models().kinds[device.kind].sensors)
 
 
 def last_states(settings: Settings) -> dict[str, str]:

@@ -46,6 +46,21 @@ def test_a_timed_run_reports_both_protocols_and_leaves_every_device_offline(stac
     assert produced == sum(len(readings) for readings in watcher.readings.values())
 
 
+def test_a_kind_declared_only_in_the_models_runs_with_generic_readings(stack: Settings) -> None:
+    watcher = Watcher(stack, "telemetry.plant-vib.#")
+    args = ("--kind", "vibration", "--count", "2", "--interval", "0.2", "--duration", "2", "--site", "plant-vib")
+    run = _sim(stack, *args)
+    output, _ = run.communicate(timeout=60)
+    watcher.poll(1.0)
+    watcher.close()
+    assert run.returncode == 0, output
+    assert sorted(watcher.readings) == ["vib-0001", "vib-0002"]
+    for readings in watcher.readings.values():
+        assert readings and all(set(r.readings) == {"rms", "peak"} and r.kind == "vibration" for r in readings)
+    rows = [line.split()[0] for line in output.splitlines() if line.split()[:1] in (["mqtt"], ["stomp"])]
+    assert sorted(rows) == ["mqtt", "stomp"], "mixed gives a lone kind both protocols"
+
+
 def test_sigterm_stops_cleanly_with_devices_offline_and_exit_130(stack: Settings) -> None:
     watcher = Watcher(stack, "status.#")
     run = _sim(stack, "--count", "2", "--interval", "0.2", "--protocol", "stomp", "--site", "plant-term")

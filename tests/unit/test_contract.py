@@ -64,7 +64,8 @@ def test_routing_keys_topics_and_destinations() -> None:
         (GOOD.replace(b'"seq":1842,', b""), "schema"),
         (GOOD.replace(b"env-0007", b"env.0007"), "schema"),
         (GOOD.replace(b"temperature", b"seq"), "schema"),
-        (GOOD.replace(b"temperature", b"flux_capacitor"), "schema"),
+        (GOOD.replace(b"temperature", b"Temperature"), "schema"),
+        (GOOD.replace(b"temperature", b"flux-capacitor"), "schema"),
         (GOOD.replace(b'"v":1', b'"v":2'), "schema"),
         (b" " * 70_000, "oversize"),
     ],
@@ -73,6 +74,12 @@ def test_bad_bodies_are_refused_with_a_reason(body: bytes, reason: str) -> None:
     with pytest.raises(InvalidMessage) as caught:
         decode_reading(body)
     assert caught.value.reason == reason
+
+
+def test_a_sensor_no_model_declares_is_still_a_valid_reading() -> None:
+    """Which sensors a kind has is the device models' business; the wire only checks the name's shape."""
+    reading = decode_reading(GOOD.replace(b"temperature", b"flux_capacitor"))
+    assert reading.readings == {"flux_capacitor": 21.7, "humidity": 43.1}
 
 
 def test_a_body_routed_under_another_device_is_refused() -> None:

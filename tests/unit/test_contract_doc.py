@@ -26,10 +26,6 @@ from hub.runtime.topology import QUEUES
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "contract.md"
 
-#: Settings the document describes that are being added to `Settings` in parallel. The lead
-#: deletes this constant (and its one use) when merging; nothing else is tolerated.
-PENDING_SETTINGS = frozenset({"IOT_MODELS_FILE", "IOT_UNKNOWN_SENSORS"})
-
 #: Placeholders of the routing table, and the values they are filled with.
 PLACEHOLDERS = {"<site>": "plant-a", "<kind>": "environment", "<device>": "env-0007", "<severity>": "warning"}
 
@@ -361,7 +357,7 @@ def test_every_setting_is_documented_and_every_documented_setting_exists() -> No
     settings, documented = _documented_settings()
     code = _code_settings()
     undocumented = sorted(set(code) - set(documented))
-    unknown = sorted(set(documented) - set(code) - PENDING_SETTINGS)
+    unknown = sorted(set(documented) - set(code))
     assert not undocumented, f"{where(settings.line)}: Settings fields missing from the doc's table: {undocumented}"
     assert not unknown, f"{where(settings.line)}: the doc's table names variables Settings does not have: {unknown}"
 

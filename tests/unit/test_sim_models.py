@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +15,9 @@ from devices.models import AirQuality, Environment, PowerMeter, SensorModel, The
 from devices.outbox import Outbox
 from devices.stats import LagRecorder, LagSummary
 from hub.core.backoff import Backoff, BackoffPolicy
-from hub.core.contract import SENSOR_UNITS, Command, decode_reading, encode, require_identifier
+from hub.core.contract import Command, decode_reading, encode, require_identifier
 from hub.core.errors import ConfigError, InvalidIdentifier
+from hub.core.models import CLEAN, default_models, load_models
 
 #: 2026-11-23 00:00 UTC: a fixed day so the daily cycle is the same in every run.
 MIDNIGHT_S = 1_795_392_000.0
@@ -141,14 +143,60 @@ def test_without_a_fault_rate_no_reading_is_altered() -> None:
     assert device.faults.counts.spike == device.faults.counts.stuck == device.faults.counts.dropout == 0
 
 
-def test_every_kind_produces_contract_valid_readings_with_known_units() -> None:
+def test_every_kind_produces_contract_valid_readings_of_its_declared_sensors() -> None:
+    models = default_models()
     for index, spec in enumerate(plan_fleet(8)):
         device = SimulatedDevice.create(spec, seed=index, start_s=MIDNIGHT_S)
         reading = device.produce(int(MIDNIGHT_S * 1000) + 1_000)
         assert reading is not None
         decoded = decode_reading(encode(reading), reading.routing_key)
-        assert set(decoded.readings) <= set(SENSOR_UNITS)
+        assert list(decoded.readings) == list(models.kinds[spec.kind].sensors)
+        assert models.check(decoded).clean
     assert {s.kind for s in plan_fleet(4)} == {"environment", "air_quality", "power_meter", "thermostat"}
+
+
+def test_a_kind_declared_only_in_the_models_produces_its_declared_sensors_inside_their_ranges() -> None:
+    models = default_models()
+    specs = plan_fleet(2, kinds=["vibration"])
+    assert [s.device_id for s in specs] == ["vib-0001", "vib-0002"]
+    for spec in specs:
+        device = SimulatedDevice.create(spec, seed=3, start_s=MIDNIGHT_S)
+        made = [device.produce(int((MIDNIGHT_S + i * 60.0) * 1000)) for i in range(1, 24 * 60 + 1)]
+        readings = [decode_reading(encode(r), r.routing_key) for r in made if r is not None]
+        assert len(readings) == len(made)
+        assert all(list(r.readings) == ["rms", "peak"] and models.check(r) is CLEAN for r in readings)
+        rms = [float(r.readings["rms"]) for r in readings]
+        assert max(rms) - min(rms) > 0.5 and len(set(rms)) > 100, "it wanders, it is not a constant"
+
+
+def test_a_generic_device_is_reproducible_with_a_seed() -> None:
+    spec = plan_fleet(1, kinds=["vibration"])[0]
+
+    def readings(seed: int) -> list[bytes]:
+        device = SimulatedDevice.create(spec, seed=seed, start_s=MIDNIGHT_S)
+        made = [device.produce(int((MIDNIGHT_S + i) * 1000)) for i in range(1, 200)]
+        return [encode(reading) for reading in made if reading is not None]
+
+    assert readings(7) == readings(7)
+    assert readings(7) != readings(8)
+
+
+def test_a_generic_switch_holds_most_of_the_time_and_is_reported_as_state(tmp_path: Path) -> None:
+    extra = tmp_path / "tank.yaml"
+    extra.write_text(
+        "kinds:\n  tank:\n    prefix: tank\n    actuators: [pump]\n    sensors:\n"
+        "      level: {unit: '%', type: number, range: [0, 100], typical: [40, 60]}\n"
+        "      pump: {unit: on/off, type: boolean}\n"
+    )
+    models = load_models(extra)
+    [spec] = plan_fleet(1, kinds=["tank"], models=models)
+    device = SimulatedDevice.create(spec, seed=1, start_s=MIDNIGHT_S, models=models)
+    made = [device.produce(int((MIDNIGHT_S + i * 60.0) * 1000)) for i in range(1, 24 * 60 + 1)]
+    pumps = [r.readings["pump"] for r in made if r is not None]
+    toggles = sum(a != b for a, b in itertools.pairwise(pumps))
+    assert 3 <= toggles <= 100, toggles
+    assert all(0.0 <= float(r.readings["level"]) <= 100.0 for r in made if r is not None)
+    assert device.state() == {"interval_ms": 1000, "pump": pumps[-1]}
 
 
 # --- commands --------------------------------------------------------------------------------------
@@ -160,7 +208,7 @@ def _command(name: str, args: dict[str, bool | int | float | str] | None = None,
 
 
 def _device(kind: str) -> SimulatedDevice:
-    [spec] = [s for s in plan_fleet(4) if s.kind == kind]
+    [spec] = [s for s in plan_fleet(5, kinds=list(default_models().kinds)) if s.kind == kind]
     return SimulatedDevice.create(spec, seed=1, start_s=MIDNIGHT_S)
 
 
@@ -178,6 +226,9 @@ def _device(kind: str) -> SimulatedDevice:
         ("air_quality", "set_ventilation", {"on": True}, "ok", {"ventilation": True}),
         ("environment", "set_setpoint", {"value": 20}, "unsupported", {"interval_ms": 1000}),
         ("thermostat", "self_destruct", {}, "unsupported", {"setpoint": 21.0}),
+        ("vibration", "ping", {}, "ok", {"interval_ms": 1000}),
+        ("vibration", "set_interval", {"ms": 250}, "ok", {"interval_ms": 250}),
+        ("vibration", "set_relay", {"on": False}, "unsupported", {"interval_ms": 1000}),
     ],
 )
 def test_a_command_is_answered_with_its_outcome_and_the_new_state(
@@ -190,6 +241,14 @@ def test_a_command_is_answered_with_its_outcome_and_the_new_state(
     assert outcome.ack.state.items() >= state.items()
     if status != "ok":
         assert outcome.ack.detail
+
+
+def test_a_refused_command_says_why_in_the_words_of_the_models() -> None:
+    outcome = _device("thermostat").handle_command(_command("set_setpoint", {"value": 80}), int(MIDNIGHT_S * 1000))
+    assert outcome is not None and outcome.ack.status == "error"
+    assert outcome.ack.detail == "set_setpoint: argument 'value' must be a number from 5 to 35 (got 80)"
+    outcome = _device("environment").handle_command(_command("set_setpoint", {"value": 20}), int(MIDNIGHT_S * 1000))
+    assert outcome is not None and outcome.ack.detail == "set_setpoint is for thermostat devices, this is environment"
 
 
 def test_an_expired_command_is_refused_and_changes_nothing() -> None:
@@ -224,6 +283,11 @@ def test_fleet_plan_numbers_each_kind_and_mixes_protocols_within_every_kind() ->
     for kind in ("environment", "air_quality", "power_meter", "thermostat"):
         assert {s.protocol for s in specs if s.kind == kind} == {"mqtt", "stomp"}
     assert {s.protocol for s in plan_fleet(4)} == {"mqtt", "stomp"}
+    for kinds in (["vibration"], ["environment", "thermostat", "vibration"]):
+        specs = plan_fleet(4 * len(kinds), kinds=kinds)
+        for kind in kinds:
+            protocols = [s.protocol for s in specs if s.kind == kind]
+            assert all(a != b for a, b in itertools.pairwise(protocols)), (kinds, kind, protocols)
     assert {s.protocol for s in plan_fleet(6, protocol="stomp")} == {"stomp"}
 
 
