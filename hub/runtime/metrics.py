@@ -12,6 +12,11 @@ from prometheus_client import Counter, Gauge, Histogram
 
 RECEIVED = Counter("hub_messages_received", "Messages taken from a hub queue", ["service", "protocol"])
 STORED = Counter("hub_readings_stored", "Readings written to the outputs and acked", ["protocol"])
+READINGS_FLAGGED = Counter(
+    "hub_readings_flagged",
+    "Readings stored although their kind's model does not expect them (undeclared kind or sensor, out of range)",
+    ["reason"],
+)
 DEAD_LETTERED = Counter("hub_messages_dead_lettered", "Messages refused and sent to iot.dlx", ["service", "reason"])
 ALERTS = Counter("hub_alerts", "Alerts raised by rules", ["severity", "rule"])
 RULE_COMMANDS = Counter("hub_rule_commands", "Commands sent by rule actions", ["command"])

@@ -11,13 +11,16 @@ import pytest
 from hub.clients.amqp import connection_parameters
 from hub.core.backoff import Backoff, BackoffPolicy
 from hub.core.config import load_settings
-from hub.core.contract import VHOST
-from hub.core.errors import ConfigError, StorageUnavailable
+from hub.core.contract import VHOST, Reading
+from hub.core.errors import ConfigError, InvalidMessage, StorageUnavailable
+from hub.core.models import default_models
 from hub.core.points import Point
 from hub.outputs.fanout import OutputSet
 from hub.outputs.lineprotocol import point, point_line
 from hub.outputs.registry import output_names
 from hub.runtime.deadletter import dead_letter_properties, internal_detail
+from hub.services.store.judge import ReadingJudge
+from hub.services.store.readings import reading_point
 
 
 def test_every_process_reaches_the_same_vhost_from_the_same_url() -> None:
@@ -111,3 +114,46 @@ def test_the_protocol_tag_says_how_a_message_reached_the_exchange() -> None:
     assert protocol_of(BasicProperties(headers={"content-length": "7", "receipt": "r-1"})) == "stomp"
     assert protocol_of(BasicProperties(delivery_mode=2)) == "amqp"
     assert protocol_of(BasicProperties(headers={"gateway": "lora-1"})) == "amqp"
+
+
+def _reading(kind: str, **values: float | bool) -> Reading:
+    return Reading(device="d-1", site="s-1", kind=kind, seq=1, ts=1, readings=values)
+
+
+def test_the_store_stores_undeclared_sensors_and_kinds_by_default_and_logs_each_pair_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    judge = ReadingJudge(default_models())
+    assert judge.out_of_range(_reading("environment", temperature=21.5)) == ()
+    with caplog.at_level("WARNING"):
+        assert judge.out_of_range(_reading("environment", temperature=21.5, rms=1.0)) == ()
+        assert judge.out_of_range(_reading("environment", temperature=21.6, rms=1.1)) == ()
+        assert judge.out_of_range(_reading("gearbox", torque=3.0)) == ()
+    undeclared = [r.getMessage() for r in caplog.records if "event=undeclared" in r.getMessage()]
+    assert len(undeclared) == 2, undeclared
+    assert "kind=environment sensor=rms action=stored" in undeclared[0]
+    assert "reason=unknown_kind kind=gearbox" in undeclared[1]
+
+
+def test_a_value_outside_its_plausible_range_is_stored_and_flagged() -> None:
+    judge = ReadingJudge(default_models())
+    reading = _reading("environment", temperature=150.0, humidity=40.0, pressure=-5.0)
+    flagged = judge.out_of_range(reading)
+    assert flagged == ("temperature", "pressure")
+    line = point_line(reading_point(reading, "mqtt", flagged))
+    assert line.endswith(',seq=1i,out_of_range="temperature,pressure" 1')
+    assert "temperature=150.0" in line, "the value itself is stored as it came"
+
+
+def test_a_sensor_of_the_wrong_type_is_refused_and_strict_mode_refuses_undeclared_ones() -> None:
+    with pytest.raises(InvalidMessage) as wrong:
+        ReadingJudge(default_models()).out_of_range(_reading("thermostat", temperature=True))
+    assert wrong.value.reason == "sensor_type"
+    strict = ReadingJudge(default_models(), "dead_letter")
+    with pytest.raises(InvalidMessage) as sensor:
+        strict.out_of_range(_reading("environment", temperature=21.5, rms=1.0))
+    assert sensor.value.reason == "unknown_sensor" and "rms" in sensor.value.detail
+    with pytest.raises(InvalidMessage) as kind:
+        strict.out_of_range(_reading("gearbox", torque=3.0))
+    assert kind.value.reason == "unknown_kind"
+    assert strict.out_of_range(_reading("vibration", rms=2.0, peak=5.0)) == (), "a kind declared only in YAML"

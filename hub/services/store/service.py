@@ -13,12 +13,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from hub.core.contract import decode_reading, now_ms
+from hub.core.models import load_models
 from hub.outputs.fanout import Refusal
 from hub.runtime import topology
 from hub.runtime.batch import Batch
 from hub.runtime.consumer import Delivery, protocol_of
 from hub.runtime.metrics import READING_AGE, RECEIVED, STORED
 from hub.runtime.service import Service
+from hub.services.store.judge import ReadingJudge
 from hub.services.store.readings import reading_point
 
 
@@ -29,10 +31,13 @@ class StoreService(Service):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.newest_ts = 0
+        self.judge = ReadingJudge(load_models(self.settings.models_file), self.settings.unknown_sensors)
 
     def handle(self, delivery: Delivery) -> None:
         reading = decode_reading(delivery.body, delivery.routing_key)
-        self.outbox.add(delivery.tag, reading_point(reading, protocol_of(delivery.properties)), source=delivery)
+        out_of_range = self.judge.out_of_range(reading)
+        point = reading_point(reading, protocol_of(delivery.properties), out_of_range)
+        self.outbox.add(delivery.tag, point, source=delivery)
         if reading.ts > self.newest_ts:
             self.newest_ts = reading.ts
 
