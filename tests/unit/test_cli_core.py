@@ -15,7 +15,7 @@ from hub.core.contract import Ack, Alert, Command, Presence, Reading, encode
 from hub.core.errors import ConfigError, InvalidIdentifier
 from hub.core.exit_codes import ExitCode
 from hub.demo.activity import RateWindow
-from hub.demo.app import plan_commands
+from hub.demo.scenario import plan_commands
 
 NOW = 1_800_000_000_000
 
