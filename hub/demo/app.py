@@ -28,7 +28,13 @@ from hub.core.errors import HubError, StackError, StorageUnavailable
 from hub.core.exit_codes import ExitCode
 from hub.demo.activity import RateWindow, Snapshot, read_activity
 from hub.demo.children import Child, start_child
-from hub.demo.readiness import DEVICES_ONLINE_TIMEOUT_S, HUB_READY_TIMEOUT_S, hub_queues_declared, wait_for
+from hub.demo.readiness import (
+    DEVICES_ONLINE_TIMEOUT_S,
+    HUB_QUEUE_NAMES,
+    HUB_READY_TIMEOUT_S,
+    hub_consuming,
+    wait_for,
+)
 from hub.demo.scenario import CommandRunner, plan_commands
 from hub.demo.signals import handling_stop_signals, raise_interrupt
 from hub.demo.stack_handle import StackHandle
@@ -101,8 +107,9 @@ class Demo:
         env["IOT_METRICS_PORT"] = str(self.metrics_port)
         self._spawn("hub", [sys.executable, "-m", "hub", "run"], env)
         self._wait_for(
-            "waiting for the hub to declare its queues", lambda: hub_queues_declared(self.settings), HUB_READY_TIMEOUT_S
+            "waiting for the hub to consume its queues", lambda: hub_consuming(self.settings), HUB_READY_TIMEOUT_S
         )
+        self.console.print(f"the hub consumes {', '.join(HUB_QUEUE_NAMES)}")
         self._spawn("simulator", [sys.executable, "-m", "devices.sim", "--count", str(self.count)], env)
         for line in where_to_look(self.settings, self.stack.docker, self.logs, self.metrics_port):
             self.console.print(f"  {line}")
