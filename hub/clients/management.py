@@ -69,11 +69,17 @@ def _vhost(settings: Settings) -> str:
     return urllib.parse.quote(settings.amqp.vhost, safe="")
 
 
+def read_bindings(settings: Settings) -> list[dict[str, Any]] | None:
+    """The bindings whose source is exchange `iot`, or None when the management API cannot say."""
+    bindings = _management_get(settings, f"exchanges/{_vhost(settings)}/{EXCHANGE}/bindings/source")
+    return [b for b in bindings if isinstance(b, dict)] if isinstance(bindings, list) else None
+
+
 def read_subscribed_devices(settings: Settings) -> set[str] | None:
     """The devices subscribed now, or None when the management API cannot say (then only
     `mandatory` and the timeout tell)."""
-    bindings = _management_get(settings, f"exchanges/{_vhost(settings)}/{EXCHANGE}/bindings/source")
-    return subscribed_devices(bindings) if isinstance(bindings, list) else None
+    bindings = read_bindings(settings)
+    return subscribed_devices(bindings) if bindings is not None else None
 
 
 def consumer_count(queue: Any) -> int | None:
