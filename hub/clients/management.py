@@ -5,6 +5,9 @@ command is routable and `mandatory` alone cannot tell an unknown device. A devic
 binds the exact key `commands.<device>` (its MQTT subscription queue or STOMP subscription),
 so an exact-key binding on exchange `iot` from a queue that is not the hub's means a device is
 there to hear it. The management API lists those bindings.
+
+It also counts the consumers of a queue: the demo waits until the hub consumes each of its
+queues, which rabbitmq/definitions.json declares long before the hub runs.
 """
 
 from __future__ import annotations
@@ -66,14 +69,26 @@ def _vhost(settings: Settings) -> str:
     return urllib.parse.quote(settings.amqp.vhost, safe="")
 
 
+def read_bindings(settings: Settings) -> list[dict[str, Any]] | None:
+    """The bindings whose source is exchange `iot`, or None when the management API cannot say."""
+    bindings = _management_get(settings, f"exchanges/{_vhost(settings)}/{EXCHANGE}/bindings/source")
+    return [b for b in bindings if isinstance(b, dict)] if isinstance(bindings, list) else None
+
+
 def read_subscribed_devices(settings: Settings) -> set[str] | None:
     """The devices subscribed now, or None when the management API cannot say (then only
     `mandatory` and the timeout tell)."""
-    bindings = _management_get(settings, f"exchanges/{_vhost(settings)}/{EXCHANGE}/bindings/source")
-    return subscribed_devices(bindings) if isinstance(bindings, list) else None
+    bindings = read_bindings(settings)
+    return subscribed_devices(bindings) if bindings is not None else None
 
 
-def read_queue_names(settings: Settings) -> set[str] | None:
-    """Names of the queues in the vhost, or None when the management API cannot say."""
-    queues = _management_get(settings, f"queues/{_vhost(settings)}?columns=name")
-    return {str(q.get("name")) for q in queues if isinstance(q, dict)} if isinstance(queues, list) else None
+def consumer_count(queue: Any) -> int | None:
+    """The `consumers` of one queue's management document, or None when it does not say."""
+    consumers = queue.get("consumers") if isinstance(queue, dict) else None
+    return consumers if isinstance(consumers, int) and not isinstance(consumers, bool) else None
+
+
+def read_consumer_count(settings: Settings, queue_name: str) -> int | None:
+    """How many consumers `queue_name` has now, or None when the management API cannot say."""
+    name = urllib.parse.quote(queue_name, safe="")
+    return consumer_count(_management_get(settings, f"queues/{_vhost(settings)}/{name}"))

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from devices.fleet import Fleet
+from hub.clients.management import read_bindings
 from hub.core.config import Settings
-from hub.core.contract import EXCHANGE, command_key
+from hub.core.contract import EXCHANGE, ack_key, command_key
 from hub.core.exit_codes import ExitCode
 from hub.stack.processes import free_port
 from tests.support import REPO, amqp_connection, collect, hub_process, influx_query, settings_environment, wait_until
@@ -39,6 +40,12 @@ def hub_cli(settings: Settings, *args: str, timeout_s: float = 60, **env: str) -
         timeout=timeout_s,
         check=False,
     )
+
+
+def listening_for_acks(settings: Settings, device: str) -> bool:
+    """A sender has bound its ack queue to exactly `acks.<device>` (the hub binds `acks.#` only):
+    `send` is running and about to send, or to wait for the device to subscribe."""
+    return any(binding.get("routing_key") == ack_key(device) for binding in read_bindings(settings) or [])
 
 
 def assert_one_clean_line(stderr: str) -> None:
@@ -158,7 +165,7 @@ def test_send_waits_for_a_rebooting_device_and_delivers_when_it_is_back(stack: S
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.0)
+    wait_until(lambda: listening_for_acks(stack, device) or sender.poll() is not None, 30)
     fleet.start_device(device)
     out, err = sender.communicate(timeout=30)
     assert sender.returncode == ExitCode.OK, err

@@ -1,5 +1,6 @@
 """`make demo`, the README's main job, end to end: its own stack on free ports, the hub, the
-simulator and CLI commands; it stops by itself after DURATION and leaves no process behind."""
+simulator and CLI commands; it stops by itself after DURATION and leaves no process behind.
+And what the demo waits for before it starts the devices: the hub consuming its queues."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hub.clients.management import read_consumer_count
+from hub.core.config import Settings
+from hub.demo.readiness import HUB_QUEUE_NAMES, HUB_READY_TIMEOUT_S, hub_consuming
+from hub.runtime.topology import STORE
 from hub.stack.processes import free_port
 from hub.stack.stack import settings_on_free_ports
-from tests.support import REPO, wait_until
+from tests.support import REPO, hub_process, wait_until
 
 DURATION_S = 20
 COUNT = 8
@@ -87,6 +92,8 @@ def test_make_demo_runs_the_main_job_and_leaves_no_process_behind(tmp_path: Path
     pids |= {name: int(pid) for name, pid in re.findall(r"(hub|simulator) started \(pid (\d+)\)", out)}
     assert set(pids) == {"RabbitMQ", "InfluxDB", "hub", "simulator"}, out
     assert f"stack started under {settings.stack_dir}" in out
+    consuming = f"the hub consumes {', '.join(HUB_QUEUE_NAMES)}"
+    assert out.index("hub started") < out.index(consuming) < out.index("simulator started"), out
 
     summary = re.search(r"demo summary: (\d+) readings stored from (\d+) devices", out)
     assert summary is not None, out
@@ -103,3 +110,16 @@ def test_make_demo_runs_the_main_job_and_leaves_no_process_behind(tmp_path: Path
     assert f"hub metrics  http://localhost:{metrics_port}/metrics" in out
     wait_until(lambda: not any(_alive(pid) for pid in pids.values()), 10)
     wait_until(lambda: not _members_of_groups(set(pids.values())), 10)
+
+
+def test_the_hub_is_ready_when_it_consumes_every_queue_not_when_the_queues_exist(
+    stack: Settings, tmp_path: Path
+) -> None:
+    """rabbitmq/definitions.json declares the hub's queues before any hub runs: only consumers tell."""
+    wait_until(lambda: all(read_consumer_count(stack, name) == 0 for name in HUB_QUEUE_NAMES))
+    assert not hub_consuming(stack)
+    with hub_process(stack, tmp_path, "--only", "store"):
+        wait_until(lambda: read_consumer_count(stack, STORE.name) == 1)
+        assert not hub_consuming(stack)
+    with hub_process(stack, tmp_path):
+        wait_until(lambda: hub_consuming(stack), HUB_READY_TIMEOUT_S)

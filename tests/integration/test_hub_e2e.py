@@ -18,6 +18,7 @@ import pika.exceptions
 import pytest
 import stomp
 
+from hub.clients.management import read_subscribed_devices
 from hub.core.config import Settings
 from hub.core.contract import (
     DEAD_LETTER_EXCHANGE,
@@ -50,10 +51,18 @@ from tests.support import (
     wait_until,
 )
 
+#: How long the broker may take to confirm the last frame of a burst of readings.
+RECEIPT_TIMEOUT_S = 30.0
+
 
 def count_stored(settings: Settings, measurement: str, device: str) -> int:
     series = influx_query(settings, f"SELECT count(seq) FROM {measurement} WHERE device = '{device}'")
     return int(series[0]["values"][0][1]) if series else 0
+
+
+def hub_log(log_dir: Path) -> str:
+    """Everything the hubs `hub_process` started with `log_dir` have logged so far."""
+    return "".join(log.read_text() for log in sorted(log_dir.glob("hub-*.log")))
 
 
 # --- devices ---------------------------------------------------------------------------------
@@ -86,6 +95,18 @@ def publish_mqtt(settings: Settings, device: str, count: int, base_ts: int, paus
         client.disconnect()
 
 
+class _Receipt(stomp.ConnectionListener):  # type: ignore[misc]
+    """Set once the broker sends the RECEIPT for `receipt_id`: it has every frame sent before."""
+
+    def __init__(self, receipt_id: str) -> None:
+        self.receipt_id = receipt_id
+        self.arrived = threading.Event()
+
+    def on_receipt(self, frame: Any) -> None:
+        if frame.headers.get("receipt-id") == self.receipt_id:
+            self.arrived.set()
+
+
 def publish_stomp(settings: Settings, device: str, count: int, base_ts: int, pause_every: int = 0) -> None:
     connection = stomp_device(settings)
     try:
@@ -95,12 +116,14 @@ def publish_stomp(settings: Settings, device: str, count: int, base_ts: int, pau
             if pause_every and seq % pause_every == 0:
                 time.sleep(0.01)
         # a receipt on a last frame: the broker has everything before it
+        last = _Receipt(f"done-{device}")
+        connection.set_listener("receipt", last)
         connection.send(
             stomp_destination(reading(device, count, base_ts=base_ts).routing_key),
             encode(reading(device, count, base_ts=base_ts)),
-            headers={"receipt": f"done-{device}"},
+            headers={"receipt": last.receipt_id},
         )
-        time.sleep(0.5)
+        assert last.arrived.wait(RECEIPT_TIMEOUT_S), f"no receipt for the last frame of {device}"
     finally:
         connection.disconnect()
 
@@ -165,7 +188,7 @@ def test_every_reading_arrives_after_influxdb_is_stopped_and_restarted(stack: Se
             assert stop(pid, str(home))
             publish_mqtt(stack, "outage-m", 1000, base_ts)  # seq 0..299 again (harmless) and 300..999 new
             publish_stomp(stack, "outage-s", 500, base_ts)
-            time.sleep(3)  # the hub retries with backoff meanwhile
+            wait_until(lambda: "event=write_failed" in hub_log(tmp_path) or hub.poll() is not None, 30)
             assert hub.poll() is None, "the hub keeps running while InfluxDB is down"
             node, pid = _start_influxd(home, port, rpc)
             wait_until(lambda: count_stored(own, "environment", "outage-m") == 1000, 60)
@@ -314,7 +337,8 @@ def test_a_rule_alerts_and_its_command_reaches_mqtt_and_stomp_devices_whose_acks
     air_listener = _StompCommands(air, "aq-rule-s")
     air.set_listener("commands", air_listener)
     air.subscribe(stomp_destination(command_key("aq-rule-s")), id="c", ack="auto", headers={"receipt": "s"})
-    time.sleep(0.5)  # the STOMP subscription's binding is made asynchronously
+    # the STOMP subscription's binding is made asynchronously
+    wait_until(lambda: "aq-rule-s" in (read_subscribed_devices(stack) or set()))
 
     try:
         with hub_process(stack, tmp_path, IOT_RULES_FILE=str(rules)):
@@ -399,7 +423,7 @@ def test_alerts_nobody_listens_to_are_stored_and_their_rule_commands_sent_while_
     for _key, body, properties in delivered:
         command = decode(body, Command)
         assert (command.command, command.args, properties.app_id) == ("set_setpoint", {"value": 20.0}, "rule")
-    logs = "".join(log.read_text() for log in tmp_path.glob("hub-*.log"))
+    logs = hub_log(tmp_path)
     assert "service=rules event=disconnected" not in logs and "service=rules event=crashed" not in logs
 
 
@@ -438,7 +462,7 @@ def test_an_ack_that_overtakes_its_command_is_recorded_with_the_commands_name_an
     [rtt] = influx_query(stack, "SELECT rtt_ms FROM commands WHERE device = 'pm-early' AND status = 'ok'")
     assert rtt["values"][0][1] >= 0
     assert left_in_queue == 0, "every delivery acked once: nothing came back when the hub stopped"
-    logs = "".join(log.read_text() for log in tmp_path.glob("hub-*.log"))
+    logs = hub_log(tmp_path)
     assert "event=disconnected" not in logs, "a double or unknown ack would have closed the channel"
 
 
@@ -468,15 +492,17 @@ def test_presence_follows_status_last_will_and_silence(stack: Settings, tmp_path
         stomp_dev.send(
             stomp_destination(status_key("pres-s")), status("pres-s", "online", "stomp", 300, now_ms()), headers={}
         )
-        time.sleep(1.0)
-        cable = device.socket()
-        assert cable is not None
-        cable.close()  # the cable is pulled: the broker publishes the last will
-        device.loop_stop()
 
         def transitions(name: str) -> list[tuple[str, str]]:
             series = influx_query(stack, f"SELECT state, reason FROM device_status WHERE device = '{name}'")
             return [(row[1], row[2]) for row in series[0]["values"]] if series else []
+
+        online = [("online", "status")]
+        wait_until(lambda: transitions("pres-m") == online and transitions("pres-s")[:1] == online, 30)
+        cable = device.socket()
+        assert cable is not None
+        cable.close()  # the cable is pulled: the broker publishes the last will
+        device.loop_stop()
 
         wait_until(lambda: len(transitions("pres-m")) == 2 and len(transitions("pres-s")) == 2, 30)
         stomp_dev.disconnect()

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from hub.core.config import Settings
 from tests.support import REPO, Watcher, wait_until
@@ -66,7 +65,8 @@ def test_sigterm_stops_cleanly_with_devices_offline_and_exit_130(stack: Settings
     run = _sim(stack, "--count", "2", "--interval", "0.2", "--protocol", "stomp", "--site", "plant-term")
     assert run.stdout is not None
     wait_until(lambda: "online" in run.stdout.readline(), timeout_s=20)  # type: ignore[union-attr]
-    time.sleep(0.5)
+    for device in ("env-0001", "aq-0001"):
+        watcher.wait_states(device, ["online"])
     run.send_signal(signal.SIGTERM)
     output, _ = run.communicate(timeout=30)
     watcher.poll(1.0)

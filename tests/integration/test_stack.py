@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 import stomp
 
+from hub.clients.management import read_subscribed_devices
 from hub.core.config import Settings
 from hub.core.contract import (
     EXCHANGE,
@@ -37,6 +37,10 @@ from tests.support import (
     stomp_device,
     wait_until,
 )
+
+#: A routing key no hub queue is bound to: a test publishes it to know that what was routed
+#: before it has arrived, and leaves nothing behind for a later hub.
+MARKER_KEY = "test.marker"
 
 
 def _reading(device: str, seq: int = 1) -> Reading:
@@ -111,7 +115,8 @@ def test_amqp_command_reaches_an_mqtt_and_a_stomp_subscriber(stack: Settings) ->
     stomp_subscriber.subscribe(
         stomp_destination(command_key("dev-s")), id="commands", ack="auto", headers={"receipt": "sub-1"}
     )
-    time.sleep(0.5)  # the STOMP subscription's binding is made asynchronously
+    # the STOMP subscription's binding is made asynchronously
+    wait_until(lambda: "dev-s" in (read_subscribed_devices(stack) or set()))
 
     connection = amqp_connection(stack)
     channel = connection.channel()
@@ -144,16 +149,18 @@ def test_devices_may_not_publish_commands(stack: Settings) -> None:
     """The device user's topic permissions let it send telemetry, status and acks only."""
     connection = amqp_connection(stack)
     channel = connection.channel()
-    queue = bind_temporary_queue(channel, "commands.#", "telemetry.#")
+    queue = bind_temporary_queue(channel, "commands.#", "telemetry.#", MARKER_KEY)
     client = mqtt_device(stack, "test-mqtt-forger")
     disconnected = threading.Event()
     client.on_disconnect = lambda *_args: disconnected.set()
     client.publish("commands/victim", b"{}", qos=1)
     assert disconnected.wait(10), "the broker should drop a device that publishes a command"
     client.loop_stop()
-    time.sleep(0.3)
-    assert collect(connection, channel, queue, 1, timeout_s=1) == []
+    # Published after the refusal: a forged command, had it been routed, would arrive before it.
+    channel.basic_publish(EXCHANGE, MARKER_KEY, b"after the forgery")
+    received = collect(connection, channel, queue, 1)
     connection.close()
+    assert [routing_key for routing_key, _body, _props in received] == [MARKER_KEY]
 
 
 def test_guest_cannot_log_in_from_the_network(stack: Settings) -> None:

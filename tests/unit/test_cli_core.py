@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from hub.clients.influx import Series
-from hub.clients.management import subscribed_devices
+from hub.clients.management import consumer_count, subscribed_devices
 from hub.control.args import parse_command_args
 from hub.control.fleet_view import FRESH_READING_MS, build_fleet, kinds_from_measurements, select
 from hub.control.send import Outcome, build_command, overall_exit_code
@@ -15,7 +15,7 @@ from hub.core.contract import Ack, Alert, Command, Presence, Reading, encode
 from hub.core.errors import ConfigError, InvalidIdentifier
 from hub.core.exit_codes import ExitCode
 from hub.demo.activity import RateWindow
-from hub.demo.app import plan_commands
+from hub.demo.scenario import plan_commands
 
 NOW = 1_800_000_000_000
 
@@ -86,6 +86,22 @@ def test_only_exact_command_bindings_of_non_hub_queues_mean_a_listening_device()
         {"destination_type": "exchange", "destination": "x", "routing_key": "commands.aq-0001"},
     ]
     assert subscribed_devices(bindings) == {"env-0001", "th-0001"}
+
+
+@pytest.mark.parametrize(
+    ("answer", "count"),
+    [
+        ({"name": "hub.store", "consumers": 2, "messages": 0}, 2),
+        ({"name": "hub.store", "consumers": 0}, 0),
+        ({"name": "hub.store"}, None),  # a queue the management API has no statistics for yet
+        ({"consumers": "1"}, None),
+        ({"consumers": True}, None),
+        ([{"consumers": 1}], None),
+        (None, None),  # the management API could not be asked
+    ],
+)
+def test_a_queues_consumer_count_is_read_from_its_management_document(answer: object, count: int | None) -> None:
+    assert consumer_count(answer) == count
 
 
 def _status(device: str, at: int, online: bool, reason: str = "status") -> Series:
