@@ -371,10 +371,10 @@ def tail(
         out.file.flush()
 
     with Tail(settings, patterns) as tailer:
-        if not as_json:
-            err.print(f"[dim]tailing {' '.join(tailer.patterns)} on exchange iot; Ctrl-C stops[/]")
         started = time.monotonic()
-        with contextlib.suppress(KeyboardInterrupt):
+        with contextlib.suppress(KeyboardInterrupt):  # a Ctrl-C right after the first line also ends with 0
+            if not as_json:
+                err.print(f"[dim]tailing {' '.join(tailer.patterns)} on exchange iot; Ctrl-C stops[/]")
             tailer.follow(show, max_count=max_count, seconds=seconds)
         if not as_json:
             err.print(f"[dim]{tailer.count} messages in {time.monotonic() - started:.1f} s[/]")
