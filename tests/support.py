@@ -42,6 +42,8 @@ from hub.core.contract import (
 )
 from hub.core.errors import StackError
 from hub.stack import Stack
+from hub.stack.influx import InfluxNode
+from hub.stack.processes import start_detached
 from hub.stack.stack import settings_on_free_ports
 
 
@@ -240,3 +242,12 @@ def started_stack(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, S
             if attempt == START_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
+
+
+def start_influxd(home: Path, port: int, rpc_port: int) -> tuple[InfluxNode, int]:
+    """An influxd of the test's own (to stop and start again), answering; returns it and its pid."""
+    node = InfluxNode(home, port, rpc_port)
+    node.prepare()
+    process = start_detached(node.argv(), node.environment(), node.log_path, home)
+    wait_until(lambda: not node.problems(), 60, 0.2)
+    return node, process.pid

@@ -38,8 +38,7 @@ from hub.core.contract import (
     stomp_destination,
 )
 from hub.runtime.topology import COMMANDS
-from hub.stack.influx import InfluxNode
-from hub.stack.processes import free_port, start_detached, stop
+from hub.stack.processes import free_port, stop
 from tests.support import (
     amqp_connection,
     bind_temporary_queue,
@@ -47,6 +46,7 @@ from tests.support import (
     hub_process,
     influx_query,
     mqtt_device,
+    start_influxd,
     stomp_device,
     wait_until,
 )
@@ -167,18 +167,10 @@ def test_readings_of_both_protocols_are_stored_exactly_once_across_a_hub_sigkill
     assert protocols_of(stack, "kill-s") == {"stomp"}
 
 
-def _start_influxd(home: Path, port: int, rpc_port: int) -> tuple[InfluxNode, int]:
-    node = InfluxNode(home, port, rpc_port)
-    node.prepare()
-    process = start_detached(node.argv(), node.environment(), node.log_path, home)
-    wait_until(lambda: not node.problems(), 60, 0.2)
-    return node, process.pid
-
-
 def test_every_reading_arrives_after_influxdb_is_stopped_and_restarted(stack: Settings, tmp_path: Path) -> None:
     home = tmp_path / "influxdb"
     port, rpc = free_port(), free_port()
-    node, pid = _start_influxd(home, port, rpc)
+    node, pid = start_influxd(home, port, rpc)
     own = stack.model_copy(update={"influx_url": node.url})
     base_ts = now_ms() - 20_000_000
     try:
@@ -190,7 +182,7 @@ def test_every_reading_arrives_after_influxdb_is_stopped_and_restarted(stack: Se
             publish_stomp(stack, "outage-s", 500, base_ts)
             wait_until(lambda: "event=write_failed" in hub_log(tmp_path) or hub.poll() is not None, 30)
             assert hub.poll() is None, "the hub keeps running while InfluxDB is down"
-            node, pid = _start_influxd(home, port, rpc)
+            node, pid = start_influxd(home, port, rpc)
             wait_until(lambda: count_stored(own, "environment", "outage-m") == 1000, 60)
             wait_until(lambda: count_stored(own, "environment", "outage-s") == 501, 60)
     finally:

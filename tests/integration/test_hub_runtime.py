@@ -25,6 +25,7 @@ from hub.core.contract import (
 from hub.runtime.consumer import Delivery
 from hub.runtime.deadletter import DEAD_LETTER_DETAIL_HEADER
 from hub.services.store.service import StoreService
+from hub.stack.processes import free_port, stop
 from tests.support import (
     amqp_connection,
     bind_temporary_queue,
@@ -32,6 +33,7 @@ from tests.support import (
     hub_process,
     influx_query,
     mqtt_device,
+    start_influxd,
     stomp_device,
     wait_until,
 )
@@ -188,3 +190,50 @@ def test_every_output_gets_every_reading_and_a_failing_one_holds_the_batch_until
     points = [line for line in archive.read_text().splitlines() if '"device":"fanout"' in line]
     assert len(points) == 40, "written once the output came back, and not again after the ack"
     assert count_stored(stack, "fanout") == 40
+
+
+def test_an_influxdb_outage_marks_no_streaming_device_offline(stack: Settings, tmp_path: Path) -> None:
+    """The whole hub runs; InfluxDB stops for 20 device intervals while the devices stream on."""
+    home = tmp_path / "influxdb"
+    port, rpc = free_port(), free_port()
+    node, pid = start_influxd(home, port, rpc)
+    own = stack.model_copy(update={"influx_url": node.url})
+    devices = ("outage-pm", "outage-ps")
+    streaming = threading.Event()
+    sent = [0]
+    try:
+        with hub_process(own, tmp_path) as hub:
+            mqtt_dev = mqtt_device(stack, "outage-pm")
+            stomp_dev = stomp_device(stack)
+            mqtt_dev.publish(mqtt_topic(status_key(devices[0])), status(devices[0], "mqtt"), qos=1)
+            stomp_dev.send(stomp_destination(status_key(devices[1])), status(devices[1], "stomp"), headers={})
+
+            def stream() -> None:
+                base_ts = now_ms()
+                while not streaming.wait(INTERVAL_MS / 3000):
+                    seq = sent[0]
+                    first, second = reading(devices[0], seq, base_ts), reading(devices[1], seq, base_ts)
+                    mqtt_dev.publish(mqtt_topic(first.routing_key), encode(first), qos=1)
+                    stomp_dev.send(stomp_destination(second.routing_key), encode(second), headers={})
+                    sent[0] = seq + 1
+
+            streamer = threading.Thread(target=stream, daemon=True)
+            streamer.start()
+            try:
+                wait_until(lambda: all(transitions(own, d) == [("online", "status")] for d in devices), 15)
+                assert stop(pid, str(home))
+                outage_ends = now_ms() + 20 * INTERVAL_MS
+                wait_until(lambda: now_ms() > outage_ends, 30)
+                assert hub.poll() is None
+                node, pid = start_influxd(home, port, rpc)
+                wait_until(lambda: count_stored(own, devices[0]) >= sent[0] - 5, 30)  # the backlog is stored
+                for device in devices:
+                    assert transitions(own, device) == [("online", "status")], "streaming all along: never silent"
+            finally:
+                streaming.set()
+                streamer.join(10)
+                mqtt_dev.loop_stop()
+                mqtt_dev.disconnect()
+                stomp_dev.disconnect()
+    finally:
+        stop(pid, str(home))

@@ -29,8 +29,10 @@ from hub.services.presence.tracker import PresenceTracker
 SILENCE_CHECK_S = 1.0
 #: Signs of life kept waiting at most; older ones are dropped first (only the newest matter).
 SIGNS_MAX_LENGTH = 10_000
-#: Unacked signs of life the broker may send ahead; they are acked together every tick.
+#: Unacked signs of life the broker may send ahead...
 SIGNS_PREFETCH = 2_000
+#: ...acked together every this many.
+SIGNS_ACK_EVERY = SIGNS_PREFETCH // 4
 
 _IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 
@@ -61,7 +63,7 @@ class PresenceService(Service):
         self.tracker = tracker or PresenceTracker()
         self.next_check = 0.0
         self.signs: BlockingChannel | None = None
-        self.signs_tag = 0
+        self.signs_acked = 0
 
     def on_start(self, consumer: Consumer) -> None:
         super().on_start(consumer)
@@ -72,7 +74,7 @@ class PresenceService(Service):
         self.signs.queue_bind(queue, EXCHANGE, routing_key="telemetry.#")
         self.signs.basic_qos(prefetch_count=SIGNS_PREFETCH)
         self.signs.basic_consume(queue, self._sign_of_life)
-        self.signs_tag = 0
+        self.signs_acked = 0
 
     def handle(self, delivery: Delivery) -> None:
         status = decode(delivery.body, Presence)
@@ -84,10 +86,17 @@ class PresenceService(Service):
         self.outbox.add(delivery.tag, transition.point() if transition else None)
 
     def _sign_of_life(
-        self, _channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
+        self, channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
     ) -> None:
-        """A reading proves its device alive; one that breaks the contract proves nothing (the store refuses it)."""
-        self.signs_tag = method.delivery_tag
+        """A reading proves its device alive; one that breaks the contract proves nothing (the store refuses it).
+
+        Signs are acked here, in bulk, not in `tick`: while a write of this service is retried
+        (InfluxDB down) deliveries keep coming but `tick` does not run, and signs must keep
+        flowing, or a storage outage would look like the whole fleet falling silent.
+        """
+        if method.delivery_tag - self.signs_acked >= SIGNS_ACK_EVERY:
+            channel.basic_ack(delivery_tag=method.delivery_tag, multiple=True)
+            self.signs_acked = method.delivery_tag
         parts = str(method.routing_key).split(".")
         if len(parts) != 4 or not all(_IDENTIFIER.match(part) for part in parts[1:]):
             return
@@ -101,9 +110,6 @@ class PresenceService(Service):
             self.outbox.add(0, transition.point())
 
     def tick(self) -> None:
-        if self.signs is not None and self.signs_tag:
-            self.signs.basic_ack(delivery_tag=self.signs_tag, multiple=True)
-            self.signs_tag = 0
         now = now_ms()
         if now >= self.next_check:
             self.next_check = now + SILENCE_CHECK_S * 1000
@@ -114,4 +120,4 @@ class PresenceService(Service):
     def on_connection_lost(self) -> None:
         super().on_connection_lost()
         self.signs = None
-        self.signs_tag = 0
+        self.signs_acked = 0
