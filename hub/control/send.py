@@ -2,8 +2,9 @@
 
 The order matters: the ack queue is bound to `acks.<device>` BEFORE the command goes out, so
 an ack can never overtake our subscription. Commands are published persistently, with publisher
-confirms and `mandatory`, an id and an expiry (`Command.expires`, and the same AMQP
-`expiration` so an undelivered command does not wait in a device's session forever).
+confirms and `mandatory`, an id and an expiry (`Command.expires`: the device refuses it after
+that). No AMQP `expiration`: it would expire the hub's record of the command too; the broker's
+`device-sessions` policy bounds how long a command waits in an offline device's session.
 """
 
 from __future__ import annotations
@@ -252,7 +253,6 @@ class CommandSender:
             app_id=self.origin,
             message_id=body.id,
             timestamp=body.ts // 1000,
-            expiration=str(max(1, round(timeout_s * 1000))),
         )
         try:
             channel.basic_publish(EXCHANGE, command_key(device), encode(body), properties, mandatory=True)

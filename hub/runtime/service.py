@@ -72,6 +72,9 @@ class Service:
     def after_flush(self, batch: Batch, refused: Mapping[int, Refusal], latency_s: float) -> None:
         """Once a batch is written and acked: a service's own metrics."""
 
+    def on_write_failed(self) -> None:
+        """A write of this service's batch failed and will be retried (deliveries wait meanwhile)."""
+
     # --- the consumer's handler ---------------------------------------------------------------------
 
     def on_start(self, consumer: Consumer) -> None:
@@ -150,6 +153,7 @@ class Service:
 
     def _write_failed(self, batch: Batch) -> RetryHook:
         def note(output: str, attempt: int, error: Exception) -> None:
+            self.on_write_failed()
             for middleware in self.middleware:
                 middleware.after_write_failure(self.name, output, attempt, error, len(batch.points))
 

@@ -30,7 +30,8 @@ class HubQueue:
 STORE = HubQueue("hub.store", ("telemetry.#",), prefetch=10_000)
 RULES = HubQueue("hub.rules", ("telemetry.#",), prefetch=5_000)
 PRESENCE = HubQueue("hub.presence", ("status.#",), prefetch=1_000)
-COMMANDS = HubQueue("hub.commands", ("commands.#", "acks.#"), prefetch=1_000)
+#: Pending commands stay unacked until their outcome is recorded, so this window bounds them.
+COMMANDS = HubQueue("hub.commands", ("commands.#", "acks.#"), prefetch=20_000)
 QUEUES = {"store": STORE, "rules": RULES, "presence": PRESENCE, "commands": COMMANDS}
 
 

@@ -16,6 +16,7 @@ from hub.runtime.health import stats_points
 from hub.runtime.metrics import ServiceStats
 from hub.runtime.topology import COMMANDS
 from hub.services.commands.ledger import (
+    LATE_COMMAND_GRACE_MS,
     MAX_EARLY_ACKS,
     ORPHAN_ACK_GRACE_MS,
     TIMEOUT_GRACE_MS,
@@ -257,7 +258,8 @@ def test_an_ack_records_the_outcome_with_its_round_trip_and_origin() -> None:
     acked = ledger.on_ack(Ack(id="c-1", device="dev-1", status="ok", ts=1030), at_ms=1042, token=7)
     [line] = lines(acked)
     assert line.startswith("commands,command=ping,device=dev-1,origin=rule,status=ok ")
-    assert "rtt_ms=42.0" in line
+    assert "rtt_ms=30.0" in line, "the round trip between the command's and the ack's own times"
+    assert line.endswith(" 1030"), "stamped with the device's ack time"
     assert acked.released == [7], "the ack's delivery is settled with its point"
     assert ledger.timed_out(10**9) == Recorded()
 
@@ -282,9 +284,9 @@ def test_an_ack_that_overtakes_its_command_is_held_then_recorded_with_the_comman
     recorded = ledger.on_command("dev-1", _command(ts=1000), "rule", at_ms=1050)
     sent, ok = lines(recorded)
     assert sent.startswith("commands,command=ping,device=dev-1,origin=rule,status=sent ")
-    assert sent.endswith(" 1042"), "sent is stamped no later than its outcome"
+    assert sent.endswith(" 1000"), "sent is stamped with the command's own time, before its outcome"
     assert ok.startswith("commands,command=ping,device=dev-1,origin=rule,status=ok ")
-    assert "rtt_ms=42.0" in ok and ok.endswith(" 1042")
+    assert "rtt_ms=30.0" in ok and ok.endswith(" 1030")
     assert recorded.released == [5], "the held ack is settled once, with these points"
     assert ledger.held_tokens() == []
     assert ledger.timed_out(10**9) == Recorded(), "a command whose ack was seen never times out"
@@ -320,6 +322,47 @@ def test_early_acks_are_bounded_the_oldest_recorded_as_unknown_and_a_duplicate_i
     assert COMMANDS.prefetch > MAX_EARLY_ACKS, "held deliveries must never fill the prefetch window"
 
 
+def test_a_commands_delivery_is_held_until_its_outcome_is_recorded() -> None:
+    ledger = CommandLedger()
+    sent = ledger.on_command("dev-1", _command(), "cli", at_ms=1005, token=3)
+    assert sent.released == [] and ledger.held_tokens() == [3]
+    acked = ledger.on_ack(Ack(id="c-1", device="dev-1", status="ok", ts=1030), at_ms=1042, token=7)
+    assert sorted(acked.released) == [3, 7] and ledger.held_tokens() == []
+    ledger.on_command(
+        "dev-1",
+        _command(ts=2000, expires=3000).__class__(id="c-2", command="ping", ts=2000, expires=3000),
+        "cli",
+        at_ms=2000,
+        token=9,
+    )
+    timed_out = ledger.timed_out(3001 + LATE_COMMAND_GRACE_MS + TIMEOUT_GRACE_MS)
+    assert timed_out.released == [9]
+    [line] = lines(timed_out)
+    assert ",status=timeout " in line and line.endswith(" 3000"), "stamped at its expiry: the same point if redone"
+
+
+def test_a_command_first_seen_after_its_expiry_waits_for_its_ack_instead_of_timing_out() -> None:
+    """The hub was away longer than the command's expiry: its ack is still in the queue behind it."""
+    ledger = CommandLedger()
+    back_at = 11_000 + 60_000
+    ledger.on_command("dev-1", _command(ts=1000, expires=11_000), "cli", at_ms=back_at, token=1)
+    assert ledger.timed_out(back_at + 1_000) == Recorded(), "not a timeout because the hub was away"
+    acked = ledger.on_ack(Ack(id="c-1", device="dev-1", status="ok", ts=1003), at_ms=back_at + 1_200, token=2)
+    [line] = lines(acked)
+    assert ",status=ok " in line and "rtt_ms=3.0" in line, "the round trip the device saw, not the hub's downtime"
+
+
+def test_a_command_delivered_twice_is_one_lifecycle_and_no_delivery_is_left_held() -> None:
+    ledger = CommandLedger()
+    first = ledger.on_command("dev-1", _command(ts=1000, expires=11_000), "cli", at_ms=1000, token=4)
+    again = ledger.on_command("dev-1", _command(ts=1000, expires=11_000), "cli", at_ms=9000, token=5)
+    assert lines(first) == lines(again), "the same sent point: stored once"
+    assert again.released == [4] and ledger.held_tokens() == [5]
+    assert ledger.timed_out(11_000 + TIMEOUT_GRACE_MS) == Recorded(), "first seen at 1000: its expiry counts"
+    ledger.forget_held()
+    assert ledger.held_tokens() == [], "after a lost connection the broker delivers them all again"
+
+
 def test_hub_stats_points_carry_the_service_counters() -> None:
     stats = ServiceStats("store", received=10, stored=9, dead_lettered=1)
     stats.add_batch(0.004)
@@ -351,3 +394,11 @@ def test_the_fast_reading_line_equals_the_general_escaping_one() -> None:
     fields: dict[str, bool | int | float | str] = {**reading.readings, "seq": reading.seq}
     general = point(reading.kind, {"device": reading.device, "site": reading.site, "protocol": "stomp"}, fields, 0)
     assert reading_line(reading, "stomp") == general
+
+
+def test_an_ack_after_its_command_timed_out_is_settled_but_not_recorded_again() -> None:
+    ledger = CommandLedger()
+    ledger.on_command("dev-1", _command(ts=1000, expires=11_000), "cli", at_ms=1000, token=1)
+    assert len(lines(ledger.timed_out(20_000))) == 1
+    late = ledger.on_ack(Ack(id="c-1", device="dev-1", status="expired", ts=30_000), at_ms=30_000, token=2)
+    assert late == Recorded([], [2]), "one lifecycle per command: sent, then timeout"

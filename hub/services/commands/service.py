@@ -53,8 +53,7 @@ class CommandsService(Service):
         properties = delivery.properties
         if prefix == "commands":
             origin = properties.app_id if properties.app_id in ORIGINS else "cli"
-            recorded = self.ledger.on_command(device, decode(delivery.body, Command), origin, now)
-            recorded.released.append(delivery.tag)
+            recorded = self.ledger.on_command(device, decode(delivery.body, Command), origin, now, delivery.tag)
         else:
             ack = decode(delivery.body, Ack)
             if ack.device != device:

@@ -1,10 +1,11 @@
-"""The presence service: the one writer of `device_status`, from its own evidence.
+"""The presence service: the one writer of `device_status`, from the devices' own evidence.
 
 Status messages and MQTT last wills come from the durable quorum queue `hub.presence`, acked
-once their transitions are written. Signs of life come from telemetry through a queue of the
-service's own (`hub.presence.signs.<host>-<pid>`): exclusive, non-durable and capped, because
-only a recent sign of life matters, never a backlog of them. So presence is right whether it
-runs alone (`hub run --only presence`) or beside the other services, in one process or several.
+once their transitions are written. Signs of life (readings) come through a `SignsFeed`: from
+the rules service when it runs in the same process, else from a queue of presence's own
+(`hub.presence.signs.<host>-<pid>`): exclusive, non-durable, capped and consumed without acks,
+because only a recent sign of life matters, never a backlog of them. So presence is right
+whether it runs alone (`hub run --only presence`) or beside the other services.
 """
 
 from __future__ import annotations
@@ -23,16 +24,13 @@ from hub.core.errors import InvalidMessage
 from hub.runtime import topology
 from hub.runtime.consumer import Consumer, Delivery, protocol_of
 from hub.runtime.service import Service
+from hub.services.presence.signs import SignsFeed
 from hub.services.presence.tracker import PresenceTracker
 
 #: How often the presence service looks for silent devices.
 SILENCE_CHECK_S = 1.0
 #: Signs of life kept waiting at most; older ones are dropped first (only the newest matter).
 SIGNS_MAX_LENGTH = 10_000
-#: Unacked signs of life the broker may send ahead...
-SIGNS_PREFETCH = 2_000
-#: ...acked together every this many.
-SIGNS_ACK_EVERY = SIGNS_PREFETCH // 4
 
 _IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 
@@ -58,23 +56,27 @@ class PresenceService(Service):
     name = "presence"
     queue = topology.PRESENCE
 
-    def __init__(self, *args: Any, tracker: PresenceTracker | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, feed: SignsFeed | None = None, **kwargs: Any) -> None:
+        """With `feed`, signs of life come from another service of this process; else from a queue of its own."""
         super().__init__(*args, **kwargs)
-        self.tracker = tracker or PresenceTracker()
+        self.own_signs = feed is None
+        self.feed = feed or SignsFeed(PresenceTracker())
+        self.tracker = self.feed.tracker
         self.next_check = 0.0
         self.signs: BlockingChannel | None = None
-        self.signs_acked = 0
 
     def on_start(self, consumer: Consumer) -> None:
         super().on_start(consumer)
+        if not self.own_signs:
+            return
         assert consumer.connection is not None
         self.signs = consumer.connection.channel()
         queue = signs_queue_name()
         self.signs.queue_declare(queue, exclusive=True, auto_delete=True, arguments=signs_queue_arguments())
         self.signs.queue_bind(queue, EXCHANGE, routing_key="telemetry.#")
-        self.signs.basic_qos(prefetch_count=SIGNS_PREFETCH)
-        self.signs.basic_consume(queue, self._sign_of_life)
-        self.signs_acked = 0
+        # Without acks: nothing is held for a write, so signs keep flowing while a write of this
+        # service is retried (InfluxDB down), and a storage outage never looks like silence.
+        self.signs.basic_consume(queue, self._sign_of_life, auto_ack=True)
 
     def handle(self, delivery: Delivery) -> None:
         status = decode(delivery.body, Presence)
@@ -86,17 +88,9 @@ class PresenceService(Service):
         self.outbox.add(delivery.tag, transition.point() if transition else None)
 
     def _sign_of_life(
-        self, channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
+        self, _channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
     ) -> None:
-        """A reading proves its device alive; one that breaks the contract proves nothing (the store refuses it).
-
-        Signs are acked here, in bulk, not in `tick`: while a write of this service is retried
-        (InfluxDB down) deliveries keep coming but `tick` does not run, and signs must keep
-        flowing, or a storage outage would look like the whole fleet falling silent.
-        """
-        if method.delivery_tag - self.signs_acked >= SIGNS_ACK_EVERY:
-            channel.basic_ack(delivery_tag=method.delivery_tag, multiple=True)
-            self.signs_acked = method.delivery_tag
+        """A reading proves its device alive; one that breaks the contract proves nothing (the store refuses it)."""
         parts = str(method.routing_key).split(".")
         if len(parts) != 4 or not all(_IDENTIFIER.match(part) for part in parts[1:]):
             return
@@ -105,13 +99,13 @@ class PresenceService(Service):
         except msgspec.MsgspecError:
             return
         _prefix, site, kind, device = parts
-        transition = self.tracker.on_telemetry(device, site, kind, protocol_of(properties), device_ts, now_ms())
-        if transition is not None:
-            self.outbox.add(0, transition.point())
+        self.feed.sign(device, site, kind, protocol_of(properties), device_ts, now_ms())
 
     def tick(self) -> None:
+        for transition in self.feed.take():
+            self.outbox.add(0, transition.point())
         now = now_ms()
-        if now >= self.next_check:
+        if now >= self.next_check and not self.feed.paused:
             self.next_check = now + SILENCE_CHECK_S * 1000
             for transition in self.tracker.silent(now):
                 self.outbox.add(0, transition.point())
@@ -120,4 +114,3 @@ class PresenceService(Service):
     def on_connection_lost(self) -> None:
         super().on_connection_lost()
         self.signs = None
-        self.signs_acked = 0

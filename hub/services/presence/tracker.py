@@ -148,3 +148,10 @@ class PresenceTracker:
                 ):
                     found.append(self._transition(state, False, "silent", now))
         return found
+
+    def heard_from_all(self, now: int) -> None:
+        """Count every online device as heard from now: the time its signs could not reach us is not silence."""
+        with self.lock:
+            for state in self.devices.values():
+                if state.online:
+                    state.last_seen_ms = max(state.last_seen_ms, now)

@@ -8,6 +8,7 @@ which is normal; they are in InfluxDB `alerts` regardless.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pika.spec import BasicProperties
@@ -15,10 +16,13 @@ from pika.spec import BasicProperties
 from hub.core.contract import EXCHANGE, Alert, command_key, decode_reading, encode, now_ms
 from hub.core.errors import InvalidMessage
 from hub.core.points import Point
+from hub.outputs.fanout import Refusal
 from hub.runtime import topology
-from hub.runtime.consumer import Delivery
+from hub.runtime.batch import Batch
+from hub.runtime.consumer import Delivery, protocol_of
 from hub.runtime.metrics import ALERTS, RULE_COMMANDS
 from hub.runtime.service import Service
+from hub.services.presence.signs import SignsFeed
 from hub.services.rules.engine import Engine
 from hub.services.rules.model import Rule
 
@@ -45,9 +49,11 @@ class RulesService(Service):
     name = "rules"
     queue = topology.RULES
 
-    def __init__(self, *args: Any, rules: list[Rule], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, rules: list[Rule], signs: SignsFeed | None = None, **kwargs: Any) -> None:
+        """With `signs`, every reading is also a sign of life for the presence service of this process."""
         super().__init__(*args, **kwargs)
         self.engine = Engine(rules)
+        self.signs = signs
 
     def handle(self, delivery: Delivery) -> None:
         try:
@@ -56,6 +62,10 @@ class RulesService(Service):
             self.outbox.add(delivery.tag)  # the store dead-letters its own copy
             return
         now = now_ms()
+        if self.signs is not None:
+            self.signs.sign(
+                reading.device, reading.site, reading.kind, protocol_of(delivery.properties), reading.ts, now
+            )
         for decision in self.engine.evaluate(reading, now):
             alert = decision.alert
             self.publish(
@@ -77,3 +87,11 @@ class RulesService(Service):
                 )
                 RULE_COMMANDS.labels(decision.command.command).inc()
         self.outbox.add(delivery.tag)
+
+    def on_write_failed(self) -> None:
+        if self.signs is not None:  # deliveries stop while the batch is retried: no signs, no silence
+            self.signs.pause()
+
+    def after_flush(self, batch: Batch, refused: Mapping[int, Refusal], latency_s: float) -> None:
+        if self.signs is not None:
+            self.signs.resume(now_ms())
