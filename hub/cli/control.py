@@ -20,6 +20,7 @@ from rich.text import Text
 
 from hub.control.args import parse_command_args
 from hub.control.fleet_view import DeviceView, StateFilter, read_fleet, select
+from hub.control.history import DEFAULT_LIMIT, read_history
 from hub.control.send import DEFAULT_TIMEOUT_S, CommandSender, Outcome, overall_exit_code
 from hub.control.tail import Tail, as_json_line, describe
 from hub.core.config import Settings, load_settings
@@ -323,6 +324,51 @@ def _fleet_table(views: Sequence[DeviceView], now: int, models: DeviceModels) ->
         )
         table.add_row(view.device, view.kind, view.site, view.protocol, state, _ago(view.last_seen, now), readings)
     return table
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+@click.command("commands", epilog=DEVICES_EXIT_CODES_HELP)
+@click.option("--device", default=None, help="only the commands of this device")
+@click.option("--limit", type=click.IntRange(min=1), default=DEFAULT_LIMIT, show_default=True, help="how many")
+@click.option("--since", "since_s", type=click.IntRange(min=1), default=86_400, show_default=True, help="seconds back")
+@click.option("--json", "as_json", is_flag=True, help="a JSON array, one object per command, newest first")
+@_influx_option
+def commands(device: str | None, limit: int, since_s: int, as_json: bool, influx_url: str | None) -> None:
+    """Recent commands and their outcomes, from what the hub recorded (`commands` in InfluxDB).
+
+    One row per command: when it was sent, by whom (cli or rule), its outcome (ok, error,
+    unsupported, expired, timeout, or pending while it waits) and the round trip between the
+    command's and the ack's own times.
+
+    \b
+    Examples:
+      python -m hub commands
+      python -m hub commands --device th-0001 --limit 5
+      python -m hub commands --json | jq '.[] | select(.status != "ok")'
+    """
+    settings = load_settings(influx_url=influx_url)
+    history = read_history(settings, limit, _validated(device, "device"), since_s)
+    if as_json:
+        click.echo(json.dumps([record.as_json() for record in history], ensure_ascii=False))
+        return
+    out = _console()
+    if not history:
+        out.print("no command recorded in that time: send one with `python -m hub send DEVICE ping`")
+        return
+    table = Table(title=f"the last {len(history)} commands")
+    for column in ("sent", "device", "command", "origin", "outcome", "rtt ms", "detail"):
+        table.add_column(column, justify="right" if column == "rtt ms" else "left")
+    now = now_ms()
+    for record in history:
+        rtt = f"{record.rtt_ms:.1f}" if record.rtt_ms is not None else "-"
+        sent = _ago(record.sent_at, now) if record.sent_at is not None else "?"
+        style = _STATUS_STYLE.get(record.status, "yellow")
+        table.add_row(
+            sent, record.device, record.command, record.origin, Text(record.status, style=style), rtt, record.detail
+        )
+    out.print(table)
 
 
 # --- tail --------------------------------------------------------------------------------------

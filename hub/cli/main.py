@@ -14,6 +14,7 @@ SUBCOMMANDS = [
     ("hub.cli.control", "send"),
     ("hub.cli.control", "devices"),
     ("hub.cli.control", "tail"),
+    ("hub.cli.control", "commands"),
     ("hub.demo.app", "demo"),
     ("hub.cli.run", "run"),
     ("hub.dashboard.cli", "dashboard"),

@@ -3,12 +3,17 @@ holding up the rest, and every output getting every reading."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import pika
 
+from devices.fleet import Fleet
+from hub.control.send import CommandSender
 from hub.core.config import Settings
 from hub.core.contract import (
     DEAD_LETTER_EXCHANGE,
@@ -27,12 +32,14 @@ from hub.runtime.deadletter import DEAD_LETTER_DETAIL_HEADER
 from hub.services.store.service import StoreService
 from hub.stack.processes import free_port, stop
 from tests.support import (
+    REPO,
     amqp_connection,
     bind_temporary_queue,
     collect,
     hub_process,
     influx_query,
     mqtt_device,
+    settings_environment,
     start_influxd,
     stomp_device,
     wait_until,
@@ -237,3 +244,47 @@ def test_an_influxdb_outage_marks_no_streaming_device_offline(stack: Settings, t
                 stomp_dev.disconnect()
     finally:
         stop(pid, str(home))
+
+
+def test_commands_sent_while_the_hub_is_down_past_their_expiry_are_each_recorded_once_with_their_own_round_trip(
+    stack: Settings, tmp_path: Path
+) -> None:
+    expiry_s = 2.0
+    with Fleet(stack, count=2, kinds=("thermostat",), site="plant-cmd", interval_s=1.0, seed=3) as fleet:
+        devices = [device.device_id for device in fleet.devices]
+        with CommandSender(stack, origin="cli") as sender:
+            outcomes = [o for _ in range(3) for o in sender.send(devices, "ping", {}, timeout_s=expiry_s)]
+    assert [o.status for o in outcomes] == ["ok"] * 6
+    measured = {o.id: o.rtt_ms for o in outcomes}
+    hub_back_at = now_ms() + int(expiry_s * 1000) + 3_000
+    wait_until(lambda: now_ms() > hub_back_at, 10)  # the hub was away longer than every command's expiry
+
+    def lifecycles() -> dict[str, list[tuple[str, float | None]]]:
+        devices_pattern = "|".join(devices)
+        series = influx_query(stack, f"SELECT status, rtt_ms, id FROM commands WHERE device =~ /^({devices_pattern})$/")
+        found: dict[str, list[tuple[str, float | None]]] = {}
+        for row in series[0]["values"] if series else []:
+            found.setdefault(row[3], []).append((row[1], row[2]))
+        return found
+
+    with hub_process(stack, tmp_path, "--only", "commands"):
+        wait_until(lambda: set(lifecycles()) == set(measured) and all(len(v) == 2 for v in lifecycles().values()), 30)
+        history = subprocess.run(
+            [sys.executable, "-m", "hub", "commands", "--device", devices[0], "--json"],
+            cwd=REPO,
+            env=settings_environment(stack),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    for command_id, events in lifecycles().items():
+        assert [status for status, _rtt in events] == ["sent", "ok"], (command_id, events)
+        recorded_rtt = events[1][1]
+        assert recorded_rtt is not None and recorded_rtt <= (measured[command_id] or 0) + 50, (
+            "the round trip of the exchange itself, not the hub's downtime"
+        )
+    assert history.returncode == 0, history.stderr
+    shown = json.loads(history.stdout)
+    assert {r["id"] for r in shown} == {o.id for o in outcomes if o.device == devices[0]}
+    assert {r["status"] for r in shown} == {"ok"} and all(r["origin"] == "cli" for r in shown)

@@ -157,3 +157,25 @@ def test_a_sensor_of_the_wrong_type_is_refused_and_strict_mode_refuses_undeclare
         strict.out_of_range(_reading("gearbox", torque=3.0))
     assert kind.value.reason == "unknown_kind"
     assert strict.out_of_range(_reading("vibration", rms=2.0, peak=5.0)) == (), "a kind declared only in YAML"
+
+
+def test_the_command_history_joins_sent_and_outcome_by_id_newest_first() -> None:
+    from hub.control.history import build_history
+
+    rows = [
+        {"time": 5030, "id": "b", "device": "th-1", "command": "set_setpoint", "origin": "cli", "status": "ok",
+         "rtt_ms": 30.0, "detail": ""},
+        {"time": 5000, "id": "b", "device": "th-1", "command": "set_setpoint", "origin": "cli", "status": "sent"},
+        {"time": 4000, "id": "c", "device": "pm-1", "command": "set_relay", "origin": "rule", "status": "sent"},
+        {"time": 1000, "id": "a", "device": "th-1", "command": "ping", "origin": "cli", "status": "sent"},
+        {"time": 13000, "id": "a", "device": "th-1", "command": "ping", "origin": "cli", "status": "timeout",
+         "detail": "no ack by expires"},
+    ]  # fmt: skip
+    history = build_history(rows, limit=10)
+    assert [(r.id, r.sent_at, r.status) for r in history] == [
+        ("b", 5000, "ok"),
+        ("c", 4000, "pending"),
+        ("a", 1000, "timeout"),
+    ]
+    assert history[0].rtt_ms == 30.0 and history[2].detail == "no ack by expires"
+    assert [r.id for r in build_history(rows, limit=1)] == ["b"]

@@ -1,0 +1,91 @@
+"""The command history: one row per command from what the hub recorded in `commands`.
+
+Every command has a `sent` point and, once it is settled, one outcome point (ok, error,
+unsupported, expired, timeout), joined here by the command's `id`. `build_history` is the plain
+core; `read_history` only fetches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from hub.clients.influx import Series, query
+from hub.core.config import Settings
+from hub.core.contract import require_identifier
+
+#: How many commands the history shows unless told otherwise.
+DEFAULT_LIMIT = 20
+#: Points read at most per query (two per command).
+MAX_POINTS = 10_000
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    id: str
+    device: str
+    command: str
+    origin: str
+    #: Epoch ms the command was sent (its own `ts`), or None when only its outcome is known.
+    sent_at: int | None
+    #: `pending` until an outcome is recorded.
+    status: str
+    rtt_ms: float | None = None
+    detail: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "device": self.device,
+            "command": self.command,
+            "origin": self.origin,
+            "sent_at": self.sent_at,
+            "status": self.status,
+            "rtt_ms": self.rtt_ms,
+            "detail": self.detail,
+        }
+
+
+def build_history(rows: Iterable[dict[str, Any]], limit: int = DEFAULT_LIMIT) -> list[CommandRecord]:
+    """The newest `limit` commands, newest first, from `commands` rows (time, id, device, status, ...)."""
+    sent: dict[str, dict[str, Any]] = {}
+    outcome: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        target = sent if row.get("status") == "sent" else outcome
+        target[str(row.get("id"))] = row
+    records = []
+    for command_id in dict.fromkeys([*sent, *outcome]):
+        first, last = sent.get(command_id), outcome.get(command_id)
+        any_row = first or last or {}
+        records.append(
+            CommandRecord(
+                id=command_id,
+                device=str(any_row.get("device", "")),
+                command=str((first or any_row).get("command", "")),
+                origin=str(any_row.get("origin", "")),
+                sent_at=int(first["time"]) if first else None,
+                status=str(last["status"]) if last else "pending",
+                rtt_ms=float(last["rtt_ms"]) if last and last.get("rtt_ms") is not None else None,
+                detail=str(last.get("detail") or "") if last else "",
+            )
+        )
+    records.sort(key=lambda r: r.sent_at if r.sent_at is not None else 0, reverse=True)
+    return records[:limit]
+
+
+def read_history(
+    settings: Settings, limit: int = DEFAULT_LIMIT, device: str | None = None, since_s: int = 86_400
+) -> list[CommandRecord]:
+    where = [f"time > now() - {int(since_s)}s"]
+    if device is not None:
+        where.append(f"\"device\" = '{require_identifier(device, 'device')}'")
+    [series] = query(
+        settings,
+        f'SELECT * FROM "commands" WHERE {" AND ".join(where)} ORDER BY time DESC LIMIT {MAX_POINTS}',
+    )
+    return build_history(_rows(series), limit)
+
+
+def _rows(series: list[Series]) -> list[dict[str, Any]]:
+    return [row for one in series for row in one.rows]
