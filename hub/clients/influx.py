@@ -70,9 +70,8 @@ class InfluxHttp:
     ) -> None:
         self.url, self.db, self.rp, self.timeout_s = url.rstrip("/"), db, rp, timeout_s
         parts = urllib.parse.urlsplit(self.url)
-        self._host, self._port, self._https, self._base = parts.hostname or "localhost", parts.port, False, ""
-        self._https = parts.scheme == "https"
-        self._base = parts.path.rstrip("/")
+        self._host, self._port = parts.hostname or "localhost", parts.port
+        self._https, self._base = parts.scheme == "https", parts.path.rstrip("/")
         self._headers: dict[str, str] = {}
         if token:
             self._headers["Authorization"] = f"Token {token}"

@@ -7,14 +7,13 @@ presence transitions) and the newest point per device in each kind's measurement
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from hub.clients.influx import Series, query
 from hub.core.config import Settings
-from hub.core.contract import IDENTIFIER_PATTERN, now_ms
+from hub.core.contract import is_identifier, now_ms
 
 STATUS_MEASUREMENT = "device_status"
 #: Measurements the hub writes that are not a device kind.
@@ -29,7 +28,6 @@ STALE_AFTER_INTERVALS = 10
 STALE_MIN_MS = 60_000
 
 StateFilter = Literal["online", "offline", "all"]
-_KIND_NAME = re.compile(IDENTIFIER_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -140,7 +138,7 @@ def select(
 
 def kinds_from_measurements(names: Iterable[str]) -> list[str]:
     """The measurements that hold a device kind's readings."""
-    return sorted(name for name in names if name not in NON_KIND_MEASUREMENTS and _KIND_NAME.match(name))
+    return sorted(name for name in names if name not in NON_KIND_MEASUREMENTS and is_identifier(name))
 
 
 def read_fleet(settings: Settings) -> list[DeviceView]:

@@ -7,7 +7,6 @@ binds an exclusive, auto-delete queue and hands each delivery to a callback.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,13 +22,13 @@ from hub.clients.amqp import close_quietly, connect
 from hub.core.config import Settings
 from hub.core.contract import (
     EXCHANGE,
-    IDENTIFIER_PATTERN,
     Ack,
     Alert,
     Command,
     Presence,
     decode,
     decode_reading,
+    is_identifier,
 )
 from hub.core.errors import BrokerUnavailable, ConfigError, InvalidMessage
 from hub.core.models import DeviceModels, default_models
@@ -41,14 +40,13 @@ MAX_BACKLOG_MESSAGES = 10_000
 RAW_PREVIEW_CHARS = 160
 POLL_S = 0.2
 
-_WORD = re.compile(IDENTIFIER_PATTERN)
 _SEVERITY_STYLE = {"info": "blue", "warning": "yellow", "critical": "bold red"}
 
 
 def require_pattern(pattern: str) -> str:
     """A routing-key pattern of contract words, `*` and `#` (e.g. `telemetry.plant-a.#`)."""
     words = pattern.split(".")
-    if not all(word in ("*", "#") or _WORD.match(word) for word in words):
+    if not all(word in ("*", "#") or is_identifier(word) for word in words):
         raise ConfigError(
             f"routing pattern {pattern!r} is not allowed: use dot-separated words of a-z, 0-9, '_', '-', "
             "or * (one word) and # (any words), e.g. telemetry.plant-a.# or alerts.critical.#"

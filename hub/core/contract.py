@@ -52,9 +52,14 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def is_identifier(value: str) -> bool:
+    """True if `value` may be a topic level, routing-key word and InfluxDB tag."""
+    return isinstance(value, str) and _IDENTIFIER.match(value) is not None
+
+
 def require_identifier(value: str, what: str = "identifier") -> str:
     """Return `value` if it may be a topic level, routing-key word and InfluxDB tag."""
-    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+    if not is_identifier(value):
         raise InvalidIdentifier(
             f"{what} {value!r} is not allowed: use 1-64 of a-z, 0-9, '_' and '-', starting with a letter or digit"
         )

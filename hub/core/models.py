@@ -24,7 +24,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 
-from hub.core.contract import IDENTIFIER_PATTERN, RESERVED_FIELDS, SENSOR_PATTERN, Reading, Scalar
+from hub.core.contract import RESERVED_FIELDS, SENSOR_PATTERN, Reading, Scalar, is_identifier
 from hub.core.errors import ConfigError
 
 #: The defaults, shipped as package data of `hub.core`.
@@ -34,7 +34,6 @@ DEVICE_NUMBER_SUFFIX = "-0000"
 
 SensorType = Literal["number", "boolean"]
 
-_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 _SENSOR = re.compile(SENSOR_PATTERN)
 _IDENTIFIER_RULE = "use 1-64 of a-z, 0-9, '_' and '-', starting with a letter or digit"
 _SENSOR_RULE = "use 1-64 of a-z, 0-9 and '_', starting with a letter"
@@ -378,10 +377,10 @@ def _read(path: Path) -> tuple[dict[str, CommandSpec], dict[str, KindSpec]]:
 
 def _kind(name: str, value: Any) -> KindSpec:
     where = f"kind {name!r}"
-    if not _IDENTIFIER.match(name):
+    if not is_identifier(name):
         raise _Broken(f"kind name {name!r} is not allowed: {_IDENTIFIER_RULE}")
     raw = _convert(value, _RawKind, where)
-    if not _IDENTIFIER.match(raw.prefix + DEVICE_NUMBER_SUFFIX):
+    if not is_identifier(raw.prefix + DEVICE_NUMBER_SUFFIX):
         raise _Broken(f"{where}: prefix {raw.prefix!r} is not allowed: {_IDENTIFIER_RULE} (at most 59)")
     if not raw.sensors:
         raise _Broken(f"{where}: declares no sensors")
@@ -431,7 +430,7 @@ def _pair(values: tuple[float, float]) -> str:
 
 def _command(name: str, value: Any, where: str = "") -> CommandSpec:
     where = f"{where}: command {name!r}" if where else f"command {name!r}"
-    if not _IDENTIFIER.match(name):
+    if not is_identifier(name):
         raise _Broken(f"{where}: the name is not allowed: {_IDENTIFIER_RULE}")
     raw = _convert(value, _RawCommand, where)
     for arg in raw.args:

@@ -50,10 +50,13 @@ class RunningOutput:
     def family(self) -> str:
         return self.output.family if self.output is not None else self.name
 
-    def write(self, points: Sequence[Point]) -> None:
+    def open(self) -> Output:
         if self.output is None:
             self.output = open_output(self.settings, self.name)
-        self.output.write(points)
+        return self.output
+
+    def write(self, points: Sequence[Point]) -> None:
+        self.open().write(points)
         self.backoff.reset()
 
     def close(self) -> None:
@@ -71,8 +74,7 @@ class OutputSet:
     def open(self) -> None:
         """Open every output now (fail early on a bad configuration or an unreachable server)."""
         for running in self.outputs:
-            if running.output is None:
-                running.output = open_output(running.settings, running.name)
+            running.open()
 
     def write(
         self, points: Sequence[Point], stop: threading.Event, sleep: Sleep, on_retry: RetryHook

@@ -11,7 +11,6 @@ whether it runs alone (`hub run --only presence`) or beside the other services.
 from __future__ import annotations
 
 import os
-import re
 import socket
 from typing import Any
 
@@ -19,7 +18,7 @@ import msgspec
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from hub.core.contract import EXCHANGE, IDENTIFIER_PATTERN, Presence, decode, now_ms
+from hub.core.contract import EXCHANGE, Presence, decode, is_identifier, now_ms
 from hub.core.errors import InvalidMessage
 from hub.runtime import topology
 from hub.runtime.consumer import Consumer, Delivery, protocol_of
@@ -31,8 +30,6 @@ from hub.services.presence.tracker import PresenceTracker
 SILENCE_CHECK_S = 1.0
 #: Signs of life kept waiting at most; older ones are dropped first (only the newest matter).
 SIGNS_MAX_LENGTH = 10_000
-
-_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 
 
 class _Stamp(msgspec.Struct):
@@ -92,7 +89,7 @@ class PresenceService(Service):
     ) -> None:
         """A reading proves its device alive; one that breaks the contract proves nothing (the store refuses it)."""
         parts = str(method.routing_key).split(".")
-        if len(parts) != 4 or not all(_IDENTIFIER.match(part) for part in parts[1:]):
+        if len(parts) != 4 or not all(map(is_identifier, parts[1:])):
             return
         try:
             device_ts = _stamp_decoder.decode(body).ts
