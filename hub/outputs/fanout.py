@@ -100,6 +100,8 @@ class OutputSet:
                 if stop.is_set():
                     raise StorageUnavailable(f"stopped while output(s) {', '.join(r.name for r in pending)} retried")
                 sleep(min(running.backoff.next_delay_s() for running in pending))
+                if stop.is_set():  # the wait was cut short by a stop: no further attempt
+                    raise StorageUnavailable(f"stopped while output(s) {', '.join(r.name for r in pending)} retried")
         return rejected
 
     def _one_by_one(
@@ -117,6 +119,8 @@ class OutputSet:
                     if stop.is_set():
                         raise
                     sleep(running.backoff.next_delay_s())
+                    if stop.is_set():
+                        raise
                     continue
                 break
         return rejected

@@ -34,6 +34,8 @@ UNROUTABLE_LOG_EVERY = 100
 MQTT_HEADER = "x-mqtt-publish-qos"
 #: Header every STOMP SEND frame of stomp.py (and most STOMP clients) carries, kept by the STOMP plugin.
 STOMP_HEADER = "content-length"
+#: A retry's wait (`Consumer.sleep`) looks at the stop event at least this often.
+SLEEP_SLICE_S = 0.1
 #: What may pass by itself: the consumer reconnects after these, anything else stops the service.
 TRANSIENT_ERRORS = (pika.exceptions.AMQPError, OSError, BrokerUnavailable, StorageUnavailable)
 
@@ -116,11 +118,20 @@ class Consumer:
         self.channel.basic_ack(delivery_tag=tag, multiple=False)
 
     def sleep(self, seconds: float) -> None:
-        """Wait while still serving the connection (heartbeats, deliveries into the next batch)."""
-        if self.connection is not None and self.connection.is_open:
-            self.connection.sleep(seconds)
-        else:
-            time.sleep(seconds)
+        """Wait while still serving the connection (heartbeats, deliveries into the next batch).
+
+        Returns early once `stop` is set (within `SLEEP_SLICE_S`): a write retry's backoff of up
+        to 10 s must not hold a SIGTERM.
+        """
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self.connection is not None and self.connection.is_open:
+                self.connection.sleep(min(SLEEP_SLICE_S, remaining))
+            else:
+                self.stop.wait(remaining)
 
     def subscribe(self, queue: str, callback: ConsumeCallback, *, auto_ack: bool) -> None:
         """Consume another queue on the same channel (e.g. presence's signs of life)."""
