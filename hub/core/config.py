@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     jsonl_path: Path = Path("points.jsonl")
     #: Port of the hub's /metrics (Prometheus) and /health endpoint; 0 turns it off.
     metrics_port: int = 9108
+    #: /health/ready answers 503 when a hub queue this process consumes holds more messages than
+    #: this (ready in RabbitMQ plus delivered to this process and not yet acked).
+    ready_max_backlog: int = 10_000
+    #: /health/ready answers 503 when the store runs here, its queue has a backlog, and it has
+    #: stored nothing for this long (readings waiting while nothing is stored: stuck).
+    ready_max_reading_age_s: float = 60.0
     #: The rules file `python -m hub run` loads (YAML, see rules.yaml).
     rules_file: Path = Path("rules.yaml")
     #: Device models merged over the shipped hub/core/models.yaml: kinds added or replaced (YAML).

@@ -104,6 +104,10 @@ class Consumer:
         self.publisher: BlockingChannel | None = None
         #: Mandatory messages the broker returned as unroutable (see `publish`).
         self.unroutable = 0
+        # What `held` counts: delivery tags seen and acked on the current channel.
+        self._last_tag = 0
+        self._acked_through = 0
+        self._acked_singly: set[int] = set()
 
     # --- what handlers use -----------------------------------------------------------------------
 
@@ -112,10 +116,23 @@ class Consumer:
         assert self.channel is not None
         if tag:
             self.channel.basic_ack(delivery_tag=tag, multiple=True)
+            if tag > self._acked_through:
+                self._acked_through = tag
+                self._acked_singly = {t for t in self._acked_singly if t > tag}
 
     def ack(self, tag: int) -> None:
         assert self.channel is not None
         self.channel.basic_ack(delivery_tag=tag, multiple=False)
+        if tag > self._acked_through:
+            self._acked_singly.add(tag)
+
+    def held(self) -> int:
+        """Deliveries this consumer has taken from its queue and not yet acked (read from any thread).
+
+        Delivery tags count up from 1 on each channel, so this is the highest tag seen minus
+        those acked; the broker counts them as unacked, not as ready.
+        """
+        return max(0, self._last_tag - self._acked_through - len(self._acked_singly))
 
     def sleep(self, seconds: float) -> None:
         """Wait while still serving the connection (heartbeats, deliveries into the next batch).
@@ -191,6 +208,7 @@ class Consumer:
 
     def _connect_and_consume(self) -> None:
         self.connection = connect(self.settings, f"hub-{self.name}")
+        self._last_tag, self._acked_through, self._acked_singly = 0, 0, set()
         self.channel = self.connection.channel()
         topology.declare(self.channel, self.queue)
         self.channel.basic_qos(prefetch_count=self.queue.prefetch)
@@ -208,6 +226,7 @@ class Consumer:
     def _deliver(
         self, _channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
     ) -> None:
+        self._last_tag = method.delivery_tag
         self.handler.deliver(Delivery(method, properties, body))
 
     def _close(self) -> None:

@@ -1,8 +1,14 @@
 """What the hub says about itself: /metrics and /health over HTTP, and `hub_stats` points.
 
-`Monitor` runs in its own thread with its own broker connection: every `STATS_INTERVAL_S` it
-reads the depth of each service's queue (consumer lag) and writes one `hub_stats` point per
-service; `/health` answers 200 when both RabbitMQ and InfluxDB are reachable, else 503.
+`Monitor` runs in its own thread: every `DEPTH_INTERVAL_S` it reads the depth of each service's
+queue (consumer lag, `hub_queue_depth`) over its own short broker connection, and every
+`STATS_INTERVAL_S` it writes one `hub_stats` point per service.
+
+- `/health` answers 200 when both RabbitMQ and InfluxDB are reachable, else 503.
+- `/health/live` answers 200 whenever the process serves HTTP.
+- `/health/ready` answers 200 or 503 with the reasons `ready_report` finds in the measured facts:
+  a dependency unreachable, a queue's backlog above `IOT_READY_MAX_BACKLOG`, or the store stuck
+  (its queue has a backlog and nothing was stored for `IOT_READY_MAX_READING_AGE_S`).
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -27,12 +35,17 @@ from hub.core.errors import BrokerUnavailable, HubError
 from hub.core.points import Point
 from hub.outputs.fanout import OutputSet
 from hub.runtime import topology
-from hub.runtime.metrics import QUEUE_DEPTH, ServiceStats
+from hub.runtime.metrics import QUEUE_DEPTH, QUEUE_HELD, ServiceStats
+from hub.runtime.service import Service
 
 log = logging.getLogger(__name__)
 
-#: How often `hub_stats` points are written and queue depths read.
+#: How often `hub_stats` points are written.
 STATS_INTERVAL_S = 10.0
+#: How often the monitor reads queue depths (`hub_queue_depth`).
+DEPTH_INTERVAL_S = 2.0
+#: How long /health/ready reuses depths already read.
+DEPTH_CACHE_S = 1.0
 #: How long /health waits for each dependency.
 PROBE_TIMEOUT_S = 2.0
 
@@ -80,23 +93,108 @@ def health_report(settings: Settings) -> tuple[bool, dict[str, Any]]:
     return broker and influx_version is not None, report
 
 
+@dataclass(frozen=True)
+class QueueFacts:
+    """One hub queue this process consumes, as measured."""
+
+    #: Messages ready in RabbitMQ (None: not read, the broker is unreachable).
+    ready: int | None
+    #: Deliveries this process has taken from the queue and not yet acked.
+    held: int
+
+    @property
+    def backlog(self) -> int:
+        return (self.ready or 0) + self.held
+
+
+@dataclass(frozen=True)
+class ReadyFacts:
+    """What /health/ready judges, measured by the monitor (or made up by a test)."""
+
+    broker_reachable: bool
+    influx_version: str | None
+    queues: dict[str, QueueFacts]
+    #: The store's queue, when the store runs in this process.
+    store_queue: str | None = None
+    #: Seconds since the store last stored a reading (or started), when it runs here.
+    store_idle_s: float | None = None
+
+
+def ready_report(
+    facts: ReadyFacts, settings: Settings, max_backlog: int, max_reading_age_s: float
+) -> tuple[bool, dict[str, Any]]:
+    """The /health/ready verdict: (ready, JSON report with one reason per problem). Pure."""
+    reasons: list[str] = []
+    broker_url = f"amqp://{settings.amqp.host}:{settings.amqp.port}"
+    if not facts.broker_reachable:
+        reasons.append(f"rabbitmq: unreachable at {broker_url}")
+    if facts.influx_version is None:
+        reasons.append(f"influxdb: unreachable at {settings.influx_url}")
+    for queue, q in sorted(facts.queues.items()):
+        if q.backlog > max_backlog:
+            reasons.append(f"backlog: {queue} holds {q.backlog} messages, more than {max_backlog}")
+    store: dict[str, Any] | None = None
+    if facts.store_queue is not None and facts.store_idle_s is not None:
+        waiting = facts.queues[facts.store_queue].backlog if facts.store_queue in facts.queues else 0
+        store = {"queue": facts.store_queue, "idle_s": round(facts.store_idle_s, 1), "max_idle_s": max_reading_age_s}
+        # A quiet fleet stores nothing and is fine; readings waiting while nothing is stored are not.
+        if waiting > 0 and facts.store_idle_s > max_reading_age_s:
+            reasons.append(
+                f"stuck: the store has stored nothing for {facts.store_idle_s:.0f} s"
+                f" while {facts.store_queue} holds {waiting} messages (limit {max_reading_age_s:g} s)"
+            )
+    report: dict[str, Any] = {
+        "status": "degraded" if reasons else "ok",
+        "reasons": reasons,
+        "rabbitmq": {"reachable": facts.broker_reachable, "url": broker_url},
+        "influxdb": {
+            "reachable": facts.influx_version is not None,
+            "url": settings.influx_url,
+            "version": facts.influx_version,
+        },
+        "queues": {
+            queue: {"ready": q.ready, "held": q.held, "backlog": q.backlog, "max_backlog": max_backlog}
+            for queue, q in sorted(facts.queues.items())
+        },
+    }
+    if store is not None:
+        report["store"] = store
+    return not reasons, report
+
+
 class Monitor:
-    def __init__(self, settings: Settings, stats: Sequence[ServiceStats], stop: threading.Event) -> None:
+    def __init__(self, settings: Settings, services: Sequence[Service], stop: threading.Event) -> None:
         self.settings = settings
-        self.stats = stats
+        self.services = services
+        self.stats = [s.stats for s in services]
         self.stop = stop
         self.instance = instance_name()
         self.server: ThreadingHTTPServer | None = None
+        self._depths: dict[str, int] = {}
+        self._depths_at = float("-inf")
+        self._depths_lock = threading.Lock()
 
-    def queue_depths(self) -> dict[str, int]:
+    def queue_depths(self, max_age_s: float = 0.0) -> dict[str, int]:
+        """Messages ready in each queue of this process's services ({} when the broker is unreachable).
+
+        Depths read less than `max_age_s` ago are reused: /health/ready may be polled often.
+        """
+        with self._depths_lock:
+            if time.monotonic() - self._depths_at < max_age_s:
+                return self._depths
+            self._depths = self._read_depths()
+            self._depths_at = time.monotonic()
+            return self._depths
+
+    def _read_depths(self) -> dict[str, int]:
         depths: dict[str, int] = {}
         try:
             connection = connect(self.settings, "monitor")
         except BrokerUnavailable:
             return depths
         try:
-            for s in self.stats:
-                queue = topology.QUEUES[s.service].name
+            for s in self.services:
+                queue = s.queue.name
                 channel = connection.channel()
                 try:
                     depths[queue] = channel.queue_declare(queue, passive=True).method.message_count
@@ -106,14 +204,33 @@ class Monitor:
                 QUEUE_DEPTH.labels(queue).set(depths[queue])
         finally:
             connection.close()
+        for s in self.services:
+            QUEUE_HELD.labels(s.queue.name).set(s.consumer.held())
         return depths
+
+    def ready_facts(self) -> ReadyFacts:
+        broker = broker_reachable(self.settings)
+        influx_version = server_version(self.settings.influx_url)
+        depths = self.queue_depths(DEPTH_CACHE_S) if broker else {}
+        queues = {s.queue.name: QueueFacts(depths.get(s.queue.name), s.consumer.held()) for s in self.services}
+        store = next((s for s in self.services if s.queue is topology.STORE), None)
+        idle = store.idle_s() if store is not None else None
+        return ReadyFacts(broker, influx_version, queues, store.queue.name if store else None, idle)
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        settings = self.settings
+        return ready_report(self.ready_facts(), settings, settings.ready_max_backlog, settings.ready_max_reading_age_s)
 
     def run(self) -> None:
         outputs = OutputSet(self.settings)
+        next_stats = time.monotonic() + STATS_INTERVAL_S
         try:
-            while not self.stop.wait(STATS_INTERVAL_S):
+            while not self.stop.wait(DEPTH_INTERVAL_S):
                 try:
-                    outputs.write_once(stats_points(self.instance, self.stats, self.queue_depths(), now_ms()))
+                    depths = self.queue_depths(DEPTH_CACHE_S)
+                    if time.monotonic() >= next_stats:
+                        next_stats += STATS_INTERVAL_S
+                        outputs.write_once(stats_points(self.instance, self.stats, depths, now_ms()))
                 except HubError as exc:
                     log.warning("service=monitor event=stats_not_written error=%r", exc)
                 except Exception:
@@ -122,18 +239,25 @@ class Monitor:
             outputs.close()
 
     def serve_http(self, port: int) -> None:
-        """Serve /metrics and /health on `port` in a daemon thread."""
+        """Serve /metrics, /health, /health/live and /health/ready on `port` in a daemon thread."""
         settings = self.settings
+        monitor = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path.startswith("/metrics"):
+                path = self.path.split("?", 1)[0].rstrip("/")
+                if path.startswith("/metrics"):
                     body, status, kind = generate_latest(), 200, CONTENT_TYPE_LATEST
-                elif self.path.startswith("/health"):
+                elif path == "/health/live":
+                    body, status, kind = json.dumps({"status": "live"}).encode(), 200, "application/json"
+                elif path == "/health/ready":
+                    ok, report = monitor.ready()
+                    body, status, kind = json.dumps(report).encode(), 200 if ok else 503, "application/json"
+                elif path.startswith("/health"):
                     ok, report = health_report(settings)
                     body, status, kind = json.dumps(report).encode(), 200 if ok else 503, "application/json"
                 else:
-                    body, status, kind = b"try /metrics or /health\n", 404, "text/plain"
+                    body, status, kind = b"try /metrics, /health, /health/live or /health/ready\n", 404, "text/plain"
                 self.send_response(status)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
@@ -145,7 +269,7 @@ class Monitor:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         threading.Thread(target=self.server.serve_forever, name="http", daemon=True).start()
-        log.info("service=monitor event=http_listening port=%d paths=/metrics,/health", port)
+        log.info("service=monitor event=http_listening port=%d paths=/metrics,/health,/health/live,/health/ready", port)
 
     def close(self) -> None:
         if self.server is not None:

@@ -36,6 +36,13 @@ BATCH_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 QUEUE_DEPTH = Gauge("hub_queue_depth", "Messages ready in a hub queue (consumer lag)", ["queue"])
+QUEUE_HELD = Gauge(
+    "hub_queue_held", "Deliveries of a hub queue this process holds unacked (batching, writing, pending)", ["queue"]
+)
+OLDEST_UNSTORED_AGE = Gauge(
+    "hub_oldest_unstored_reading_age_seconds",
+    "Age of the oldest reading the store holds in its open batch or is retrying (0 when none waits)",
+)
 READING_AGE = Gauge("hub_reading_age_seconds", "Age of the newest reading in the last stored batch", ["service"])
 CONNECTED = Gauge("hub_broker_connected", "1 while the service holds a broker connection", ["service"])
 

@@ -75,6 +75,10 @@ class Service:
     def on_write_failed(self) -> None:
         """A write of this service's batch failed and will be retried (deliveries wait meanwhile)."""
 
+    def idle_s(self) -> float | None:
+        """Seconds since this service last stored something, for /health/ready (None: not judged)."""
+        return None
+
     # --- the consumer's handler ---------------------------------------------------------------------
 
     def on_start(self, consumer: Consumer) -> None:

@@ -39,7 +39,7 @@ def run_hub(
     stop = threading.Event()
     services = build(stop)
     names = [s.name for s in services]
-    monitor = Monitor(settings, [s.stats for s in services], stop)
+    monitor = Monitor(settings, services, stop)
     if settings.metrics_port:
         monitor.serve_http(settings.metrics_port)
     failures: list[BaseException] = []

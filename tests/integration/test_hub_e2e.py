@@ -7,6 +7,7 @@ import json
 import signal
 import threading
 import time
+import urllib.error
 import urllib.request
 from functools import partial
 from pathlib import Path
@@ -519,3 +520,71 @@ def test_health_and_metrics_endpoints_report_the_stack(stack: Settings, tmp_path
     assert health["rabbitmq"]["reachable"] and health["influxdb"]["reachable"]
     stored = [line for line in metrics.splitlines() if line.startswith('hub_readings_stored_total{protocol="mqtt"}')]
     assert stored and float(stored[0].split()[-1]) >= 10
+
+
+def get_json(url: str) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of a GET, 5xx included."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_health_ready_is_200_when_all_is_well(stack: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    with hub_process(stack, tmp_path, "--only", "store", IOT_METRICS_PORT=str(port)):
+        publish_mqtt(stack, "ready-ok", 10, now_ms() - 5_000)
+        wait_until(lambda: count_stored(stack, "environment", "ready-ok") == 10, 20)
+        # Other tests' readings may still be draining from hub.store: ready once they are stored.
+
+        def ready_report() -> dict[str, Any] | None:
+            status, report = get_json(f"http://127.0.0.1:{port}/health/ready")
+            return report if status == 200 else None
+
+        ready = wait_until(ready_report, 20)
+        live = get_json(f"http://127.0.0.1:{port}/health/live")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+    assert live == (200, {"status": "live"})
+    assert ready["status"] == "ok" and ready["reasons"] == []
+    assert ready["rabbitmq"]["reachable"] and ready["influxdb"]["reachable"]
+    assert set(ready["queues"]) == {"hub.store"} and ready["queues"]["hub.store"]["max_backlog"] == 10_000
+    assert ready["store"]["queue"] == "hub.store"
+    assert "hub_oldest_unstored_reading_age_seconds 0.0" in metrics.splitlines()
+    assert any(line.startswith('hub_queue_depth{queue="hub.store"}') for line in metrics.splitlines())
+
+
+def test_health_ready_is_503_with_a_backlog_reason_while_the_store_cannot_drain(
+    stack: Settings, tmp_path: Path
+) -> None:
+    home = tmp_path / "influxdb"
+    influx_port, rpc, port = free_port(), free_port(), free_port()
+    node, pid = start_influxd(home, influx_port, rpc)
+    own = stack.model_copy(update={"influx_url": node.url})
+    ready_url = f"http://127.0.0.1:{port}/health/ready"
+
+    def degraded_by_backlog() -> dict[str, Any] | None:
+        status, report = get_json(ready_url)
+        backlog = [r for r in report["reasons"] if r.startswith("backlog: hub.store holds ")]
+        return report if status == 503 and backlog else None
+
+    try:
+        with hub_process(own, tmp_path, "--only", "store", IOT_METRICS_PORT=str(port), IOT_READY_MAX_BACKLOG="5"):
+            assert stop(pid, str(home))  # nothing drains now: every write fails and is retried
+            publish_mqtt(stack, "ready-backlog", 50, now_ms())
+            ready = wait_until(degraded_by_backlog, 30)
+            live = get_json(f"http://127.0.0.1:{port}/health/live")
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                metrics = response.read().decode()
+            node, pid = start_influxd(home, influx_port, rpc)  # the backlog drains, ready again
+            wait_until(lambda: count_stored(own, "environment", "ready-backlog") == 50, 60)
+            wait_until(lambda: get_json(ready_url)[0] == 200, 30)
+    finally:
+        stop(pid, str(home))
+    assert live == (200, {"status": "live"})
+    assert ready["status"] == "degraded"
+    assert f"influxdb: unreachable at {node.url}" in ready["reasons"]
+    assert ready["queues"]["hub.store"]["backlog"] >= 50 and ready["queues"]["hub.store"]["max_backlog"] == 5
+    age = [line for line in metrics.splitlines() if line.startswith("hub_oldest_unstored_reading_age_seconds ")]
+    assert age and float(age[0].split()[-1]) > 0
