@@ -23,6 +23,8 @@ from hub.stack.rabbitmq import RabbitNode, RabbitPorts, read_log_tail
 #: A cold RabbitMQ start with four plugins takes 10-20 s on two cores; leave room for a busy CI.
 READY_TIMEOUT_S = 180.0
 READY_POLL_S = 0.5
+#: How long the ports of a server that has just died may take to be released before a restart.
+PORT_RELEASE_WAIT_S = 15.0
 STATE_FILE = "stack.json"
 
 
@@ -106,7 +108,9 @@ class Stack:
                 kept = ", ".join(s.name for s in current.services if s.running)
                 progress(f"{' and '.join(sorted(missing))} not running: starting it again ({kept} left as it is)")
             self._refuse_busy_ports(
-                rabbit if "RabbitMQ" in missing else None, influx if "InfluxDB" in missing else None
+                rabbit if "RabbitMQ" in missing else None,
+                influx if "InfluxDB" in missing else None,
+                release_wait_s=0.0 if state is None else PORT_RELEASE_WAIT_S,
             )
             started = time.monotonic()
             pending: dict[str, tuple[RabbitNode | InfluxNode, subprocess.Popen[bytes]]] = {}
@@ -171,8 +175,15 @@ class Stack:
             epmd=processes.free_port(),
         )
 
-    def _refuse_busy_ports(self, rabbit: RabbitNode | None, influx: InfluxNode | None) -> None:
-        """Refuse to start a server whose ports another program holds (None: that server is not started)."""
+    def _refuse_busy_ports(
+        self, rabbit: RabbitNode | None, influx: InfluxNode | None, release_wait_s: float = 0.0
+    ) -> None:
+        """Refuse to start a server whose ports another program holds (None: that server is not started).
+
+        `release_wait_s`: how long ports may take to be released first. A server that has just died
+        can hold its sockets a few seconds longer than its pid looks alive (a many-threaded
+        process is torn down thread by thread), so a restart gives them that long.
+        """
         wanted: dict[str, int] = {}
         if rabbit is not None:
             wanted.update(
@@ -186,7 +197,12 @@ class Stack:
             )
         if influx is not None:
             wanted["IOT_INFLUX_URL (InfluxDB port)"] = influx.http_port
-        busy = [f"{port} ({name})" for name, port in wanted.items() if processes.port_open("127.0.0.1", port)]
+        deadline = time.monotonic() + release_wait_s
+        while True:
+            busy = [f"{port} ({name})" for name, port in wanted.items() if processes.port_open("127.0.0.1", port)]
+            if not busy or time.monotonic() >= deadline:
+                break
+            time.sleep(READY_POLL_S)
         if busy:
             raise StackError(
                 "ports already in use by another program: "
