@@ -141,9 +141,6 @@ class OutputSet:
         if errors:
             raise StorageUnavailable("; ".join(errors))
 
-    def ping(self) -> bool:
-        return all(r.output is not None and r.output.ping() for r in self.outputs)
-
     def close(self) -> None:
         for running in self.outputs:
             running.close()

@@ -150,11 +150,6 @@ class Consumer:
             else:
                 self.stop.wait(remaining)
 
-    def subscribe(self, queue: str, callback: ConsumeCallback, *, auto_ack: bool) -> None:
-        """Consume another queue on the same channel (e.g. presence's signs of life)."""
-        assert self.channel is not None
-        self.channel.basic_consume(queue, callback, auto_ack=auto_ack)
-
     def publish(
         self, exchange: str, routing_key: str, body: bytes, properties: BasicProperties, *, mandatory: bool
     ) -> bool:
@@ -234,9 +229,3 @@ class Consumer:
         if connection is not None and connection.is_open:
             with contextlib.suppress(Exception):  # a broken connection fails to close in many ways
                 connection.close()
-
-
-class ConsumeCallback(Protocol):
-    def __call__(
-        self, channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
-    ) -> None: ...

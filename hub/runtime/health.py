@@ -27,7 +27,7 @@ from typing import Any
 import pika.exceptions
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from hub.clients.amqp import connect
+from hub.clients.amqp import close_quietly, connect
 from hub.clients.influx import server_version
 from hub.core.config import Settings
 from hub.core.contract import now_ms
@@ -173,6 +173,7 @@ class Monitor:
         self._depths: dict[str, int] = {}
         self._depths_at = float("-inf")
         self._depths_lock = threading.Lock()
+        self._connection: pika.BlockingConnection | None = None
 
     def queue_depths(self, max_age_s: float = 0.0) -> dict[str, int]:
         """Messages ready in each queue of this process's services ({} when the broker is unreachable).
@@ -187,23 +188,25 @@ class Monitor:
             return self._depths
 
     def _read_depths(self) -> dict[str, int]:
+        """Passive declares on one kept connection (reopened after a failure): read every
+        DEPTH_INTERVAL_S, a connection each time would be broker churn. Called under `_depths_lock`."""
         depths: dict[str, int] = {}
         try:
-            connection = connect(self.settings, "monitor")
-        except BrokerUnavailable:
-            return depths
-        try:
+            if self._connection is None or not self._connection.is_open:
+                self._connection = connect(self.settings, "monitor")
             for s in self.services:
                 queue = s.queue.name
-                channel = connection.channel()
+                channel = self._connection.channel()
                 try:
                     depths[queue] = channel.queue_declare(queue, passive=True).method.message_count
                     channel.close()
                 except pika.exceptions.ChannelClosedByBroker:
                     continue  # not declared yet
                 QUEUE_DEPTH.labels(queue).set(depths[queue])
-        finally:
-            connection.close()
+        except (BrokerUnavailable, pika.exceptions.AMQPError, OSError):
+            close_quietly(self._connection)
+            self._connection = None
+            return depths
         for s in self.services:
             QUEUE_HELD.labels(s.queue.name).set(s.consumer.held())
         return depths
@@ -275,3 +278,6 @@ class Monitor:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+        with self._depths_lock:
+            close_quietly(self._connection)
+            self._connection = None

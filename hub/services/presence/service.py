@@ -60,20 +60,19 @@ class PresenceService(Service):
         self.feed = feed or SignsFeed(PresenceTracker())
         self.tracker = self.feed.tracker
         self.next_check = 0.0
-        self.signs: BlockingChannel | None = None
 
     def on_start(self, consumer: Consumer) -> None:
         super().on_start(consumer)
         if not self.own_signs:
             return
         assert consumer.connection is not None
-        self.signs = consumer.connection.channel()
+        signs = consumer.connection.channel()
         queue = signs_queue_name()
-        self.signs.queue_declare(queue, exclusive=True, auto_delete=True, arguments=signs_queue_arguments())
-        self.signs.queue_bind(queue, EXCHANGE, routing_key="telemetry.#")
+        signs.queue_declare(queue, exclusive=True, auto_delete=True, arguments=signs_queue_arguments())
+        signs.queue_bind(queue, EXCHANGE, routing_key="telemetry.#")
         # Without acks: nothing is held for a write, so signs keep flowing while a write of this
         # service is retried (InfluxDB down), and a storage outage never looks like silence.
-        self.signs.basic_consume(queue, self._sign_of_life, auto_ack=True)
+        signs.basic_consume(queue, self._sign_of_life, auto_ack=True)
 
     def handle(self, delivery: Delivery) -> None:
         status = decode(delivery.body, Presence)
@@ -107,7 +106,3 @@ class PresenceService(Service):
             for transition in self.tracker.silent(now):
                 self.outbox.add(0, transition.point())
         super().tick()
-
-    def on_connection_lost(self) -> None:
-        super().on_connection_lost()
-        self.signs = None
