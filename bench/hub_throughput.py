@@ -39,8 +39,11 @@ from rich.table import Table
 from hub.clients import influx
 from hub.clients.amqp import connect
 from hub.clients.influx import InfluxHttp
+from hub.clients.management import ManagementAdmin
+from hub.control.identity import device_definitions, new_secret
 from hub.core.config import Settings
 from hub.core.contract import Reading, encode, mqtt_topic, now_ms
+from hub.core.credentials import Credential, merge_credentials, read_credentials
 from hub.outputs.lineprotocol import lines_payload
 from hub.runtime.batch import BATCH_MAX_POINTS
 from hub.runtime.topology import RULES, STORE
@@ -58,6 +61,8 @@ POLL_S = 0.02
 PROGRESS_EVERY_S = 1.0
 #: How often the stored count is read during the hub phase (the resolution of its end time).
 COUNT_POLL_S = 0.2
+#: The account the publishers log in as (see `create_gateway`).
+GATEWAY_USER = "bench-gateway"
 #: MQTT messages a publisher keeps in flight (unacknowledged PUBACKs).
 MAX_INFLIGHT = 1000
 
@@ -73,10 +78,28 @@ def make_reading(prefix: str, device: int, seq: int, base_ts: int) -> Reading:
     )
 
 
+def create_gateway(settings: Settings) -> None:
+    """A bench-only account that may publish the telemetry of any device of site `bench`, like a gateway.
+
+    Every device has its own account, confined to its own topics; the publishers here speak for
+    many devices over one connection each, so they log in as this gateway instead. Its secret
+    goes to the stack's credentials file, where the publisher processes read it.
+    """
+    credential = {GATEWAY_USER: Credential(GATEWAY_USER, new_secret())}
+    definitions = device_definitions(credential)
+    definitions["topic_permissions"][0]["write"] = r"^telemetry\.bench\.[^.]+\.[^.]+$"
+    ManagementAdmin(settings).import_definitions(definitions)
+    merge_credentials(settings.credentials_path, credential)
+
+
+def login_as_gateway(client: mqtt.Client, settings: Settings) -> None:
+    client.username_pw_set(GATEWAY_USER, read_credentials(settings.credentials_path)[GATEWAY_USER].password)
+
+
 def publisher(settings: Settings, prefix: str, devices: range, per_device: int, base_ts: int, done: Any) -> None:
     """One MQTT connection publishing `per_device` readings for each of `devices`, QoS 1."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{prefix}-{devices.start}")
-    client.username_pw_set(settings.device_user, settings.device_password)
+    login_as_gateway(client, settings)
     client.max_inflight_messages_set(MAX_INFLIGHT)
     client.max_queued_messages_set(0)
     client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=60)
@@ -171,7 +194,7 @@ def rabbit_ceiling(settings: Settings, total: int, devices: int, per_device: int
 def probe_latencies(settings: Settings, stop: threading.Event, latencies: list[float]) -> None:
     """Publish a probe reading every PROBE_INTERVAL_S; poll InfluxDB and time each until it is queryable."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-probe")
-    client.username_pw_set(settings.device_user, settings.device_password)
+    login_as_gateway(client, settings)
     client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=60)
     client.loop_start()
     sent: dict[int, float] = {}
@@ -307,6 +330,7 @@ def main() -> None:
         console.print(f"starting a stack under {root} ...")
         try:
             stack.up(lambda message: console.print(f"  {message}"))
+            create_gateway(settings)
             console.print(f"[bold]1. RabbitMQ alone[/] ({total} readings, {args.publishers} MQTT publishers, QoS 1)")
             rabbit = rabbit_ceiling(settings, total, args.devices, per_device, args.publishers)
             console.print("[bold]2. the hub[/] (python -m hub run, all services)")

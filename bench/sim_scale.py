@@ -26,9 +26,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from devices.device import ProtocolChoice
+from devices.device import ProtocolChoice, plan_fleet
 from devices.fleet import Fleet
 from devices.stats import LagSummary
+from hub.control.identity import provision_into
 from hub.core.config import Settings
 from hub.core.contract import VHOST, Reading, encode, mqtt_topic, now_ms, stomp_destination
 from hub.stack import Stack
@@ -71,6 +72,10 @@ class Result:
         )
 
 
+#: The device the bare-client baselines publish as.
+BASELINE_DEVICE = "bench-0001"
+
+
 def _cpu_s() -> float:
     times = os.times()
     return times.user + times.system
@@ -89,6 +94,11 @@ def _body(seq: int) -> bytes:
     )
 
 
+def _baseline_password(settings: Settings) -> str:
+    """The baselines publish as one device with its own credential, like every device."""
+    return provision_into(settings, [BASELINE_DEVICE], settings.credentials_path)[BASELINE_DEVICE].password
+
+
 def baseline_mqtt(settings: Settings, live: Live) -> Result:
     """One paho client with its own network thread, QoS 1, publishing as fast as PUBACKs allow."""
     confirmed = 0
@@ -100,15 +110,15 @@ def baseline_mqtt(settings: Settings, live: Live) -> Result:
         confirmed += 1
         room.release()
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-baseline")
-    client.username_pw_set(settings.device_user, settings.device_password)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=BASELINE_DEVICE)
+    client.username_pw_set(BASELINE_DEVICE, _baseline_password(settings))
     client.max_inflight_messages_set(BASELINE_WINDOW)
     client.on_connect = lambda *_args: connected.set()
     client.on_publish = on_publish
     client.connect(settings.mqtt_host, settings.mqtt_port)
     client.loop_start()
     connected.wait(10)
-    topic = mqtt_topic("telemetry.bench.environment.bench-0001")
+    topic = mqtt_topic(f"telemetry.bench.environment.{BASELINE_DEVICE}")
     cpu, start, seq = _cpu_s(), time.monotonic(), 0
     while time.monotonic() - start < BASELINE_S:
         room.acquire()
@@ -147,8 +157,8 @@ def baseline_stomp(settings: Settings, live: Live) -> Result:
     listener = _Receipts()
     connection = stomp.Connection12([(settings.stomp_host, settings.stomp_port)], vhost=VHOST)
     connection.set_listener("receipts", listener)
-    connection.connect(settings.device_user, settings.device_password, wait=True)
-    destination = stomp_destination("telemetry.bench.environment.bench-0001")
+    connection.connect(BASELINE_DEVICE, _baseline_password(settings), wait=True)
+    destination = stomp_destination(f"telemetry.bench.environment.{BASELINE_DEVICE}")
     cpu, start, seq = _cpu_s(), time.monotonic(), 0
     while time.monotonic() - start < BASELINE_S:
         listener.room.acquire()
@@ -173,6 +183,10 @@ def baseline_stomp(settings: Settings, live: Live) -> Result:
 
 def run_fleet(settings: Settings, count: int, protocol: ProtocolChoice, interval_s: float, live: Live) -> Result:
     target = count / interval_s
+    # Credentials first (one definitions import), so the connect time is the fleet's alone.
+    provision_into(
+        settings, [spec.device_id for spec in plan_fleet(count, protocol=protocol)], settings.credentials_path
+    )
     started = time.monotonic()
     fleet = Fleet(settings, count=count, protocol=protocol, interval_s=interval_s, site="bench", seed=1)
     try:

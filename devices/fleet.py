@@ -23,9 +23,10 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from devices.device import (
@@ -44,6 +45,7 @@ from devices.stomp_link import StompLink
 from hub.core.backoff import DEVICE_RECONNECT, Backoff
 from hub.core.config import Settings
 from hub.core.contract import ack_key, encode, now_ms, status_key, telemetry_key
+from hub.core.credentials import Credential, lacking, read_credentials
 from hub.core.errors import BrokerUnavailable, ConfigError
 from hub.core.models import load_models
 
@@ -61,7 +63,7 @@ STOMP_POOL_THREADS = 8
 #: Longest the loop sleeps when nothing is due, so stop requests are seen promptly.
 MAX_SLEEP_S = 0.5
 
-DeviceState = Literal["connecting", "online", "waiting", "rebooting", "stopped", "closing", "closed"]
+DeviceState = Literal["connecting", "online", "waiting", "rebooting", "stopped", "closing", "closed", "refused"]
 AnyLink = MqttLink | StompLink
 T = TypeVar("T")
 
@@ -88,6 +90,12 @@ class _Runtime:
     last_error: str = ""
 
 
+def _passwords_for(devices: list[str], credentials: Mapping[str, Credential], source: Path) -> dict[str, str]:
+    """Each device's password; a ConfigError naming the devices without a credential (and how to make them)."""
+    lacking(devices, credentials, source, f"python -m hub provision DEVICE... --out {source}")
+    return {device: credentials[device].password for device in devices}
+
+
 class Fleet:
     """Simulated devices, each with its own broker connection and identity, behind one event loop."""
 
@@ -101,7 +109,9 @@ class Fleet:
         site: str = DEFAULT_SITE,
         seed: int | None = None,
         fault_rate: float = 0.0,
+        credentials: Mapping[str, Credential] | None = None,
     ) -> None:
+        """`credentials` by device id; by default the file `settings.credentials_path` (IOT_CREDENTIALS_FILE)."""
         interval_ms = round(interval_s * 1000)
         if interval_ms < 1:
             raise ConfigError(f"--interval must be at least 0.001 s (got {interval_s})")
@@ -111,6 +121,11 @@ class Fleet:
         self.models = load_models(settings.models_file)
         specs = plan_fleet(count, list(kinds), protocol, site, self.models)
         started = time.time()
+        self._passwords = _passwords_for(
+            [spec.device_id for spec in specs],
+            credentials if credentials is not None else read_credentials(settings.credentials_path),
+            settings.credentials_path,
+        )
         self.devices: list[SimulatedDevice] = [
             SimulatedDevice.create(
                 spec, seed=seed, interval_ms=interval_ms, fault_rate=fault_rate, start_s=started, models=self.models
@@ -158,7 +173,8 @@ class Fleet:
         if wait_s is None:
             return
         if not self._wait_started(wait_s):
-            missing = [rt for rt in self._runtimes.values() if rt.state != "online"]
+            missing = [rt for rt in self._runtimes.values() if rt.state not in ("online", "refused")]
+            missing = missing or [rt for rt in self._runtimes.values() if rt.state != "online"]
             reasons = sorted({rt.last_error for rt in missing if rt.last_error}) or ["no answer"]
             self.close()
             raise BrokerUnavailable(
@@ -168,15 +184,17 @@ class Fleet:
             )
 
     def _wait_started(self, wait_s: float) -> bool:
-        """True once every device is online; False after `wait_s`, or as soon as every device failed and none is up."""
+        """True once every device is online or refused (its credential is no good: it is counted, not waited
+        for) and one at least is online; False after `wait_s`, or as soon as every device failed and none is up."""
         deadline = time.monotonic() + wait_s
-        while not self.wait_online(timeout_s=min(0.5, max(0.0, deadline - time.monotonic()))):
+        while True:
             runtimes = list(self._runtimes.values())
-            if time.monotonic() >= deadline or (
-                all(rt.errors for rt in runtimes) and not any(rt.state == "online" for rt in runtimes)
-            ):
+            online = any(rt.state == "online" for rt in runtimes)
+            if online and all(rt.state in ("online", "refused") for rt in runtimes):
+                return True
+            if time.monotonic() >= deadline or (all(rt.errors for rt in runtimes) and not online):
                 return False
-        return True
+            time.sleep(0.02)
 
     def close(self) -> None:
         """Stop readings, wait (bounded) for buffered ones to be confirmed, say offline, disconnect."""
@@ -245,7 +263,7 @@ class Fleet:
         for rt in list(self._runtimes.values()):
             d = rt.device
             outbox = d.outbox
-            row = columns.setdefault(d.protocol, [0] * 10)
+            row = columns.setdefault(d.protocol, [0] * 11)
             row[0] += 1
             row[1] += rt.state == "online"
             row[2] += d.seq
@@ -256,6 +274,7 @@ class Fleet:
             row[7] += rt.reconnects
             row[8] += d.commands_handled
             row[9] += rt.errors + d.bad_commands
+            row[10] += rt.state == "refused"
         by_protocol = {protocol: ProtocolStats(*row) for protocol, row in sorted(columns.items())}
         elapsed = time.monotonic() - self._started_at if self._started_at else 0.0
         return FleetStats(by_protocol=by_protocol, elapsed_s=elapsed, lag=self.lag.summary())
@@ -396,10 +415,24 @@ class Fleet:
         link: AnyLink
         if rt.device.protocol == "mqtt":
             link = MqttLink(
-                rt.device.device_id, self.settings, self._selector, self, will, MAX_IN_FLIGHT, self._dirty.add
+                rt.device.device_id,
+                self.settings,
+                self._selector,
+                self,
+                will,
+                MAX_IN_FLIGHT,
+                self._dirty.add,
+                password=self._passwords[rt.device.device_id],
             )
         else:
-            link = StompLink(rt.device.device_id, self.settings, self, self.call_soon, self._pool)
+            link = StompLink(
+                rt.device.device_id,
+                self.settings,
+                self,
+                self.call_soon,
+                self._pool,
+                password=self._passwords[rt.device.device_id],
+            )
         rt.link = link
         try:
             link.open()
@@ -460,6 +493,11 @@ class Fleet:
         if rt.intent == "run":
             rt.errors += 1
             rt.last_error = reason
+            if link.refused:
+                # Its credential is unknown or revoked: no retry will get in, and the rest of the fleet carries on.
+                rt.state, rt.powered = "refused", False
+                rt.schedule += 1
+                return
             if not self._stopping:
                 self._retry_later(rt)
                 return
@@ -514,7 +552,7 @@ class Fleet:
             if rt.link is not None:
                 rt.state = "closing"
                 rt.link.close(encode(rt.device.presence("offline")))
-            elif rt.state not in ("stopped",):
+            elif rt.state not in ("stopped", "refused"):
                 rt.state = "closed"
         self._await_goodbyes(time.monotonic() + GOODBYE_TIMEOUT_S)
 

@@ -28,6 +28,9 @@ class LinkEvents(Protocol):
 
 
 class Link(Protocol):
+    #: True once the broker refused the login (unknown, wrong or revoked credential): retrying cannot help.
+    refused: bool
+
     def open(self) -> None:
         """Start connecting; `link_up` or `link_down` follows. May raise OSError right away."""
 

@@ -26,6 +26,8 @@ MQTT_KEEPALIVE_S = 30
 QOS_AT_LEAST_ONCE = 1
 #: Seconds a TCP connect may take before the attempt counts as failed.
 CONNECT_TIMEOUT_S = 5.0
+#: CONNACK reasons that mean "this login is no good" (MQTT 3.1.1 codes 4 and 5, as paho 2 reports them).
+REFUSED_LOGIN = frozenset({134, 135})
 
 
 class MqttLink:
@@ -40,13 +42,16 @@ class MqttLink:
         will: bytes,
         window: int,
         dirty: Callable[[MqttLink], None],
+        password: str = "",
     ) -> None:
         self.device_id, self._settings, self._selector, self._events = device_id, settings, selector, events
         self._dirty = dirty
         self._closing = False
         self._down = False
+        self.refused = False
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, clean_session=True)
-        client.username_pw_set(settings.device_user, settings.device_password)
+        # Its own account: the username is the device id, like the client id.
+        client.username_pw_set(device_id, password)
         client.will_set(mqtt_topic(status_key(device_id)), will, qos=QOS_AT_LEAST_ONCE, retain=False)
         client.max_inflight_messages_set(window)
         client.max_queued_messages_set(0)
@@ -114,6 +119,7 @@ class MqttLink:
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
         if reason.is_failure:
+            self.refused = reason.value in REFUSED_LOGIN
             self._went_down(f"broker refused the connection: {reason}")
             client.disconnect()
             return

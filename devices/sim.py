@@ -23,12 +23,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from devices.device import DEFAULT_SITE, ProtocolChoice
+from devices.credentials import ensure_credentials
+from devices.device import DEFAULT_SITE, ProtocolChoice, plan_fleet
 from devices.fleet import Fleet
 from devices.models import DEFAULT_KINDS
 from devices.stats import FleetStats, LagSummary
 from hub.core.config import load_settings
 from hub.core.exit_codes import ExitCode
+from hub.core.models import load_models
 from hub.core.program import run_command
 
 #: How often the progress line is redrawn.
@@ -36,7 +38,7 @@ PROGRESS_REFRESH_S = 0.5
 #: In a log file (not a terminal), a progress line this often.
 LOG_PROGRESS_EVERY_S = 10.0
 #: Columns used when stderr is not a terminal (a log file), so the summary table is not squeezed.
-SUMMARY_WIDTH = 110
+SUMMARY_WIDTH = 130
 
 
 def _parse_kinds(value: str) -> list[str]:
@@ -80,8 +82,12 @@ def _parse_kinds(value: str) -> list[str]:
 @click.option("--mqtt-port", type=int, help="MQTT broker port [IOT_MQTT_PORT, 1883].")
 @click.option("--stomp-host", help="STOMP broker host [IOT_STOMP_HOST, localhost].")
 @click.option("--stomp-port", type=int, help="STOMP broker port [IOT_STOMP_PORT, 61613].")
-@click.option("--device-user", help="Broker user of the devices [IOT_DEVICE_USER, device].")
-@click.option("--device-password", help="Its password [IOT_DEVICE_PASSWORD; prefer the variable].")
+@click.option(
+    "--credentials",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The devices' credentials (JSON, from `python -m hub provision --out`); devices missing from it are "
+    "provisioned into it with the admin account [IOT_CREDENTIALS_FILE, STACK_DIR/devices.json].",
+)
 @click.option(
     "--models-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -100,8 +106,7 @@ def sim(
     mqtt_port: int | None,
     stomp_host: str | None,
     stomp_port: int | None,
-    device_user: str | None,
-    device_password: str | None,
+    credentials: Path | None,
     models_file: Path | None,
 ) -> None:
     """Simulated sensors over MQTT and STOMP: environment, air-quality, power-meter and thermostat
@@ -111,11 +116,12 @@ def sim(
         mqtt_port=mqtt_port,
         stomp_host=stomp_host,
         stomp_port=stomp_port,
-        device_user=device_user,
-        device_password=device_password,
+        credentials_file=credentials,
         models_file=models_file,
     )
     console = Console(stderr=True, width=None if sys.stderr.isatty() else SUMMARY_WIDTH)
+    plan = plan_fleet(count, _parse_kinds(kinds), protocol, site, load_models(settings.models_file))
+    held = ensure_credentials(settings.credentials_path, [spec.device_id for spec in plan], console)
     fleet = Fleet(
         settings,
         count=count,
@@ -125,6 +131,7 @@ def sim(
         site=site,
         seed=seed,
         fault_rate=fault_rate,
+        credentials=held,
     )
     console.print(
         f"starting {count} devices ({protocol}) at site {site}: MQTT {settings.mqtt_host}:{settings.mqtt_port}, "
@@ -135,7 +142,11 @@ def sim(
         fleet.start()
         # Everything made so far lives for the whole run: keep the collector from rescanning it (pauses).
         gc.freeze()
-        console.print(f"all {count} devices online")
+        refused = fleet.stats().total.refused
+        online = f"all {count}" if not refused else f"{count - refused} of {count}"
+        console.print(f"{online} devices online, each with its own credential ({settings.credentials_path})")
+        if refused:
+            console.print(f"{refused} devices refused by the broker (credential unknown or revoked)")
         _show_progress(fleet, console, duration)
     except KeyboardInterrupt:
         interrupted = True
@@ -185,6 +196,8 @@ def _progress_line(now: FleetStats, last: FleetStats, lag: LagSummary) -> Text:
         (f"{total.errors}", "red" if total.errors else ""),
         ("  reconnects ", "dim"),
         f"{total.reconnects}",
+        ("  refused ", "dim"),
+        (f"{total.refused}", "red" if total.refused else ""),
         ("  commands ", "dim"),
         f"{total.commands}",
         ("  lag p99 ", "dim"),
@@ -202,7 +215,18 @@ def _summary_table(stats: FleetStats) -> Table:
         title=f"{stats.elapsed_s:.1f} s; schedule lag p50 {lag.p50_ms:.1f} ms, p99 {lag.p99_ms:.1f} ms, "
         f"max {lag.max_ms:.1f} ms",
     )
-    columns = ("devices", "produced", "sent", "confirmed", "buffered", "dropped", "reconnects", "commands", "errors")
+    columns = (
+        "devices",
+        "produced",
+        "sent",
+        "confirmed",
+        "buffered",
+        "dropped",
+        "reconnects",
+        "commands",
+        "errors",
+        "refused",
+    )
     table.add_column("protocol")
     for column in columns:
         table.add_column(column, justify="right")

@@ -26,6 +26,8 @@ class ProtocolStats:
     reconnects: int = 0
     commands: int = 0
     errors: int = 0
+    #: Devices the broker refused (credential unknown or revoked); they no longer try.
+    refused: int = 0
 
     def __add__(self, other: ProtocolStats) -> ProtocolStats:
         return ProtocolStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))

@@ -30,6 +30,8 @@ CONNECT_TIMEOUT_S = 10.0
 #: Seconds a clean disconnect waits for the broker's receipt.
 DISCONNECT_TIMEOUT_S = 5.0
 COMMANDS_SUBSCRIPTION_ID = "commands"
+#: The `message` of RabbitMQ's ERROR frame to a CONNECT whose login is refused.
+REFUSED_CONNECT = "Bad CONNECT"
 JSON = "application/json"
 
 CallSoon = Callable[[Callable[[], None]], None]
@@ -39,9 +41,17 @@ class StompLink(stomp.ConnectionListener):  # type: ignore[misc]
     protocol = "stomp"
 
     def __init__(
-        self, device_id: str, settings: Settings, events: LinkEvents, call_soon: CallSoon, pool: Executor
+        self,
+        device_id: str,
+        settings: Settings,
+        events: LinkEvents,
+        call_soon: CallSoon,
+        pool: Executor,
+        password: str = "",
     ) -> None:
         self.device_id, self._settings, self._events = device_id, settings, events
+        self._password = password
+        self.refused = False
         self._call_soon, self._pool = call_soon, pool
         self._receipt_ids = itertools.count(1)
         self._subscribed = threading.Event()
@@ -90,7 +100,8 @@ class StompLink(stomp.ConnectionListener):  # type: ignore[misc]
 
     def _connect(self) -> None:
         try:
-            self.connection.connect(self._settings.device_user, self._settings.device_password, wait=True)
+            # Its own account: the login is the device id.
+            self.connection.connect(self.device_id, self._password, wait=True)
             self.connection.subscribe(
                 stomp_destination(command_key(self.device_id)),
                 id=COMMANDS_SUBSCRIPTION_ID,
@@ -138,6 +149,8 @@ class StompLink(stomp.ConnectionListener):  # type: ignore[misc]
 
     def on_error(self, frame: Any) -> None:
         message = frame.headers.get("message", "")
+        if not self._up and message == REFUSED_CONNECT:
+            self.refused = True
         self._call_soon(lambda: self._went_down(f"broker error: {message}"))
 
     # --- helpers -------------------------------------------------------------------------------

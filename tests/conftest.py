@@ -14,7 +14,11 @@ from types import FrameType
 import pytest
 
 from hub.core.config import Settings
-from tests.support import started_stack
+from tests.support import fleet_credentials, started_stack
+
+#: The tests' fleets are at most this big: their devices get credentials once, for the session,
+#: in the stack's credentials file where `Fleet` (like `python -m devices.sim`) looks for them.
+TEST_FLEET_DEVICES = 16
 
 
 def _raise_keyboard_interrupt(signum: int, _frame: FrameType | None) -> None:
@@ -29,6 +33,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     try:
         settings, the_stack = started_stack(tmp_path_factory)
         try:
+            fleet_credentials(settings, TEST_FLEET_DEVICES)
             yield settings
         finally:
             the_stack.down()

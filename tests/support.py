@@ -13,7 +13,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,9 @@ import stomp
 from paho.mqtt.enums import CallbackAPIVersion
 from pika.adapters.blocking_connection import BlockingChannel
 
+from devices.device import plan_fleet
 from hub.clients.amqp import connect
+from hub.control.identity import provision_into
 from hub.core.config import Settings
 from hub.core.contract import (
     EXCHANGE,
@@ -40,6 +42,7 @@ from hub.core.contract import (
     encode,
     now_ms,
 )
+from hub.core.credentials import Credential
 from hub.core.errors import StackError
 from hub.stack import Stack
 from hub.stack.influx import InfluxNode
@@ -145,11 +148,21 @@ def hub_process(settings: Settings, log_dir: Path, *args: str, **env: str) -> It
                 process.wait()
 
 
+def device_credentials(settings: Settings, devices: Iterable[str]) -> dict[str, Credential]:
+    """Each device's own credential, provisioned on first use and kept in the stack's credentials file."""
+    return provision_into(settings, devices, settings.credentials_path)
+
+
+def fleet_credentials(settings: Settings, count: int, **plan: Any) -> dict[str, Credential]:
+    """Credentials for the devices `Fleet(settings, count, **plan)` simulates (the same plan)."""
+    return device_credentials(settings, [spec.device_id for spec in plan_fleet(count, **plan)])
+
+
 def mqtt_device(settings: Settings, client_id: str, will: tuple[str, bytes] | None = None) -> mqtt.Client:
-    """An MQTT client logged in as the device user, connected and looping in its own thread."""
+    """An MQTT client logged in as device `client_id` with its own credential, connected, looping in its own thread."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
     client.max_inflight_messages_set(100)
-    client.username_pw_set(settings.device_user, settings.device_password)
+    client.username_pw_set(client_id, device_credentials(settings, [client_id])[client_id].password)
     if will is not None:
         client.will_set(will[0], will[1], qos=1)
     connected = threading.Event()
@@ -160,10 +173,10 @@ def mqtt_device(settings: Settings, client_id: str, will: tuple[str, bytes] | No
     return client
 
 
-def stomp_device(settings: Settings) -> stomp.Connection12:
-    """A STOMP connection logged in as the device user to vhost `iot`."""
+def stomp_device(settings: Settings, device: str) -> stomp.Connection12:
+    """A STOMP connection logged in to vhost `iot` as `device` with its own credential."""
     connection = stomp.Connection12([(settings.stomp_host, settings.stomp_port)], vhost=VHOST)
-    connection.connect(settings.device_user, settings.device_password, wait=True)
+    connection.connect(device, device_credentials(settings, [device])[device].password, wait=True)
     return connection
 
 

@@ -15,6 +15,8 @@ SUBCOMMANDS = [
     ("hub.cli.control", "devices"),
     ("hub.cli.control", "tail"),
     ("hub.cli.control", "commands"),
+    ("hub.cli.identity", "provision"),
+    ("hub.cli.identity", "revoke"),
     ("hub.demo.app", "demo"),
     ("hub.cli.run", "run"),
     ("hub.dashboard.cli", "dashboard"),

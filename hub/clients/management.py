@@ -1,4 +1,6 @@
-"""Which devices are listening for commands right now, from the broker's bindings.
+"""The RabbitMQ management HTTP API: who listens for commands, and (as the admin) device users.
+
+Which devices are listening for commands right now, from the broker's bindings.
 
 The hub's own `hub.commands` queue is bound to `commands.#`, so once the hub runs every
 command is routable and `mandatory` alone cannot tell an unknown device. A device, though,
@@ -13,7 +15,9 @@ queues, which rabbitmq/definitions.json declares long before the hub runs.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,6 +26,7 @@ from typing import Any
 
 from hub.core.config import Settings
 from hub.core.contract import EXCHANGE
+from hub.core.errors import BrokerUnavailable
 
 #: Queues of the hub itself, never a device.
 HUB_QUEUE_PREFIX = "hub."
@@ -92,3 +97,89 @@ def read_consumer_count(settings: Settings, queue_name: str) -> int | None:
     """How many consumers `queue_name` has now, or None when the management API cannot say."""
     name = urllib.parse.quote(queue_name, safe="")
     return consumer_count(_management_get(settings, f"queues/{_vhost(settings)}/{name}"))
+
+
+# --- the administrative account: device users (provisioning and revoking only) ------------------
+
+#: Importing thousands of users at once takes the broker a while: allow more than a read.
+ADMIN_TIMEOUT_S = 60.0
+#: Salt length of RabbitMQ's own password hashes (bytes).
+PASSWORD_SALT_BYTES = 4
+HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
+
+
+def password_hash(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's `rabbit_password_hashing_sha256`: base64(salt + sha256(salt + password)).
+
+    Hashing here lets one definitions import create thousands of users without their
+    passwords ever crossing the wire.
+    """
+    salt = os.urandom(PASSWORD_SALT_BYTES) if salt is None else salt
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+class ManagementAdmin:
+    """The management HTTP API as the administrative account (IOT_ADMIN_USER / IOT_ADMIN_PASSWORD)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._base = f"{management_url(settings)}/api"
+        self._user = settings.admin_user
+        token = base64.b64encode(f"{settings.admin_user}:{settings.admin_password}".encode()).decode()
+        self._authorization = f"Basic {token}"
+
+    def user_names(self) -> set[str]:
+        users = self._call("GET", "users?columns=name")
+        return {user["name"] for user in users if isinstance(user, dict) and isinstance(user.get("name"), str)}
+
+    def import_definitions(self, definitions: dict[str, Any]) -> None:
+        """One POST /api/definitions: users, permissions and topic permissions in a single request."""
+        self._call("POST", "definitions", definitions)
+
+    def delete_users(self, names: Iterable[str]) -> None:
+        self._call("POST", "users/bulk-delete", {"users": list(names)})
+
+    def connections(self) -> list[tuple[str, str]]:
+        """(name, user) of every client connection, AMQP, MQTT and STOMP alike."""
+        connections = self._call("GET", "connections?columns=name,user")
+        return [
+            (c["name"], c["user"])
+            for c in connections
+            if isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("user"), str)
+        ]
+
+    def close_connection(self, name: str, reason: str) -> None:
+        """Close one client connection; one already gone is no error."""
+        path = f"connections/{urllib.parse.quote(name, safe='')}"
+        self._call("DELETE", path, headers={"X-Reason": reason}, missing_ok=True)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        missing_ok: bool = False,
+    ) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{self._base}/{path}", data=data, method=method)
+        request.add_header("Authorization", self._authorization)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=ADMIN_TIMEOUT_S) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404 and missing_ok:
+                return None
+            if exc.code == 401:
+                raise BrokerUnavailable(
+                    f"the management API refused the admin account {self._user!r} "
+                    "(set IOT_ADMIN_USER and IOT_ADMIN_PASSWORD)"
+                ) from None
+            detail = exc.read().decode(errors="replace")[:300]
+            raise BrokerUnavailable(f"management API {method} /api/{path}: HTTP {exc.code} {detail}") from None
+        except (OSError, urllib.error.URLError) as exc:
+            raise BrokerUnavailable(f"management API at {self._base} not reachable: {exc}") from None
+        return json.loads(payload) if payload else None

@@ -22,8 +22,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 #: Development defaults: fine on a laptop and in tests, replaced through IOT_* in production.
 DEV_AMQP_URL = "amqp://hub:hub-dev-password@localhost:5672/iot"
-DEV_DEVICE_USER = "device"
-DEV_DEVICE_PASSWORD = "device-dev-password"
+#: The administrative account only `python -m hub provision` / `revoke` use (management HTTP API).
+DEV_ADMIN_USER = "admin"
+DEV_ADMIN_PASSWORD = "admin-dev-password"
+#: Where the simulator keeps its devices' credentials, inside the stack folder, unless IOT_CREDENTIALS_FILE says.
+CREDENTIALS_FILE_NAME = "devices.json"
 
 
 class Settings(BaseSettings):
@@ -36,8 +39,11 @@ class Settings(BaseSettings):
     mqtt_port: int = 1883
     stomp_host: str = "localhost"
     stomp_port: int = 61613
-    device_user: str = DEV_DEVICE_USER
-    device_password: str = DEV_DEVICE_PASSWORD
+    #: The broker's administrative account: provisioning and revoking device credentials only.
+    admin_user: str = DEV_ADMIN_USER
+    admin_password: str = DEV_ADMIN_PASSWORD
+    #: The simulator's device credentials (JSON, 0600); unset: `devices.json` in the stack folder.
+    credentials_file: Path | None = None
     influx_url: str = "http://localhost:8086"
     influx_db: str = "telemetry"
     influx_token: str | None = None
@@ -87,6 +93,14 @@ class Settings(BaseSettings):
     @property
     def amqp(self) -> AmqpParts:
         return AmqpParts.parse(self.amqp_url)
+
+    @property
+    def credentials_path(self) -> Path:
+        """IOT_CREDENTIALS_FILE, else `devices.json` in the stack folder (relative to the project, as `hub stack`)."""
+        if self.credentials_file is not None:
+            return self.credentials_file
+        root = self.stack_dir if self.stack_dir.is_absolute() else PROJECT_ROOT / self.stack_dir
+        return root / CREDENTIALS_FILE_NAME
 
     @property
     def influx_port(self) -> int:

@@ -24,6 +24,7 @@ from rich.live import Live
 
 from hub.core.config import PROJECT_ROOT, Settings, load_settings
 from hub.core.contract import now_ms
+from hub.core.credentials import read_credentials
 from hub.core.errors import HubError, StackError, StorageUnavailable
 from hub.core.exit_codes import ExitCode
 from hub.demo.activity import RateWindow, Snapshot, read_activity
@@ -122,6 +123,10 @@ class Demo:
                 raise
             self.console.print(f"[yellow]not all {self.count} devices came online in time; going on[/]")
             self.snapshot = self._activity()[0] or self.snapshot
+        credentials = read_credentials(self.settings.credentials_path)
+        online = [view.device for view in self.snapshot.fleet if view.online]
+        own = sum(device in credentials for device in online)
+        self.console.print(f"{own} devices, each with its own credential ({self.settings.credentials_path})")
         by_kind: dict[str, list[str]] = {}
         for view in self.snapshot.fleet:
             if view.online:

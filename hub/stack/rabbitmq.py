@@ -6,21 +6,21 @@ the system's RabbitMQ nor another stack (the test harness runs beside a develope
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-import stomp
 from paho.mqtt.enums import CallbackAPIVersion
 
 from hub.clients.amqp import connect
+from hub.clients.management import password_hash
 from hub.core.config import PROJECT_ROOT, Settings
 from hub.core.contract import VHOST
 from hub.core.errors import StackError
@@ -28,9 +28,13 @@ from hub.stack.packages import RABBITMQ_SERVER
 from hub.stack.processes import port_open
 
 RABBITMQ_CONFIG_DIR = PROJECT_ROOT / "rabbitmq"
+#: Seconds a readiness probe waits for the broker's answer.
+PROBE_TIMEOUT_S = 5.0
 #: The development users in rabbitmq/definitions.json, renamed and re-passworded from settings.
 DEFINITIONS_HUB_USER = "hub"
-DEFINITIONS_DEVICE_USER = "device"
+DEFINITIONS_ADMIN_USER = "admin"
+#: The readiness probes log in with this made-up account: a refusal proves the listener answers.
+PROBE_USER = "stack-probe"
 
 
 @dataclass(frozen=True)
@@ -42,12 +46,6 @@ class RabbitPorts:
     prometheus: int
     dist: int
     epmd: int
-
-
-def password_hash(password: str, salt: bytes | None = None) -> str:
-    """RabbitMQ's `rabbit_password_hashing_sha256`: base64(salt + sha256(salt + password))."""
-    salt = os.urandom(4) if salt is None else salt
-    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
 def render_config(ports: RabbitPorts, definitions_path: Path) -> str:
@@ -69,11 +67,11 @@ def render_config(ports: RabbitPorts, definitions_path: Path) -> str:
 
 
 def render_definitions(settings: Settings) -> dict[str, Any]:
-    """rabbitmq/definitions.json with the hub and device users and passwords from settings."""
+    """rabbitmq/definitions.json with the hub and admin users and passwords from settings."""
     definitions: dict[str, Any] = json.loads((RABBITMQ_CONFIG_DIR / "definitions.json").read_text())
     amqp = settings.amqp
-    names = {DEFINITIONS_HUB_USER: amqp.user, DEFINITIONS_DEVICE_USER: settings.device_user}
-    passwords = {DEFINITIONS_HUB_USER: amqp.password, DEFINITIONS_DEVICE_USER: settings.device_password}
+    names = {DEFINITIONS_HUB_USER: amqp.user, DEFINITIONS_ADMIN_USER: settings.admin_user}
+    passwords = {DEFINITIONS_HUB_USER: amqp.password, DEFINITIONS_ADMIN_USER: settings.admin_password}
     for user in definitions["users"]:
         original = user["name"]
         user["name"] = names[original]
@@ -164,9 +162,12 @@ class RabbitNode:
         finally:
             connection.close()
 
+    # No device account exists before one is provisioned, so the MQTT and STOMP probes log in as
+    # nobody: any CONNACK or ERROR frame (here: not authorised) shows the plugin answers and checks logins.
+
     def _mqtt_ok(self, host: str) -> None:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"stack-check-{os.getpid()}")
-        client.username_pw_set(self.settings.device_user, self.settings.device_password)
+        client.username_pw_set(PROBE_USER, PROBE_USER)
         result: list[Any] = []
         client.on_connect = lambda _c, _u, _f, reason, _p: result.append(reason)
         client.connect(host, self.ports.mqtt, keepalive=10)
@@ -177,13 +178,16 @@ class RabbitNode:
                     break
         finally:
             client.disconnect()
-        if not result or result[0].is_failure:
-            raise StackError(f"MQTT connect refused: {result[0] if result else 'no CONNACK'}")
+        if not result:
+            raise StackError("MQTT: no CONNACK")
 
     def _stomp_ok(self, host: str) -> None:
-        connection = stomp.Connection12([(host, self.ports.stomp)], vhost=VHOST, reconnect_attempts_max=1)
-        connection.connect(self.settings.device_user, self.settings.device_password, wait=True)
-        connection.disconnect()
+        frame = f"CONNECT\naccept-version:1.2\nhost:{VHOST}\nlogin:{PROBE_USER}\npasscode:{PROBE_USER}\n\n\0"
+        with socket.create_connection((host, self.ports.stomp), timeout=PROBE_TIMEOUT_S) as sock:
+            sock.sendall(frame.encode())
+            answer = sock.recv(1024)
+        if not answer.startswith((b"CONNECTED", b"ERROR")):
+            raise StackError(f"STOMP: no answer to CONNECT ({answer[:40]!r})")
 
     def stop_epmd(self) -> None:
         """Our epmd listens on its own port; stop it once our node is gone."""

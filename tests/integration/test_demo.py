@@ -95,6 +95,8 @@ def test_make_demo_runs_the_main_job_and_leaves_no_process_behind(tmp_path: Path
     consuming = f"the hub consumes {', '.join(HUB_QUEUE_NAMES)}"
     assert out.index("hub started") < out.index(consuming) < out.index("simulator started"), out
 
+    own = re.search(r"(\d+) devices, each with its own credential", out)
+    assert own is not None and int(own.group(1)) >= COUNT, out
     summary = re.search(r"demo summary: (\d+) readings stored from (\d+) devices", out)
     assert summary is not None, out
     assert int(summary.group(1)) > 0 and int(summary.group(2)) >= COUNT

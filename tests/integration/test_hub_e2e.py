@@ -81,7 +81,7 @@ def reading(device: str, seq: int, kind: str = "environment", base_ts: int = 0, 
 
 
 def publish_mqtt(settings: Settings, device: str, count: int, base_ts: int, pause_every: int = 0) -> None:
-    client = mqtt_device(settings, f"pub-{device}")
+    client = mqtt_device(settings, device)
     try:
         infos = []
         for seq in range(count):
@@ -109,7 +109,7 @@ class _Receipt(stomp.ConnectionListener):  # type: ignore[misc]
 
 
 def publish_stomp(settings: Settings, device: str, count: int, base_ts: int, pause_every: int = 0) -> None:
-    connection = stomp_device(settings)
+    connection = stomp_device(settings, device)
     try:
         for seq in range(count):
             r = reading(device, seq, base_ts=base_ts)
@@ -255,7 +255,7 @@ def test_malformed_messages_are_dead_lettered_with_reasons_while_valid_ones_arou
     for message in (first, clash):
         channel.basic_publish(EXCHANGE, message.routing_key, encode(message), pika.BasicProperties(delivery_mode=2))
     # and a hostile topic level from a real MQTT device: a space and a comma in the site
-    device = mqtt_device(stack, "hostile-topic")
+    device = mqtt_device(stack, "bad-12")  # its own account: only its topic level is hostile
     device.publish("telemetry/plant t,x=1/environment/bad-12", encode(reading("bad-12", 1)), qos=1).wait_for_publish(10)
     device.loop_stop()
     device.disconnect()
@@ -326,7 +326,7 @@ def test_a_rule_alerts_and_its_command_reaches_mqtt_and_stomp_devices_whose_acks
     thermostat.subscribe(mqtt_topic(command_key("th-rule-m")), qos=1)
     assert subscribed.wait(10)
 
-    air = stomp_device(stack)
+    air = stomp_device(stack, "aq-rule-s")
     air_listener = _StompCommands(air, "aq-rule-s")
     air.set_listener("commands", air_listener)
     air.subscribe(stomp_destination(command_key("aq-rule-s")), id="c", ack="auto", headers={"receipt": "s"})
@@ -485,7 +485,7 @@ def test_presence_follows_status_last_will_and_silence(stack: Settings, tmp_path
         will = (mqtt_topic(status_key("pres-m")), status("pres-m", "offline", "mqtt", 1000, connected_at))
         device = mqtt_device(stack, "pres-m", will=will)
         device.publish(will[0], status("pres-m", "online", "mqtt", 1000, now_ms() + 1), qos=1).wait_for_publish(10)
-        stomp_dev = stomp_device(stack)
+        stomp_dev = stomp_device(stack, "pres-s")
         stomp_dev.send(
             stomp_destination(status_key("pres-s")), status("pres-s", "online", "stomp", 300, now_ms()), headers={}
         )

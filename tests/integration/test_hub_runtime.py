@@ -87,7 +87,8 @@ def test_presence_alone_keeps_streaming_devices_online_and_takes_silent_ones_off
     """`--only presence`, no rules service: telemetry is still the devices' sign of life."""
     with hub_process(stack, tmp_path, "--only", "presence"):
         mqtt_dev = mqtt_device(stack, "alone-m")
-        stomp_dev = stomp_device(stack)
+        quiet_dev = mqtt_device(stack, "alone-t")
+        stomp_dev = stomp_device(stack, "alone-s")
         mqtt_dev.publish(mqtt_topic(status_key("alone-m")), status("alone-m", "mqtt"), qos=1).wait_for_publish(10)
         stomp_dev.send(stomp_destination(status_key("alone-s")), status("alone-s", "stomp"), headers={})
         wait_until(lambda: transitions(stack, "alone-m") and transitions(stack, "alone-s"), 15)
@@ -100,7 +101,9 @@ def test_presence_alone_keeps_streaming_devices_online_and_takes_silent_ones_off
                 if device == "alone-s":
                     stomp_dev.send(stomp_destination(r.routing_key), encode(r), headers={})
                 else:
-                    mqtt_dev.publish(mqtt_topic(r.routing_key), encode(r), qos=1)
+                    (mqtt_dev if device == "alone-m" else quiet_dev).publish(
+                        mqtt_topic(r.routing_key), encode(r), qos=1
+                    )
             seq += 1
             stop_streaming.wait(INTERVAL_MS / 3000)
         assert transitions(stack, "alone-m") == [("online", "status")], "streaming for 12 intervals is not silence"
@@ -211,7 +214,7 @@ def test_an_influxdb_outage_marks_no_streaming_device_offline(stack: Settings, t
     try:
         with hub_process(own, tmp_path) as hub:
             mqtt_dev = mqtt_device(stack, "outage-pm")
-            stomp_dev = stomp_device(stack)
+            stomp_dev = stomp_device(stack, devices[1])
             mqtt_dev.publish(mqtt_topic(status_key(devices[0])), status(devices[0], "mqtt"), qos=1)
             stomp_dev.send(stomp_destination(status_key(devices[1])), status(devices[1], "stomp"), headers={})
 

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 
 from hub.core.config import Settings
-from tests.support import REPO, Watcher, wait_until
+from tests.support import REPO, Watcher, settings_environment, wait_until
 
 ROOT = str(REPO)
 
 
 def _sim(stack: Settings, *args: str) -> subprocess.Popen[str]:
-    env = dict(
-        os.environ,
-        IOT_MQTT_HOST=stack.mqtt_host,
-        IOT_MQTT_PORT=str(stack.mqtt_port),
-        IOT_STOMP_HOST=stack.stomp_host,
-        IOT_STOMP_PORT=str(stack.stomp_port),
-        PYTHONUNBUFFERED="1",
-    )
+    # The stack's settings: its listeners, its credentials file, its admin account for devices the file lacks.
+    env = settings_environment(stack, PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "devices.sim", *args]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -12,6 +12,7 @@ from hub.core.config import Settings
 from hub.core.contract import (
     Reading,
 )
+from hub.core.credentials import Credential
 from hub.core.errors import BrokerUnavailable
 from tests.support import Watcher, wait_until
 
@@ -160,8 +161,8 @@ def test_reboot_goes_offline_and_online_again_and_seq_carries_on(
 
 
 def test_refused_credentials_fail_at_once_with_the_brokers_reason(stack: Settings) -> None:
-    wrong = stack.model_copy(update={"device_password": "not-the-password"})
-    fleet = Fleet(wrong, count=2, interval_s=FAST_INTERVAL_S)
+    wrong = {device: Credential(device, "not-the-password") for device in ("env-0001", "aq-0001")}
+    fleet = Fleet(stack, count=2, interval_s=FAST_INTERVAL_S, credentials=wrong)
     with pytest.raises(BrokerUnavailable, match="2 of 2 devices not online"):
         fleet.start(wait_s=20.0)
     assert fleet.stats().total.online == 0

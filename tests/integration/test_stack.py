@@ -59,7 +59,7 @@ def test_mqtt_publish_arrives_on_exchange_iot_with_the_contract_routing_key(stac
     channel = connection.channel()
     queue = bind_temporary_queue(channel, "telemetry.#")
     reading = _reading("env-mqtt-1")
-    client = mqtt_device(stack, "test-mqtt-publisher")
+    client = mqtt_device(stack, "env-mqtt-1")
     try:
         client.publish(mqtt_topic(reading.routing_key), encode(reading), qos=1).wait_for_publish(10)
     finally:
@@ -76,7 +76,7 @@ def test_stomp_send_arrives_on_exchange_iot_with_the_contract_routing_key(stack:
     channel = connection.channel()
     queue = bind_temporary_queue(channel, "telemetry.#")
     reading = _reading("env-stomp-1")
-    device = stomp_device(stack)
+    device = stomp_device(stack, "env-stomp-1")
     try:
         device.send(
             stomp_destination(reading.routing_key),
@@ -103,13 +103,13 @@ class _StompInbox(stomp.ConnectionListener):  # type: ignore[misc]
 def test_amqp_command_reaches_an_mqtt_and_a_stomp_subscriber(stack: Settings) -> None:
     mqtt_inbox: list[bytes] = []
     subscribed = threading.Event()
-    client = mqtt_device(stack, "test-mqtt-commands")
+    client = mqtt_device(stack, "dev-m")
     client.on_message = lambda _c, _u, message: mqtt_inbox.append(bytes(message.payload))
     client.on_subscribe = lambda *_args: subscribed.set()
     client.subscribe(mqtt_topic(command_key("dev-m")), qos=1)
     assert subscribed.wait(10)
 
-    stomp_subscriber = stomp_device(stack)
+    stomp_subscriber = stomp_device(stack, "dev-s")
     stomp_inbox = _StompInbox()
     stomp_subscriber.set_listener("inbox", stomp_inbox)
     stomp_subscriber.subscribe(

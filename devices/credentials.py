@@ -1,0 +1,44 @@
+"""The fleet's credentials: read from the credentials file, and the missing ones provisioned into it.
+
+The simulator provisions through `python -m hub provision --out FILE`, the same command a
+user runs, in a child process: it needs the admin account (IOT_ADMIN_USER, IOT_ADMIN_PASSWORD,
+development defaults on the development stack) and keeps the simulator free of the hub's
+management client. A device whose account exists but whose secret the file lacks is not
+rotated behind anyone's back: the error says how to.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from hub.core.credentials import Credential, lacking, read_credentials
+from hub.core.errors import ConfigError
+
+#: Seconds `python -m hub provision` may take (a thousand devices take a few).
+PROVISION_TIMEOUT_S = 120.0
+
+
+def ensure_credentials(path: Path, devices: list[str], console: Console) -> dict[str, Credential]:
+    """Credentials for every one of `devices`, provisioning the ones `path` lacks into it."""
+    held = read_credentials(path)
+    missing = [device for device in devices if device not in held]
+    if not missing:
+        return held
+    console.print(f"provisioning {len(missing)} devices into {path}")
+    done = subprocess.run(
+        [sys.executable, "-m", "hub", "provision", "--out", str(path), *missing],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=PROVISION_TIMEOUT_S,
+    )
+    if done.returncode != 0:
+        raise ConfigError(f"could not provision the devices: {done.stderr.strip() or done.stdout.strip()}")
+    held = read_credentials(path)
+    # Those left had an account already, whose secret only a rotation can bring back.
+    lacking(devices, held, path, f"they exist on the broker: python -m hub provision --rotate --out {path} DEVICE...")
+    return held

@@ -1,0 +1,129 @@
+"""Device identities: one broker account per device, created and revoked through the management API.
+
+    result = provision(settings, ["env-0001", "th-0002"])   # new secrets in result.issued
+    revoke(settings, ["env-0001"])                         # deleted, its connections closed
+
+Provisioning hashes each secret here and creates every account with one definitions import,
+so a thousand devices cost one request, not four thousand. Every id is checked before
+anything is sent: a bad one refuses the whole call and nothing is half-created.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hub.clients.management import HASHING_ALGORITHM, ManagementAdmin, password_hash
+from hub.core.config import Settings
+from hub.core.contract import VHOST, require_identifier
+from hub.core.credentials import Credential, merge_credentials, read_credentials
+from hub.core.permissions import topic_permissions, vhost_permissions
+
+#: Bytes of randomness per device secret (URL-safe base64: 32 characters).
+SECRET_BYTES = 24
+REVOKED_REASON = "credential revoked"
+
+
+@dataclass
+class Provisioned:
+    """What `provision` did: secrets issued (new or rotated; shown once) and devices left as they were."""
+
+    issued: dict[str, Credential] = field(default_factory=dict)
+    rotated: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Revoked:
+    deleted: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    connections_closed: int = 0
+
+
+def checked_devices(devices: Iterable[str]) -> list[str]:
+    """The ids in order, duplicates dropped; the contract's error for the first that is not an identifier."""
+    return list(dict.fromkeys(require_identifier(device, "device") for device in devices))
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(SECRET_BYTES)
+
+
+def device_definitions(credentials: dict[str, Credential]) -> dict[str, Any]:
+    """A definitions document creating (or replacing) one confined account per device."""
+    return {
+        "users": [
+            {
+                "name": device,
+                "password_hash": password_hash(credential.password),
+                "hashing_algorithm": HASHING_ALGORITHM,
+                "tags": [],
+                "limits": {},
+            }
+            for device, credential in credentials.items()
+        ],
+        "permissions": [{"user": device, "vhost": VHOST, **vhost_permissions(device)} for device in credentials],
+        "topic_permissions": [{"user": device, "vhost": VHOST, **topic_permissions(device)} for device in credentials],
+    }
+
+
+def provision(settings: Settings, devices: Iterable[str], rotate: bool = False) -> Provisioned:
+    """Create an account for each device that has none; with `rotate`, give existing ones a new secret too."""
+    wanted = checked_devices(devices)
+    admin = ManagementAdmin(settings)
+    present = admin.user_names()
+    result = Provisioned()
+    for device in wanted:
+        if device in present and not rotate:
+            result.existing.append(device)
+            continue
+        if device in present:
+            result.rotated.append(device)
+        result.issued[device] = Credential(username=device, password=new_secret())
+    if result.issued:
+        admin.import_definitions(device_definitions(result.issued))
+    if result.rotated:
+        # A new secret must lock the old one out now, not at the device's next reconnect.
+        _close_connections(admin, result.rotated, "credential rotated")
+    return result
+
+
+def revoke(settings: Settings, devices: Iterable[str]) -> Revoked:
+    """Delete each device's account, then close its open connections (they would otherwise live on)."""
+    wanted = checked_devices(devices)
+    admin = ManagementAdmin(settings)
+    present = admin.user_names()
+    result = Revoked(
+        deleted=[d for d in wanted if d in present],
+        unknown=[d for d in wanted if d not in present],
+    )
+    if result.deleted:
+        # Deleted first, so a connection closed next cannot log in again in between.
+        admin.delete_users(result.deleted)
+        result.connections_closed = _close_connections(admin, result.deleted, REVOKED_REASON)
+    return result
+
+
+def _close_connections(admin: ManagementAdmin, users: list[str], reason: str) -> int:
+    wanted = set(users)
+    names = [name for name, user in admin.connections() if user in wanted]
+    for name in names:
+        admin.close_connection(name, reason)
+    return len(names)
+
+
+def provision_into(settings: Settings, devices: Iterable[str], path: Path) -> dict[str, Credential]:
+    """Credentials for `devices` from the file at `path`, provisioning the ones it lacks into it.
+
+    For stacks a program owns (tests, benchmarks): an account that exists without its secret
+    in the file gets a new secret, since nobody else can be using it.
+    """
+    wanted = checked_devices(devices)
+    held = read_credentials(path)
+    missing = [device for device in wanted if device not in held]
+    if missing:
+        held = merge_credentials(path, provision(settings, missing, rotate=True).issued)
+    return {device: held[device] for device in wanted}
