@@ -8,13 +8,14 @@ from collections.abc import Iterator
 import pytest
 
 from devices.fleet import Fleet
+from hub.control.identity import revoke
 from hub.core.config import Settings
 from hub.core.contract import (
     Reading,
 )
-from hub.core.credentials import Credential
+from hub.core.credentials import Credential, forget_credentials
 from hub.core.errors import BrokerUnavailable
-from tests.support import Watcher, wait_until
+from tests.support import Watcher, fleet_credentials, wait_until
 
 FAST_INTERVAL_S = 0.1
 
@@ -166,3 +167,22 @@ def test_refused_credentials_fail_at_once_with_the_brokers_reason(stack: Setting
     with pytest.raises(BrokerUnavailable, match="2 of 2 devices not online"):
         fleet.start(wait_s=20.0)
     assert fleet.stats().total.online == 0
+
+
+def test_devices_revoked_while_running_are_refused_and_the_rest_of_the_fleet_carries_on(stack: Settings) -> None:
+    fleet_credentials(stack, 3, kinds=["vibration"])
+    with Fleet(stack, count=3, kinds=["vibration"], interval_s=FAST_INTERVAL_S, site="plant-rv") as fleet:
+        protocols = {d.device_id: d.protocol for d in fleet.devices}
+        revoked = ["vib-0001", "vib-0002"]
+        assert {protocols[d] for d in revoked} == {"mqtt", "stomp"}
+        try:
+            revoke(stack, revoked)
+        finally:
+            forget_credentials(stack.credentials_path, revoked)
+        wait_until(lambda: fleet.stats().total.refused == 2, 20)
+        kept = fleet.device("vib-0003").seq
+        wait_until(lambda: fleet.device("vib-0003").seq > kept + 5)
+        assert fleet.is_online("vib-0003") and not fleet.is_online("vib-0001")
+        stats = fleet.stats()
+    assert {name: row.refused for name, row in stats.by_protocol.items()} == {"mqtt": 1, "stomp": 1}
+    assert stats.total.online == 1
