@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +24,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEV_AMQP_URL = "amqp://hub:hub-dev-password@localhost:5672/iot"
 DEV_DEVICE_USER = "device"
 DEV_DEVICE_PASSWORD = "device-dev-password"
+#: The stack's development CA: `stack up` writes it to <stack folder>/tls/ca.pem.
+DEV_TLS_DIR = "tls"
+DEV_CA_FILE = "ca.pem"
+#: Standard ports: AMQP over TLS (IANA), MQTT over TLS (IANA), STOMP over TLS (RabbitMQ's convention).
+DEFAULT_AMQP_PORT = 5672
+DEFAULT_AMQPS_PORT = 5671
 
 
 class Settings(BaseSettings):
@@ -36,6 +42,18 @@ class Settings(BaseSettings):
     mqtt_port: int = 1883
     stomp_host: str = "localhost"
     stomp_port: int = 61613
+    #: The native stack's TLS listeners. A client uses TLS when IOT_AMQP_URL is amqps:// (its port
+    #: wins over IOT_AMQPS_PORT then), and for MQTT / STOMP when IOT_MQTT_TLS / IOT_STOMP_TLS is true.
+    amqps_port: int = DEFAULT_AMQPS_PORT
+    mqtts_port: int = 8883
+    stomps_port: int = 61614
+    mqtt_tls: bool = False
+    stomp_tls: bool = False
+    #: The CA file clients verify the broker's certificate (and host name) against. Unset: the
+    #: stack's development CA when the stack folder has one, else the system's trust store.
+    tls_ca: Path | None = None
+    #: The native stack's plain (unencrypted) listeners, bound to loopback only; false: none at all.
+    plain_listeners: bool = True
     device_user: str = DEV_DEVICE_USER
     device_password: str = DEV_DEVICE_PASSWORD
     influx_url: str = "http://localhost:8086"
@@ -89,6 +107,30 @@ class Settings(BaseSettings):
         return AmqpParts.parse(self.amqp_url)
 
     @property
+    def mqtt_connect_port(self) -> int:
+        """Where MQTT clients connect: the TLS listener when IOT_MQTT_TLS is set."""
+        return self.mqtts_port if self.mqtt_tls else self.mqtt_port
+
+    @property
+    def stomp_connect_port(self) -> int:
+        """Where STOMP clients connect: the TLS listener when IOT_STOMP_TLS is set."""
+        return self.stomps_port if self.stomp_tls else self.stomp_port
+
+    @property
+    def stack_path(self) -> Path:
+        """The stack folder as an absolute path (a relative IOT_STACK_DIR is under the checkout)."""
+        root = self.stack_dir
+        return (root if root.is_absolute() else PROJECT_ROOT / root).resolve()
+
+    @property
+    def tls_ca_file(self) -> Path | None:
+        """The CA clients trust: IOT_TLS_CA, else the stack's development CA if it exists, else None (system)."""
+        if self.tls_ca is not None:
+            return self.tls_ca
+        dev_ca = self.stack_path / DEV_TLS_DIR / DEV_CA_FILE
+        return dev_ca if dev_ca.is_file() else None
+
+    @property
     def influx_port(self) -> int:
         return urlsplit(self.influx_url).port or 8086
 
@@ -100,23 +142,39 @@ class Settings(BaseSettings):
 class AmqpParts:
     """The pieces of an `amqp://user:password@host:port/vhost` URL."""
 
-    def __init__(self, host: str, port: int, user: str, password: str, vhost: str) -> None:
+    def __init__(self, host: str, port: int, user: str, password: str, vhost: str, tls: bool = False) -> None:
         self.host, self.port, self.user, self.password, self.vhost = host, port, user, password, vhost
+        self.tls = tls
 
     @classmethod
     def parse(cls, url: str) -> AmqpParts:
         parts = urlsplit(url)
         if parts.scheme not in ("amqp", "amqps"):
-            raise ConfigError(f"IOT_AMQP_URL must start with amqp:// (got {url!r})")
+            raise ConfigError(f"IOT_AMQP_URL must start with amqp:// or amqps:// (got {url!r})")
+        tls = parts.scheme == "amqps"
         # No vhost in the URL means the contract's; `%2F` still names the default vhost "/".
         vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else VHOST
         return cls(
             host=parts.hostname or "localhost",
-            port=parts.port or 5672,
+            port=parts.port or (DEFAULT_AMQPS_PORT if tls else DEFAULT_AMQP_PORT),
             user=unquote(parts.username or "guest"),
             password=unquote(parts.password or "guest"),
             vhost=vhost,
+            tls=tls,
         )
+
+
+def over_tls(settings: Settings) -> Settings:
+    """The same settings with every client on the TLS listeners: amqps:// on IOT_AMQPS_PORT, MQTTS, STOMP+TLS."""
+    parts = urlsplit(settings.amqp_url)
+    netloc = parts.netloc.rsplit("@", 1)
+    host = parts.hostname or "localhost"
+    where = f"[{host}]" if ":" in host else host
+    address = f"{where}:{settings.amqps_port}"
+    amqps_url = urlunsplit(
+        ("amqps", f"{netloc[0]}@{address}" if len(netloc) == 2 else address, parts.path, parts.query, "")
+    )
+    return settings.model_copy(update={"amqp_url": amqps_url, "mqtt_tls": True, "stomp_tls": True})
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -1,0 +1,93 @@
+"""The development CA (hub/stack/certs.py): what `stack up` issues, and that it is issued once."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import ssl
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from hub.core.errors import InvalidIdentifier
+from hub.stack.certs import ensure_dev_tls, issue_ca, issue_device_cert, load_ca, server_names
+
+
+def _cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def test_server_certificate_names_loopback_and_this_host(tmp_path: Path) -> None:
+    files = ensure_dev_tls(tmp_path / "tls")
+    names = _cert(files.server_cert).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"localhost", *server_names()[3:]} <= set(names.get_values_for_type(x509.DNSName))
+    addresses = set(names.get_values_for_type(x509.IPAddress))
+    assert {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")} <= addresses
+
+
+def test_server_certificate_is_valid_now_and_signed_by_the_ca(tmp_path: Path) -> None:
+    files = ensure_dev_tls(tmp_path / "tls")
+    ca, server = _cert(files.ca_cert), _cert(files.server_cert)
+    now = datetime.datetime.now(datetime.UTC)
+    for cert in (ca, server):
+        assert cert.not_valid_before_utc < now < cert.not_valid_after_utc
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert not server.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    server.verify_directly_issued_by(ca)
+    usage = server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH in usage
+
+
+def test_python_verifies_the_server_certificate_against_the_ca(tmp_path: Path) -> None:
+    files = ensure_dev_tls(tmp_path / "tls")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(files.server_cert, files.server_key)
+    client = ssl.create_default_context(cafile=str(files.ca_cert))
+    # A handshake in memory: the two ends pass their bytes through BIOs instead of a socket.
+    to_client, to_server = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls_client = client.wrap_bio(to_client, to_server, server_hostname="localhost")
+    tls_server = server.wrap_bio(to_server, to_client, server_side=True)
+    for _ in range(10):
+        done = 0
+        for end in (tls_client, tls_server):
+            try:
+                end.do_handshake()
+                done += 1
+            except ssl.SSLWantReadError:
+                pass
+        if done == 2:
+            break
+    peer = tls_client.getpeercert()
+    assert peer is not None
+    assert peer["subject"] == ((("commonName", "IoT hub RabbitMQ node"),),)
+
+
+def test_private_keys_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    files = ensure_dev_tls(tmp_path / "tls")
+    for key in (files.ca_key, files.server_key):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+def test_a_second_call_reuses_what_the_first_made(tmp_path: Path) -> None:
+    first = ensure_dev_tls(tmp_path / "tls")
+    before = {path: path.read_bytes() for path in (first.ca_cert, first.ca_key, first.server_cert, first.server_key)}
+    second = ensure_dev_tls(tmp_path / "tls")
+    assert {path: path.read_bytes() for path in before} == before
+    assert second == first
+
+
+def test_device_certificate_names_the_device_and_chains_to_the_stack_ca(tmp_path: Path) -> None:
+    files = ensure_dev_tls(tmp_path / "tls")
+    issued = issue_device_cert(load_ca(files), "th-0001")
+    cert = x509.load_pem_x509_certificate(issued.cert_pem)
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "th-0001"
+    cert.verify_directly_issued_by(_cert(files.ca_cert))
+    assert ExtendedKeyUsageOID.CLIENT_AUTH in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+
+
+def test_device_certificate_refuses_an_id_that_is_not_an_identifier() -> None:
+    with pytest.raises(InvalidIdentifier):
+        issue_device_cert(issue_ca(), "th/0001")
