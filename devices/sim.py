@@ -80,6 +80,12 @@ def _parse_kinds(value: str) -> list[str]:
 @click.option("--mqtt-port", type=int, help="MQTT broker port [IOT_MQTT_PORT, 1883].")
 @click.option("--stomp-host", help="STOMP broker host [IOT_STOMP_HOST, localhost].")
 @click.option("--stomp-port", type=int, help="STOMP broker port [IOT_STOMP_PORT, 61613].")
+@click.option(
+    "--tls",
+    is_flag=True,
+    default=None,
+    help="Connect over TLS: MQTTS and STOMP over TLS, verifying the broker [IOT_MQTT_TLS, IOT_STOMP_TLS, IOT_TLS_CA].",
+)
 @click.option("--device-user", help="Broker user of the devices [IOT_DEVICE_USER, device].")
 @click.option("--device-password", help="Its password [IOT_DEVICE_PASSWORD; prefer the variable].")
 @click.option(
@@ -100,6 +106,7 @@ def sim(
     mqtt_port: int | None,
     stomp_host: str | None,
     stomp_port: int | None,
+    tls: bool | None,
     device_user: str | None,
     device_password: str | None,
     models_file: Path | None,
@@ -111,6 +118,8 @@ def sim(
         mqtt_port=mqtt_port,
         stomp_host=stomp_host,
         stomp_port=stomp_port,
+        mqtt_tls=tls,
+        stomp_tls=tls,
         device_user=device_user,
         device_password=device_password,
         models_file=models_file,
@@ -127,8 +136,9 @@ def sim(
         fault_rate=fault_rate,
     )
     console.print(
-        f"starting {count} devices ({protocol}) at site {site}: MQTT {settings.mqtt_host}:{settings.mqtt_port}, "
-        f"STOMP {settings.stomp_host}:{settings.stomp_port}"
+        f"starting {count} devices ({protocol}) at site {site}: "
+        f"MQTT{'S' if settings.mqtt_tls else ''} {settings.mqtt_host}:{settings.mqtt_connect_port}, "
+        f"STOMP{' over TLS' if settings.stomp_tls else ''} {settings.stomp_host}:{settings.stomp_connect_port}"
     )
     interrupted = False
     try:

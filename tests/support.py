@@ -41,6 +41,7 @@ from hub.core.contract import (
     now_ms,
 )
 from hub.core.errors import StackError
+from hub.core.tls import settings_context
 from hub.stack import Stack
 from hub.stack.influx import InfluxNode
 from hub.stack.processes import start_detached
@@ -152,9 +153,11 @@ def mqtt_device(settings: Settings, client_id: str, will: tuple[str, bytes] | No
     client.username_pw_set(settings.device_user, settings.device_password)
     if will is not None:
         client.will_set(will[0], will[1], qos=1)
+    if settings.mqtt_tls:
+        client.tls_set_context(settings_context(settings))
     connected = threading.Event()
     client.on_connect = lambda *_args: connected.set()
-    client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=30)
+    client.connect(settings.mqtt_host, settings.mqtt_connect_port, keepalive=30)
     client.loop_start()
     assert connected.wait(10), "MQTT CONNACK not received"
     return client
@@ -162,7 +165,10 @@ def mqtt_device(settings: Settings, client_id: str, will: tuple[str, bytes] | No
 
 def stomp_device(settings: Settings) -> stomp.Connection12:
     """A STOMP connection logged in as the device user to vhost `iot`."""
-    connection = stomp.Connection12([(settings.stomp_host, settings.stomp_port)], vhost=VHOST)
+    broker = (settings.stomp_host, settings.stomp_connect_port)
+    connection = stomp.Connection12([broker], vhost=VHOST)
+    if settings.stomp_tls:
+        connection.set_ssl(for_hosts=[broker], ca_certs=str(settings.tls_ca_file))
     connection.connect(settings.device_user, settings.device_password, wait=True)
     return connection
 
