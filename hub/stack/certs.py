@@ -31,6 +31,10 @@ LEAF_VALID_DAYS = 825
 BACKDATE = datetime.timedelta(minutes=5)
 #: A file holding a private key: readable and writable by its owner only.
 KEY_MODE = 0o600
+#: The user the official rabbitmq image runs the server as: it must be able to read server.key.
+DOCKER_RABBITMQ_UID = 999
+#: Where docker-compose.yml mounts the certificates from (relative to the checkout).
+COMPOSE_TLS_DIR = Path(".stack") / "tls"
 CA_NAME = "IoT hub development CA"
 SERVER_NAME = "IoT hub RabbitMQ node"
 
@@ -96,6 +100,14 @@ def ensure_dev_tls(folder: Path, names: list[str] | None = None) -> TlsFiles:
     write_key(files.server_key, server.key_pem)
     # The chain a server presents: its own certificate; the CA is in ssl_options.cacertfile.
     files.server_cert.write_bytes(server.cert_pem)
+    return files
+
+
+def ensure_compose_tls(checkout: Path) -> TlsFiles:
+    """The certificates docker-compose.yml mounts; as root, server.key goes to the image's rabbitmq user."""
+    files = ensure_dev_tls(checkout / COMPOSE_TLS_DIR)
+    if os.geteuid() == 0:
+        os.chown(files.server_key, DOCKER_RABBITMQ_UID, -1)
     return files
 
 

@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from hub.core.config import load_settings
-from hub.stack.certs import ensure_dev_tls
+from hub.core.errors import StackError
+from hub.stack.certs import DOCKER_RABBITMQ_UID, ensure_dev_tls
 from hub.stack.packages import ensure_packages
 from hub.stack.stack import Stack, StackStatus
 
@@ -106,13 +107,23 @@ def status(stack_dir: str | None) -> None:
     "--key-owner",
     type=int,
     default=None,
-    help="give server.key to this user id (docker: the image's rabbitmq user, 999); needs root",
+    help=f"give server.key to this user id (docker compose: the image's rabbitmq user, {DOCKER_RABBITMQ_UID}); "
+    "needs root",
 )
 def certs(stack_dir: str | None, key_owner: int | None) -> None:
-    """Make the development CA and the node's certificate (once; `up` does it too), for docker compose."""
+    """Make the development CA and the node's certificate under <stack dir>/tls/ (once; `up` does it too).
+
+    docker compose mounts .stack/tls/ of the checkout: run this first.
+    """
     files = ensure_dev_tls(_settings(stack_dir=stack_dir).tls.folder)
     if key_owner is not None:
-        os.chown(files.server_key, key_owner, -1)
+        try:
+            os.chown(files.server_key, key_owner, -1)
+        except PermissionError:
+            raise StackError(
+                f"only root may give {files.server_key} to user {key_owner}: run `sudo chown {key_owner} "
+                f"{files.server_key}`"
+            ) from None
     console.print(f"CA: {files.ca_cert}\nserver certificate: {files.server_cert}\nserver key: {files.server_key}")
 
 

@@ -1,4 +1,4 @@
-"""The development CA (hub/stack/certs.py): what `stack up` issues, and that it is issued once."""
+"""The development CA (hub/stack/certs.py): what `stack up` issues, once; and the TLS listeners it renders."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hub.core.errors import InvalidIdentifier
-from hub.stack.certs import ensure_dev_tls, issue_ca, issue_device_cert, load_ca, server_names
+from hub.stack.certs import TlsFiles, ensure_dev_tls, issue_ca, issue_device_cert, load_ca, server_names
+from hub.stack.rabbitmq import Listeners, RabbitPorts, render_config
 
 
 def _cert(path: Path) -> x509.Certificate:
@@ -91,3 +92,30 @@ def test_device_certificate_names_the_device_and_chains_to_the_stack_ca(tmp_path
 def test_device_certificate_refuses_an_id_that_is_not_an_identifier() -> None:
     with pytest.raises(InvalidIdentifier):
         issue_device_cert(issue_ca(), "th/0001")
+
+
+# --- how the native node's listeners are rendered into its config -----------------------------
+
+PORTS = RabbitPorts(
+    amqp=5672, mqtt=1883, stomp=61613, management=15672, prometheus=15692, dist=25672, epmd=4369,
+    amqps=5671, mqtts=8883, stomps=61614,
+)  # fmt: skip
+
+
+def test_native_plain_listeners_bind_loopback_and_tls_ones_every_interface(tmp_path: Path) -> None:
+    tls = TlsFiles(tmp_path / "tls")
+    conf = render_config(PORTS, tmp_path / "definitions.json", Listeners(("127.0.0.1", "::1"), tls))
+    for key, port in (("listeners.tcp", 5672), ("mqtt.listeners.tcp", 1883), ("stomp.listeners.tcp", 61613)):
+        assert f"\n{key}.1 = 127.0.0.1:{port}\n{key}.2 = ::1:{port}\n" in conf
+        assert f"\n{key}.default" not in conf
+    for key, port in (("listeners.ssl", 5671), ("mqtt.listeners.ssl", 8883), ("stomp.listeners.ssl", 61614)):
+        assert f"\n{key}.default = {port}\n" in conf
+    assert f"\nssl_options.keyfile = {tls.server_key}\n" in conf
+    assert f"\nssl_options.cacertfile = {tls.ca_cert}\n" in conf
+
+
+def test_no_plain_renders_no_plain_listener(tmp_path: Path) -> None:
+    conf = render_config(PORTS, tmp_path / "definitions.json", Listeners((), TlsFiles(tmp_path / "tls")))
+    for key in ("listeners.tcp", "mqtt.listeners.tcp", "stomp.listeners.tcp"):
+        assert f"\n{key} = none\n" in conf
+        assert f"\n{key}.1 " not in conf
