@@ -6,6 +6,7 @@ its host name against the name the client dialled: a certificate for another hos
 
 from __future__ import annotations
 
+import functools
 import ssl
 from pathlib import Path
 
@@ -13,8 +14,13 @@ from hub.core.config import Settings
 from hub.core.errors import ConfigError
 
 
+@functools.lru_cache(maxsize=16)
 def client_context(ca_file: Path | None, cert_file: Path | None = None, key_file: Path | None = None) -> ssl.SSLContext:
-    """A verifying client context; `cert_file`/`key_file` add a client certificate (certificate logins)."""
+    """A verifying client context; `cert_file`/`key_file` add a client certificate (certificate logins).
+
+    One context per set of files, shared: a thousand simulated devices read the CA file once,
+    not a thousand times. Nothing changes a context after it is made.
+    """
     if ca_file is not None and not ca_file.is_file():
         raise ConfigError(f"IOT_TLS_CA: no CA file at {ca_file}")
     context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
