@@ -248,6 +248,8 @@ def main() -> None:
         finally:
             stack.down()
     console.print(report(connects, flows, args.devices, total, args.publishers))
+    # The rates move with whatever else the machine runs; CPU per reading moves much less.
+    console.print(f"load average at the end (1/5/15 min): {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import stomp.exception
 
+from devices.fleet import Fleet
 from hub.clients.amqp import connect
 from hub.core.config import Settings, over_tls
 from hub.core.contract import EXCHANGE, Reading, encode, mqtt_topic, now_ms, stomp_destination
@@ -30,6 +31,7 @@ from hub.stack.certs import issue_ca
 from hub.stack.processes import port_open
 from hub.stack.stack import settings_on_free_ports
 from tests.support import (
+    Watcher,
     amqp_connection,
     bind_temporary_queue,
     collect,
@@ -142,6 +144,32 @@ def test_each_tls_listener_carries_its_protocol_with_the_stacks_ca(stack: Settin
     finally:
         watcher.close()
     assert keys == {"telemetry.tls.environment.tls-routed-m", "telemetry.tls.environment.tls-routed-s"}
+
+
+def test_a_simulated_fleet_runs_over_tls_and_every_reading_arrives(stack: Settings) -> None:
+    tls = _tls(stack)
+    watcher = Watcher(stack, "telemetry.tls-fleet.#", "status.*")
+    try:
+        with Fleet(tls, count=4, interval_s=0.1, site="tls-fleet", seed=1) as fleet:
+            wait_until(lambda: fleet.stats().total.confirmed >= 4 * 5)
+
+            def encrypted() -> set[str]:
+                return {
+                    connection["protocol"].split()[0]
+                    for connection in _management(stack, "connections")
+                    if connection.get("ssl") and connection.get("user") == stack.device_user
+                }
+
+            # The management API lists a connection once its first statistics are in (every 5 s).
+            assert wait_until(lambda: encrypted() == {"MQTT", "STOMP"}, 15)
+        watcher.poll(1.0)
+        assert {device.protocol for device in fleet.devices} == {"mqtt", "stomp"}
+        for device in fleet.devices:
+            assert [r.seq for r in watcher.readings[device.device_id]] == list(range(1, device.seq + 1))
+        totals = fleet.stats().total
+        assert totals.confirmed == totals.produced and totals.errors == 0
+    finally:
+        watcher.close()
 
 
 def _connectors(settings: Settings) -> dict[str, Callable[[], object]]:
