@@ -53,6 +53,10 @@ class RabbitPorts:
     stomps: int = 0
 
 
+#: A readiness check of one listener: connect with these settings to host:port, or raise.
+Probe = Callable[[Settings, str, int], None]
+
+
 @dataclass(frozen=True)
 class Listeners:
     """How the node's listeners bind: plain ones on these loopback addresses (none: off), TLS ones everywhere."""
@@ -183,32 +187,38 @@ class RabbitNode:
     def problems(self) -> list[str]:
         """What is not ready yet: empty once AMQP, MQTT and STOMP answer on every listener, and the HTTP API."""
         host = "127.0.0.1"
-        probes = self._probe_settings(host)
+        probes = self._probes()
         closed = [
             f"{name} port {port} not open"
-            for name, port in (*((name, port) for name, port, _s in probes), ("management", self.ports.management))
+            for name, port in (*((name, port) for name, port, _c, _s in probes), ("management", self.ports.management))
             if not port_open(host, port)
         ]
         if closed:
             return closed
         problems = []
-        for name, port, settings in probes:
-            check = {"AMQP": _amqp_ok, "MQTT": _mqtt_ok, "STOMP": _stomp_ok}[name.split()[0]]
+        for name, port, check, settings in probes:
             try:
                 check(settings, host, port)
             except Exception as exc:
                 problems.append(f"{name}: {exc or type(exc).__name__}")
         return problems
 
-    def _probe_settings(self, host: str) -> list[tuple[str, int, Settings]]:
-        """(what, port, settings to connect with) for every listener the node should have."""
+    def _probes(self) -> list[tuple[str, int, Probe, Settings]]:
+        """(what, port, check, settings to connect with) for every listener the node should have."""
         tls = over_tls(self.settings.model_copy(update={"tls_ca": self.tls.ca_cert, "amqps_port": self.ports.amqps}))
-        probes = [("AMQP over TLS", self.ports.amqps, tls), ("MQTT over TLS", self.ports.mqtts, tls)]
-        probes.append(("STOMP over TLS", self.ports.stomps, tls))
+        probes: list[tuple[str, int, Probe, Settings]] = [
+            ("AMQP over TLS", self.ports.amqps, _amqp_ok, tls),
+            ("MQTT over TLS", self.ports.mqtts, _mqtt_ok, tls),
+            ("STOMP over TLS", self.ports.stomps, _stomp_ok, tls),
+        ]
         if self.settings.plain_listeners:
-            plain = self.settings.model_copy(update={"mqtt_tls": False, "stomp_tls": False})
-            probes += [("AMQP", self.ports.amqp, plain), ("MQTT", self.ports.mqtt, plain)]
-            probes.append(("STOMP", self.ports.stomp, plain))
+            plain_url = re.sub(r"^amqps://", "amqp://", self.settings.amqp_url)
+            plain = self.settings.model_copy(update={"amqp_url": plain_url, "mqtt_tls": False, "stomp_tls": False})
+            probes += [
+                ("AMQP", self.ports.amqp, _amqp_ok, plain),
+                ("MQTT", self.ports.mqtt, _mqtt_ok, plain),
+                ("STOMP", self.ports.stomp, _stomp_ok, plain),
+            ]
         return probes
 
     def stop_epmd(self) -> None:

@@ -12,9 +12,10 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from hub.core.config import load_settings, over_tls
 from hub.core.errors import InvalidIdentifier
 from hub.stack.certs import TlsFiles, ensure_dev_tls, issue_ca, issue_device_cert, load_ca, server_names
-from hub.stack.rabbitmq import Listeners, RabbitPorts, render_config
+from hub.stack.rabbitmq import Listeners, RabbitNode, RabbitPorts, render_config
 
 
 def _cert(path: Path) -> x509.Certificate:
@@ -119,3 +120,27 @@ def test_no_plain_renders_no_plain_listener(tmp_path: Path) -> None:
     for key in ("listeners.tcp", "mqtt.listeners.tcp", "stomp.listeners.tcp"):
         assert f"\n{key} = none\n" in conf
         assert f"\n{key}.1 " not in conf
+
+
+def test_readiness_probes_cover_every_listener_each_over_its_own_transport(tmp_path: Path) -> None:
+    settings = load_settings(amqp_url="amqps://hub:pw@localhost:5671/iot", stack_dir=tmp_path)
+    node = RabbitNode(settings, tmp_path / "rabbitmq", PORTS, TlsFiles(tmp_path / "tls"))
+    probes = {name: (port, probe_settings) for name, port, _check, probe_settings in node._probes()}
+    assert {name: port for name, (port, _s) in probes.items()} == {
+        "AMQP over TLS": 5671, "MQTT over TLS": 8883, "STOMP over TLS": 61614,
+        "AMQP": 5672, "MQTT": 1883, "STOMP": 61613,
+    }  # fmt: skip
+    assert probes["AMQP over TLS"][1].amqp.tls and probes["MQTT over TLS"][1].mqtt_tls
+    assert probes["STOMP over TLS"][1].tls_ca == tmp_path / "tls" / "ca.pem"
+    assert not probes["AMQP"][1].amqp.tls and not probes["MQTT"][1].mqtt_tls and not probes["STOMP"][1].stomp_tls
+    no_plain = RabbitNode(
+        settings.model_copy(update={"plain_listeners": False}), tmp_path, PORTS, TlsFiles(tmp_path / "tls")
+    )
+    assert {name for name, *_rest in no_plain._probes()} == {"AMQP over TLS", "MQTT over TLS", "STOMP over TLS"}
+
+
+def test_over_tls_moves_every_client_to_the_tls_listeners() -> None:
+    settings = over_tls(load_settings(amqp_url="amqp://hub:p%40ss@[::1]:5672/iot", amqps_port=15671))
+    assert settings.amqp_url == "amqps://hub:p%40ss@[::1]:15671/iot"
+    assert (settings.amqp.tls, settings.amqp.password, settings.amqp.port) == (True, "p@ss", 15671)
+    assert settings.mqtt_connect_port == settings.mqtts_port and settings.stomp_connect_port == settings.stomps_port
