@@ -18,6 +18,7 @@ The plain figures are the ceiling the TLS ones stand beside (same machine, same 
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing
 import os
 import signal
@@ -219,6 +220,8 @@ def main() -> None:
     parser.add_argument("--publishers", type=int, default=2, help="MQTT connections publishing them")
     parser.add_argument("--rounds", type=int, default=1, help="plain then TLS, this many times")
     args = parser.parse_args()
+    # stomp.py warns when a closed TLS socket will not unwrap; devices.sim silences it the same way.
+    logging.getLogger("stomp.py").setLevel(logging.CRITICAL)
     readers = 200  # devices the end-to-end readings are spread over (as bench.hub_throughput)
     per_device = max(1, args.readings // readers)
     total = per_device * readers
