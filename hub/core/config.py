@@ -27,7 +27,7 @@ DEV_DEVICE_PASSWORD = "device-dev-password"
 #: The stack's development CA: `stack up` writes it to <stack folder>/tls/ca.pem.
 DEV_TLS_DIR = "tls"
 DEV_CA_FILE = "ca.pem"
-#: Standard ports: AMQP over TLS (IANA), MQTT over TLS (IANA), STOMP over TLS (RabbitMQ's convention).
+#: The IANA ports of AMQP and of AMQP over TLS (what an amqp:// or amqps:// URL without a port means).
 DEFAULT_AMQP_PORT = 5672
 DEFAULT_AMQPS_PORT = 5671
 
