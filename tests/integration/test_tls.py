@@ -13,6 +13,8 @@ import json
 import socket
 import ssl
 import struct
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +33,7 @@ from hub.stack.certs import issue_ca
 from hub.stack.processes import port_open
 from hub.stack.stack import settings_on_free_ports
 from tests.support import (
+    REPO,
     Watcher,
     amqp_connection,
     bind_temporary_queue,
@@ -38,6 +41,7 @@ from tests.support import (
     hub_process,
     influx_query,
     mqtt_device,
+    settings_environment,
     stomp_device,
     wait_until,
 )
@@ -170,6 +174,26 @@ def test_a_simulated_fleet_runs_over_tls_and_every_reading_arrives(stack: Settin
         assert totals.confirmed == totals.produced and totals.errors == 0
     finally:
         watcher.close()
+
+
+def test_the_simulator_flag_tls_puts_its_devices_on_the_tls_listeners(stack: Settings) -> None:
+    watcher = Watcher(stack, "telemetry.tls-cli.#")
+    flags = ["--tls", "--count", "2", "--interval", "0.2", "--duration", "2", "--site", "tls-cli"]
+    run = subprocess.run(
+        [sys.executable, "-m", "devices.sim", *flags],
+        cwd=REPO,
+        env=settings_environment(stack, IOT_TLS_CA=str(_tls(stack).tls_ca)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    watcher.poll(1.0)
+    watcher.close()
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"MQTTS {stack.mqtt_host}:{stack.mqtts_port}" in run.stderr
+    assert f"STOMP over TLS {stack.stomp_host}:{stack.stomps_port}" in run.stderr
+    assert all(len(watcher.readings[device]) >= 3 for device in ("env-0001", "aq-0001")), dict(watcher.readings)
 
 
 def _connectors(settings: Settings) -> dict[str, Callable[[], object]]:
