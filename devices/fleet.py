@@ -179,8 +179,8 @@ class Fleet:
             self.close()
             raise BrokerUnavailable(
                 f"{len(missing)} of {len(self._runtimes)} devices not online "
-                f"(MQTT {self.settings.mqtt_host}:{self.settings.mqtt_port}, "
-                f"STOMP {self.settings.stomp_host}:{self.settings.stomp_port}): {'; '.join(reasons[:3])}"
+                f"(MQTT {self.settings.mqtt_host}:{self.settings.mqtt_connect_port}, "
+                f"STOMP {self.settings.stomp_host}:{self.settings.stomp_connect_port}): {'; '.join(reasons[:3])}"
             )
 
     def _wait_started(self, wait_s: float) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
+import ssl
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -20,6 +21,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from devices.links import LinkDown, LinkEvents
 from hub.core.config import Settings
 from hub.core.contract import command_key, mqtt_topic, status_key
+from hub.core.tls import settings_context
 
 #: Seconds between keep-alive pings; the broker fires the last will after 1.5 times this of silence.
 MQTT_KEEPALIVE_S = 30
@@ -53,6 +55,9 @@ class MqttLink:
         # Its own account: the username is the device id, like the client id.
         client.username_pw_set(device_id, password)
         client.will_set(mqtt_topic(status_key(device_id)), will, qos=QOS_AT_LEAST_ONCE, retain=False)
+        if settings.mqtt_tls:
+            # Verifies the broker's certificate and host name; the handshake runs inside connect().
+            client.tls_set_context(settings_context(settings))
         client.max_inflight_messages_set(window)
         client.max_queued_messages_set(0)
         client.connect_timeout = CONNECT_TIMEOUT_S
@@ -72,11 +77,14 @@ class MqttLink:
     # --- driven by the event loop -------------------------------------------------------------
 
     def open(self) -> None:
-        self.client.connect(self._settings.mqtt_host, self._settings.mqtt_port, keepalive=MQTT_KEEPALIVE_S)
+        self.client.connect(self._settings.mqtt_host, self._settings.mqtt_connect_port, keepalive=MQTT_KEEPALIVE_S)
 
     def on_ready(self, mask: int) -> None:
         if mask & selectors.EVENT_READ:
             self.client.loop_read(max_packets=100)
+            # TLS may hold decrypted bytes the selector cannot see: read them before waiting again.
+            while isinstance(self._sock, ssl.SSLSocket) and self._sock.pending():
+                self.client.loop_read(max_packets=100)
         if mask & selectors.EVENT_WRITE and self._sock is not None:
             self.client.loop_write()
 

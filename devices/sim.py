@@ -89,6 +89,12 @@ def _parse_kinds(value: str) -> list[str]:
     "provisioned into it with the admin account [IOT_CREDENTIALS_FILE, STACK_DIR/devices.json].",
 )
 @click.option(
+    "--tls",
+    is_flag=True,
+    default=None,
+    help="Connect over TLS: MQTTS and STOMP over TLS, verifying the broker [IOT_MQTT_TLS, IOT_STOMP_TLS, IOT_TLS_CA].",
+)
+@click.option(
     "--models-file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Device models merged over the shipped ones [IOT_MODELS_FILE].",
@@ -107,6 +113,7 @@ def sim(
     stomp_host: str | None,
     stomp_port: int | None,
     credentials: Path | None,
+    tls: bool | None,
     models_file: Path | None,
 ) -> None:
     """Simulated sensors over MQTT and STOMP: environment, air-quality, power-meter and thermostat
@@ -117,6 +124,8 @@ def sim(
         stomp_host=stomp_host,
         stomp_port=stomp_port,
         credentials_file=credentials,
+        mqtt_tls=tls,
+        stomp_tls=tls,
         models_file=models_file,
     )
     console = Console(stderr=True, width=None if sys.stderr.isatty() else SUMMARY_WIDTH)
@@ -134,8 +143,9 @@ def sim(
         credentials=held,
     )
     console.print(
-        f"starting {count} devices ({protocol}) at site {site}: MQTT {settings.mqtt_host}:{settings.mqtt_port}, "
-        f"STOMP {settings.stomp_host}:{settings.stomp_port}"
+        f"starting {count} devices ({protocol}) at site {site}: "
+        f"MQTT{'S' if settings.mqtt_tls else ''} {settings.mqtt_host}:{settings.mqtt_connect_port}, "
+        f"STOMP{' over TLS' if settings.stomp_tls else ''} {settings.stomp_host}:{settings.stomp_connect_port}"
     )
     interrupted = False
     try:

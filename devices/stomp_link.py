@@ -59,13 +59,18 @@ class StompLink(stomp.ConnectionListener):  # type: ignore[misc]
         self._up = False
         self._down = False
         self._closing = False
+        broker = (settings.stomp_host, settings.stomp_connect_port)
         self.connection = stomp.Connection12(
-            [(settings.stomp_host, settings.stomp_port)],
+            [broker],
             heartbeats=(STOMP_HEARTBEAT_MS, STOMP_HEARTBEAT_MS),
             vhost=VHOST,
             reconnect_attempts_max=1,
             timeout=CONNECT_TIMEOUT_S,
         )
+        if settings.stomp_tls:
+            # stomp.py builds a verifying context (certificate and host name) from the CA file.
+            ca = settings.tls_ca_file
+            self.connection.set_ssl(for_hosts=[broker], ca_certs=str(ca) if ca is not None else None)
         self.connection.set_listener("device", self)
 
     # --- driven by the event loop -------------------------------------------------------------

@@ -44,6 +44,7 @@ from hub.core.contract import (
 )
 from hub.core.credentials import Credential
 from hub.core.errors import StackError
+from hub.core.tls import settings_context
 from hub.stack import Stack
 from hub.stack.influx import InfluxNode
 from hub.stack.processes import start_detached
@@ -165,9 +166,11 @@ def mqtt_device(settings: Settings, client_id: str, will: tuple[str, bytes] | No
     client.username_pw_set(client_id, device_credentials(settings, [client_id])[client_id].password)
     if will is not None:
         client.will_set(will[0], will[1], qos=1)
+    if settings.mqtt_tls:
+        client.tls_set_context(settings_context(settings))
     connected = threading.Event()
     client.on_connect = lambda *_args: connected.set()
-    client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=30)
+    client.connect(settings.mqtt_host, settings.mqtt_connect_port, keepalive=30)
     client.loop_start()
     assert connected.wait(10), "MQTT CONNACK not received"
     return client
@@ -175,7 +178,10 @@ def mqtt_device(settings: Settings, client_id: str, will: tuple[str, bytes] | No
 
 def stomp_device(settings: Settings, device: str) -> stomp.Connection12:
     """A STOMP connection logged in to vhost `iot` as `device` with its own credential."""
-    connection = stomp.Connection12([(settings.stomp_host, settings.stomp_port)], vhost=VHOST)
+    broker = (settings.stomp_host, settings.stomp_connect_port)
+    connection = stomp.Connection12([broker], vhost=VHOST)
+    if settings.stomp_tls:
+        connection.set_ssl(for_hosts=[broker], ca_certs=str(settings.tls_ca_file))
     connection.connect(device, device_credentials(settings, [device])[device].password, wait=True)
     return connection
 

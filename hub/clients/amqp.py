@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 
 import pika
 import pika.exceptions
 
 from hub.core.config import Settings
 from hub.core.errors import BrokerUnavailable
+from hub.core.tls import settings_context
 
 #: How long connecting may take before the broker counts as unreachable.
 CONNECT_TIMEOUT_S = 5.0
@@ -22,6 +24,7 @@ CONNECT_TIMEOUT_S = 5.0
 HEARTBEAT_S = 30
 #: A publisher blocked by the broker's flow control (memory or disk alarm) gives up after this.
 BLOCKED_CONNECTION_TIMEOUT_S = 60.0
+TLS_HINT = "the broker's certificate must be signed by IOT_TLS_CA and name the host in IOT_AMQP_URL"
 
 
 def connection_parameters(
@@ -29,11 +32,15 @@ def connection_parameters(
 ) -> pika.ConnectionParameters:
     """Parameters for a connection named `name` (shown in the management UI) to IOT_AMQP_URL.
 
-    `host` and `port` replace the URL's, for a check of one particular node.
+    `host` and `port` replace the URL's, for a check of one particular node. An amqps:// URL
+    connects over TLS, verifying the broker's certificate and host name (IOT_TLS_CA).
     """
     amqp = settings.amqp
+    host = host or amqp.host
+    ssl_options = pika.SSLOptions(settings_context(settings), server_hostname=host) if amqp.tls else None
     return pika.ConnectionParameters(
-        host=host or amqp.host,
+        host=host,
+        ssl_options=ssl_options,
         port=port or amqp.port,
         virtual_host=amqp.vhost,
         credentials=pika.PlainCredentials(amqp.user, amqp.password),
@@ -52,7 +59,7 @@ def connect(
     """A connection to the configured vhost, or `BrokerUnavailable` in one line a user can act on."""
     amqp = settings.amqp
     parameters = connection_parameters(settings, name, host=host, port=port)
-    where = f"amqp://{parameters.host}:{parameters.port}/{amqp.vhost}"
+    where = f"{'amqps' if amqp.tls else 'amqp'}://{parameters.host}:{parameters.port}/{amqp.vhost}"
     try:
         # pika reports a refused connection as a bare AMQPConnectionError; the socket says why.
         socket.create_connection((parameters.host, parameters.port), timeout=CONNECT_TIMEOUT_S).close()
@@ -65,12 +72,21 @@ def connect(
         raise BrokerUnavailable(
             f"RabbitMQ at {where} denied user {amqp.user!r} access to vhost {amqp.vhost!r}: check IOT_AMQP_URL"
         ) from None
+    except ssl.SSLError as exc:
+        raise BrokerUnavailable(f"TLS to RabbitMQ at {where} failed ({exc.reason or exc}): {TLS_HINT}") from None
     except (pika.exceptions.AMQPError, OSError) as exc:
+        if amqp.tls and _tls_failure(exc):
+            raise BrokerUnavailable(f"TLS to RabbitMQ at {where} failed ({exc}): {TLS_HINT}") from None
         reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
         raise BrokerUnavailable(
             f"cannot reach RabbitMQ at {where} ({reason}): start the stack with `python -m hub stack up`, "
             "or point IOT_AMQP_URL / --amqp-url at your broker"
         ) from None
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    """pika wraps a failed handshake in AMQPConnectionError; the SSL error is in its arguments."""
+    return any(isinstance(arg, ssl.SSLError) or "SSL" in repr(arg) for arg in getattr(exc, "args", ()))
 
 
 def close_quietly(connection: pika.BlockingConnection | None) -> None:

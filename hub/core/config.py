@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +27,12 @@ DEV_ADMIN_USER = "admin"
 DEV_ADMIN_PASSWORD = "admin-dev-password"
 #: Where the simulator keeps its devices' credentials, inside the stack folder, unless IOT_CREDENTIALS_FILE says.
 CREDENTIALS_FILE_NAME = "devices.json"
+#: The stack's development CA: `stack up` writes it to <stack folder>/tls/ca.pem.
+DEV_TLS_DIR = "tls"
+DEV_CA_FILE = "ca.pem"
+#: The IANA ports of AMQP and of AMQP over TLS (what an amqp:// or amqps:// URL without a port means).
+DEFAULT_AMQP_PORT = 5672
+DEFAULT_AMQPS_PORT = 5671
 
 
 class Settings(BaseSettings):
@@ -44,6 +50,18 @@ class Settings(BaseSettings):
     admin_password: str = DEV_ADMIN_PASSWORD
     #: The simulator's device credentials (JSON, 0600); unset: `devices.json` in the stack folder.
     credentials_file: Path | None = None
+    #: The native stack's TLS listeners. A client uses TLS when IOT_AMQP_URL is amqps:// (its port
+    #: wins over IOT_AMQPS_PORT then), and for MQTT / STOMP when IOT_MQTT_TLS / IOT_STOMP_TLS is true.
+    amqps_port: int = DEFAULT_AMQPS_PORT
+    mqtts_port: int = 8883
+    stomps_port: int = 61614
+    mqtt_tls: bool = False
+    stomp_tls: bool = False
+    #: The CA file clients verify the broker's certificate (and host name) against. Unset: the
+    #: stack's development CA when the stack folder has one, else the system's trust store.
+    tls_ca: Path | None = None
+    #: The native stack's plain (unencrypted) listeners, bound to loopback only; false: none at all.
+    plain_listeners: bool = True
     influx_url: str = "http://localhost:8086"
     influx_db: str = "telemetry"
     influx_token: str | None = None
@@ -99,8 +117,31 @@ class Settings(BaseSettings):
         """IOT_CREDENTIALS_FILE, else `devices.json` in the stack folder (relative to the project, as `hub stack`)."""
         if self.credentials_file is not None:
             return self.credentials_file
-        root = self.stack_dir if self.stack_dir.is_absolute() else PROJECT_ROOT / self.stack_dir
-        return root / CREDENTIALS_FILE_NAME
+        return self.stack_path / CREDENTIALS_FILE_NAME
+
+    @property
+    def mqtt_connect_port(self) -> int:
+        """Where MQTT clients connect: the TLS listener when IOT_MQTT_TLS is set."""
+        return self.mqtts_port if self.mqtt_tls else self.mqtt_port
+
+    @property
+    def stomp_connect_port(self) -> int:
+        """Where STOMP clients connect: the TLS listener when IOT_STOMP_TLS is set."""
+        return self.stomps_port if self.stomp_tls else self.stomp_port
+
+    @property
+    def stack_path(self) -> Path:
+        """The stack folder as an absolute path (a relative IOT_STACK_DIR is under the checkout)."""
+        root = self.stack_dir
+        return (root if root.is_absolute() else PROJECT_ROOT / root).resolve()
+
+    @property
+    def tls_ca_file(self) -> Path | None:
+        """The CA clients trust: IOT_TLS_CA, else the stack's development CA if it exists, else None (system)."""
+        if self.tls_ca is not None:
+            return self.tls_ca
+        dev_ca = self.stack_path / DEV_TLS_DIR / DEV_CA_FILE
+        return dev_ca if dev_ca.is_file() else None
 
     @property
     def influx_port(self) -> int:
@@ -114,23 +155,39 @@ class Settings(BaseSettings):
 class AmqpParts:
     """The pieces of an `amqp://user:password@host:port/vhost` URL."""
 
-    def __init__(self, host: str, port: int, user: str, password: str, vhost: str) -> None:
+    def __init__(self, host: str, port: int, user: str, password: str, vhost: str, tls: bool = False) -> None:
         self.host, self.port, self.user, self.password, self.vhost = host, port, user, password, vhost
+        self.tls = tls
 
     @classmethod
     def parse(cls, url: str) -> AmqpParts:
         parts = urlsplit(url)
         if parts.scheme not in ("amqp", "amqps"):
-            raise ConfigError(f"IOT_AMQP_URL must start with amqp:// (got {url!r})")
+            raise ConfigError(f"IOT_AMQP_URL must start with amqp:// or amqps:// (got {url!r})")
+        tls = parts.scheme == "amqps"
         # No vhost in the URL means the contract's; `%2F` still names the default vhost "/".
         vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else VHOST
         return cls(
             host=parts.hostname or "localhost",
-            port=parts.port or 5672,
+            port=parts.port or (DEFAULT_AMQPS_PORT if tls else DEFAULT_AMQP_PORT),
             user=unquote(parts.username or "guest"),
             password=unquote(parts.password or "guest"),
             vhost=vhost,
+            tls=tls,
         )
+
+
+def over_tls(settings: Settings) -> Settings:
+    """The same settings with every client on the TLS listeners: amqps:// on IOT_AMQPS_PORT, MQTTS, STOMP+TLS."""
+    parts = urlsplit(settings.amqp_url)
+    netloc = parts.netloc.rsplit("@", 1)
+    host = parts.hostname or "localhost"
+    where = f"[{host}]" if ":" in host else host
+    address = f"{where}:{settings.amqps_port}"
+    amqps_url = urlunsplit(
+        ("amqps", f"{netloc[0]}@{address}" if len(netloc) == 2 else address, parts.path, parts.query, "")
+    )
+    return settings.model_copy(update={"amqp_url": amqps_url, "mqtt_tls": True, "stomp_tls": True})
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -11,6 +11,7 @@ from rich.console import Console
 from hub.core.config import PROJECT_ROOT, Settings
 from hub.core.errors import StackError
 from hub.stack import Stack
+from hub.stack.certs import ensure_compose_tls
 from hub.stack.stack import stack_root
 
 DOCKER_PROBE_TIMEOUT_S = 10.0
@@ -44,6 +45,7 @@ class StackHandle:
             running = subprocess.run(
                 ["docker", "compose", "ps", "-q"], capture_output=True, text=True, cwd=PROJECT_ROOT, check=False
             ).stdout.strip()
+            ensure_compose_tls(PROJECT_ROOT)
             self.console.print("a Docker engine answers: starting the stack with `docker compose up -d --wait`")
             done = subprocess.run(["docker", "compose", "up", "-d", "--wait"], cwd=PROJECT_ROOT, check=False)
             if done.returncode != 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -10,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from hub.core.config import load_settings
+from hub.core.errors import StackError
+from hub.stack.certs import DOCKER_RABBITMQ_UID, ensure_dev_tls
 from hub.stack.packages import ensure_packages
 from hub.stack.stack import Stack, StackStatus
 
@@ -24,6 +27,9 @@ _port_options = [
     click.option("--amqp-url", default=None, help="AMQP URL; its port is the AMQP listener [IOT_AMQP_URL]"),
     click.option("--mqtt-port", type=int, default=None, help="MQTT listener [IOT_MQTT_PORT, 1883]"),
     click.option("--stomp-port", type=int, default=None, help="STOMP listener [IOT_STOMP_PORT, 61613]"),
+    click.option("--amqps-port", type=int, default=None, help="AMQPS listener [IOT_AMQPS_PORT, 5671]"),
+    click.option("--mqtts-port", type=int, default=None, help="MQTTS listener [IOT_MQTTS_PORT, 8883]"),
+    click.option("--stomps-port", type=int, default=None, help="STOMP over TLS listener [IOT_STOMPS_PORT, 61614]"),
     click.option("--management-port", type=int, default=None, help="RabbitMQ HTTP API [IOT_MANAGEMENT_PORT, 15672]"),
     click.option("--influx-url", default=None, help="InfluxDB URL; its port is bound [IOT_INFLUX_URL]"),
     click.option("--stack-dir", default=None, help="data, logs and pid files [IOT_STACK_DIR, .stack]"),
@@ -48,6 +54,8 @@ def stack() -> None:
     Examples:
       python -m hub stack up
       IOT_MQTT_PORT=11883 python -m hub stack up
+      python -m hub stack up --no-plain       # TLS listeners only
+      python -m hub stack certs               # the CA and certificate alone (docker compose)
       python -m hub stack status
       python -m hub stack down
     """
@@ -55,8 +63,17 @@ def stack() -> None:
 
 @stack.command()
 @port_options
+@click.option(
+    "--plain/--no-plain",
+    "plain_listeners",
+    default=None,
+    help="plain listeners on loopback (default), or none: TLS only [IOT_PLAIN_LISTENERS, true]",
+)
 def up(**flags: object) -> None:
-    """Install what is missing, start RabbitMQ and InfluxDB, wait until they answer."""
+    """Install what is missing, start RabbitMQ and InfluxDB, wait until they answer.
+
+    The first start makes a development CA and the node's certificate under <stack dir>/tls/.
+    """
     the_stack = _settings(**flags)
     with console.status("starting the stack") as spinner:
         status = the_stack.up(progress=lambda msg: spinner.update(msg))
@@ -82,6 +99,32 @@ def status(stack_dir: str | None) -> None:
     _print(current)
     if not current.running:
         raise SystemExit(1)
+
+
+@stack.command()
+@click.option("--stack-dir", default=None, help="data, logs and pid files [IOT_STACK_DIR, .stack]")
+@click.option(
+    "--key-owner",
+    type=int,
+    default=None,
+    help=f"give server.key to this user id (docker compose: the image's rabbitmq user, {DOCKER_RABBITMQ_UID}); "
+    "needs root",
+)
+def certs(stack_dir: str | None, key_owner: int | None) -> None:
+    """Make the development CA and the node's certificate under <stack dir>/tls/ (once; `up` does it too).
+
+    docker compose mounts .stack/tls/ of the checkout: run this first.
+    """
+    files = ensure_dev_tls(_settings(stack_dir=stack_dir).tls.folder)
+    if key_owner is not None:
+        try:
+            os.chown(files.server_key, key_owner, -1)
+        except PermissionError:
+            raise StackError(
+                f"only root may give {files.server_key} to user {key_owner}: run `sudo chown {key_owner} "
+                f"{files.server_key}`"
+            ) from None
+    console.print(f"CA: {files.ca_cert}\nserver certificate: {files.server_cert}\nserver key: {files.server_key}")
 
 
 @stack.command()

@@ -6,12 +6,14 @@ the system's RabbitMQ nor another stack (the test harness runs beside a develope
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +23,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from hub.clients.amqp import connect
 from hub.clients.management import password_hash
-from hub.core.config import PROJECT_ROOT, Settings
+from hub.core.config import PROJECT_ROOT, Settings, over_tls
 from hub.core.contract import VHOST
 from hub.core.errors import StackError
+from hub.core.tls import settings_context
+from hub.stack.certs import TlsFiles, ensure_dev_tls
 from hub.stack.packages import RABBITMQ_SERVER
 from hub.stack.processes import port_open
 
@@ -46,24 +50,67 @@ class RabbitPorts:
     prometheus: int
     dist: int
     epmd: int
+    #: TLS listeners (0 in the state file of a stack started before they existed: none).
+    amqps: int = 0
+    mqtts: int = 0
+    stomps: int = 0
 
 
-def render_config(ports: RabbitPorts, definitions_path: Path) -> str:
-    """rabbitmq/rabbitmq.conf with only the ports and the definitions path replaced."""
+#: A readiness check of one listener: connect with these settings to host:port, or raise.
+Probe = Callable[[Settings, str, int], None]
+
+
+@dataclass(frozen=True)
+class Listeners:
+    """How the node's listeners bind: plain ones on these loopback addresses (none: off), TLS ones everywhere."""
+
+    plain_on: tuple[str, ...]
+    tls: TlsFiles
+
+
+def loopback_addresses() -> tuple[str, ...]:
+    """127.0.0.1, and ::1 where this machine can bind it (RabbitMQ fails to start on an address it cannot bind)."""
+    addresses = ["127.0.0.1"]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+        probe.bind(("::1", 0))
+        addresses.append("::1")
+    return tuple(addresses)
+
+
+def render_config(ports: RabbitPorts, definitions_path: Path, listeners: Listeners) -> str:
+    """rabbitmq/rabbitmq.conf with only the listeners, ports and paths replaced (the "native:" lines)."""
     replacements = {
-        "listeners.tcp.default": str(ports.amqp),
-        "mqtt.listeners.tcp.default": str(ports.mqtt),
-        "stomp.listeners.tcp.default": str(ports.stomp),
-        "management.tcp.port": str(ports.management),
-        "prometheus.tcp.port": str(ports.prometheus),
-        "load_definitions": str(definitions_path),
+        "listeners.tcp.default": _plain_listener("listeners.tcp", ports.amqp, listeners.plain_on),
+        "mqtt.listeners.tcp.default": _plain_listener("mqtt.listeners.tcp", ports.mqtt, listeners.plain_on),
+        "stomp.listeners.tcp.default": _plain_listener("stomp.listeners.tcp", ports.stomp, listeners.plain_on),
+        "listeners.ssl.default": f"listeners.ssl.default = {ports.amqps}",
+        "mqtt.listeners.ssl.default": f"mqtt.listeners.ssl.default = {ports.mqtts}",
+        "stomp.listeners.ssl.default": f"stomp.listeners.ssl.default = {ports.stomps}",
+        "ssl_options.cacertfile": f"ssl_options.cacertfile = {listeners.tls.ca_cert}",
+        "ssl_options.certfile": f"ssl_options.certfile = {listeners.tls.server_cert}",
+        "ssl_options.keyfile": f"ssl_options.keyfile = {listeners.tls.server_key}",
+        "management.tcp.port": f"management.tcp.port = {ports.management}",
+        "prometheus.tcp.port": f"prometheus.tcp.port = {ports.prometheus}",
+        "load_definitions": f"load_definitions = {definitions_path}",
     }
     text = (RABBITMQ_CONFIG_DIR / "rabbitmq.conf").read_text()
-    for key, value in replacements.items():
-        text, count = re.subn(rf"(?m)^{re.escape(key)}\s*=.*$", f"{key} = {value}", text)
+    for key, lines in replacements.items():
+        # A function, not a replacement string: paths and IPv6 addresses must not be read as escapes.
+        text, count = re.subn(rf"(?m)^{re.escape(key)}\s*=.*$", _literal(lines), text)
         if count != 1:
             raise StackError(f"rabbitmq/rabbitmq.conf must set {key} exactly once")
     return text
+
+
+def _literal(text: str) -> Callable[[re.Match[str]], str]:
+    return lambda _match: text
+
+
+def _plain_listener(key: str, port: int, addresses: tuple[str, ...]) -> str:
+    """`key.1 = 127.0.0.1:port` ... one line per address, or `key = none` to have no plain listener."""
+    if not addresses:
+        return f"{key} = none"
+    return "\n".join(f"{key}.{index} = {address}:{port}" for index, address in enumerate(addresses, start=1))
 
 
 def render_definitions(settings: Settings) -> dict[str, Any]:
@@ -85,10 +132,11 @@ def render_definitions(settings: Settings) -> dict[str, Any]:
 class RabbitNode:
     """One node: its files under `home`, its ports, its environment."""
 
-    def __init__(self, settings: Settings, home: Path, ports: RabbitPorts) -> None:
+    def __init__(self, settings: Settings, home: Path, ports: RabbitPorts, tls: TlsFiles) -> None:
         self.settings = settings
         self.home = home
         self.ports = ports
+        self.tls = tls
         digest = hashlib.sha1(str(home).encode()).hexdigest()[:8]
         self.node_name = f"iot-{digest}@localhost"
 
@@ -102,7 +150,9 @@ class RabbitNode:
         definitions = self.home / "definitions.json"
         definitions.write_text(json.dumps(render_definitions(self.settings), indent=2))
         definitions.chmod(0o600)
-        (self.home / "rabbitmq.conf").write_text(render_config(self.ports, definitions))
+        plain_on = loopback_addresses() if self.settings.plain_listeners else ()
+        listeners = Listeners(plain_on, ensure_dev_tls(self.tls.folder))
+        (self.home / "rabbitmq.conf").write_text(render_config(self.ports, definitions, listeners))
         cookie = self.home / "home" / ".erlang.cookie"
         if not cookie.exists():
             cookie.write_text(hashlib.sha256(os.urandom(32)).hexdigest()[:20].upper())
@@ -132,62 +182,41 @@ class RabbitNode:
         return [str(RABBITMQ_SERVER)]
 
     def problems(self) -> list[str]:
-        """What is not ready yet: an empty list means AMQP, MQTT, STOMP and the HTTP API all answer."""
+        """What is not ready yet: empty once AMQP, MQTT and STOMP answer on every listener, and the HTTP API."""
         host = "127.0.0.1"
+        probes = self._probes()
         closed = [
-            name
-            for name, port in (
-                ("AMQP", self.ports.amqp),
-                ("MQTT", self.ports.mqtt),
-                ("STOMP", self.ports.stomp),
-                ("management", self.ports.management),
-            )
+            f"{name} port {port} not open"
+            for name, port in (*((name, port) for name, port, _c, _s in probes), ("management", self.ports.management))
             if not port_open(host, port)
         ]
         if closed:
-            return [f"{name} port not open" for name in closed]
+            return closed
         problems = []
-        for name, check in (("AMQP", self._amqp_ok), ("MQTT", self._mqtt_ok), ("STOMP", self._stomp_ok)):
+        for name, port, check, settings in probes:
             try:
-                check(host)
+                check(settings, host, port)
             except Exception as exc:
                 problems.append(f"{name}: {exc or type(exc).__name__}")
         return problems
 
-    def _amqp_ok(self, host: str) -> None:
-        connection = connect(self.settings, "stack check", host=host, port=self.ports.amqp)
-        try:
-            channel = connection.channel()
-            channel.exchange_declare("iot", passive=True)
-        finally:
-            connection.close()
-
-    # No device account exists before one is provisioned, so the MQTT and STOMP probes log in as
-    # nobody: any CONNACK or ERROR frame (here: not authorised) shows the plugin answers and checks logins.
-
-    def _mqtt_ok(self, host: str) -> None:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"stack-check-{os.getpid()}")
-        client.username_pw_set(PROBE_USER, PROBE_USER)
-        result: list[Any] = []
-        client.on_connect = lambda _c, _u, _f, reason, _p: result.append(reason)
-        client.connect(host, self.ports.mqtt, keepalive=10)
-        try:
-            for _ in range(50):
-                client.loop(timeout=0.1)
-                if result:
-                    break
-        finally:
-            client.disconnect()
-        if not result:
-            raise StackError("MQTT: no CONNACK")
-
-    def _stomp_ok(self, host: str) -> None:
-        frame = f"CONNECT\naccept-version:1.2\nhost:{VHOST}\nlogin:{PROBE_USER}\npasscode:{PROBE_USER}\n\n\0"
-        with socket.create_connection((host, self.ports.stomp), timeout=PROBE_TIMEOUT_S) as sock:
-            sock.sendall(frame.encode())
-            answer = sock.recv(1024)
-        if not answer.startswith((b"CONNECTED", b"ERROR")):
-            raise StackError(f"STOMP: no answer to CONNECT ({answer[:40]!r})")
+    def _probes(self) -> list[tuple[str, int, Probe, Settings]]:
+        """(what, port, check, settings to connect with) for every listener the node should have."""
+        tls = over_tls(self.settings.model_copy(update={"tls_ca": self.tls.ca_cert, "amqps_port": self.ports.amqps}))
+        probes: list[tuple[str, int, Probe, Settings]] = [
+            ("AMQP over TLS", self.ports.amqps, _amqp_ok, tls),
+            ("MQTT over TLS", self.ports.mqtts, _mqtt_ok, tls),
+            ("STOMP over TLS", self.ports.stomps, _stomp_ok, tls),
+        ]
+        if self.settings.plain_listeners:
+            plain_url = re.sub(r"^amqps://", "amqp://", self.settings.amqp_url)
+            plain = self.settings.model_copy(update={"amqp_url": plain_url, "mqtt_tls": False, "stomp_tls": False})
+            probes += [
+                ("AMQP", self.ports.amqp, _amqp_ok, plain),
+                ("MQTT", self.ports.mqtt, _mqtt_ok, plain),
+                ("STOMP", self.ports.stomp, _stomp_ok, plain),
+            ]
+        return probes
 
     def stop_epmd(self) -> None:
         """Our epmd listens on its own port; stop it once our node is gone."""
@@ -198,6 +227,48 @@ class RabbitNode:
             check=False,
             timeout=10,
         )
+
+
+def _amqp_ok(settings: Settings, host: str, port: int) -> None:
+    connection = connect(settings, "stack check", host=host, port=port)
+    try:
+        channel = connection.channel()
+        channel.exchange_declare("iot", passive=True)
+    finally:
+        connection.close()
+
+
+# No device account exists before one is provisioned, so the MQTT and STOMP probes log in as
+# nobody: any CONNACK or ERROR frame (here: not authorised) shows the plugin answers and checks logins.
+
+
+def _mqtt_ok(settings: Settings, host: str, port: int) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"stack-check-{os.getpid()}")
+    client.username_pw_set(PROBE_USER, PROBE_USER)
+    if settings.mqtt_tls:
+        client.tls_set_context(settings_context(settings))
+    result: list[Any] = []
+    client.on_connect = lambda _c, _u, _f, reason, _p: result.append(reason)
+    client.connect(host, port, keepalive=10)
+    try:
+        for _ in range(50):
+            client.loop(timeout=0.1)
+            if result:
+                break
+    finally:
+        client.disconnect()
+    if not result:
+        raise StackError("MQTT: no CONNACK")
+
+
+def _stomp_ok(settings: Settings, host: str, port: int) -> None:
+    frame = f"CONNECT\naccept-version:1.2\nhost:{VHOST}\nlogin:{PROBE_USER}\npasscode:{PROBE_USER}\n\n\0"
+    with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S) as raw:
+        sock = settings_context(settings).wrap_socket(raw, server_hostname=host) if settings.stomp_tls else raw
+        sock.sendall(frame.encode())
+        answer = sock.recv(1024)
+    if not answer.startswith((b"CONNECTED", b"ERROR")):
+        raise StackError(f"STOMP: no answer to CONNECT ({answer[:40]!r})")
 
 
 def read_log_tail(path: Path, lines: int = 30) -> str:

@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hub.core.config import PROJECT_ROOT, Settings, load_settings
+from hub.core.config import DEFAULT_AMQP_PORT, DEV_TLS_DIR, Settings, load_settings
 from hub.core.errors import StackError
 from hub.stack import processes
+from hub.stack.certs import TlsFiles
 from hub.stack.influx import InfluxNode
 from hub.stack.packages import ensure_packages
 from hub.stack.rabbitmq import RabbitNode, RabbitPorts, read_log_tail
@@ -50,15 +51,18 @@ class StackStatus:
 def settings_on_free_ports(root: Path) -> Settings:
     """Settings for a private stack under `root` with every port free right now (tests, benchmarks)."""
     ports: set[int] = set()
-    while len(ports) < 6:
+    while len(ports) < 9:
         ports.add(processes.free_port())
-    amqp, mqtt, stomp, management, prometheus, influx = sorted(ports)
+    amqp, mqtt, stomp, management, prometheus, influx, amqps, mqtts, stomps = sorted(ports)
     return load_settings(
         amqp_url=f"amqp://hub:hub-dev-password@127.0.0.1:{amqp}/iot",
         mqtt_host="127.0.0.1",
         mqtt_port=mqtt,
         stomp_host="127.0.0.1",
         stomp_port=stomp,
+        amqps_port=amqps,
+        mqtts_port=mqtts,
+        stomps_port=stomps,
         management_port=management,
         rabbitmq_prometheus_port=prometheus,
         influx_url=f"http://127.0.0.1:{influx}",
@@ -67,8 +71,7 @@ def settings_on_free_ports(root: Path) -> Settings:
 
 
 def stack_root(settings: Settings) -> Path:
-    root = settings.stack_dir
-    return (root if root.is_absolute() else PROJECT_ROOT / root).resolve()
+    return settings.stack_path
 
 
 class Stack:
@@ -78,6 +81,8 @@ class Stack:
         self.settings = settings
         self.root = (root or stack_root(settings)).resolve()
         self.state_path = self.root / STATE_FILE
+        #: The development CA and the node's certificate: made at the first `up`, kept after.
+        self.tls = TlsFiles(self.root / DEV_TLS_DIR)
 
     # --- public --------------------------------------------------------------------------------
 
@@ -155,7 +160,7 @@ class Stack:
     def _nodes(
         self, ports: RabbitPorts, influx_http: int | None = None, influx_rpc: int | None = None
     ) -> tuple[RabbitNode, InfluxNode]:
-        rabbit = RabbitNode(self.settings, self.root / "rabbitmq", ports)
+        rabbit = RabbitNode(self.settings, self.root / "rabbitmq", ports, self.tls)
         influx = InfluxNode(
             self.root / "influxdb",
             influx_http or self.settings.influx_port,
@@ -165,8 +170,13 @@ class Stack:
 
     def _choose_ports(self) -> RabbitPorts:
         s = self.settings
+        amqp = s.amqp
         return RabbitPorts(
-            amqp=s.amqp.port,
+            # An amqps:// URL names the TLS listener's port; the plain one keeps its default then.
+            amqp=DEFAULT_AMQP_PORT if amqp.tls else amqp.port,
+            amqps=amqp.port if amqp.tls else s.amqps_port,
+            mqtts=s.mqtts_port,
+            stomps=s.stomps_port,
             mqtt=s.mqtt_port,
             stomp=s.stomp_port,
             management=s.management_port,
@@ -193,6 +203,9 @@ class Stack:
                     "IOT_STOMP_PORT": rabbit.ports.stomp,
                     "IOT_MANAGEMENT_PORT": rabbit.ports.management,
                     "IOT_RABBITMQ_PROMETHEUS_PORT": rabbit.ports.prometheus,
+                    "IOT_AMQPS_PORT": rabbit.ports.amqps,
+                    "IOT_MQTTS_PORT": rabbit.ports.mqtts,
+                    "IOT_STOMPS_PORT": rabbit.ports.stomps,
                 }
             )
         if influx is not None:
@@ -274,9 +287,25 @@ class Stack:
                     state["rabbit_pid"],
                     processes.is_ours(state["rabbit_pid"], str(rabbit.home)),
                     {
-                        "AMQP": f"amqp://{host}:{ports.amqp}/iot",
-                        "MQTT": f"mqtt://{host}:{ports.mqtt}",
-                        "STOMP": f"stomp://{host}:{ports.stomp}",
+                        **(
+                            {
+                                "AMQP": f"amqp://{host}:{ports.amqp}/iot",
+                                "MQTT": f"mqtt://{host}:{ports.mqtt}",
+                                "STOMP": f"stomp://{host}:{ports.stomp}",
+                            }
+                            if state.get("plain_listeners", True)
+                            else {}
+                        ),
+                        **(
+                            {
+                                "AMQPS": f"amqps://{host}:{ports.amqps}/iot",
+                                "MQTTS": f"mqtts://{host}:{ports.mqtts}",
+                                "STOMP over TLS": f"stomp+ssl://{host}:{ports.stomps}",
+                                "CA": str(self.tls.ca_cert),
+                            }
+                            if ports.amqps
+                            else {}
+                        ),
                         "management": f"http://{host}:{ports.management}/",
                         "prometheus": f"http://{host}:{ports.prometheus}/metrics",
                     },
@@ -298,6 +327,7 @@ class Stack:
             "influx_http_port": influx.http_port,
             "influx_rpc_port": influx.rpc_port,
             "node_name": rabbit.node_name,
+            "plain_listeners": self.settings.plain_listeners,
         }
         self.state_path.write_text(json.dumps(state, indent=2))
 

@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 import yaml
 
+from hub.stack.certs import CA_CERT_FILE, COMPOSE_TLS_DIR, SERVER_CERT_FILE, SERVER_KEY_FILE
 from tests.support import REPO
 
 CONTRACT_PORTS = {
-    "rabbitmq": {5672, 1883, 61613, 15672},
+    "rabbitmq": {5672, 1883, 61613, 5671, 8883, 61614, 15672},
     "influxdb": {8086},
     "chronograf": {8888},
 }
@@ -24,13 +25,23 @@ def compose() -> dict[str, Any]:
     return document
 
 
-def _published(service: dict[str, Any]) -> set[int]:
-    ports = set()
+#: Plain listeners: published on the host's loopback only. TLS listeners: on every interface.
+PLAIN_PORTS = {5672, 1883, 61613}
+TLS_PORTS = {5671, 8883, 61614}
+
+
+def _bindings(service: dict[str, Any]) -> dict[int, str]:
+    """Published container port -> the host address it is bound to ("" = every interface)."""
+    ports = {}
     for entry in service.get("ports", []):
-        host, _, container = str(entry).rpartition(":")
+        address, host, container = ["", *str(entry).split(":")][-3:]
         assert host == container, f"{entry}: host and container ports should match the contract"
-        ports.add(int(container))
+        ports[int(container)] = address
     return ports
+
+
+def _published(service: dict[str, Any]) -> set[int]:
+    return set(_bindings(service))
 
 
 def _bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
@@ -57,6 +68,23 @@ def test_ports_are_the_contracts(compose: dict[str, Any]) -> None:
         assert wanted <= _published(compose["services"][name]), name
 
 
+def test_plain_listeners_are_published_on_loopback_only_and_tls_everywhere(compose: dict[str, Any]) -> None:
+    bindings = _bindings(compose["services"]["rabbitmq"])
+    assert {port: bindings[port] for port in PLAIN_PORTS} == dict.fromkeys(PLAIN_PORTS, "127.0.0.1")
+    assert {port: bindings[port] for port in TLS_PORTS} == dict.fromkeys(TLS_PORTS, "")
+    conf = (REPO / "rabbitmq" / "rabbitmq.conf").read_text()
+    for key, port in (("listeners.ssl", 5671), ("mqtt.listeners.ssl", 8883), ("stomp.listeners.ssl", 61614)):
+        assert re.search(rf"(?m)^{re.escape(key)}\.default = {port}$", conf), key
+
+
+def test_rabbitmq_reads_the_certificates_stack_certs_makes(compose: dict[str, Any]) -> None:
+    mounts = {source: target for source, target in _bind_mounts(compose["services"]["rabbitmq"])}
+    folder = mounts[f"./{COMPOSE_TLS_DIR}"]
+    conf = (REPO / "rabbitmq" / "rabbitmq.conf").read_text()
+    for option, name in (("cacertfile", CA_CERT_FILE), ("certfile", SERVER_CERT_FILE), ("keyfile", SERVER_KEY_FILE)):
+        assert re.search(rf"(?m)^ssl_options\.{option} = {re.escape(folder)}/{name}$", conf), option
+
+
 def test_every_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         check = service.get("healthcheck", {})
@@ -67,6 +95,8 @@ def test_every_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
 def test_every_mounted_file_exists(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         for source, _target in _bind_mounts(service):
+            if source == f"./{COMPOSE_TLS_DIR}":
+                continue  # made by `python -m hub stack certs`, never committed (the key is a secret)
             assert (REPO / source).exists(), f"{name} mounts {source}, which does not exist"
 
 
