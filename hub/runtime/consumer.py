@@ -1,7 +1,10 @@
 """The AMQP side of a service: connect, declare, prefetch, deliver, ack, publish, reconnect.
 
-A `Consumer` owns one connection with two channels (one consuming with a prefetch window, one
-publishing with confirms) and hands each delivery to its `Handler`. It acks only what the
+A `Consumer` owns one connection with three channels (one consuming with a prefetch window, one
+publishing with a confirm per message, one publishing many and waiting for their confirms once:
+`hub.runtime.confirms`) and hands each delivery to its `Handler`. After each read from the
+broker it tells the handler whether anything arrived, so a batch can be written as soon as the
+deliveries stop coming instead of waiting for its timer. It acks only what the
 handler settles; a lost connection drops whatever was not acked, the broker redelivers it, and
 every effect downstream is idempotent. The handler decides; this module only moves bytes.
 """
@@ -25,6 +28,7 @@ from hub.core.config import Settings
 from hub.core.contract import Transport
 from hub.core.errors import BrokerUnavailable, HubError, StorageUnavailable
 from hub.runtime import topology
+from hub.runtime.confirms import ConfirmBatch
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +77,11 @@ class Handler(Protocol):
 
     def deliver(self, delivery: Delivery) -> None: ...
 
-    def tick(self) -> None:
-        """At least every `tick_interval_s`: flush batches, fire timers."""
+    def tick(self, idle: bool) -> None:
+        """After each wait for input (`idle`: no delivery came during it): flush batches, fire timers."""
+
+    def next_tick_s(self) -> float:
+        """How long the consumer may wait for input before the next `tick` (it returns early on input)."""
 
     def on_stop(self) -> None:
         """On a clean stop while still connected: settle what can be settled."""
@@ -95,13 +102,14 @@ class Consumer:
         queue: topology.HubQueue,
         stop: threading.Event,
         handler: Handler,
-        tick_interval_s: float = 0.2,
     ) -> None:
         self.settings, self.name, self.queue, self.stop, self.handler = settings, name, queue, stop, handler
-        self.tick_interval_s = tick_interval_s
         self.connection: pika.BlockingConnection | None = None
         self.channel: BlockingChannel | None = None
         self.publisher: BlockingChannel | None = None
+        self.batch_publisher: ConfirmBatch | None = None
+        #: Deliveries handed to the handler on this connection (tells `tick` whether any came).
+        self.delivered = 0
         #: Mandatory messages the broker returned as unroutable (see `publish`).
         self.unroutable = 0
         # What `held` counts: delivery tags seen and acked on the current channel.
@@ -165,17 +173,33 @@ class Consumer:
         try:
             self.publisher.basic_publish(exchange, routing_key, body, properties, mandatory=mandatory)
         except pika.exceptions.UnroutableError:
-            self.unroutable += 1
-            if self.unroutable in (1, 10) or self.unroutable % UNROUTABLE_LOG_EVERY == 0:
-                log.error(
-                    "service=%s event=unroutable exchange=%s routing_key=%s returned_total=%d",
-                    self.name,
-                    exchange,
-                    routing_key,
-                    self.unroutable,
-                )
+            self._returned(exchange, routing_key)
             return False
         return True
+
+    def publish_batched(self, exchange: str, routing_key: str, body: bytes, properties: BasicProperties) -> None:
+        """Publish a mandatory message without waiting: `wait_for_confirms` says when the broker holds it.
+
+        A return (unroutable) is logged and counted as with `publish`; a nack raises in `wait_for_confirms`.
+        """
+        assert self.batch_publisher is not None
+        self.batch_publisher.publish(exchange, routing_key, body, properties)
+
+    def wait_for_confirms(self) -> None:
+        """Return once the broker confirmed every `publish_batched` message so far (raises on a nack)."""
+        if self.batch_publisher is not None:
+            self.batch_publisher.wait()
+
+    def _returned(self, exchange: str, routing_key: str) -> None:
+        self.unroutable += 1
+        if self.unroutable in (1, 10) or self.unroutable % UNROUTABLE_LOG_EVERY == 0:
+            log.error(
+                "service=%s event=unroutable exchange=%s routing_key=%s returned_total=%d",
+                self.name,
+                exchange,
+                routing_key,
+                self.unroutable,
+            )
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -209,23 +233,27 @@ class Consumer:
         self.channel.basic_qos(prefetch_count=self.queue.prefetch)
         self.publisher = self.connection.channel()
         self.publisher.confirm_delivery()
+        self.batch_publisher = ConfirmBatch(self.connection, self._returned)
         self.handler.on_start(self)
         self.channel.basic_consume(self.queue.name, self._deliver)
         self.handler.on_connected(True)
         log.info("service=%s event=consuming queue=%s prefetch=%d", self.name, self.queue.name, self.queue.prefetch)
         while not self.stop.is_set():
-            self.connection.process_data_events(time_limit=self.tick_interval_s)
-            self.handler.tick()
+            seen = self.delivered
+            self.connection.process_data_events(time_limit=self.handler.next_tick_s())
+            self.handler.tick(idle=self.delivered == seen)
         self.handler.on_stop()
 
     def _deliver(
         self, _channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
     ) -> None:
         self._last_tag = method.delivery_tag
+        self.delivered += 1
         self.handler.deliver(Delivery(method, properties, body))
 
     def _close(self) -> None:
         connection, self.connection, self.channel, self.publisher = self.connection, None, None, None
+        self.batch_publisher = None
         if connection is not None and connection.is_open:
             with contextlib.suppress(Exception):  # a broken connection fails to close in many ways
                 connection.close()
