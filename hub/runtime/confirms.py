@@ -49,9 +49,12 @@ class ConfirmBatch:
         """Messages published and not yet confirmed."""
         return len(self._unconfirmed)
 
-    def publish(self, exchange: str, routing_key: str, body: bytes, properties: BasicProperties) -> None:
-        """Queue one persistent, mandatory message; `wait()` says when the broker holds it."""
-        self._channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
+    def publish(
+        self, exchange: str, routing_key: str, body: bytes, properties: BasicProperties, *, mandatory: bool
+    ) -> None:
+        """Queue one message; `wait()` says when the broker holds it (a mandatory one it cannot route
+        is reported to `on_returned`, then confirmed)."""
+        self._channel.basic_publish(exchange, routing_key, body, properties, mandatory=mandatory)
         self._published += 1
         self._unconfirmed.add(self._published)
 

@@ -1,12 +1,12 @@
 """The AMQP side of a service: connect, declare, prefetch, deliver, ack, publish, reconnect.
 
-A `Consumer` owns one connection with three channels (one consuming with a prefetch window, one
-publishing with a confirm per message, one publishing many and waiting for their confirms once:
-`hub.runtime.confirms`) and hands each delivery to its `Handler`. After each read from the
-broker it tells the handler whether anything arrived, so a batch can be written as soon as the
-deliveries stop coming instead of waiting for its timer. It acks only what the
-handler settles; a lost connection drops whatever was not acked, the broker redelivers it, and
-every effect downstream is idempotent. The handler decides; this module only moves bytes.
+A `Consumer` owns one connection with two channels: one consuming with a prefetch window, one
+publishing many messages and waiting for their confirms once (`hub.runtime.confirms`). It hands
+each delivery to its `Handler`. After each read from the broker it tells the handler whether
+anything arrived, so a batch can be written as soon as the deliveries stop coming instead of
+waiting for its timer. It acks only what the handler settles; a lost connection drops whatever
+was not acked, the broker redelivers it, and every effect downstream is idempotent. The
+handler decides; this module only moves bytes.
 """
 
 from __future__ import annotations
@@ -106,8 +106,7 @@ class Consumer:
         self.settings, self.name, self.queue, self.stop, self.handler = settings, name, queue, stop, handler
         self.connection: pika.BlockingConnection | None = None
         self.channel: BlockingChannel | None = None
-        self.publisher: BlockingChannel | None = None
-        self.batch_publisher: ConfirmBatch | None = None
+        self.publisher: ConfirmBatch | None = None
         #: Deliveries handed to the handler on this connection (tells `tick` whether any came).
         self.delivered = 0
         #: Mandatory messages the broker returned as unroutable (see `publish`).
@@ -160,35 +159,22 @@ class Consumer:
 
     def publish(
         self, exchange: str, routing_key: str, body: bytes, properties: BasicProperties, *, mandatory: bool
-    ) -> bool:
-        """Publish with a publisher confirm: returns only once the broker has taken the message.
+    ) -> None:
+        """Publish without waiting: `wait_for_confirms` says when the broker holds the message.
 
         `mandatory` is the caller's choice: a broadcast (alerts) nobody is bound to is normal and
         silently dropped by the broker. A mandatory message the broker returns as unroutable is
-        reported (returns False, logged, counted) and never raised: a missing binding must not
-        disconnect the service, whose redelivered input would only be returned again.
-        A broker nack still raises: the message was not taken, so the input must not be acked.
+        logged and counted, never raised: a missing binding must not disconnect the service, whose
+        redelivered input would only be returned again. A broker nack raises in
+        `wait_for_confirms`: the message was not taken, so the input must not be acked.
         """
         assert self.publisher is not None
-        try:
-            self.publisher.basic_publish(exchange, routing_key, body, properties, mandatory=mandatory)
-        except pika.exceptions.UnroutableError:
-            self._returned(exchange, routing_key)
-            return False
-        return True
-
-    def publish_batched(self, exchange: str, routing_key: str, body: bytes, properties: BasicProperties) -> None:
-        """Publish a mandatory message without waiting: `wait_for_confirms` says when the broker holds it.
-
-        A return (unroutable) is logged and counted as with `publish`; a nack raises in `wait_for_confirms`.
-        """
-        assert self.batch_publisher is not None
-        self.batch_publisher.publish(exchange, routing_key, body, properties)
+        self.publisher.publish(exchange, routing_key, body, properties, mandatory=mandatory)
 
     def wait_for_confirms(self) -> None:
-        """Return once the broker confirmed every `publish_batched` message so far (raises on a nack)."""
-        if self.batch_publisher is not None:
-            self.batch_publisher.wait()
+        """Return once the broker confirmed every message published so far (raises on a nack)."""
+        if self.publisher is not None:
+            self.publisher.wait()
 
     def _returned(self, exchange: str, routing_key: str) -> None:
         self.unroutable += 1
@@ -231,9 +217,7 @@ class Consumer:
         self.channel = self.connection.channel()
         topology.declare(self.channel, self.queue)
         self.channel.basic_qos(prefetch_count=self.queue.prefetch)
-        self.publisher = self.connection.channel()
-        self.publisher.confirm_delivery()
-        self.batch_publisher = ConfirmBatch(self.connection, self._returned)
+        self.publisher = ConfirmBatch(self.connection, self._returned)
         self.handler.on_start(self)
         self.channel.basic_consume(self.queue.name, self._deliver)
         self.handler.on_connected(True)
@@ -253,7 +237,6 @@ class Consumer:
 
     def _close(self) -> None:
         connection, self.connection, self.channel, self.publisher = self.connection, None, None, None
-        self.batch_publisher = None
         if connection is not None and connection.is_open:
             with contextlib.suppress(Exception):  # a broken connection fails to close in many ways
                 connection.close()

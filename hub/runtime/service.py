@@ -1,7 +1,8 @@
 """The base of the hub's services: a consumer, an outbox, dead-lettering and middleware, joined.
 
 A service implements `handle(delivery)`: it adds points to `self.outbox` (with the delivery's
-tag, so the delivery is acked once they are written) or raises `InvalidMessage`, which
+tag, so the delivery is acked once they are written), publishes messages (`publish`: confirmed
+before that ack) or raises `InvalidMessage`, which
 dead-letters that delivery with the reason. Any other exception dead-letters that one delivery
 with reason `internal` and the error class: the rest of the prefetch window proceeds, nothing is
 redelivered, no connection is dropped. Dead-letters are published without waiting; a batch is
@@ -130,11 +131,12 @@ class Service:
 
         Mandatory: iot.dead-letter is declared at every connect, a return is logged and counted.
         """
-        self.consumer.publish_batched(
+        self.consumer.publish(
             DEAD_LETTER_EXCHANGE,
             delivery.routing_key,
             delivery.body,
             dead_letter_properties(delivery.properties, reason, detail, self.queue.name),
+            mandatory=True,
         )
         for middleware in self.middleware:
             middleware.after_dead_letter(self.name, reason)
@@ -152,7 +154,7 @@ class Service:
             source = batch.sources[index]
             if isinstance(source, Delivery):
                 self.dead_letter(source, refusal.reason, refusal.detail)
-        self.consumer.wait_for_confirms()  # every dead-letter durable before its original is acked
+        self.consumer.wait_for_confirms()  # what the batch published (dead-letters, alerts) durable before its ack
         self.settle(batch)
         latency = time.monotonic() - started
         for middleware in self.middleware:
@@ -161,8 +163,9 @@ class Service:
 
     def publish(
         self, exchange: str, routing_key: str, body: bytes, properties: BasicProperties, *, mandatory: bool
-    ) -> bool:
-        return self.consumer.publish(exchange, routing_key, body, properties, mandatory=mandatory)
+    ) -> None:
+        """Publish what a delivery caused; `flush` awaits the broker's confirm before the delivery's ack."""
+        self.consumer.publish(exchange, routing_key, body, properties, mandatory=mandatory)
 
     def _write_failed(self, batch: Batch) -> RetryHook:
         def note(output: str, attempt: int, error: Exception) -> None:
