@@ -53,7 +53,8 @@ class Batch:
             self.points.append(point)
             self.sources.append(source)
         if tag:
-            self.last_tag = max(self.last_tag, tag)
+            if tag > self.last_tag:
+                self.last_tag = tag
             self.deliveries += 1
 
     @property
