@@ -43,6 +43,11 @@ OLDEST_UNSTORED_AGE = Gauge(
     "hub_oldest_unstored_reading_age_seconds",
     "Age of the oldest reading the store holds in its open batch or is retrying (0 when none waits)",
 )
+READING_AGE_AT_STORAGE = Histogram(
+    "hub_reading_age_at_storage_seconds",
+    "Age of each stored reading (now minus its own ts) once its batch is written and acked",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
 READING_AGE = Gauge("hub_reading_age_seconds", "Age of the newest reading in the last stored batch", ["service"])
 CONNECTED = Gauge("hub_broker_connected", "1 while the service holds a broker connection", ["service"])
 
