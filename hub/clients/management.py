@@ -92,3 +92,10 @@ def read_consumer_count(settings: Settings, queue_name: str) -> int | None:
     """How many consumers `queue_name` has now, or None when the management API cannot say."""
     name = urllib.parse.quote(queue_name, safe="")
     return consumer_count(_management_get(settings, f"queues/{_vhost(settings)}/{name}"))
+
+
+def read_broker_version(settings: Settings) -> str | None:
+    """The RabbitMQ version the management API reports, or None when it cannot say."""
+    overview = _management_get(settings, "overview")
+    version = overview.get("rabbitmq_version") if isinstance(overview, dict) else None
+    return version if isinstance(version, str) else None
