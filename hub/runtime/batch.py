@@ -6,8 +6,10 @@ before the ack). So once the batch is written and the dead-letters confirmed, on
 `basic_ack(highest_tag, multiple=True)` settles exactly everything seen so far.
 
 A batch is due when it is full, when its oldest entry has waited `FLUSH_INTERVAL_S`, or, once it
-is `LINGER_S` old, as soon as the deliveries pause (`idle`: none came for `IDLE_GAP_S`): under
-load batches stay large, while a trickle of readings is stored within tens of milliseconds.
+is `LINGER_S` old and holds points, as soon as the deliveries pause (`idle`: none came for
+`IDLE_GAP_S`): under a backlog batches stay large, while a steady trickle of readings is stored
+within tens of milliseconds. A batch with no point (acks only, e.g. the rules service's) waits
+for its timer: acking sooner would show nobody anything and cost a round trip.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ BATCH_MAX_POINTS = 5_000
 #: ...or when its oldest point has waited this long.
 FLUSH_INTERVAL_S = 0.2
 #: ...or when it is this old and the deliveries pause: bounds the writes to ~1/LINGER_S per second.
-LINGER_S = 0.02
-#: A pause: no delivery came for this long.
-IDLE_GAP_S = 0.003
+LINGER_S = 0.05
+#: A pause: no delivery came for this long (under a backlog the next one is always in hand).
+IDLE_GAP_S = 0.001
 
 
 @dataclass
@@ -66,13 +68,13 @@ class Batch:
         return len(self.points) >= self.max_points or self.deliveries >= self.max_points
 
     def due(self, now: float | None = None, idle: bool = False) -> bool:
-        """Full, or as old as `flush_interval_s`, or `idle` (deliveries paused) and `linger_s` old."""
+        """Full, or as old as `flush_interval_s`, or with points, `linger_s` old and `idle` (deliveries paused)."""
         if self.empty or self.opened_at is None:
             return False
         if self.full():
             return True
         age = (time.monotonic() if now is None else now) - self.opened_at
-        return age >= self.flush_interval_s or (idle and age >= self.linger_s)
+        return age >= self.flush_interval_s or (idle and bool(self.points) and age >= self.linger_s)
 
     def next_check_s(self, now: float | None = None) -> float:
         """How long to wait for more deliveries before looking again: to the end of the linger,
@@ -80,7 +82,8 @@ class Batch:
         if self.empty or self.opened_at is None:
             return self.flush_interval_s
         age = (time.monotonic() if now is None else now) - self.opened_at
-        return max(0.0, min(self.flush_interval_s - age, max(IDLE_GAP_S, self.linger_s - age)))
+        until_due = max(0.0, self.flush_interval_s - age)
+        return min(until_due, max(IDLE_GAP_S, self.linger_s - age)) if self.points else until_due
 
     def reset(self) -> None:
         self.points = []

@@ -107,6 +107,10 @@ def test_a_batch_is_due_once_it_lingered_and_the_deliveries_paused_but_not_while
     assert batch.next_check_s(now=10.001 + LINGER_S) == IDLE_GAP_S
     assert batch.next_check_s(now=10.0 + FLUSH_INTERVAL_S - 0.001) == pytest.approx(0.001)
     assert not Batch().due(now=10.0, idle=True), "an empty batch is never due"
+    acks_only = Batch()
+    acks_only.add(1, None, now=10.0)
+    assert not acks_only.due(now=10.001 + LINGER_S, idle=True), "nothing to show: the timer acks it"
+    assert acks_only.next_check_s(now=10.0 + LINGER_S) == pytest.approx(FLUSH_INTERVAL_S - LINGER_S)
 
 
 def test_a_batch_of_refused_deliveries_alone_is_full_at_max_points_deliveries() -> None:
