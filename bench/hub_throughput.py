@@ -223,12 +223,20 @@ def quantile_ms(values: list[float], q: int) -> float:
 # --- 1. RabbitMQ alone ---------------------------------------------------------------------------
 
 
-def rabbit_ceiling(settings: Settings, total: int, devices: int, per_device: int, processes: int) -> float:
+@dataclass
+class Ceiling:
+    rate: float
+    #: CPU of the ack-only pika consumer per message: the floor of any pika consumer's cost per delivery.
+    consumer_cpu_us: float
+
+
+def rabbit_ceiling(settings: Settings, total: int, devices: int, per_device: int, processes: int) -> Ceiling:
     connection = amqp(settings)
     channel = connection.channel()
     channel.basic_qos(prefetch_count=STORE.prefetch)
     received = 0
     started = time.monotonic()
+    cpu_before = time.process_time()
 
     def on_message(ch: Any, method: Any, _props: Any, _body: bytes) -> None:
         nonlocal received
@@ -247,13 +255,14 @@ def rabbit_ceiling(settings: Settings, total: int, devices: int, per_device: int
                 f"  rabbitmq alone: {received:>8} / {total} acked, {received / (last_report - started):8.0f}/s"
             )
     elapsed = time.monotonic() - started
+    cpu = time.process_time() - cpu_before
     connection.close()
     for proc in procs:
         proc.join()
     purge = amqp(settings)
     purge.channel().queue_purge(RULES.name)
     purge.close()
-    return total / elapsed
+    return Ceiling(total / elapsed, 1e6 * cpu / total)
 
 
 # --- 2 and 3. the hub ----------------------------------------------------------------------------
@@ -538,7 +547,7 @@ def verdict(ok: bool) -> str:
 
 def summary_table(
     settings: Settings,
-    rabbit: float,
+    ceiling: Ceiling,
     influx_rate: float,
     valid: Phase,
     mixed: Phase,
@@ -553,6 +562,7 @@ def summary_table(
     )
     machine = f"{os.cpu_count()} cores, {platform.system()} {platform.machine()}"
     table = Table(title=f"summary, {datetime.date.today().isoformat()}: {machine}; {versions}")
+    rabbit = ceiling.rate
     for column in ("figure", "measured", "ceiling (same run)", "goal", ""):
         table.add_column(column, justify="left" if column == "figure" else "right")
     share = valid.rate / rabbit
@@ -582,7 +592,7 @@ def summary_table(
     table.add_row(
         "hub CPU per message, all services",
         f"{valid.cpu_us:.0f} µs (invalid run {mixed.cpu_us:.0f})",
-        "",
+        f"ack-only pika consumer {ceiling.consumer_cpu_us:.0f} µs per delivery",
         f"≤ {GOAL_CPU_US:.0f} µs",
         verdict(valid.cpu_us <= GOAL_CPU_US),
     )
@@ -641,7 +651,8 @@ def main() -> None:
         try:
             stack.up(lambda message: console.print(f"  {message}"))
             console.print(f"[bold]1. RabbitMQ alone[/] ({total} readings, {args.publishers} MQTT publishers, QoS 1)")
-            rabbit = rabbit_ceiling(settings, total, args.devices, per_device, args.publishers)
+            ceiling = rabbit_ceiling(settings, total, args.devices, per_device, args.publishers)
+            rabbit = ceiling.rate
             with running_hub(settings, root / "hub.log", free_port()) as hub:
                 console.print("[bold]2. the hub[/] (python -m hub run, all services): idle, then flat out")
                 idle = idle_latencies(settings)
@@ -676,7 +687,7 @@ def main() -> None:
             phases = [valid, mixed] + ([steady.phase] if steady else [])
             console.print(throughput_table(total, args.devices, rabbit, influx_rate, phases))
             console.print(
-                summary_table(settings, rabbit, influx_rate, valid, mixed, invalid_share, idle, steady, args.rate)
+                summary_table(settings, ceiling, influx_rate, valid, mixed, invalid_share, idle, steady, args.rate)
             )
         finally:
             stack.down()

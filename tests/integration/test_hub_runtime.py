@@ -232,16 +232,18 @@ def test_every_output_gets_every_reading_and_a_failing_one_holds_the_batch_until
     stack: Settings, tmp_path: Path
 ) -> None:
     archive = tmp_path / "not-yet" / "points.jsonl"
+    # Published before the hub starts, so the first batch holds all 40 (a batch is written once
+    # the deliveries pause: readings trickling in could open a second batch behind the held one).
+    device = mqtt_device(stack, "fanout")
+    base_ts = now_ms()
+    for seq in range(40):
+        r = reading("fanout", seq, base_ts)
+        device.publish(mqtt_topic(r.routing_key), encode(r), qos=1).wait_for_publish(10)
+    device.loop_stop()
+    device.disconnect()
     with hub_process(
         stack, tmp_path, "--only", "store", IOT_OUTPUTS="influxdb,jsonl", IOT_JSONL_PATH=str(archive)
     ) as hub:
-        device = mqtt_device(stack, "fanout")
-        base_ts = now_ms()
-        for seq in range(40):
-            r = reading("fanout", seq, base_ts)
-            device.publish(mqtt_topic(r.routing_key), encode(r), qos=1).wait_for_publish(10)
-        device.loop_stop()
-        device.disconnect()
         wait_until(lambda: count_stored(stack, "fanout") == 40, 20)
         log = next(tmp_path.glob("hub-*.log"))
         wait_until(lambda: "event=write_failed output=jsonl" in log.read_text(), 20)
