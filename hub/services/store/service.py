@@ -86,10 +86,9 @@ class StoreService(Service):
         for protocol, count in stored.items():
             STORED.labels(protocol).inc(count)
         now = now_ms()
-        observe = READING_AGE_AT_STORAGE.observe
-        for index, point in enumerate(batch.points):
-            if index not in refused:
-                observe(max(0.0, (now - point.ts_ms) / 1000))
+        READING_AGE_AT_STORAGE.observe_many(
+            max(0.0, (now - point.ts_ms) / 1000) for index, point in enumerate(batch.points) if index not in refused
+        )
         if stored or batch.deliveries:  # dead-lettering a batch of bad readings is progress too
             self.stored_at = time.monotonic()
         if self.newest_ts:
