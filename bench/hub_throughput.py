@@ -457,6 +457,16 @@ class Steady:
     age_p99_s: float
     commands: list[float]
     idle_commands: list[float]
+    #: The outbound leg of the same commands as the hub recorded it: the ack's `ts` minus the command's.
+    outbound: list[float]
+
+
+def recorded_legs(settings: Settings, since_ms: int) -> list[float]:
+    """`rtt_ms` (s) of the CLI's commands answered `ok` since `since_ms`, as the hub recorded them."""
+    [series] = influx.query(
+        settings, f"SELECT rtt_ms FROM commands WHERE status = 'ok' AND origin = 'cli' AND time >= {since_ms}ms"
+    )
+    return [float(row["rtt_ms"]) / 1000 for one in series for row in one.rows if row.get("rtt_ms") is not None]
 
 
 def steady_phase(
@@ -467,6 +477,7 @@ def steady_phase(
         targets = [device.device_id for device in fleet.devices]
         idle_commands = command_round_trips(settings, targets, IDLE_COMMANDS, 0.05)
         before = age_buckets(hub)
+        steady_from_ms = now_ms()
         rtts: list[float] = []
         sender = threading.Thread(
             target=lambda: rtts.extend(command_round_trips(settings, targets, commands, duration_s / commands / 2)),
@@ -481,7 +492,14 @@ def steady_phase(
         phase = hub_phase(settings, hub, "steady", duration_s * rate, 0, load)
         sender.join()
         after = age_buckets(hub)
-    return Steady(phase, bucket_quantile(before, after, 0.5), bucket_quantile(before, after, 0.99), rtts, idle_commands)
+    return Steady(
+        phase,
+        bucket_quantile(before, after, 0.5),
+        bucket_quantile(before, after, 0.99),
+        rtts,
+        idle_commands,
+        recorded_legs(settings, steady_from_ms),
+    )
 
 
 # --- 4. InfluxDB alone ---------------------------------------------------------------------------
@@ -622,6 +640,14 @@ def summary_table(
             f"idle hub {i50:.0f} / {i99:.0f} ms",
             f"p99 ≤ {GOAL_COMMAND_P99_MS:.0f} ms",
             verdict(c99 <= GOAL_COMMAND_P99_MS),
+        )
+        o50, o99 = quantile_ms(steady.outbound, 50), quantile_ms(steady.outbound, 99)
+        table.add_row(
+            "  of which CLI -> device (ack ts - command ts, recorded by the hub), p50 / p99",
+            f"{o50:.0f} / {o99:.0f} ms",
+            "",
+            "",
+            "",
         )
         table.add_row(f"hub CPU per reading at {rate:,}/s", f"{steady.phase.cpu_us:.0f} µs", "", "", "")
     return table
