@@ -1,12 +1,12 @@
 """The base of the hub's services: a consumer, an outbox, dead-lettering and middleware, joined.
 
 A service implements `handle(delivery)`: it adds points to `self.outbox` (with the delivery's
-tag, so the delivery is acked once they are written), publishes messages (`publish`: confirmed
-before that ack) or raises `InvalidMessage`, which
-dead-letters that delivery with the reason. Any other exception dead-letters that one delivery
-with reason `internal` and the error class: the rest of the prefetch window proceeds, nothing is
-redelivered, no connection is dropped. Dead-letters are published without waiting; a batch is
-written to every output, its dead-letters' confirms are awaited once, then it is acked at once.
+tag, so the delivery is acked once they are written), publishes messages (`publish`, confirmed
+before that ack) or raises `InvalidMessage`, which dead-letters that delivery with the reason.
+Any other exception dead-letters that one delivery with reason `internal` and the error class:
+the rest of the prefetch window proceeds, nothing is redelivered, no connection is dropped.
+Nothing published waits for its confirm: a batch is written to every output, the confirms of
+everything it published (dead-letters, alerts, commands) are awaited once, then it is acked at once.
 A hub killed between the two loses nothing: the broker redelivers and the refused messages are
 dead-lettered again (a second copy in iot.dead-letter, never none).
 """
