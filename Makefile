@@ -35,11 +35,12 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-## Benchmarks (each starts its own stack on free ports; several minutes): figures and a table.
+## Benchmarks (each starts its own stack on free ports; several minutes): the simulator's table,
+## then the hub's, ending with one summary: each figure beside its ceiling and goal, date, machine, versions.
 bench: $(VENV)/.installed
-	$(PY) -m bench.hub_throughput
 	$(PY) -m bench.sim_scale
 	$(PY) -m bench.tls_cost
+	$(PY) -m bench.hub_throughput
 
 stack-up: $(VENV)/.installed
 	$(PY) -m hub stack up

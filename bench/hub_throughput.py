@@ -1,25 +1,37 @@
 """How fast `python -m hub run` moves readings from MQTT devices into InfluxDB, against its ceilings.
 
     python -m bench.hub_throughput [--readings 60000] [--devices 200] [--publishers 2]
+                                   [--invalid-share 0.25] [--rate 1000] [--duration 60] [--commands 200]
 
 Starts its own stack (RabbitMQ + influxd on free ports in a temporary directory) and measures,
 in the same run, with the same publishers (MQTT QoS 1, one paho client per process):
 
 1. RabbitMQ alone: the readings published into exchange `iot` and drained from `hub.store` by a
    consumer that only acks (the same queues and copies the hub gets; `hub.rules` is purged after);
-2. the hub: `python -m hub run` (all services) stores them; end-to-end rate = readings / time from
-   the first publish until the last reading is queryable, plus publish-to-queryable latency of a
-   probe device (one reading every PROBE_INTERVAL_S, polled every POLL_S);
-3. InfluxDB alone: the same points as line protocol, written in batches of BATCH_MAX_POINTS.
+2. the hub (`python -m hub run`, all services, `IOT_UNKNOWN_SENSORS=dead_letter`), flat out:
+   a. all readings valid: end-to-end rate = readings / time from the first publish until the
+      last reading is queryable;
+   b. the same with `--invalid-share` of the devices sending a sensor the hub does not know
+      (dead-lettered): rate = messages handled (stored + dead-lettered) / time;
+   both with the publish-to-queryable latency of a probe device (one reading every
+   PROBE_INTERVAL_S, polled every POLL_S) and the hub's CPU per message;
+3. the hub at a steady load: `--rate` readings/s (as many devices, one reading/s each, spread over
+   the publisher processes) for `--duration` s: probe latency, the hub's own histogram of reading
+   age at storage, and `--commands` command round trips (CLI -> simulated device -> ack at the CLI),
+   beside the same figures with the hub idle;
+4. InfluxDB alone: the same points as line protocol, written in batches of BATCH_MAX_POINTS.
 
-Prints live progress and a final table; the hub's rate as a fraction of the lower ceiling.
+Prints live progress, a table per part and, last, one summary: each figure beside its ceiling
+and its goal, with the date, the machine and the versions.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import multiprocessing
 import os
+import platform
 import signal
 import statistics
 import subprocess
@@ -27,59 +39,83 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pika
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
+from devices.device import plan_fleet
+from devices.fleet import Fleet
 from hub.clients import influx
 from hub.clients.amqp import connect
-from hub.clients.influx import InfluxHttp
-from hub.clients.management import ManagementAdmin
-from hub.control.identity import device_definitions, new_secret
+from hub.clients.influx import InfluxHttp, server_version
+from hub.clients.management import ManagementAdmin, read_broker_version
+from hub.control.identity import device_definitions, new_secret, provision_into
+from hub.control.send import CommandSender
 from hub.core.config import Settings
-from hub.core.contract import Reading, encode, mqtt_topic, now_ms
+from hub.core.contract import DEAD_LETTER_QUEUE, Reading, encode, mqtt_topic, now_ms
 from hub.core.credentials import Credential, merge_credentials, read_credentials
 from hub.outputs.lineprotocol import lines_payload
 from hub.runtime.batch import BATCH_MAX_POINTS
 from hub.runtime.topology import RULES, STORE
 from hub.services.store.readings import reading_point
 from hub.stack import Stack
+from hub.stack.processes import free_port
 from hub.stack.stack import settings_on_free_ports
 
 REPO = Path(__file__).resolve().parents[1]
-console = Console()
+console = Console(width=150)
 
 #: The latency probe publishes one reading this often...
 PROBE_INTERVAL_S = 0.05
 #: ...and InfluxDB is polled for it this often (the resolution of the latency figures).
 POLL_S = 0.02
 PROGRESS_EVERY_S = 1.0
-#: How often the stored count is read during the hub phase (the resolution of its end time).
+#: How often the stored count is read during a hub phase (the resolution of its end time).
 COUNT_POLL_S = 0.2
 #: The account the publishers log in as (see `create_gateway`).
 GATEWAY_USER = "bench-gateway"
 #: MQTT messages a publisher keeps in flight (unacknowledged PUBACKs).
 MAX_INFLIGHT = 1000
+#: The probe alone against the idle hub, before any load: the latency floor.
+IDLE_S = 5.0
+#: The probe's device id (its readings are counted apart from the load's).
+PROBE = "probe"
+#: The sensor the hub's models do not declare: a reading with it is dead-lettered (`unknown_sensor`).
+UNKNOWN_SENSOR = "bogus"
+#: Simulated devices that answer the steady phase's commands (beside the load).
+COMMAND_DEVICES = 10
+#: Commands sent to the idle hub, for the round trip's floor.
+IDLE_COMMANDS = 20
+#: The goals of issue 14, printed beside the figures.
+GOAL_SHARE_OF_BROKER = 0.9
+GOAL_INVALID_SHARE_OF_VALID = 0.9
+GOAL_P99_RISE = 0.2
+GOAL_CPU_US = 40.0
+GOAL_STEADY_P99_MS = 150.0
+GOAL_COMMAND_P99_MS = 50.0
+#: The hub's histogram of reading age at storage, read from its /metrics.
+AGE_HISTOGRAM = "hub_reading_age_at_storage_seconds"
 
 
-def make_reading(prefix: str, device: int, seq: int, base_ts: int) -> Reading:
-    return Reading(
-        device=f"{prefix}-{device:04d}",
-        site="bench",
-        kind="environment",
-        seq=seq,
-        ts=base_ts + seq,
-        readings={"temperature": 20.0 + (seq % 50) / 10, "humidity": 40.0 + (seq % 7)},
-    )
+def make_reading(site: str, device: int, seq: int, ts: int, invalid: bool = False) -> Reading:
+    readings = {"temperature": 20.0 + (seq % 50) / 10, "humidity": 40.0 + (seq % 7)}
+    if invalid:
+        readings[UNKNOWN_SENSOR] = 1.0
+    return Reading(device=f"{site}-{device:04d}", site=site, kind="environment", seq=seq, ts=ts, readings=readings)
 
 
 def create_gateway(settings: Settings) -> None:
-    """A bench-only account that may publish the telemetry of any device of site `bench`, like a gateway.
+    """A bench-only account that may publish the telemetry of any device, like a gateway.
 
     Every device has its own account, confined to its own topics; the publishers here speak for
     many devices over one connection each, so they log in as this gateway instead. Its secret
@@ -87,7 +123,7 @@ def create_gateway(settings: Settings) -> None:
     """
     credential = {GATEWAY_USER: Credential(GATEWAY_USER, new_secret())}
     definitions = device_definitions(credential)
-    definitions["topic_permissions"][0]["write"] = r"^telemetry\.bench\.[^.]+\.[^.]+$"
+    definitions["topic_permissions"][0]["write"] = r"^telemetry\.[^.]+\.[^.]+\.[^.]+$"
     ManagementAdmin(settings).import_definitions(definitions)
     merge_credentials(settings.credentials_path, credential)
 
@@ -96,46 +132,82 @@ def login_as_gateway(client: mqtt.Client, settings: Settings) -> None:
     client.username_pw_set(GATEWAY_USER, read_credentials(settings.credentials_path)[GATEWAY_USER].password)
 
 
-def publisher(settings: Settings, prefix: str, devices: range, per_device: int, base_ts: int, done: Any) -> None:
-    """One MQTT connection publishing `per_device` readings for each of `devices`, QoS 1."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{prefix}-{devices.start}")
+def mqtt_client(settings: Settings, client_id: str) -> mqtt.Client:
+    """A connected MQTT client logged in as the bench gateway, its network loop running (the bench's one login)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
     login_as_gateway(client, settings)
     client.max_inflight_messages_set(MAX_INFLIGHT)
     client.max_queued_messages_set(0)
     client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=60)
     client.loop_start()
-    last = None
-    for seq in range(per_device):
-        for device in devices:
-            reading = make_reading(prefix, device, seq, base_ts)
-            last = client.publish(mqtt_topic(reading.routing_key), encode(reading), qos=1)
-        while len(client._out_messages) > MAX_INFLIGHT * 4:  # keep memory bounded, the broker sets the pace
-            time.sleep(0.001)
+    return client
+
+
+def drain_and_close(client: mqtt.Client, last: mqtt.MQTTMessageInfo | None) -> None:
     if last is not None:
         last.wait_for_publish(120)
     while client._out_messages:
         time.sleep(0.01)
     client.loop_stop()
     client.disconnect()
+
+
+def publisher(
+    settings: Settings, site: str, devices: range, per_device: int, base_ts: int, invalid_every: int, done: Any
+) -> None:
+    """One MQTT connection publishing `per_device` readings for each of `devices`, QoS 1, flat out.
+
+    Every `invalid_every`-th device (0: none) sends a sensor the hub does not know.
+    """
+    client = mqtt_client(settings, f"bench-{site}-{devices.start}")
+    last = None
+    for seq in range(per_device):
+        for device in devices:
+            invalid = invalid_every > 0 and device % invalid_every == 0
+            reading = make_reading(site, device, seq, base_ts + seq, invalid)
+            last = client.publish(mqtt_topic(reading.routing_key), encode(reading), qos=1)
+        while len(client._out_messages) > MAX_INFLIGHT * 4:  # keep memory bounded, the broker sets the pace
+            time.sleep(0.001)
+    drain_and_close(client, last)
     done.value += 1
 
 
-def start_publishers(
-    settings: Settings, prefix: str, devices: int, per_device: int, processes: int
-) -> tuple[Any, list[Any]]:
+def steady_publisher(settings: Settings, site: str, devices: range, duration_s: int, done: Any) -> None:
+    """One MQTT connection publishing one reading per device per second, evenly spread, stamped now."""
+    client = mqtt_client(settings, f"bench-{site}-{devices.start}")
+    step_s = 1.0 / len(devices)
+    started = time.monotonic()
+    last = None
+    for index in range(duration_s * len(devices)):
+        wait = started + index * step_s - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        device = devices[index % len(devices)]
+        reading = make_reading(site, device, index // len(devices), now_ms())
+        last = client.publish(mqtt_topic(reading.routing_key), encode(reading), qos=1)
+    drain_and_close(client, last)
+    done.value += 1
+
+
+def start_processes(target: Callable[..., None], devices: int, processes: int, *args: Any) -> list[Any]:
+    """`processes` processes running `target(settings-and-site args..., devices range, *rest)`."""
     ctx = multiprocessing.get_context("fork")
     done = ctx.Value("i", 0)
-    base_ts = now_ms() - 3_600_000
     step = (devices + processes - 1) // processes
+    settings, site, *rest = args
     procs = []
     for start in range(0, devices, step):
-        proc = ctx.Process(
-            target=publisher,
-            args=(settings, prefix, range(start, min(devices, start + step)), per_device, base_ts, done),
-        )
+        proc = ctx.Process(target=target, args=(settings, site, range(start, min(devices, start + step)), *rest, done))
         proc.start()
         procs.append(proc)
-    return done, procs
+    return procs
+
+
+def start_publishers(
+    settings: Settings, site: str, devices: int, per_device: int, processes: int, invalid_every: int = 0
+) -> list[Any]:
+    base_ts = now_ms() - 3_600_000
+    return start_processes(publisher, devices, processes, settings, site, per_device, base_ts, invalid_every)
 
 
 def amqp(settings: Settings) -> pika.BlockingConnection:
@@ -152,15 +224,42 @@ def influx_count(settings: Settings, query: str, db: str | None = None) -> int:
     return sum(int(value or 0) for one in series for row in one.rows for key, value in row.items() if key != "time")
 
 
+def stored(settings: Settings, site: str) -> int:
+    return influx_count(settings, f"SELECT count(seq) FROM environment WHERE site = '{site}' AND device != '{PROBE}'")
+
+
+def dead_lettered(settings: Settings) -> int:
+    connection = amqp(settings)
+    try:
+        return int(connection.channel().queue_declare(DEAD_LETTER_QUEUE, passive=True).method.message_count)
+    finally:
+        connection.close()
+
+
+def quantile_ms(values: list[float], q: int) -> float:
+    """The q-th percentile of `values` (seconds) in ms; 0 without samples."""
+    if len(values) < 2:
+        return 1000 * values[0] if values else 0.0
+    return 1000 * statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
 # --- 1. RabbitMQ alone ---------------------------------------------------------------------------
 
 
-def rabbit_ceiling(settings: Settings, total: int, devices: int, per_device: int, processes: int) -> float:
+@dataclass
+class Ceiling:
+    rate: float
+    #: CPU of the ack-only pika consumer per message: the floor of any pika consumer's cost per delivery.
+    consumer_cpu_us: float
+
+
+def rabbit_ceiling(settings: Settings, total: int, devices: int, per_device: int, processes: int) -> Ceiling:
     connection = amqp(settings)
     channel = connection.channel()
     channel.basic_qos(prefetch_count=STORE.prefetch)
     received = 0
     started = time.monotonic()
+    cpu_before = time.process_time()
 
     def on_message(ch: Any, method: Any, _props: Any, _body: bytes) -> None:
         nonlocal received
@@ -169,7 +268,7 @@ def rabbit_ceiling(settings: Settings, total: int, devices: int, per_device: int
             ch.basic_ack(method.delivery_tag, multiple=True)
 
     channel.basic_consume(STORE.name, on_message)
-    _done, procs = start_publishers(settings, "rmq", devices, per_device, processes)
+    procs = start_publishers(settings, "rmq", devices, per_device, processes)
     last_report = started
     while received < total:
         connection.process_data_events(time_limit=0.1)
@@ -179,24 +278,83 @@ def rabbit_ceiling(settings: Settings, total: int, devices: int, per_device: int
                 f"  rabbitmq alone: {received:>8} / {total} acked, {received / (last_report - started):8.0f}/s"
             )
     elapsed = time.monotonic() - started
+    cpu = time.process_time() - cpu_before
     connection.close()
     for proc in procs:
         proc.join()
     purge = amqp(settings)
     purge.channel().queue_purge(RULES.name)
     purge.close()
-    return total / elapsed
+    return Ceiling(total / elapsed, 1e6 * cpu / total)
 
 
-# --- 2. the hub ----------------------------------------------------------------------------------
+# --- 2 and 3. the hub ----------------------------------------------------------------------------
 
 
-def probe_latencies(settings: Settings, stop: threading.Event, latencies: list[float]) -> None:
+@dataclass
+class Phase:
+    """What one hub phase measured."""
+
+    name: str
+    messages: int
+    elapsed_s: float
+    cpu_s: float
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.elapsed_s if self.elapsed_s else 0.0
+
+    @property
+    def cpu_us(self) -> float:
+        return 1e6 * self.cpu_s / self.messages if self.messages else 0.0
+
+
+@dataclass
+class RunningHub:
+    process: subprocess.Popen[bytes]
+    log: Path
+    metrics_port: int
+
+    def check(self) -> None:
+        if self.process.poll() is not None:
+            raise SystemExit(f"the hub exited: {self.log.read_text()[-2000:]}")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+
+@contextmanager
+def running_hub(settings: Settings, log: Path, metrics_port: int) -> Iterator[RunningHub]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
+    env.update(
+        IOT_AMQP_URL=settings.amqp_url,
+        IOT_INFLUX_URL=settings.influx_url,
+        IOT_MANAGEMENT_PORT=str(settings.management_port),
+        IOT_METRICS_PORT=str(metrics_port),
+        IOT_RULES_FILE=str(REPO / "rules.yaml"),
+        IOT_UNKNOWN_SENSORS="dead_letter",
+    )
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "hub", "run"], cwd=REPO, env=env, stdout=out, stderr=out)
+    hub = RunningHub(process, log, metrics_port)
+    try:
+        while log.read_text().count("event=consuming") < 4:
+            hub.check()
+            time.sleep(0.1)
+        yield hub
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+
+
+@contextmanager
+def probing(settings: Settings, site: str) -> Iterator[list[float]]:
     """Publish a probe reading every PROBE_INTERVAL_S; poll InfluxDB and time each until it is queryable."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-probe")
-    login_as_gateway(client, settings)
-    client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=60)
-    client.loop_start()
+    stop = threading.Event()
+    latencies: list[float] = []
+    client = mqtt_client(settings, f"bench-probe-{site}")
     sent: dict[int, float] = {}
 
     def publish_probes() -> None:
@@ -204,24 +362,36 @@ def probe_latencies(settings: Settings, stop: threading.Event, latencies: list[f
         while not stop.is_set():
             seq += 1
             reading = Reading(
-                device="probe", site="bench", kind="probe_env", seq=seq, ts=now_ms(), readings={"temperature": 1.0}
+                device=PROBE, site=site, kind="environment", seq=seq, ts=now_ms(), readings={"temperature": 1.0}
             )
             sent[seq] = time.monotonic()
             client.publish(mqtt_topic(reading.routing_key), encode(reading), qos=1)
             stop.wait(PROBE_INTERVAL_S)
 
-    threading.Thread(target=publish_probes, daemon=True).start()
-    seen = 0
-    while not stop.is_set():
-        found = influx_seqs(settings, f"SELECT seq FROM probe_env WHERE seq > {seen}")
-        now = time.monotonic()
-        for seq in found:
-            if seq in sent:
-                latencies.append(now - sent[seq])
-            seen = max(seen, seq)
-        time.sleep(POLL_S)
-    client.loop_stop()
-    client.disconnect()
+    def poll() -> None:
+        seen = 0
+        while not stop.is_set():
+            found = influx_seqs(
+                settings, f"SELECT seq FROM environment WHERE site = '{site}' AND device = '{PROBE}' AND seq > {seen}"
+            )
+            now = time.monotonic()
+            for seq in found:
+                if seq in sent:
+                    latencies.append(now - sent[seq])
+                seen = max(seen, seq)
+            time.sleep(POLL_S)
+
+    threads = [threading.Thread(target=target, daemon=True) for target in (publish_probes, poll)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield latencies
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        client.loop_stop()
+        client.disconnect()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -230,59 +400,134 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def hub_run(
-    settings: Settings, total: int, devices: int, per_device: int, processes: int, log: Path
-) -> tuple[float, list[float], float]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
-    env.update(
-        IOT_AMQP_URL=settings.amqp_url,
-        IOT_INFLUX_URL=settings.influx_url,
-        IOT_METRICS_PORT="0",
-        IOT_RULES_FILE=str(REPO / "rules.yaml"),
-    )
-    with open(log, "wb") as out:
-        hub = subprocess.Popen([sys.executable, "-m", "hub", "run"], cwd=REPO, env=env, stdout=out, stderr=out)
-    try:
-        while log.read_text().count("event=consuming") < 4:
-            if hub.poll() is not None:
-                raise SystemExit(f"the hub exited: {log.read_text()}")
-            time.sleep(0.1)
-        stop = threading.Event()
-        latencies: list[float] = []
-        prober = threading.Thread(target=probe_latencies, args=(settings, stop, latencies), daemon=True)
-        prober.start()
-        time.sleep(1.0)  # idle latency first
+def hub_phase(
+    settings: Settings, hub: RunningHub, name: str, valid: int, invalid: int, start_load: Callable[[], list[Any]]
+) -> Phase:
+    """Run the load `start_load` starts until `valid` readings of site `name` are stored and
+    `invalid` more messages are dead-lettered; time it, with the probe and the hub's CPU."""
+    dead_before = dead_lettered(settings)
+    with probing(settings, name) as latencies:
+        time.sleep(1.0)
         started = time.monotonic()
-        cpu_before = cpu_seconds(hub.pid)
-        _done, procs = start_publishers(settings, "hub", devices, per_device, processes)
-        stored = 0
+        cpu_before = cpu_seconds(hub.process.pid)
+        procs = start_load()
+        count = dead = 0
         last_report = started
-        while stored < total:
+        while count < valid or dead < invalid:
             time.sleep(COUNT_POLL_S)
-            stored = influx_count(settings, "SELECT count(seq) FROM environment WHERE site = 'bench'")
+            count = stored(settings, name)
+            dead = dead_lettered(settings) - dead_before if invalid else 0
             elapsed = time.monotonic() - started
-            if time.monotonic() - last_report < PROGRESS_EVERY_S and stored < total:
+            hub.check()
+            if time.monotonic() - last_report < PROGRESS_EVERY_S:
                 continue
             last_report = time.monotonic()
             console.print(
-                f"  hub end-to-end: {stored:>8} / {total} stored, {stored / elapsed:8.0f}/s, "
-                f"probe p50 {1000 * statistics.median(latencies) if latencies else 0:.0f} ms"
+                f"  {name}: {count:>8} / {valid} stored, {dead:>6} / {invalid} dead-lettered, "
+                f"{(count + dead) / elapsed:8.0f}/s, probe p50 {quantile_ms(latencies, 50):.0f} ms"
             )
-            if hub.poll() is not None:
-                raise SystemExit(f"the hub exited: {log.read_text()[-2000:]}")
         elapsed = time.monotonic() - started
-        cpu = cpu_seconds(hub.pid) - cpu_before
-        stop.set()
-        prober.join()
-        for proc in procs:
-            proc.join()
-        return total / elapsed, latencies, cpu
-    finally:
-        hub.send_signal(signal.SIGTERM)
-        hub.wait(60)
+        cpu = cpu_seconds(hub.process.pid) - cpu_before
+    for proc in procs:
+        proc.join()
+    return Phase(name, valid + invalid, elapsed, cpu, latencies)
 
 
-# --- 3. InfluxDB alone ---------------------------------------------------------------------------
+def idle_latencies(settings: Settings) -> list[float]:
+    with probing(settings, "idle") as latencies:
+        time.sleep(IDLE_S)
+    return list(latencies)
+
+
+def age_buckets(hub: RunningHub) -> dict[float, float]:
+    """The cumulative buckets (upper bound s -> count) of the hub's reading-age histogram."""
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(hub.metrics()):
+        if family.name == AGE_HISTOGRAM:
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    buckets[float(sample.labels["le"])] = sample.value
+    return buckets
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The upper bound (s) of the bucket holding quantile `q` of the observations between two scrapes."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if total and count >= q * total:
+            return bound
+    return float("nan")
+
+
+def command_round_trips(settings: Settings, devices: list[str], count: int, pace_s: float) -> list[float]:
+    """`count` pings, one at a time over `devices`: each one's publish -> ack at the CLI, in seconds."""
+    rtts: list[float] = []
+    with CommandSender(settings) as sender:
+        for index in range(count):
+            [outcome] = sender.send([devices[index % len(devices)]], "ping", {}, timeout_s=5)
+            if outcome.rtt_ms is not None:
+                rtts.append(outcome.rtt_ms / 1000)
+            time.sleep(pace_s)
+    return rtts
+
+
+@dataclass
+class Steady:
+    phase: Phase
+    age_p50_s: float
+    age_p99_s: float
+    commands: list[float]
+    idle_commands: list[float]
+    #: The outbound leg of the same commands as the hub recorded it: the ack's `ts` minus the command's.
+    outbound: list[float]
+
+
+def recorded_legs(settings: Settings, since_ms: int) -> list[float]:
+    """`rtt_ms` (s) of the CLI's commands answered `ok` since `since_ms`, as the hub recorded them."""
+    [series] = influx.query(
+        settings, f"SELECT rtt_ms FROM commands WHERE status = 'ok' AND origin = 'cli' AND time >= {since_ms}ms"
+    )
+    return [float(row["rtt_ms"]) / 1000 for one in series for row in one.rows if row.get("rtt_ms") is not None]
+
+
+def steady_phase(
+    settings: Settings, hub: RunningHub, rate: int, duration_s: int, processes: int, commands: int
+) -> Steady:
+    command_devices = [spec.device_id for spec in plan_fleet(COMMAND_DEVICES, protocol="mqtt", site="cmd")]
+    provision_into(settings, command_devices, settings.credentials_path)
+    with Fleet(settings, count=COMMAND_DEVICES, protocol="mqtt", interval_s=10.0, site="cmd", seed=1) as fleet:
+        fleet.wait_online()
+        targets = [device.device_id for device in fleet.devices]
+        idle_commands = command_round_trips(settings, targets, IDLE_COMMANDS, 0.05)
+        before = age_buckets(hub)
+        steady_from_ms = now_ms()
+        rtts: list[float] = []
+        sender = threading.Thread(
+            target=lambda: rtts.extend(command_round_trips(settings, targets, commands, duration_s / commands / 2)),
+            daemon=True,
+        )
+
+        def load() -> list[Any]:
+            procs = start_processes(steady_publisher, rate, processes, settings, "steady", duration_s)
+            sender.start()
+            return procs
+
+        phase = hub_phase(settings, hub, "steady", duration_s * rate, 0, load)
+        sender.join()
+        after = age_buckets(hub)
+    return Steady(
+        phase,
+        bucket_quantile(before, after, 0.5),
+        bucket_quantile(before, after, 0.99),
+        rtts,
+        idle_commands,
+        recorded_legs(settings, steady_from_ms),
+    )
+
+
+# --- 4. InfluxDB alone ---------------------------------------------------------------------------
 
 
 def influx_ceiling(settings: Settings, devices: int, per_device: int) -> float:
@@ -291,7 +536,7 @@ def influx_ceiling(settings: Settings, devices: int, per_device: int) -> float:
     client.create_database()
     base_ts = now_ms() - 7_200_000
     points = [
-        reading_point(make_reading("inf", device, seq, base_ts), "mqtt")
+        reading_point(make_reading("inf", device, seq, base_ts + seq), "mqtt")
         for seq in range(per_device)
         for device in range(devices)
     ]
@@ -314,14 +559,140 @@ def influx_ceiling(settings: Settings, devices: int, per_device: int) -> float:
     return len(points) / elapsed
 
 
+# --- the tables ----------------------------------------------------------------------------------
+
+
+def throughput_table(total: int, devices: int, rabbit: float, influx_rate: float, phases: list[Phase]) -> Table:
+    ceiling = min(rabbit, influx_rate)
+    table = Table(title=f"hub throughput: {total} messages from {devices} MQTT devices (QoS 1)")
+    for column in ("what", "messages/s", "share of lower ceiling", "probe p50 / p99 / max ms", "hub CPU/message"):
+        table.add_column(column, justify="left" if column == "what" else "right")
+    table.add_row("RabbitMQ alone (publish -> ack-only consumer)", f"{rabbit:,.0f}", f"{rabbit / ceiling:.0%}", "", "")
+    table.add_row("InfluxDB alone (batched writes)", f"{influx_rate:,.0f}", f"{influx_rate / ceiling:.0%}", "", "")
+    for phase in phases:
+        table.add_row(
+            f"hub: {phase.name}",
+            f"{phase.rate:,.0f}",
+            f"{phase.rate / ceiling:.0%}",
+            " / ".join(f"{v:.0f}" for v in latency_figures(phase.latencies)),
+            f"{phase.cpu_us:.0f} µs",
+        )
+    return table
+
+
+def latency_figures(latencies: list[float]) -> tuple[float, float, float]:
+    return quantile_ms(latencies, 50), quantile_ms(latencies, 99), 1000 * max(latencies, default=0.0)
+
+
+def verdict(ok: bool) -> str:
+    return "[green]met[/]" if ok else "[red]not met[/]"
+
+
+def summary_table(
+    settings: Settings,
+    ceiling: Ceiling,
+    influx_rate: float,
+    valid: Phase,
+    mixed: Phase,
+    invalid_share: float,
+    idle: list[float],
+    steady: Steady | None,
+    rate: int,
+) -> Table:
+    versions = (
+        f"Python {platform.python_version()}, RabbitMQ {read_broker_version(settings) or '?'}, "
+        f"InfluxDB {server_version(settings.influx_url) or '?'}"
+    )
+    machine = f"{os.cpu_count()} cores, {platform.system()} {platform.machine()}"
+    table = Table(title=f"summary, {datetime.date.today().isoformat()}: {machine}; {versions}")
+    rabbit = ceiling.rate
+    for column in ("figure", "measured", "ceiling (same run)", "goal", ""):
+        table.add_column(column, justify="left" if column == "figure" else "right")
+    share = valid.rate / rabbit
+    table.add_row(
+        "hub end to end, all valid",
+        f"{valid.rate:,.0f}/s",
+        f"RabbitMQ alone {rabbit:,.0f}/s ({share:.0%})",
+        f"≥ {GOAL_SHARE_OF_BROKER:.0%} of it",
+        verdict(share >= GOAL_SHARE_OF_BROKER),
+    )
+    ratio = mixed.rate / valid.rate
+    table.add_row(
+        f"hub end to end, {invalid_share:.0%} invalid",
+        f"{mixed.rate:,.0f}/s",
+        f"all valid {valid.rate:,.0f}/s ({ratio:.2f}×)",
+        f"≥ {GOAL_INVALID_SHARE_OF_VALID}×",
+        verdict(ratio >= GOAL_INVALID_SHARE_OF_VALID),
+    )
+    p99_valid, p99_mixed = quantile_ms(valid.latencies, 99), quantile_ms(mixed.latencies, 99)
+    table.add_row(
+        f"probe p99, {invalid_share:.0%} invalid",
+        f"{p99_mixed:.0f} ms",
+        f"all valid {p99_valid:.0f} ms",
+        f"≤ +{GOAL_P99_RISE:.0%}",
+        verdict(p99_mixed <= (1 + GOAL_P99_RISE) * p99_valid),
+    )
+    table.add_row(
+        "hub CPU per message, all services",
+        f"{valid.cpu_us:.0f} µs (invalid run {mixed.cpu_us:.0f})",
+        f"ack-only pika consumer {ceiling.consumer_cpu_us:.0f} µs per delivery",
+        f"≤ {GOAL_CPU_US:.0f} µs",
+        verdict(valid.cpu_us <= GOAL_CPU_US),
+    )
+    table.add_row("InfluxDB alone", f"{influx_rate:,.0f}/s", "", "", "")
+    idle_p50, idle_p99, _max = latency_figures(idle)
+    if steady is not None:
+        p50, p99, top = latency_figures(steady.phase.latencies)
+        table.add_row(
+            f"publish -> queryable at {rate:,}/s, p50 / p99 / max",
+            f"{p50:.0f} / {p99:.0f} / {top:.0f} ms",
+            f"idle hub {idle_p50:.0f} / {idle_p99:.0f} ms",
+            f"p99 ≤ {GOAL_STEADY_P99_MS:.0f} ms",
+            verdict(p99 <= GOAL_STEADY_P99_MS),
+        )
+        table.add_row(
+            f"reading age at storage at {rate:,}/s (hub histogram), p50 / p99 ≤",
+            f"{1000 * steady.age_p50_s:.0f} / {1000 * steady.age_p99_s:.0f} ms",
+            "",
+            "",
+            "",
+        )
+        c50, c99 = quantile_ms(steady.commands, 50), quantile_ms(steady.commands, 99)
+        i50, i99 = quantile_ms(steady.idle_commands, 50), quantile_ms(steady.idle_commands, 99)
+        table.add_row(
+            f"command round trip at {rate:,}/s ({len(steady.commands)}), p50 / p99",
+            f"{c50:.0f} / {c99:.0f} ms",
+            f"idle hub {i50:.0f} / {i99:.0f} ms",
+            f"p99 ≤ {GOAL_COMMAND_P99_MS:.0f} ms",
+            verdict(c99 <= GOAL_COMMAND_P99_MS),
+        )
+        o50, o99 = quantile_ms(steady.outbound, 50), quantile_ms(steady.outbound, 99)
+        table.add_row(
+            "  of which CLI -> device (ack ts - command ts, recorded by the hub), p50 / p99",
+            f"{o50:.0f} / {o99:.0f} ms",
+            "",
+            "",
+            "",
+        )
+        table.add_row(f"hub CPU per reading at {rate:,}/s", f"{steady.phase.cpu_us:.0f} µs", "", "", "")
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--readings", type=int, default=60_000, help="readings per phase")
+    parser.add_argument("--readings", type=int, default=60_000, help="readings per flat-out phase")
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--publishers", type=int, default=2, help="publisher processes (one MQTT connection each)")
+    parser.add_argument("--invalid-share", type=float, default=0.25, help="share of devices sending invalid readings")
+    parser.add_argument("--rate", type=int, default=1000, help="steady phase: devices, one reading/s each (0: skip)")
+    parser.add_argument("--duration", type=int, default=60, help="steady phase: seconds")
+    parser.add_argument("--commands", type=int, default=200, help="steady phase: command round trips")
     args = parser.parse_args()
     per_device = max(1, args.readings // args.devices)
     total = per_device * args.devices
+    invalid_every = round(1 / args.invalid_share) if args.invalid_share > 0 else 0
+    invalid_devices = len(range(0, args.devices, invalid_every)) if invalid_every else 0
+    invalid_share = invalid_devices / args.devices
 
     with tempfile.TemporaryDirectory(prefix="hub-bench-") as tmp:
         root = Path(tmp)
@@ -332,40 +703,46 @@ def main() -> None:
             stack.up(lambda message: console.print(f"  {message}"))
             create_gateway(settings)
             console.print(f"[bold]1. RabbitMQ alone[/] ({total} readings, {args.publishers} MQTT publishers, QoS 1)")
-            rabbit = rabbit_ceiling(settings, total, args.devices, per_device, args.publishers)
-            console.print("[bold]2. the hub[/] (python -m hub run, all services)")
-            hub_rate, latencies, hub_cpu = hub_run(
-                settings, total, args.devices, per_device, args.publishers, root / "hub.log"
+            ceiling = rabbit_ceiling(settings, total, args.devices, per_device, args.publishers)
+            rabbit = ceiling.rate
+            with running_hub(settings, root / "hub.log", free_port()) as hub:
+                console.print("[bold]2. the hub[/] (python -m hub run, all services): idle, then flat out")
+                idle = idle_latencies(settings)
+                valid = hub_phase(
+                    settings,
+                    hub,
+                    "valid",
+                    total,
+                    0,
+                    lambda: start_publishers(settings, "valid", args.devices, per_device, args.publishers),
+                )
+                bad = invalid_devices * per_device
+                mixed = hub_phase(
+                    settings,
+                    hub,
+                    "mixed",
+                    total - bad,
+                    bad,
+                    lambda: start_publishers(
+                        settings, "mixed", args.devices, per_device, args.publishers, invalid_every
+                    ),
+                )
+                steady = None
+                if args.rate:
+                    console.print(
+                        f"[bold]3. the hub at a steady load[/] ({args.rate} devices x 1 reading/s, "
+                        f"{args.duration:.0f} s, {args.commands} commands)"
+                    )
+                    steady = steady_phase(settings, hub, args.rate, args.duration, args.publishers, args.commands)
+            console.print(f"[bold]4. InfluxDB alone[/] (same points, batches of {BATCH_MAX_POINTS})")
+            influx_rate = influx_ceiling(settings, args.devices, per_device)
+            phases = [valid, mixed] + ([steady.phase] if steady else [])
+            console.print(throughput_table(total, args.devices, rabbit, influx_rate, phases))
+            console.print(
+                summary_table(settings, ceiling, influx_rate, valid, mixed, invalid_share, idle, steady, args.rate)
             )
-            console.print(f"[bold]3. InfluxDB alone[/] (same points, batches of {BATCH_MAX_POINTS})")
-            influx = influx_ceiling(settings, args.devices, per_device)
         finally:
             stack.down()
-
-    ceiling = min(rabbit, influx)
-    quantiles = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) >= 2 else [0.0] * 99
-    table = Table(title=f"hub throughput: {total} readings from {args.devices} MQTT devices (QoS 1)")
-    table.add_column("what")
-    table.add_column("readings/s", justify="right")
-    table.add_column("share of lower ceiling", justify="right")
-    table.add_row("RabbitMQ alone (publish -> ack-only consumer)", f"{rabbit:,.0f}", f"{rabbit / ceiling:.0%}")
-    table.add_row("InfluxDB alone (batched line protocol writes)", f"{influx:,.0f}", f"{influx / ceiling:.0%}")
-    table.add_row("hub end-to-end (publish -> queryable)", f"{hub_rate:,.0f}", f"[bold]{hub_rate / ceiling:.0%}[/]")
-    console.print(table)
-    latency = Table(
-        title=f"publish-to-queryable latency of a probe reading ({len(latencies)} samples, poll {POLL_S * 1000:.0f} ms)"
-    )
-    for column in ("p50 ms", "p99 ms", "max ms"):
-        latency.add_column(column, justify="right")
-    latency.add_row(
-        f"{quantiles[49] * 1000:.0f}", f"{quantiles[98] * 1000:.0f}", f"{max(latencies, default=0) * 1000:.0f}"
-    )
-    console.print(latency)
-    console.print(
-        f"hub process CPU during the run: {hub_cpu:.1f} s for {total} readings "
-        f"({1e6 * hub_cpu / total:.0f} µs per reading, store + rules + presence + commands), "
-        f"{100 * hub_cpu * hub_rate / total:.0f}% of one core at the measured rate"
-    )
 
 
 if __name__ == "__main__":

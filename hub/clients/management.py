@@ -99,6 +99,13 @@ def read_consumer_count(settings: Settings, queue_name: str) -> int | None:
     return consumer_count(_management_get(settings, f"queues/{_vhost(settings)}/{name}"))
 
 
+def read_broker_version(settings: Settings) -> str | None:
+    """The RabbitMQ version the management API reports, or None when it cannot say."""
+    overview = _management_get(settings, "overview")
+    version = overview.get("rabbitmq_version") if isinstance(overview, dict) else None
+    return version if isinstance(version, str) else None
+
+
 # --- the administrative account: device users (provisioning and revoking only) ------------------
 
 #: Importing thousands of users at once takes the broker a while: allow more than a read.

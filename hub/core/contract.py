@@ -128,13 +128,16 @@ class Reading(msgspec.Struct, frozen=True, kw_only=True):
     readings: Annotated[dict[SensorName, bool | float], msgspec.Meta(min_length=1)]
 
     def __post_init__(self) -> None:
-        if len(self.readings) > MAX_READINGS_PER_MESSAGE:
+        readings = self.readings
+        if len(readings) > MAX_READINGS_PER_MESSAGE:
             raise ValueError(f"more than {MAX_READINGS_PER_MESSAGE} readings")
-        for name, value in self.readings.items():
-            if name in RESERVED_FIELDS:
-                raise ValueError(f"reading name {name!r} is reserved")
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"reading {name!r} is not a finite number")
+        # Set and map operations first: every reading of the hub passes here, twice.
+        if not RESERVED_FIELDS.isdisjoint(readings):
+            name = min(RESERVED_FIELDS.intersection(readings))
+            raise ValueError(f"reading name {name!r} is reserved")
+        if not all(map(math.isfinite, readings.values())):
+            name = next(name for name, value in readings.items() if not math.isfinite(value))
+            raise ValueError(f"reading {name!r} is not a finite number")
 
     @property
     def routing_key(self) -> str:
@@ -240,6 +243,7 @@ def decode(body: bytes, cls: type[M]) -> M:
 def decode_reading(body: bytes, routing_key: str | None = None) -> Reading:
     """A telemetry body as a `Reading`; with `routing_key`, it must agree with the body."""
     reading = decode(body, Reading)
-    if routing_key is not None and routing_key != reading.routing_key:
+    # The decoded identifiers matched their patterns already: no need to check them again.
+    if routing_key is not None and routing_key != f"telemetry.{reading.site}.{reading.kind}.{reading.device}":
         raise InvalidMessage("routing_mismatch", f"body says {reading.routing_key}, routed as {routing_key}")
     return reading

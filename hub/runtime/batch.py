@@ -1,9 +1,15 @@
 """When a batch is due and what acks it: the outbox's decisions, without I/O.
 
 Deliveries on one channel arrive in delivery-tag order, and every delivery a service has seen
-is either in the open batch (its points to write) or settled (dead-lettered with confirms). So
-once the batch is written, one `basic_ack(highest_tag, multiple=True)` settles exactly everything
-seen so far, dead-lettered deliveries included.
+is in the open batch: with its points to write, or dead-lettered (published, its confirm awaited
+before the ack). So once the batch is written and the dead-letters confirmed, one
+`basic_ack(highest_tag, multiple=True)` settles exactly everything seen so far.
+
+A batch is due when it is full, when its oldest entry has waited `FLUSH_INTERVAL_S`, or, once it
+is `LINGER_S` old and holds points, as soon as the deliveries pause (`idle`: none came for
+`IDLE_GAP_S`): under a backlog batches stay large, while a steady trickle of readings is stored
+within tens of milliseconds. A batch with no point (acks only, e.g. the rules service's) waits
+for its timer: acking sooner would show nobody anything and cost a round trip.
 """
 
 from __future__ import annotations
@@ -18,12 +24,17 @@ from hub.core.points import Point
 BATCH_MAX_POINTS = 5_000
 #: ...or when its oldest point has waited this long.
 FLUSH_INTERVAL_S = 0.2
+#: ...or when it is this old and the deliveries pause: bounds the writes to ~1/LINGER_S per second.
+LINGER_S = 0.05
+#: A pause: no delivery came for this long (under a backlog the next one is always in hand).
+IDLE_GAP_S = 0.001
 
 
 @dataclass
 class Batch:
     max_points: int = BATCH_MAX_POINTS
     flush_interval_s: float = FLUSH_INTERVAL_S
+    linger_s: float = LINGER_S
     points: list[Point] = field(default_factory=list)
     #: Per point, what to dead-letter if an output refuses it (None: nothing, e.g. the hub's own points).
     sources: list[Any] = field(default_factory=list)
@@ -44,7 +55,8 @@ class Batch:
             self.points.append(point)
             self.sources.append(source)
         if tag:
-            self.last_tag = max(self.last_tag, tag)
+            if tag > self.last_tag:
+                self.last_tag = tag
             self.deliveries += 1
 
     @property
@@ -52,21 +64,26 @@ class Batch:
         return self.deliveries == 0 and not self.points
 
     def full(self) -> bool:
-        return len(self.points) >= self.max_points
+        """Enough points, or enough deliveries (a burst of refused ones writes no point)."""
+        return len(self.points) >= self.max_points or self.deliveries >= self.max_points
 
-    def due(self, now: float | None = None) -> bool:
-        if self.empty:
+    def due(self, now: float | None = None, idle: bool = False) -> bool:
+        """Full, or as old as `flush_interval_s`, or with points, `linger_s` old and `idle` (deliveries paused)."""
+        if self.empty or self.opened_at is None:
             return False
         if self.full():
             return True
-        now = time.monotonic() if now is None else now
-        return self.opened_at is not None and now - self.opened_at >= self.flush_interval_s
+        age = (time.monotonic() if now is None else now) - self.opened_at
+        return age >= self.flush_interval_s or (idle and bool(self.points) and age >= self.linger_s)
 
-    def seconds_until_due(self, now: float | None = None) -> float:
+    def next_check_s(self, now: float | None = None) -> float:
+        """How long to wait for more deliveries before looking again: to the end of the linger,
+        then `IDLE_GAP_S` (a wait that brings nothing is a pause), never past `flush_interval_s`."""
         if self.empty or self.opened_at is None:
             return self.flush_interval_s
-        now = time.monotonic() if now is None else now
-        return max(0.0, self.flush_interval_s - (now - self.opened_at))
+        age = (time.monotonic() if now is None else now) - self.opened_at
+        until_due = max(0.0, self.flush_interval_s - age)
+        return min(until_due, max(IDLE_GAP_S, self.linger_s - age)) if self.points else until_due
 
     def reset(self) -> None:
         self.points = []

@@ -1,9 +1,12 @@
 """The AMQP side of a service: connect, declare, prefetch, deliver, ack, publish, reconnect.
 
-A `Consumer` owns one connection with two channels (one consuming with a prefetch window, one
-publishing with confirms) and hands each delivery to its `Handler`. It acks only what the
-handler settles; a lost connection drops whatever was not acked, the broker redelivers it, and
-every effect downstream is idempotent. The handler decides; this module only moves bytes.
+A `Consumer` owns one connection with two channels: one consuming with a prefetch window, one
+publishing many messages and waiting for their confirms once (`hub.runtime.confirms`). It hands
+each delivery to its `Handler`. After each read from the broker it tells the handler whether
+anything arrived, so a batch can be written as soon as the deliveries stop coming instead of
+waiting for its timer. It acks only what the handler settles; a lost connection drops whatever
+was not acked, the broker redelivers it, and every effect downstream is idempotent. The
+handler decides; this module only moves bytes.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from hub.core.config import Settings
 from hub.core.contract import Transport
 from hub.core.errors import BrokerUnavailable, HubError, StorageUnavailable
 from hub.runtime import topology
+from hub.runtime.confirms import ConfirmBatch
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +77,11 @@ class Handler(Protocol):
 
     def deliver(self, delivery: Delivery) -> None: ...
 
-    def tick(self) -> None:
-        """At least every `tick_interval_s`: flush batches, fire timers."""
+    def tick(self, idle: bool) -> None:
+        """After each wait for input (`idle`: no delivery came during it): flush batches, fire timers."""
+
+    def next_tick_s(self) -> float:
+        """How long the consumer may wait for input before the next `tick` (it returns early on input)."""
 
     def on_stop(self) -> None:
         """On a clean stop while still connected: settle what can be settled."""
@@ -95,13 +102,13 @@ class Consumer:
         queue: topology.HubQueue,
         stop: threading.Event,
         handler: Handler,
-        tick_interval_s: float = 0.2,
     ) -> None:
         self.settings, self.name, self.queue, self.stop, self.handler = settings, name, queue, stop, handler
-        self.tick_interval_s = tick_interval_s
         self.connection: pika.BlockingConnection | None = None
         self.channel: BlockingChannel | None = None
-        self.publisher: BlockingChannel | None = None
+        self.publisher: ConfirmBatch | None = None
+        #: Deliveries handed to the handler on this connection (tells `tick` whether any came).
+        self.delivered = 0
         #: Mandatory messages the broker returned as unroutable (see `publish`).
         self.unroutable = 0
         # What `held` counts: delivery tags seen and acked on the current channel.
@@ -152,30 +159,33 @@ class Consumer:
 
     def publish(
         self, exchange: str, routing_key: str, body: bytes, properties: BasicProperties, *, mandatory: bool
-    ) -> bool:
-        """Publish with a publisher confirm: returns only once the broker has taken the message.
+    ) -> None:
+        """Publish without waiting: `wait_for_confirms` says when the broker holds the message.
 
         `mandatory` is the caller's choice: a broadcast (alerts) nobody is bound to is normal and
         silently dropped by the broker. A mandatory message the broker returns as unroutable is
-        reported (returns False, logged, counted) and never raised: a missing binding must not
-        disconnect the service, whose redelivered input would only be returned again.
-        A broker nack still raises: the message was not taken, so the input must not be acked.
+        logged and counted, never raised: a missing binding must not disconnect the service, whose
+        redelivered input would only be returned again. A broker nack raises in
+        `wait_for_confirms`: the message was not taken, so the input must not be acked.
         """
         assert self.publisher is not None
-        try:
-            self.publisher.basic_publish(exchange, routing_key, body, properties, mandatory=mandatory)
-        except pika.exceptions.UnroutableError:
-            self.unroutable += 1
-            if self.unroutable in (1, 10) or self.unroutable % UNROUTABLE_LOG_EVERY == 0:
-                log.error(
-                    "service=%s event=unroutable exchange=%s routing_key=%s returned_total=%d",
-                    self.name,
-                    exchange,
-                    routing_key,
-                    self.unroutable,
-                )
-            return False
-        return True
+        self.publisher.publish(exchange, routing_key, body, properties, mandatory=mandatory)
+
+    def wait_for_confirms(self) -> None:
+        """Return once the broker confirmed every message published so far (raises on a nack)."""
+        if self.publisher is not None:
+            self.publisher.wait()
+
+    def _returned(self, exchange: str, routing_key: str) -> None:
+        self.unroutable += 1
+        if self.unroutable in (1, 10) or self.unroutable % UNROUTABLE_LOG_EVERY == 0:
+            log.error(
+                "service=%s event=unroutable exchange=%s routing_key=%s returned_total=%d",
+                self.name,
+                exchange,
+                routing_key,
+                self.unroutable,
+            )
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -207,21 +217,22 @@ class Consumer:
         self.channel = self.connection.channel()
         topology.declare(self.channel, self.queue)
         self.channel.basic_qos(prefetch_count=self.queue.prefetch)
-        self.publisher = self.connection.channel()
-        self.publisher.confirm_delivery()
+        self.publisher = ConfirmBatch(self.connection, self._returned)
         self.handler.on_start(self)
         self.channel.basic_consume(self.queue.name, self._deliver)
         self.handler.on_connected(True)
         log.info("service=%s event=consuming queue=%s prefetch=%d", self.name, self.queue.name, self.queue.prefetch)
         while not self.stop.is_set():
-            self.connection.process_data_events(time_limit=self.tick_interval_s)
-            self.handler.tick()
+            seen = self.delivered
+            self.connection.process_data_events(time_limit=self.handler.next_tick_s())
+            self.handler.tick(idle=self.delivered == seen)
         self.handler.on_stop()
 
     def _deliver(
         self, _channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
     ) -> None:
         self._last_tag = method.delivery_tag
+        self.delivered += 1
         self.handler.deliver(Delivery(method, properties, body))
 
     def _close(self) -> None:

@@ -1,10 +1,14 @@
 """The base of the hub's services: a consumer, an outbox, dead-lettering and middleware, joined.
 
 A service implements `handle(delivery)`: it adds points to `self.outbox` (with the delivery's
-tag, so the delivery is acked once they are written) or raises `InvalidMessage`, which
-dead-letters that delivery with the reason. Any other exception dead-letters that one delivery
-with reason `internal` and the error class: the rest of the prefetch window proceeds, nothing is
-redelivered, no connection is dropped. Batches are written to every output, then acked at once.
+tag, so the delivery is acked once they are written), publishes messages (`publish`, confirmed
+before that ack) or raises `InvalidMessage`, which dead-letters that delivery with the reason.
+Any other exception dead-letters that one delivery with reason `internal` and the error class:
+the rest of the prefetch window proceeds, nothing is redelivered, no connection is dropped.
+Nothing published waits for its confirm: a batch is written to every output, the confirms of
+everything it published (dead-letters, alerts, commands) are awaited once, then it is acked at once.
+A hub killed between the two loses nothing: the broker redelivers and the refused messages are
+dead-lettered again (a second copy in iot.dead-letter, never none).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ class Service:
         self.stats = ServiceStats(self.name)
         self.middleware = list(middleware) if middleware is not None else default_middleware(self.stats)
         self.outputs = outputs if outputs is not None else OutputSet(settings)
-        self.consumer = Consumer(settings, self.name, self.queue, stop, self, self.tick_interval_s)
+        self.consumer = Consumer(settings, self.name, self.queue, stop, self)
         #: Points this service caused and the deliveries they settle, written by `flush`.
         self.outbox = self.new_outbox()
         self._internal_errors: set[str] = set()
@@ -100,9 +104,12 @@ class Service:
             self.dead_letter(delivery, INTERNAL_REASON, internal_detail(exc))
             self.outbox.add(delivery.tag)
 
-    def tick(self) -> None:
-        if self.outbox.due():
+    def tick(self, idle: bool = False) -> None:
+        if self.outbox.due(idle=idle):
             self.flush()
+
+    def next_tick_s(self) -> float:
+        return min(self.tick_interval_s, self.outbox.next_check_s())
 
     def on_stop(self) -> None:
         self.flush()
@@ -120,13 +127,16 @@ class Service:
     # --- what services use -------------------------------------------------------------------------
 
     def dead_letter(self, delivery: Delivery, reason: str, detail: str) -> None:
-        """Send the delivery to iot.dlx with the reason (confirmed); the caller settles the original."""
+        """Send the delivery to iot.dlx with the reason; `flush` awaits the confirm before the ack.
+
+        Mandatory: iot.dead-letter is declared at every connect, a return is logged and counted.
+        """
         self.consumer.publish(
             DEAD_LETTER_EXCHANGE,
             delivery.routing_key,
             delivery.body,
             dead_letter_properties(delivery.properties, reason, detail, self.queue.name),
-            mandatory=True,  # iot.dead-letter is declared at every connect; a return is logged
+            mandatory=True,
         )
         for middleware in self.middleware:
             middleware.after_dead_letter(self.name, reason)
@@ -144,6 +154,7 @@ class Service:
             source = batch.sources[index]
             if isinstance(source, Delivery):
                 self.dead_letter(source, refusal.reason, refusal.detail)
+        self.consumer.wait_for_confirms()  # what the batch published (dead-letters, alerts) durable before its ack
         self.settle(batch)
         latency = time.monotonic() - started
         for middleware in self.middleware:
@@ -152,8 +163,9 @@ class Service:
 
     def publish(
         self, exchange: str, routing_key: str, body: bytes, properties: BasicProperties, *, mandatory: bool
-    ) -> bool:
-        return self.consumer.publish(exchange, routing_key, body, properties, mandatory=mandatory)
+    ) -> None:
+        """Publish what a delivery caused; `flush` awaits the broker's confirm before the delivery's ack."""
+        self.consumer.publish(exchange, routing_key, body, properties, mandatory=mandatory)
 
     def _write_failed(self, batch: Batch) -> RetryHook:
         def note(output: str, attempt: int, error: Exception) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pika
+from pika.adapters.blocking_connection import BlockingChannel
 
 from devices.fleet import Fleet
 from hub.control.send import CommandSender
@@ -139,14 +140,68 @@ class _StoreWithABug(StoreService):
         super().handle(delivery)
 
 
+def dead_letter_queue(channel: BlockingChannel) -> str:
+    """A temporary queue that gets a copy of everything dead-lettered from now on."""
+    dead = bind_temporary_queue(channel, "#")
+    channel.queue_unbind(dead, EXCHANGE, routing_key="#")
+    channel.queue_bind(dead, DEAD_LETTER_EXCHANGE)
+    return dead
+
+
+#: The burst test: every INVALID_EVERY-th of BURST messages is invalid, alternately bad JSON and a bad schema.
+BURST = 800
+INVALID_EVERY = 4
+
+
+def test_a_burst_of_invalid_messages_amid_valid_ones_is_dead_lettered_once_each_and_every_valid_one_stored(
+    stack: Settings,
+) -> None:
+    connection = amqp_connection(stack)
+    channel = connection.channel()
+    dead = dead_letter_queue(channel)
+    base_ts = now_ms()
+    expected: dict[str, str] = {}
+    valid = 0
+    for index in range(BURST):
+        if index % INVALID_EVERY:
+            r = reading("burst-ok", index, base_ts)
+            channel.basic_publish(EXCHANGE, r.routing_key, encode(r), pika.BasicProperties(delivery_mode=2))
+            valid += 1
+            continue
+        device = f"burst-bad-{index}"
+        reason, body = ("bad_json", b"{not json") if index % (2 * INVALID_EVERY) else ("schema", b'{"v":1}')
+        channel.basic_publish(
+            EXCHANGE, f"telemetry.{SITE}.environment.{device}", body, pika.BasicProperties(delivery_mode=2)
+        )
+        expected[device] = reason
+    stop = threading.Event()
+    service = StoreService(stack, stop)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: count_stored(stack, "burst-ok") == valid, 30)
+        wait_until(lambda: service.consumer.held() == 0 and service.stats.dead_lettered == len(expected), 15)
+    finally:
+        stop.set()
+        thread.join(30)
+    letters = collect(connection, channel, dead, 2 * len(expected), timeout_s=3)
+    connection.close()
+    seen = [
+        (key.rsplit(".", 1)[-1], properties.headers[DEAD_LETTER_REASON_HEADER])
+        for key, _body, properties in letters
+        if ".burst-bad-" in key
+    ]
+    assert sorted(seen) == sorted(expected.items()), "each invalid message once, with its reason"
+    assert all(properties.headers[DEAD_LETTER_DETAIL_HEADER] for _key, _body, properties in letters)
+    assert count_stored(stack, "burst-ok") == valid
+
+
 def test_an_unexpected_error_dead_letters_that_message_alone_and_the_rest_are_stored_without_redelivery(
     stack: Settings,
 ) -> None:
     connection = amqp_connection(stack)
     channel = connection.channel()
-    dead = bind_temporary_queue(channel, "#")
-    channel.queue_unbind(dead, EXCHANGE, routing_key="#")
-    channel.queue_bind(dead, DEAD_LETTER_EXCHANGE)
+    dead = dead_letter_queue(channel)
     stop = threading.Event()
     service = _StoreWithABug(stack, stop)
     thread = threading.Thread(target=service.run, daemon=True)
@@ -180,16 +235,18 @@ def test_every_output_gets_every_reading_and_a_failing_one_holds_the_batch_until
     stack: Settings, tmp_path: Path
 ) -> None:
     archive = tmp_path / "not-yet" / "points.jsonl"
+    # Published before the hub starts, so the first batch holds all 40 (a batch is written once
+    # the deliveries pause: readings trickling in could open a second batch behind the held one).
+    device = mqtt_device(stack, "fanout")
+    base_ts = now_ms()
+    for seq in range(40):
+        r = reading("fanout", seq, base_ts)
+        device.publish(mqtt_topic(r.routing_key), encode(r), qos=1).wait_for_publish(10)
+    device.loop_stop()
+    device.disconnect()
     with hub_process(
         stack, tmp_path, "--only", "store", IOT_OUTPUTS="influxdb,jsonl", IOT_JSONL_PATH=str(archive)
     ) as hub:
-        device = mqtt_device(stack, "fanout")
-        base_ts = now_ms()
-        for seq in range(40):
-            r = reading("fanout", seq, base_ts)
-            device.publish(mqtt_topic(r.routing_key), encode(r), qos=1).wait_for_publish(10)
-        device.loop_stop()
-        device.disconnect()
         wait_until(lambda: count_stored(stack, "fanout") == 40, 20)
         log = next(tmp_path.glob("hub-*.log"))
         wait_until(lambda: "event=write_failed output=jsonl" in log.read_text(), 20)

@@ -11,7 +11,7 @@ from hub.core.points import Point
 from hub.outputs.influxdb_v2 import InfluxV2Output
 from hub.outputs.lineprotocol import point, point_line
 from hub.outputs.registry import open_output
-from hub.runtime.batch import BATCH_MAX_POINTS, FLUSH_INTERVAL_S, Batch
+from hub.runtime.batch import BATCH_MAX_POINTS, FLUSH_INTERVAL_S, IDLE_GAP_S, LINGER_S, Batch
 from hub.runtime.health import stats_points
 from hub.runtime.metrics import ServiceStats
 from hub.runtime.topology import COMMANDS
@@ -95,6 +95,29 @@ def test_a_batch_is_due_when_full_or_when_its_oldest_point_waited_the_flush_inte
     batch.add(3, named("c"), now=10.1)
     assert batch.due(now=10.1), "full"
     assert BATCH_MAX_POINTS >= 1000
+
+
+def test_a_batch_is_due_once_it_lingered_and_the_deliveries_paused_but_not_while_they_keep_coming() -> None:
+    batch = Batch(max_points=100)
+    batch.add(1, named("a"), now=10.0)
+    assert not batch.due(now=10.0 + LINGER_S / 2, idle=True), "too young: more may come"
+    assert batch.next_check_s(now=10.0 + LINGER_S / 2) == pytest.approx(LINGER_S / 2)
+    assert not batch.due(now=10.0 + LINGER_S, idle=False), "deliveries still coming: keep batching"
+    assert batch.due(now=10.001 + LINGER_S, idle=True)
+    assert batch.next_check_s(now=10.001 + LINGER_S) == IDLE_GAP_S
+    assert batch.next_check_s(now=10.0 + FLUSH_INTERVAL_S - 0.001) == pytest.approx(0.001)
+    assert not Batch().due(now=10.0, idle=True), "an empty batch is never due"
+    acks_only = Batch()
+    acks_only.add(1, None, now=10.0)
+    assert not acks_only.due(now=10.001 + LINGER_S, idle=True), "nothing to show: the timer acks it"
+    assert acks_only.next_check_s(now=10.0 + LINGER_S) == pytest.approx(FLUSH_INTERVAL_S - LINGER_S)
+
+
+def test_a_batch_of_refused_deliveries_alone_is_full_at_max_points_deliveries() -> None:
+    batch = Batch(max_points=3)
+    for tag in (1, 2, 3):
+        batch.add(tag, None, now=0.0)
+    assert batch.due(now=0.0)
 
 
 def test_one_ack_covers_written_and_dead_lettered_deliveries_alike() -> None:

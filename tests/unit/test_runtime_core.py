@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from hub.clients.amqp import connection_parameters
 from hub.core.backoff import Backoff, BackoffPolicy
@@ -19,6 +20,7 @@ from hub.outputs.fanout import OutputSet
 from hub.outputs.lineprotocol import point, point_line
 from hub.outputs.registry import output_names
 from hub.runtime.deadletter import dead_letter_properties, internal_detail
+from hub.runtime.metrics import BatchHistogram
 from hub.services.store.judge import ReadingJudge
 from hub.services.store.readings import reading_point
 
@@ -179,3 +181,17 @@ def test_the_command_history_joins_sent_and_outcome_by_id_newest_first() -> None
     ]
     assert history[0].rtt_ms == 30.0 and history[2].detail == "no ack by expires"
     assert [r.id for r in build_history(rows, limit=1)] == ["b"]
+
+
+def test_a_batch_histogram_counts_each_value_in_the_first_bucket_it_fits_like_prometheus() -> None:
+    registry = CollectorRegistry()
+    ages = BatchHistogram("age_seconds", "ages", buckets=(0.005, 0.1, 1), registry=registry)
+    ages.observe_many([0.001, 0.005, 0.05])
+    ages.observe_many([0.5, 7.0])
+    text = generate_latest(registry).decode()
+    assert 'age_seconds_bucket{le="0.005"} 2.0' in text, "a value equal to a bound belongs to it"
+    assert 'age_seconds_bucket{le="0.1"} 3.0' in text
+    assert 'age_seconds_bucket{le="1.0"} 4.0' in text
+    assert 'age_seconds_bucket{le="+Inf"} 5.0' in text
+    assert "age_seconds_count 5.0" in text
+    assert "age_seconds_sum 7.556" in text

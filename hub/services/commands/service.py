@@ -88,9 +88,9 @@ class CommandsService(Service):
         super().on_connection_lost()
         self.ledger.forget_held()
 
-    def tick(self) -> None:
+    def tick(self, idle: bool = False) -> None:
         now = now_ms()
         if now >= self.next_check:
             self.next_check = now + int(TIMEOUT_CHECK_S * 1000)
             self._add(self.ledger.timed_out(now))
-        super().tick()
+        super().tick(idle)

@@ -97,7 +97,7 @@ class PresenceService(Service):
         _prefix, site, kind, device = parts
         self.feed.sign(device, site, kind, protocol_of(properties), device_ts, now_ms())
 
-    def tick(self) -> None:
+    def tick(self, idle: bool = False) -> None:
         for transition in self.feed.take():
             self.outbox.add(0, transition.point())
         now = now_ms()
@@ -105,4 +105,4 @@ class PresenceService(Service):
             self.next_check = now + SILENCE_CHECK_S * 1000
             for transition in self.tracker.silent(now):
                 self.outbox.add(0, transition.point())
-        super().tick()
+        super().tick(idle)

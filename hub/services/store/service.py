@@ -19,7 +19,7 @@ from hub.outputs.fanout import Refusal
 from hub.runtime import topology
 from hub.runtime.batch import Batch
 from hub.runtime.consumer import Delivery, protocol_of
-from hub.runtime.metrics import OLDEST_UNSTORED_AGE, READING_AGE, RECEIVED, STORED
+from hub.runtime.metrics import OLDEST_UNSTORED_AGE, READING_AGE, READING_AGE_AT_STORAGE, RECEIVED, STORED
 from hub.runtime.service import Service
 from hub.services.store.judge import ReadingJudge
 from hub.services.store.readings import reading_point
@@ -85,7 +85,11 @@ class StoreService(Service):
             stored = Counter(point.tags["protocol"] for i, point in enumerate(batch.points) if i not in refused)
         for protocol, count in stored.items():
             STORED.labels(protocol).inc(count)
+        now = now_ms()
+        READING_AGE_AT_STORAGE.observe_many(
+            max(0.0, (now - point.ts_ms) / 1000) for index, point in enumerate(batch.points) if index not in refused
+        )
         if stored or batch.deliveries:  # dead-lettering a batch of bad readings is progress too
             self.stored_at = time.monotonic()
         if self.newest_ts:
-            READING_AGE.labels(self.name).set(max(0.0, (now_ms() - self.newest_ts) / 1000))
+            READING_AGE.labels(self.name).set(max(0.0, (now - self.newest_ts) / 1000))
