@@ -8,11 +8,19 @@ the device's last sign of life is its MQTT last will: the broker publishes the b
 registered when it connected, while a device going offline on purpose stamps it now.
 An online status that names a new site, kind or protocol is recorded again even when the device
 was already online, so `device_status` always says where a device is.
+
+The time the hub was away is not silence: silence is counted from the last sign of life or
+from `silence_from_ms`, whichever is later. The service moves `silence_from_ms` to the moment
+it consumes again (after a start, a reconnect, a paused feed) plus a grace in which devices
+reconnect; and a restarted hub starts from the states `device_status` last recorded (`seed`),
+so a device that went silent while the hub was down is still found, and one still streaming is
+not recorded online a second time.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hub.core.contract import Presence, Transport
@@ -72,6 +80,8 @@ class PresenceTracker:
         self.offline_after = offline_after_intervals
         self.devices: dict[str, DevicePresence] = {}
         self.lock = threading.Lock()
+        #: Hub clock (ms) before which no device's silence is counted (see the module's docstring).
+        self.silence_from_ms = 0
 
     def _transition(self, state: DevicePresence, online: bool, reason: str, ts: int) -> Transition:
         state.online = online
@@ -144,14 +154,18 @@ class PresenceTracker:
                 if (
                     state.online
                     and state.interval_ms
-                    and now - state.last_seen_ms > self.offline_after * state.interval_ms
+                    and now - max(state.last_seen_ms, self.silence_from_ms) > self.offline_after * state.interval_ms
                 ):
                     found.append(self._transition(state, False, "silent", now))
         return found
 
     def heard_from_all(self, now: int) -> None:
-        """Count every online device as heard from now: the time its signs could not reach us is not silence."""
+        """Count every device as heard from at `now`: the time its signs could not reach us is not silence."""
         with self.lock:
-            for state in self.devices.values():
-                if state.online:
-                    state.last_seen_ms = max(state.last_seen_ms, now)
+            self.silence_from_ms = max(self.silence_from_ms, now)
+
+    def seed(self, known: Iterable[DevicePresence]) -> None:
+        """Start from what `device_status` last recorded (a hub start); devices already heard from are kept."""
+        with self.lock:
+            for state in known:
+                self.devices.setdefault(state.device, state)
