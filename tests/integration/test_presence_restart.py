@@ -14,17 +14,12 @@ from pathlib import Path
 from devices.fleet import Fleet
 from hub.core.config import Settings
 from hub.services.presence.service import RECONNECT_GRACE_S
-from tests.support import hub_process, influx_query, wait_until
+from tests.support import hub_process, transitions, wait_until
 
 SITE = "plant-away"
 INTERVAL_S = 0.25
 #: The hub is away for this many seconds: twelve times the devices' offline window (3 intervals).
 HUB_AWAY_S = 9.0
-
-
-def transitions(settings: Settings, device: str) -> list[tuple[str, str]]:
-    series = influx_query(settings, f"SELECT state, reason FROM device_status WHERE device = '{device}'")
-    return [(row[1], row[2]) for row in series[0]["values"]] if series else []
 
 
 def test_devices_streaming_while_the_hub_was_away_are_not_recorded_offline(stack: Settings, tmp_path: Path) -> None:
