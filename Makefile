@@ -39,6 +39,7 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m bench.hub_throughput
 	$(PY) -m bench.sim_scale
+	$(PY) -m bench.chaos
 
 stack-up: $(VENV)/.installed
 	$(PY) -m hub stack up
