@@ -17,7 +17,8 @@ waits until what the devices produced is stored, then counts per device by `seq`
 stored twice; the dead-lettered; commands with exactly one `sent` and one outcome in `commands`;
 offline rows in `device_status` of devices that were streaming (false offline). Time to recover
 is measured from the fault's end (the server answering again, the hub started): until the hub
-consumes, every device is online, and a reading taken after it is stored.
+consumes, every device is online (from the MQTT and STOMP listeners answering), and a reading
+taken after it is stored.
 
 `--quick` (20 devices, 2 kills, 12 s outages) finishes in under 3 minutes. Exit code 1 if any
 drill lost, doubled or misrecorded anything.
@@ -57,6 +58,7 @@ from hub.core.config import Settings
 from hub.core.contract import now_ms
 from hub.core.errors import BrokerUnavailable
 from hub.stack import Stack
+from hub.stack.processes import port_open
 from hub.stack.stack import settings_on_free_ports
 
 #: Wide enough for the final table when the output is not a terminal (a log, CI).
@@ -159,7 +161,13 @@ class Chaos:
         drill.command_threads.append(thread)
 
     def recovered(
-        self, drill: Drill, since: float, since_ms: int, hub_before: int | None, devices: bool = True
+        self,
+        drill: Drill,
+        since: float,
+        since_ms: int,
+        hub_before: int | None,
+        devices: bool = True,
+        devices_since: float | None = None,
     ) -> None:
         """Seconds from `since` until the hub consumes (if restarted), all devices are online, a new reading stored."""
         waiting = {"stored"} | ({"hub"} if hub_before is not None else set()) | ({"devices"} if devices else set())
@@ -170,23 +178,35 @@ class Chaos:
                 drill.recovery["hub"] = now - since
                 waiting.discard("hub")
             if "devices" in waiting and self.fleet.wait_online(timeout_s=0):
-                drill.recovery["devices"] = now - since
+                drill.recovery["devices"] = now - (devices_since or since)
                 waiting.discard("devices")
             if "stored" in waiting and fresh_reading_stored(self.settings, SITE, since_ms):
                 drill.recovery["stored"] = time.monotonic() - since
                 waiting.discard("stored")
             time.sleep(POLL_S)
 
-    def broker_answers(self) -> tuple[float, int]:
-        """Wait until the AMQP vhost accepts a connection; its monotonic and wall-clock time."""
+    def broker_answers(self) -> tuple[float, int, float]:
+        """Wait until the AMQP vhost accepts a connection and the MQTT and STOMP listeners answer.
+
+        Returns the monotonic and wall-clock times of the first, and the monotonic time of the second
+        (the hub needs only AMQP; devices need their listener, which the broker starts later).
+        """
+        amqp_at, amqp_ms, listeners_at = 0.0, 0, 0.0
         deadline = time.monotonic() + RECOVER_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                connect(self.settings, "chaos-probe").close()
-                return time.monotonic(), now_ms()
-            except BrokerUnavailable:
-                time.sleep(POLL_S)
-        raise SystemExit("the broker did not come back")
+        while not (amqp_at and listeners_at) and time.monotonic() < deadline:
+            if not amqp_at:
+                try:
+                    connect(self.settings, "chaos-probe").close()
+                    amqp_at, amqp_ms = time.monotonic(), now_ms()
+                except BrokerUnavailable:
+                    pass
+            ports = (self.settings.mqtt_port, self.settings.stomp_port)
+            if not listeners_at and all(port_open("127.0.0.1", port, 0.2) for port in ports):
+                listeners_at = time.monotonic()
+            time.sleep(POLL_S)
+        if not (amqp_at and listeners_at):
+            raise SystemExit("the broker did not come back")
+        return amqp_at, amqp_ms, listeners_at
 
     # --- the drills ----------------------------------------------------------------------------------
 
@@ -210,9 +230,9 @@ class Chaos:
         self.progress(drill, "RabbitMQ stopped, starting it again")
         restart = threading.Thread(target=self.stack.up, daemon=True)
         restart.start()
-        since, since_ms = self.broker_answers()
+        since, since_ms, listeners_at = self.broker_answers()
         self.send_commands(drill)
-        self.recovered(drill, since, since_ms, before)
+        self.recovered(drill, since, since_ms, before, devices_since=listeners_at)
         restart.join(RECOVER_TIMEOUT_S)
 
     def hub_down(self, drill: Drill, outage_s: float) -> None:
@@ -266,6 +286,9 @@ class Chaos:
             for device, seqs in missing_seqs(self.settings, SITE, produced, audit_seqs(self.settings, SITE)).items():
                 protocol = self.fleet.device(device).protocol
                 console.print(f"  [red]missing[/] {device} ({protocol}): seq {seqs[:20]}")
+        false_rows = {d: reasons for d, reasons in offline.items() if d not in drill.cut}
+        for device, reasons in sorted(false_rows.items())[:5]:
+            console.print(f"  [red]false offline[/] {device} ({self.fleet.device(device).protocol}): {reasons}")
         self.previous, self.previous_dead = readings, dead
         self.results.append(result)
         console.print(

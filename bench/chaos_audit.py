@@ -57,14 +57,19 @@ def missing_seqs(
 
 
 def settle_readings(settings: Settings, site: str, produced: dict[str, int], timeout_s: float) -> ReadingTally:
-    """Wait (bounded) until every device's reading `produced[d]` is stored, then count."""
+    """Wait (bounded) until readings 1..produced[d] of every device are stored, then count.
+
+    Not merely until the newest is: after a restart readings are stored out of order (a device
+    re-sends its unconfirmed ones while the broker hands back what the hub held), so a gap can
+    still be on its way.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         audits = audit_seqs(settings, site)
-        if all(d in audits and audits[d].last >= n for d, n in produced.items() if n):
-            return tally(audits, produced)
-        if time.monotonic() > deadline:
-            return tally(audits, produced)
+        counted = tally(audits, produced)
+        complete = all(d in audits and audits[d].last >= n for d, n in produced.items() if n)
+        if (complete and not counted.missing) or time.monotonic() > deadline:
+            return counted
         time.sleep(SETTLE_POLL_S)
 
 
@@ -96,7 +101,7 @@ def settle_commands(settings: Settings, ids: Iterable[str], since_ms: int, timeo
 
 
 def offline_rows(settings: Settings, site: str, since_ms: int) -> dict[str, list[str]]:
-    """Offline transitions in `device_status` since `since_ms`, their reasons per device."""
+    """Offline transitions in `device_status` since `since_ms`, per device: "<reason> at +<s since>"."""
     [series] = query(
         settings,
         f'SELECT "device", "reason" FROM "device_status" WHERE "site" = \'{site}\' '
@@ -105,7 +110,7 @@ def offline_rows(settings: Settings, site: str, since_ms: int) -> dict[str, list
     rows: dict[str, list[str]] = defaultdict(list)
     for one in series:
         for row in one.rows:
-            rows[str(row["device"])].append(str(row["reason"]))
+            rows[str(row["device"])].append(f"{row['reason']} at +{(int(row['time']) - since_ms) / 1000:.1f} s")
     return rows
 
 

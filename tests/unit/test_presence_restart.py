@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from hub.clients.influx import Series
 from hub.core.contract import Presence
 from hub.services.presence.recorded import states_from_series
+from hub.services.presence.signs import STALL_S, SignsFeed
 from hub.services.presence.tracker import OFFLINE_AFTER_INTERVALS, PresenceTracker
 
 INTERVAL_MS = 1000
@@ -75,3 +78,19 @@ def test_a_state_the_hub_heard_before_the_seed_is_kept() -> None:
     _online(tracker, "d-1", 5000)
     tracker.seed(states_from_series([_recorded("d-1", "offline", 1000)]))
     assert tracker.devices["d-1"].online
+
+
+def test_a_long_hold_of_the_feeding_service_is_not_silence_and_a_short_one_changes_nothing() -> None:
+    tracker = PresenceTracker()
+    feed = SignsFeed(tracker)
+    _online(tracker, "d-1", 0)
+    feed.hold()
+    feed.release(500)
+    assert tracker.silence_from_ms == 0, "a write of a few milliseconds"
+    feed.hold()
+    time.sleep(STALL_S + 0.05)
+    assert feed.paused, "held up: silence is not judged meanwhile"
+    feed.release(20_000)
+    assert not feed.paused
+    assert tracker.silent(20_000 + ALLOWED_SILENCE_MS) == [], "counted again from the end of the hold"
+    assert [t.device for t in tracker.silent(20_000 + ALLOWED_SILENCE_MS + 1)] == ["d-1"]

@@ -30,8 +30,10 @@ from hub.services.presence.tracker import PresenceTracker
 #: How often the presence service looks for silent devices.
 SILENCE_CHECK_S = 1.0
 #: After the hub (re)starts consuming, silence is counted only from this much later: the time
-#: devices need to reconnect to a broker that was away (every one within 5 s, `DEVICE_RECONNECT`).
-RECONNECT_GRACE_S = 5.0
+#: devices need to reconnect to a broker that was away (every one within 5 s, `DEVICE_RECONNECT`)
+#: and for what they buffered meanwhile to pass through the hub (`python -m bench.chaos`: 100
+#: devices at 500 readings/s took up to 6 s to be back, and seconds more for their backlog).
+RECONNECT_GRACE_S = 10.0
 #: Signs of life kept waiting at most; older ones are dropped first (only the newest matter).
 SIGNS_MAX_LENGTH = 10_000
 

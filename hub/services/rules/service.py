@@ -88,6 +88,17 @@ class RulesService(Service):
                 RULE_COMMANDS.labels(decision.command.command).inc()
         self.outbox.add(delivery.tag)
 
+    def flush(self) -> None:
+        """Writing and publishing, rules reads no signs: presence must not take that for silence."""
+        if self.signs is None:
+            super().flush()
+            return
+        self.signs.hold()
+        try:
+            super().flush()
+        finally:
+            self.signs.release(now_ms())
+
     def on_start(self, consumer: Consumer) -> None:
         super().on_start(consumer)
         if self.signs is not None:
