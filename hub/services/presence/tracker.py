@@ -2,7 +2,8 @@
 
 `PresenceTracker` is the pure core: it takes status messages, signs of life (telemetry) and the
 clock, and returns *transitions* only.
-A device silent for `OFFLINE_AFTER_INTERVALS` of its reporting intervals is offline ("silent"),
+A device silent for `OFFLINE_AFTER_INTERVALS` of its reporting intervals, and at least
+`MIN_SILENCE_MS`, is offline ("silent"),
 which also covers STOMP devices (no last will). An offline status whose body is older than
 the device's last sign of life is its MQTT last will: the broker publishes the body the device
 registered when it connected, while a device going offline on purpose stamps it now.
@@ -27,8 +28,12 @@ from hub.core.contract import Presence, Transport
 from hub.core.points import Point
 from hub.runtime.metrics import PRESENCE_TRANSITIONS
 
-#: A device is offline after this many of its intervals without a status or a reading.
+#: A device is offline after this many of its intervals without a status or a reading...
 OFFLINE_AFTER_INTERVALS = 3
+#: ...and never after less than this: a hub under load (a backlog after an outage, two busy
+#: cores) takes readings a second or more late, and 3 intervals of a device reporting every
+#: 0.2 s are 0.6 s (`python -m bench.chaos` saw the whole fleet "silent" after an InfluxDB outage).
+MIN_SILENCE_MS = 5_000
 
 
 @dataclass
@@ -76,8 +81,11 @@ class Transition:
 class PresenceTracker:
     """Device states; thread-safe (the presence service's status and telemetry consumers share it)."""
 
-    def __init__(self, offline_after_intervals: int = OFFLINE_AFTER_INTERVALS) -> None:
+    def __init__(
+        self, offline_after_intervals: int = OFFLINE_AFTER_INTERVALS, min_silence_ms: int = MIN_SILENCE_MS
+    ) -> None:
         self.offline_after = offline_after_intervals
+        self.min_silence_ms = min_silence_ms
         self.devices: dict[str, DevicePresence] = {}
         self.lock = threading.Lock()
         #: Hub clock (ms) before which no device's silence is counted (see the module's docstring).
@@ -154,7 +162,8 @@ class PresenceTracker:
                 if (
                     state.online
                     and state.interval_ms
-                    and now - max(state.last_seen_ms, self.silence_from_ms) > self.offline_after * state.interval_ms
+                    and now - max(state.last_seen_ms, self.silence_from_ms)
+                    > max(self.offline_after * state.interval_ms, self.min_silence_ms)
                 ):
                     found.append(self._transition(state, False, "silent", now))
         return found
