@@ -40,6 +40,7 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m bench.sim_scale
 	$(PY) -m bench.tls_cost
+	$(PY) -m bench.chaos
 	$(PY) -m bench.hub_throughput
 
 stack-up: $(VENV)/.installed

@@ -112,6 +112,8 @@ class SimulatedDevice:
     models: DeviceModels = field(default_factory=default_models)
     interval_ms: int = DEFAULT_INTERVAL_MS
     seq: int = 0
+    #: The timestamp of the last reading: the next one is stamped at least 1 ms later.
+    last_ts: int = 0
     outbox: Outbox = field(default_factory=Outbox)
     commands_handled: int = 0
     bad_commands: int = 0
@@ -162,8 +164,12 @@ class SimulatedDevice:
         if values is None:
             return None
         self.seq += 1
+        # Two readings of one device stamped in one millisecond would be one point in InfluxDB
+        # (measurement, tags and time identify it), and one of them lost: an event loop catching
+        # up after a stall (a broker restart loading both cores) fires several due readings at once.
+        self.last_ts = max(at_ms, self.last_ts + 1)
         reading = Reading(
-            device=self.device_id, site=self.site, kind=self.kind, seq=self.seq, ts=at_ms, readings=values
+            device=self.device_id, site=self.site, kind=self.kind, seq=self.seq, ts=self.last_ts, readings=values
         )
         self.outbox.add(self.seq, encode(reading))
         return reading

@@ -94,6 +94,12 @@ def influx_query(settings: Settings, query: str, epoch: str = "ms") -> list[dict
     return series
 
 
+def transitions(settings: Settings, device: str) -> list[tuple[str, str]]:
+    """A device's rows in `device_status`, oldest first: (state, reason)."""
+    series = influx_query(settings, f"SELECT state, reason FROM device_status WHERE device = '{device}'")
+    return [(row[1], row[2]) for row in series[0]["values"]] if series else []
+
+
 def wait_until(predicate: Callable[[], Any], timeout_s: float = 15.0, interval_s: float = 0.1) -> Any:
     """Poll `predicate` until it returns something truthy; return that, or fail after `timeout_s`."""
     deadline = time.monotonic() + timeout_s

@@ -29,11 +29,13 @@ class BackoffPolicy:
 
 
 #: The hub's services reconnecting to the broker. The goal is to consume again within 2 s of the
-#: broker answering, so no wait between attempts may exceed 1.5 s (leaving ~0.5 s to connect,
-#: declare and subscribe); the first retry comes after 0.1-0.2 s. Equal jitter: a hub process has
+#: broker answering, so no wait between attempts may exceed 1 s, leaving ~1 s to connect, declare
+#: and subscribe: a broker that has just started is slow to answer while it recovers its quorum
+#: queues and starts its plugins (`python -m bench.chaos` saw 2.5 s with a cap of 1.5 s on two busy
+#: cores). The first retry comes after 0.1-0.2 s. Equal jitter: a hub process has
 #: a handful of connections (one per service), too few to stampede, and a floor of half the
 #: ceiling keeps a down broker from being polled in a tight loop.
-HUB_RECONNECT = BackoffPolicy(first_s=0.2, max_s=1.5)
+HUB_RECONNECT = BackoffPolicy(first_s=0.2, max_s=1.0)
 #: An output retrying a write its server did not take (InfluxDB down, 5xx, 429). A stop does not
 #: wait for it: the wait is cut short and the batch left unacked (see `Consumer.sleep`).
 OUTPUT_RETRY = BackoffPolicy(first_s=0.2, max_s=10.0)

@@ -48,11 +48,11 @@ def is_ours(pid: int, marker: str) -> bool:
     return marker in _proc_text(pid, "cmdline") or marker in _proc_text(pid, "environ")
 
 
-def stop(pid: int, marker: str, grace_s: float = STOP_GRACE_S) -> bool:
-    """SIGTERM the process group of `pid` if it is ours, SIGKILL after `grace_s`. True if it was running."""
+def stop(pid: int, marker: str, grace_s: float = STOP_GRACE_S, first: signal.Signals = signal.SIGTERM) -> bool:
+    """`first` (SIGTERM) to the process group of `pid` if ours, SIGKILL after `grace_s`. True if it was running."""
     if not is_ours(pid, marker):
         return False
-    _signal_group(pid, signal.SIGTERM)
+    _signal_group(pid, first)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         if not is_ours(pid, marker):

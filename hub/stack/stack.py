@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -154,6 +155,19 @@ class Stack:
 
     def status(self) -> StackStatus:
         return self._status_unlocked()
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGTERM) -> bool:
+        """Stop one server ("RabbitMQ" or "InfluxDB") with `sig` and wait until it is gone; `up()` starts it again.
+
+        For fault drills and tests: its data, ports and the other server are left as they are.
+        True if it was running.
+        """
+        with self._lock():
+            for service in self._status_unlocked().services:
+                if service.name == name:
+                    home = self.root / ("rabbitmq" if name == "RabbitMQ" else "influxdb")
+                    return processes.stop(service.pid, str(home), first=sig)
+        raise StackError(f"no server {name!r} in the stack at {self.root}")
 
     # --- internals -----------------------------------------------------------------------------
 

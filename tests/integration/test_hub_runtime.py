@@ -43,6 +43,7 @@ from tests.support import (
     settings_environment,
     start_influxd,
     stomp_device,
+    transitions,
     wait_until,
 )
 
@@ -50,11 +51,6 @@ SITE = "plant-rt"
 #: The devices of the presence test report every INTERVAL_MS and stream for STREAM_INTERVALS of them.
 INTERVAL_MS = 300
 STREAM_INTERVALS = 12
-
-
-def transitions(settings: Settings, device: str) -> list[tuple[str, str]]:
-    series = influx_query(settings, f"SELECT state, reason FROM device_status WHERE device = '{device}'")
-    return [(row[1], row[2]) for row in series[0]["values"]] if series else []
 
 
 def count_stored(settings: Settings, device: str) -> int:

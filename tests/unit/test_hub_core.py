@@ -213,7 +213,7 @@ def _status(state: str, ts: int, protocol: str = "mqtt", interval_ms: int = 1000
 
 
 def test_only_transitions_are_reported() -> None:
-    tracker = PresenceTracker()
+    tracker = PresenceTracker(min_silence_ms=0)
     first = tracker.on_status(_status("online", 100), at_ms=100)
     assert first is not None and first.online and first.reason == "status"
     assert tracker.on_status(_status("online", 200), at_ms=200) is None
@@ -222,7 +222,7 @@ def test_only_transitions_are_reported() -> None:
 
 
 def test_a_device_silent_for_three_intervals_goes_offline_and_comes_back_with_telemetry() -> None:
-    tracker = PresenceTracker()
+    tracker = PresenceTracker(min_silence_ms=0)
     tracker.on_status(_status("online", 0, protocol="stomp", interval_ms=1000), at_ms=0)
     tracker.on_telemetry("d-1", "plant-a", "environment", "stomp", device_ts=1000, at_ms=1000)
     limit = 1000 + OFFLINE_AFTER_INTERVALS * 1000
@@ -235,7 +235,7 @@ def test_a_device_silent_for_three_intervals_goes_offline_and_comes_back_with_te
 
 
 def test_an_offline_status_older_than_the_last_sign_of_life_is_the_last_will() -> None:
-    tracker = PresenceTracker()
+    tracker = PresenceTracker(min_silence_ms=0)
     tracker.on_status(_status("online", 1000), at_ms=1000)
     tracker.on_telemetry("d-1", "plant-a", "environment", "mqtt", device_ts=5000, at_ms=5000)
     will = tracker.on_status(_status("offline", 900), at_ms=6000)  # body registered at connect time
@@ -243,7 +243,7 @@ def test_an_offline_status_older_than_the_last_sign_of_life_is_the_last_will() -
 
 
 def test_a_reading_older_than_the_offline_status_does_not_bring_the_device_back() -> None:
-    tracker = PresenceTracker()
+    tracker = PresenceTracker(min_silence_ms=0)
     tracker.on_status(_status("online", 1000), at_ms=1000)
     tracker.on_status(_status("offline", 3000), at_ms=3000)
     assert tracker.on_telemetry("d-1", "plant-a", "environment", "mqtt", device_ts=2500, at_ms=4000) is None
@@ -253,7 +253,7 @@ def test_a_reading_older_than_the_offline_status_does_not_bring_the_device_back(
 
 
 def test_an_online_device_that_moves_site_is_recorded_again() -> None:
-    tracker = PresenceTracker()
+    tracker = PresenceTracker(min_silence_ms=0)
     tracker.on_status(_status("online", 1000), at_ms=1000)
     moved = tracker.on_status(_status("online", 2000, site="plant-b"), at_ms=2000)
     assert moved is not None and (moved.online, moved.site) == (True, "plant-b")
@@ -261,7 +261,7 @@ def test_an_online_device_that_moves_site_is_recorded_again() -> None:
 
 
 def test_a_device_seen_only_by_telemetry_gets_an_interval_estimate() -> None:
-    tracker = PresenceTracker()
+    tracker = PresenceTracker(min_silence_ms=0)
     tracker.on_telemetry("d-2", "plant-a", "environment", "mqtt", device_ts=0, at_ms=0)
     tracker.on_telemetry("d-2", "plant-a", "environment", "mqtt", device_ts=500, at_ms=500)
     assert tracker.silent(500 + 3 * 500 + 1)[0].reason == "silent"

@@ -43,11 +43,12 @@ def _delays(policy_draws: int, backoff: Backoff) -> list[float]:
     return [backoff.next_delay_s() for _ in range(policy_draws)]
 
 
-def test_a_hub_never_waits_more_than_two_seconds_between_reconnects_and_retries_fast_first() -> None:
+def test_a_hub_never_waits_more_than_a_second_between_reconnects_and_retries_fast_first() -> None:
+    """A second at most, so a hub consumes within 2 s of the broker answering even while it boots slowly."""
     for seed in range(200):
         delays = _delays(40, Backoff(HUB_RECONNECT, random.Random(seed)))
         assert delays[0] <= 0.25
-        assert max(delays) <= 2.0
+        assert max(delays) <= 1.0
         assert min(delays) > 0.0
 
 

@@ -339,3 +339,13 @@ def test_lag_summary_percentiles_match_the_samples_within_the_histogram_resoluti
     assert summary.p50_ms == pytest.approx(exact.p50_ms, rel=0.05)
     assert summary.p99_ms == pytest.approx(exact.p99_ms, rel=0.05)
     assert recorder.take_recent() == samples and recorder.take_recent() == []
+
+
+def test_readings_due_in_one_millisecond_get_distinct_timestamps() -> None:
+    """A late event loop fires several due readings at once: one ms apart, or InfluxDB keeps only one."""
+    device = SimulatedDevice.create(DeviceSpec("env-0001", "environment", "mqtt", "plant-a"), seed=1)
+    at = int(MIDNIGHT_S * 1000)
+    made = [device.produce(at) for _ in range(3)]
+    assert [(r.seq, r.ts) for r in made if r is not None] == [(1, at), (2, at + 1), (3, at + 2)]
+    later = device.produce(at + 1_000)
+    assert later is not None and later.ts == at + 1_000, "a reading on time keeps its own time"

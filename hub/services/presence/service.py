@@ -23,11 +23,17 @@ from hub.core.errors import InvalidMessage
 from hub.runtime import topology
 from hub.runtime.consumer import Consumer, Delivery, protocol_of
 from hub.runtime.service import Service
+from hub.services.presence.recorded import recorded_states
 from hub.services.presence.signs import SignsFeed
 from hub.services.presence.tracker import PresenceTracker
 
 #: How often the presence service looks for silent devices.
 SILENCE_CHECK_S = 1.0
+#: After the hub (re)starts consuming, silence is counted only from this much later: the time
+#: devices need to reconnect to a broker that was away (every one within 5 s, `DEVICE_RECONNECT`)
+#: and for what they buffered meanwhile to pass through the hub (`python -m bench.chaos`: 100
+#: devices at 500 readings/s took up to 6 s to be back, and seconds more for their backlog).
+RECONNECT_GRACE_S = 10.0
 #: Signs of life kept waiting at most; older ones are dropped first (only the newest matter).
 SIGNS_MAX_LENGTH = 10_000
 
@@ -60,9 +66,13 @@ class PresenceService(Service):
         self.feed = feed or SignsFeed(PresenceTracker())
         self.tracker = self.feed.tracker
         self.next_check = 0.0
+        # Before any service thread runs: a sign of life fed by rules must find the recorded state.
+        self.tracker.seed(recorded_states(self.settings))
 
     def on_start(self, consumer: Consumer) -> None:
         super().on_start(consumer)
+        # The time the hub was away (or the broker) is not the devices' silence.
+        self.tracker.heard_from_all(now_ms() + round(RECONNECT_GRACE_S * 1000))
         if not self.own_signs:
             return
         assert consumer.connection is not None

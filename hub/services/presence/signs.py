@@ -17,10 +17,16 @@ silence is not judged, and when it resumes every online device counts as heard f
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 
 from hub.core.contract import Transport
 from hub.services.presence.tracker import PresenceTracker, Transition
+
+#: A flush of the feeding service (its write, its publishes) longer than this held up the signs
+#: of every device: silence is not judged meanwhile, and counts again from its end. Shorter ones
+#: are normal (a write takes milliseconds) and do not matter against 3 intervals of silence.
+STALL_S = 0.3
 
 
 class SignsFeed:
@@ -30,6 +36,8 @@ class SignsFeed:
         self.tracker = tracker
         self._transitions: deque[Transition] = deque()
         self._paused = threading.Event()
+        #: Monotonic time since when the feeding service has been busy elsewhere (0: it is not).
+        self._held_since = 0.0
 
     def sign(self, device: str, site: str, kind: str, protocol: Transport, device_ts: int, at_ms: int) -> None:
         transition = self.tracker.on_telemetry(device, site, kind, protocol, device_ts, at_ms)
@@ -43,6 +51,16 @@ class SignsFeed:
             taken.append(self._transitions.popleft())
         return taken
 
+    def hold(self) -> None:
+        """The feeding service stops reading for a while (a flush): signs wait behind it."""
+        self._held_since = time.monotonic()
+
+    def release(self, now: int) -> None:
+        """It reads again; a long hold was no silence of the devices."""
+        held_since, self._held_since = self._held_since, 0.0
+        if held_since and time.monotonic() - held_since > STALL_S:
+            self.tracker.heard_from_all(now)
+
     def pause(self) -> None:
         self._paused.set()
 
@@ -53,4 +71,6 @@ class SignsFeed:
 
     @property
     def paused(self) -> bool:
-        return self._paused.is_set()
+        """True while silence cannot be judged: the feed is paused, or held up longer than `STALL_S`."""
+        held_since = self._held_since
+        return self._paused.is_set() or (held_since > 0 and time.monotonic() - held_since > STALL_S)

@@ -2,25 +2,38 @@
 
 `PresenceTracker` is the pure core: it takes status messages, signs of life (telemetry) and the
 clock, and returns *transitions* only.
-A device silent for `OFFLINE_AFTER_INTERVALS` of its reporting intervals is offline ("silent"),
+A device silent for `OFFLINE_AFTER_INTERVALS` of its reporting intervals, and at least
+`MIN_SILENCE_MS`, is offline ("silent"),
 which also covers STOMP devices (no last will). An offline status whose body is older than
 the device's last sign of life is its MQTT last will: the broker publishes the body the device
 registered when it connected, while a device going offline on purpose stamps it now.
 An online status that names a new site, kind or protocol is recorded again even when the device
 was already online, so `device_status` always says where a device is.
+
+The time the hub was away is not silence: silence is counted from the last sign of life or
+from `silence_from_ms`, whichever is later. The service moves `silence_from_ms` to the moment
+it consumes again (after a start, a reconnect, a paused feed) plus a grace in which devices
+reconnect; and a restarted hub starts from the states `device_status` last recorded (`seed`),
+so a device that went silent while the hub was down is still found, and one still streaming is
+not recorded online a second time.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hub.core.contract import Presence, Transport
 from hub.core.points import Point
 from hub.runtime.metrics import PRESENCE_TRANSITIONS
 
-#: A device is offline after this many of its intervals without a status or a reading.
+#: A device is offline after this many of its intervals without a status or a reading...
 OFFLINE_AFTER_INTERVALS = 3
+#: ...and never after less than this: a hub under load (a backlog after an outage, two busy
+#: cores) takes readings a second or more late, and 3 intervals of a device reporting every
+#: 0.2 s are 0.6 s (`python -m bench.chaos` saw the whole fleet "silent" after an InfluxDB outage).
+MIN_SILENCE_MS = 5_000
 
 
 @dataclass
@@ -68,10 +81,15 @@ class Transition:
 class PresenceTracker:
     """Device states; thread-safe (the presence service's status and telemetry consumers share it)."""
 
-    def __init__(self, offline_after_intervals: int = OFFLINE_AFTER_INTERVALS) -> None:
+    def __init__(
+        self, offline_after_intervals: int = OFFLINE_AFTER_INTERVALS, min_silence_ms: int = MIN_SILENCE_MS
+    ) -> None:
         self.offline_after = offline_after_intervals
+        self.min_silence_ms = min_silence_ms
         self.devices: dict[str, DevicePresence] = {}
         self.lock = threading.Lock()
+        #: Hub clock (ms) before which no device's silence is counted (see the module's docstring).
+        self.silence_from_ms = 0
 
     def _transition(self, state: DevicePresence, online: bool, reason: str, ts: int) -> Transition:
         state.online = online
@@ -144,14 +162,19 @@ class PresenceTracker:
                 if (
                     state.online
                     and state.interval_ms
-                    and now - state.last_seen_ms > self.offline_after * state.interval_ms
+                    and now - max(state.last_seen_ms, self.silence_from_ms)
+                    > max(self.offline_after * state.interval_ms, self.min_silence_ms)
                 ):
                     found.append(self._transition(state, False, "silent", now))
         return found
 
     def heard_from_all(self, now: int) -> None:
-        """Count every online device as heard from now: the time its signs could not reach us is not silence."""
+        """Count every device as heard from at `now`: the time its signs could not reach us is not silence."""
         with self.lock:
-            for state in self.devices.values():
-                if state.online:
-                    state.last_seen_ms = max(state.last_seen_ms, now)
+            self.silence_from_ms = max(self.silence_from_ms, now)
+
+    def seed(self, known: Iterable[DevicePresence]) -> None:
+        """Start from what `device_status` last recorded (a hub start); devices already heard from are kept."""
+        with self.lock:
+            for state in known:
+                self.devices.setdefault(state.device, state)

@@ -19,7 +19,7 @@ from hub.core.points import Point
 from hub.outputs.fanout import Refusal
 from hub.runtime import topology
 from hub.runtime.batch import Batch
-from hub.runtime.consumer import Delivery, protocol_of
+from hub.runtime.consumer import Consumer, Delivery, protocol_of
 from hub.runtime.metrics import ALERTS, RULE_COMMANDS
 from hub.runtime.service import Service
 from hub.services.presence.signs import SignsFeed
@@ -87,6 +87,27 @@ class RulesService(Service):
                 )
                 RULE_COMMANDS.labels(decision.command.command).inc()
         self.outbox.add(delivery.tag)
+
+    def flush(self) -> None:
+        """Writing and publishing, rules reads no signs: presence must not take that for silence."""
+        if self.signs is None:
+            super().flush()
+            return
+        self.signs.hold()
+        try:
+            super().flush()
+        finally:
+            self.signs.release(now_ms())
+
+    def on_start(self, consumer: Consumer) -> None:
+        super().on_start(consumer)
+        if self.signs is not None:
+            self.signs.resume(now_ms())
+
+    def on_connection_lost(self) -> None:
+        super().on_connection_lost()
+        if self.signs is not None:  # no deliveries while reconnecting: no signs, no silence
+            self.signs.pause()
 
     def on_write_failed(self) -> None:
         if self.signs is not None:  # deliveries stop while the batch is retried: no signs, no silence
