@@ -94,9 +94,10 @@ def influx_query(settings: Settings, query: str, epoch: str = "ms") -> list[dict
     return series
 
 
-def transitions(settings: Settings, device: str) -> list[tuple[str, str]]:
-    """A device's rows in `device_status`, oldest first: (state, reason)."""
-    series = influx_query(settings, f"SELECT state, reason FROM device_status WHERE device = '{device}'")
+def transitions(settings: Settings, device: str, site: str | None = None) -> list[tuple[str, str]]:
+    """A device's rows in `device_status` (at `site` only, if given), oldest first: (state, reason)."""
+    at_site = f" AND site = '{site}'" if site else ""
+    series = influx_query(settings, f"SELECT state, reason FROM device_status WHERE device = '{device}'{at_site}")
     return [(row[1], row[2]) for row in series[0]["values"]] if series else []
 
 

@@ -41,6 +41,7 @@ from hub.stack.processes import free_port
 from tests.support import (
     REPO,
     amqp_connection,
+    fleet_credentials,
     hub_process,
     influx_query,
     settings_environment,
@@ -141,6 +142,8 @@ def fleet_data(dashboard_stack: Settings, tmp_path_factory: pytest.TempPathFacto
     tmp = tmp_path_factory.mktemp("dashboards")
     rules = tmp / "rules.yaml"
     rules.write_text(yaml.safe_dump(TEST_RULES))
+    fleet_credentials(stack, 4, kinds=["environment", "thermostat"], site="plant-a")
+    fleet_credentials(stack, 4, kinds=["power_meter", "air_quality"], site="plant-b")
     with ExitStack() as running:
         running.enter_context(alert_listener(stack))
         hub = running.enter_context(hub_process(stack, tmp, IOT_RULES_FILE=str(rules)))

@@ -23,24 +23,25 @@ HUB_AWAY_S = 9.0
 
 
 def test_devices_streaming_while_the_hub_was_away_are_not_recorded_offline(stack: Settings, tmp_path: Path) -> None:
+    # The session's stack is shared: its fleets reuse device ids, so each row is looked up at SITE.
     with Fleet(stack, count=6, protocol="mixed", interval_s=INTERVAL_S, site=SITE, seed=7) as fleet:
         ids = [d.device_id for d in fleet.devices]
         mqtt_leaving = next(d.device_id for d in fleet.devices if d.protocol == "mqtt")
         stomp_dying = next(d.device_id for d in fleet.devices if d.protocol == "stomp")
         streaming = [i for i in ids if i not in (mqtt_leaving, stomp_dying)]
         with hub_process(stack, tmp_path):
-            wait_until(lambda: all(len(transitions(stack, i)) == 1 for i in ids), 20)
+            wait_until(lambda: all(len(transitions(stack, i, SITE)) == 1 for i in ids), 20)
             time.sleep(1.0)
-            before = {i: transitions(stack, i) for i in ids}
+            before = {i: transitions(stack, i, SITE) for i in ids}
             assert all(states[0][0] == "online" for states in before.values()), before
         fleet.stop_device(mqtt_leaving, clean=True)  # says offline: the status waits in hub.presence
         fleet.stop_device(stomp_dying, clean=False)  # a STOMP device just vanishes: no last will
         time.sleep(HUB_AWAY_S)
         with hub_process(stack, tmp_path):
-            wait_until(lambda: transitions(stack, mqtt_leaving)[-1:] == [("offline", "status")], 15)
-            wait_until(lambda: transitions(stack, stomp_dying)[-1:] == [("offline", "silent")], 30)
+            wait_until(lambda: transitions(stack, mqtt_leaving, SITE)[-1:] == [("offline", "status")], 15)
+            wait_until(lambda: transitions(stack, stomp_dying, SITE)[-1:] == [("offline", "silent")], 30)
             time.sleep(RECONNECT_GRACE_S + 2.0)  # past the grace and many offline windows after it
             for device in streaming:
-                assert transitions(stack, device) == before[device], device
-    assert transitions(stack, mqtt_leaving) == [*before[mqtt_leaving], ("offline", "status")]
-    assert transitions(stack, stomp_dying) == [*before[stomp_dying], ("offline", "silent")]
+                assert transitions(stack, device, SITE) == before[device], device
+    assert transitions(stack, mqtt_leaving, SITE) == [*before[mqtt_leaving], ("offline", "status")]
+    assert transitions(stack, stomp_dying, SITE) == [*before[stomp_dying], ("offline", "silent")]
