@@ -21,7 +21,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from devices.links import LinkDown, LinkEvents
 from hub.core.config import Settings
 from hub.core.contract import command_key, mqtt_topic, status_key
-from hub.core.tls import settings_context
+from hub.core.tls import DeviceCert, device_context, settings_context
 
 #: Seconds between keep-alive pings; the broker fires the last will after 1.5 times this of silence.
 MQTT_KEEPALIVE_S = 30
@@ -45,19 +45,23 @@ class MqttLink:
         window: int,
         dirty: Callable[[MqttLink], None],
         password: str = "",
+        cert: DeviceCert | None = None,
     ) -> None:
+        """`cert`: log in with this client certificate (the broker takes its CN as the user), no password."""
         self.device_id, self._settings, self._selector, self._events = device_id, settings, selector, events
         self._dirty = dirty
         self._closing = False
         self._down = False
         self.refused = False
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, clean_session=True)
-        # Its own account: the username is the device id, like the client id.
-        client.username_pw_set(device_id, password)
+        if cert is None:
+            # Its own account: the username is the device id, like the client id.
+            client.username_pw_set(device_id, password)
+        # With a certificate no username at all: RabbitMQ takes the CN only from a CONNECT without one.
         client.will_set(mqtt_topic(status_key(device_id)), will, qos=QOS_AT_LEAST_ONCE, retain=False)
         if settings.mqtt_tls:
             # Verifies the broker's certificate and host name; the handshake runs inside connect().
-            client.tls_set_context(settings_context(settings))
+            client.tls_set_context(settings_context(settings) if cert is None else device_context(settings, cert))
         client.max_inflight_messages_set(window)
         client.max_queued_messages_set(0)
         client.connect_timeout = CONNECT_TIMEOUT_S
