@@ -122,6 +122,25 @@ def settings_environment(settings: Settings, **extra: str) -> dict[str, str]:
     return environment
 
 
+def run_module(
+    settings: Settings, module: str, *args: str, timeout_s: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m module *args` to its end, as a user with `settings` in the environment would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=settings_environment(settings, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def hub_cli(settings: Settings, *args: str, timeout_s: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    return run_module(settings, "hub", *args, timeout_s=timeout_s, **env)
+
+
 @contextmanager
 def hub_process(settings: Settings, log_dir: Path, *args: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
     """`python -m hub run *args` against `settings`, started and consuming; stopped (SIGTERM) afterwards."""
