@@ -19,6 +19,7 @@ from hub.core.errors import ConfigError, InvalidIdentifier
 from hub.core.tls import DeviceCert, device_context
 from hub.stack.certs import ensure_dev_tls, issue_ca, load_ca, stack_ca, write_device_cert
 from hub.stack.rabbitmq import Listeners, RabbitPorts, render_config
+from tests.support import handshake_in_memory
 
 
 def test_a_device_certificate_is_written_with_its_key_0600_and_the_ca(tmp_path: Path) -> None:
@@ -56,24 +57,6 @@ def test_a_certificate_account_has_no_usable_password_and_a_password_account_s_p
     assert by_certificate["topic_permissions"] == by_password["topic_permissions"]
 
 
-def _handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> ssl.SSLObject:
-    """A handshake in memory; returns the server's end (which holds the client's certificate)."""
-    to_client, to_server = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls_client = client.wrap_bio(to_client, to_server, server_hostname="localhost")
-    tls_server = server.wrap_bio(to_server, to_client, server_side=True)
-    for _ in range(10):
-        done = 0
-        for end in (tls_client, tls_server):
-            try:
-                end.do_handshake()
-                done += 1
-            except ssl.SSLWantReadError:
-                pass
-        if done == 2:
-            return tls_server
-    raise AssertionError("no handshake")
-
-
 def test_a_certificate_device_presents_its_certificate_to_a_broker_that_asks(tmp_path: Path) -> None:
     files = ensure_dev_tls(tmp_path / "stack" / "tls")
     cert = write_device_cert(load_ca(files), "cam-0002", tmp_path / "certs")
@@ -83,7 +66,8 @@ def test_a_certificate_device_presents_its_certificate_to_a_broker_that_asks(tmp
     server.load_cert_chain(files.server_cert, files.server_key)
     server.load_verify_locations(files.ca_cert)
     server.verify_mode = ssl.CERT_REQUIRED
-    peer = _handshake(device_context(settings, cert), server).getpeercert()
+    _client, tls_server = handshake_in_memory(device_context(settings, cert), server)
+    peer = tls_server.getpeercert()
     assert peer is not None and peer["subject"] == ((("commonName", "cam-0002"),),)
 
 
