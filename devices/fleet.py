@@ -59,7 +59,7 @@ DRAIN_TIMEOUT_S = 5.0
 GOODBYE_TIMEOUT_S = 10.0
 #: How often MQTT clients get their keep-alive housekeeping.
 KEEPALIVE_TICK_S = 1.0
-#: Threads that run blocking STOMP connects and disconnects (spread over the fleet, not one per device).
+#: Threads that run blocking connects (STOMP connects and disconnects, MQTT TLS handshakes), shared by the fleet.
 STOMP_POOL_THREADS = 8
 #: Longest the loop sleeps when nothing is due, so stop requests are seen promptly.
 MAX_SLEEP_S = 0.5
@@ -170,7 +170,7 @@ class Fleet:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_order = itertools.count()
         self._dirty: set[MqttLink] = set()
-        self._pool = ThreadPoolExecutor(STOMP_POOL_THREADS, thread_name_prefix="stomp-connect")
+        self._pool = ThreadPoolExecutor(STOMP_POOL_THREADS, thread_name_prefix="connect")
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._finished = False
@@ -444,6 +444,8 @@ class Fleet:
                 self._dirty.add,
                 password=self._passwords.get(rt.device.device_id, ""),
                 cert=self._certs.get(rt.device.device_id),
+                pool=self._pool,
+                call_soon=self.call_soon,
             )
         else:
             link = StompLink(
