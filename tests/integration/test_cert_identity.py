@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from devices.fleet import Fleet
 from hub.clients.management import ManagementAdmin
-from hub.control.identity import revoke
+from hub.control.identity import provision, revoke
 from hub.core.config import Settings, over_tls
 from hub.core.contract import EXCHANGE, Reading, command_key, encode, mqtt_topic, now_ms, telemetry_key
 from hub.core.tls import DeviceCert
@@ -269,3 +269,24 @@ def test_a_certificate_fleet_counts_revoked_devices_as_refused(stack: Settings, 
         revoke(stack, devices)
     assert {name: row.refused for name, row in stats.by_protocol.items()} == {"mqtt": 1, "stomp": 1}
     assert stats.total.online == 1
+
+
+def test_a_password_device_becomes_a_certificate_device_only_with_rotate(stack: Settings, tmp_path: Path) -> None:
+    device = f"certrot-{uuid.uuid4().hex[:8]}"
+    secret = provision(stack, [device]).issued[device].password
+    folder = tmp_path / "certs"
+    cert = DeviceCert(folder, device)
+    tls = _tls(stack)
+    try:
+        kept = hub_cli(stack, "provision", "--cert", "--cert-dir", str(folder), device)
+        assert kept.returncode == 0 and f"{device}: exists" in kept.stderr, kept.stderr
+        assert not cert.present()
+        assert not refused(tls, "mqtt", device, secret)
+        rotated = hub_cli(stack, "provision", "--cert", "--rotate", "--cert-dir", str(folder), device)
+        assert rotated.returncode == 0 and "1 rotated" in rotated.stderr, rotated.stderr
+        assert cert.present()
+        for protocol in PROTOCOLS:
+            assert refused(tls, protocol, device, secret), "its password stops working"
+            assert not refused(tls, protocol, device, cert=cert)
+    finally:
+        revoke(stack, [device])
