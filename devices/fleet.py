@@ -48,6 +48,7 @@ from hub.core.contract import ack_key, encode, now_ms, status_key, telemetry_key
 from hub.core.credentials import Credential, lacking, read_credentials
 from hub.core.errors import BrokerUnavailable, ConfigError
 from hub.core.models import load_models
+from hub.core.tls import DeviceCert
 
 #: How long `start()` waits for every device to be online before giving up.
 CONNECT_WAIT_S = 30.0
@@ -58,7 +59,7 @@ DRAIN_TIMEOUT_S = 5.0
 GOODBYE_TIMEOUT_S = 10.0
 #: How often MQTT clients get their keep-alive housekeeping.
 KEEPALIVE_TICK_S = 1.0
-#: Threads that run blocking STOMP connects and disconnects (spread over the fleet, not one per device).
+#: Threads that run blocking connects (STOMP connects and disconnects, MQTT TLS handshakes), shared by the fleet.
 STOMP_POOL_THREADS = 8
 #: Longest the loop sleeps when nothing is due, so stop requests are seen promptly.
 MAX_SLEEP_S = 0.5
@@ -96,6 +97,16 @@ def _passwords_for(devices: list[str], credentials: Mapping[str, Credential], so
     return {device: credentials[device].password for device in devices}
 
 
+def _certificates_for(devices: list[str], settings: Settings, folder: Path) -> dict[str, DeviceCert]:
+    """Each device's client certificate in `folder`; a ConfigError naming the devices without one."""
+    if not (settings.mqtt_tls and settings.stomp_tls):
+        raise ConfigError("certificate logins need TLS: --tls (IOT_MQTT_TLS=true, IOT_STOMP_TLS=true)")
+    certs = {device: DeviceCert(folder, device) for device in devices}
+    present = {device for device, cert in certs.items() if cert.present()}
+    lacking(devices, present, folder, f"python -m hub provision --cert --cert-dir {folder} DEVICE...")
+    return certs
+
+
 class Fleet:
     """Simulated devices, each with its own broker connection and identity, behind one event loop."""
 
@@ -111,7 +122,10 @@ class Fleet:
         fault_rate: float = 0.0,
         credentials: Mapping[str, Credential] | None = None,
     ) -> None:
-        """`credentials` by device id; by default the file `settings.credentials_path` (IOT_CREDENTIALS_FILE)."""
+        """`credentials` by device id; by default the file `settings.credentials_path` (IOT_CREDENTIALS_FILE).
+
+        With `settings.device_cert_dir` (IOT_DEVICE_CERT_DIR) devices log in with their certificates instead.
+        """
         interval_ms = round(interval_s * 1000)
         if interval_ms < 1:
             raise ConfigError(f"--interval must be at least 0.001 s (got {interval_s})")
@@ -121,11 +135,17 @@ class Fleet:
         self.models = load_models(settings.models_file)
         specs = plan_fleet(count, list(kinds), protocol, site, self.models)
         started = time.time()
-        self._passwords = _passwords_for(
-            [spec.device_id for spec in specs],
-            credentials if credentials is not None else read_credentials(settings.credentials_path),
-            settings.credentials_path,
-        )
+        ids = [spec.device_id for spec in specs]
+        self._certs: dict[str, DeviceCert] = {}
+        self._passwords: dict[str, str] = {}
+        if settings.device_cert_dir is not None:
+            self._certs = _certificates_for(ids, settings, settings.device_cert_dir)
+        else:
+            self._passwords = _passwords_for(
+                ids,
+                credentials if credentials is not None else read_credentials(settings.credentials_path),
+                settings.credentials_path,
+            )
         self.devices: list[SimulatedDevice] = [
             SimulatedDevice.create(
                 spec, seed=seed, interval_ms=interval_ms, fault_rate=fault_rate, start_s=started, models=self.models
@@ -150,7 +170,7 @@ class Fleet:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_order = itertools.count()
         self._dirty: set[MqttLink] = set()
-        self._pool = ThreadPoolExecutor(STOMP_POOL_THREADS, thread_name_prefix="stomp-connect")
+        self._pool = ThreadPoolExecutor(STOMP_POOL_THREADS, thread_name_prefix="connect")
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._finished = False
@@ -422,7 +442,10 @@ class Fleet:
                 will,
                 MAX_IN_FLIGHT,
                 self._dirty.add,
-                password=self._passwords[rt.device.device_id],
+                password=self._passwords.get(rt.device.device_id, ""),
+                cert=self._certs.get(rt.device.device_id),
+                pool=self._pool,
+                call_soon=self.call_soon,
             )
         else:
             link = StompLink(
@@ -431,7 +454,8 @@ class Fleet:
                 self,
                 self.call_soon,
                 self._pool,
-                password=self._passwords[rt.device.device_id],
+                password=self._passwords.get(rt.device.device_id, ""),
+                cert=self._certs.get(rt.device.device_id),
             )
         rt.link = link
         try:

@@ -3,6 +3,10 @@
 paho supports an external loop: its socket callbacks tell us when a socket opens, closes or
 has bytes to write, and we call `loop_read` / `loop_write` / `loop_misc` when the selector
 says so. So a thousand clients cost a thousand sockets, not a thousand threads.
+
+paho would do a TLS handshake inside `connect()`, holding the loop for each device in turn;
+given a pool, the link makes the TLS connection there and hands paho the finished socket on
+the loop's thread.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import selectors
 import socket
 import ssl
 from collections.abc import Callable, Hashable
+from concurrent.futures import Executor
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -21,7 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from devices.links import LinkDown, LinkEvents
 from hub.core.config import Settings
 from hub.core.contract import command_key, mqtt_topic, status_key
-from hub.core.tls import settings_context
+from hub.core.tls import DeviceCert, device_context, settings_context
 
 #: Seconds between keep-alive pings; the broker fires the last will after 1.5 times this of silence.
 MQTT_KEEPALIVE_S = 30
@@ -30,6 +35,16 @@ QOS_AT_LEAST_ONCE = 1
 CONNECT_TIMEOUT_S = 5.0
 #: CONNACK reasons that mean "this login is no good" (MQTT 3.1.1 codes 4 and 5, as paho 2 reports them).
 REFUSED_LOGIN = frozenset({134, 135})
+
+
+class _HandedSocketClient(mqtt.Client):
+    """A paho client that takes the socket its next connect uses, already connected, instead of making one."""
+
+    handed: Any = None
+
+    def _create_socket(self) -> Any:
+        sock, self.handed = self.handed, None
+        return sock if sock is not None else super()._create_socket()
 
 
 class MqttLink:
@@ -45,19 +60,31 @@ class MqttLink:
         window: int,
         dirty: Callable[[MqttLink], None],
         password: str = "",
+        cert: DeviceCert | None = None,
+        pool: Executor | None = None,
+        call_soon: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
+        """`cert`: log in with this client certificate (the broker takes its CN as the user), no password.
+
+        `pool` and `call_soon` (the loop's): make TLS connections on the pool, not on the loop.
+        """
         self.device_id, self._settings, self._selector, self._events = device_id, settings, selector, events
+        self._pool, self._call_soon = pool, call_soon
+        self._context: ssl.SSLContext | None = None
         self._dirty = dirty
         self._closing = False
         self._down = False
         self.refused = False
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, clean_session=True)
-        # Its own account: the username is the device id, like the client id.
-        client.username_pw_set(device_id, password)
+        client = _HandedSocketClient(CallbackAPIVersion.VERSION2, client_id=device_id, clean_session=True)
+        if cert is None:
+            # Its own account: the username is the device id, like the client id.
+            client.username_pw_set(device_id, password)
+        # With a certificate no username at all: RabbitMQ takes the CN only from a CONNECT without one.
         client.will_set(mqtt_topic(status_key(device_id)), will, qos=QOS_AT_LEAST_ONCE, retain=False)
         if settings.mqtt_tls:
-            # Verifies the broker's certificate and host name; the handshake runs inside connect().
-            client.tls_set_context(settings_context(settings))
+            # Verifies the broker's certificate and host name.
+            self._context = settings_context(settings) if cert is None else device_context(settings, cert)
+            client.tls_set_context(self._context)
         client.max_inflight_messages_set(window)
         client.max_queued_messages_set(0)
         client.connect_timeout = CONNECT_TIMEOUT_S
@@ -77,7 +104,41 @@ class MqttLink:
     # --- driven by the event loop -------------------------------------------------------------
 
     def open(self) -> None:
+        if self._context is None or self._pool is None or self._call_soon is None:
+            self._connect()
+        else:
+            self._pool.submit(self._connect_tls, self._context, self._call_soon)
+
+    def _connect(self) -> None:
         self.client.connect(self._settings.mqtt_host, self._settings.mqtt_connect_port, keepalive=MQTT_KEEPALIVE_S)
+
+    def _connect_tls(self, context: ssl.SSLContext, call_soon: Callable[[Callable[[], None]], None]) -> None:
+        """On the pool: TCP connect and TLS handshake (verifying the broker), then paho's CONNECT on the loop."""
+        host, port = self._settings.mqtt_host, self._settings.mqtt_connect_port
+        try:
+            raw = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
+            try:
+                sock = context.wrap_socket(raw, server_hostname=host)
+            except BaseException:
+                raw.close()
+                raise
+        except OSError as exc:  # ssl.SSLError included: one more failed attempt, retried with backoff
+            reason = f"connect failed: {exc}"
+            call_soon(lambda: self._went_down(reason))
+            return
+        call_soon(lambda: self._connect_over(sock))
+
+    def _connect_over(self, sock: ssl.SSLSocket) -> None:
+        if self._closing or self._down:
+            # Closed (or given up) while the handshake ran: nothing was said yet, so nothing is owed.
+            sock.close()
+            self._went_down("closed")
+            return
+        self.client.handed = sock
+        try:
+            self._connect()
+        except (OSError, ValueError) as exc:
+            self._went_down(f"connect failed: {exc}")
 
     def on_ready(self, mask: int) -> None:
         if mask & selectors.EVENT_READ:

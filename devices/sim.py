@@ -23,7 +23,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from devices.credentials import ensure_credentials
+from devices.credentials import ensure_certificates, ensure_credentials
 from devices.device import DEFAULT_SITE, ProtocolChoice, plan_fleet
 from devices.fleet import Fleet
 from devices.models import DEFAULT_KINDS
@@ -95,6 +95,12 @@ def _parse_kinds(value: str) -> list[str]:
     help="Connect over TLS: MQTTS and STOMP over TLS, verifying the broker [IOT_MQTT_TLS, IOT_STOMP_TLS, IOT_TLS_CA].",
 )
 @click.option(
+    "--certs",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Devices log in with client certificates from this folder, no password (implies --tls); devices missing "
+    "from it are provisioned as certificate devices with the admin account and the stack's CA [IOT_DEVICE_CERT_DIR].",
+)
+@click.option(
     "--models-file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Device models merged over the shipped ones [IOT_MODELS_FILE].",
@@ -114,6 +120,7 @@ def sim(
     stomp_port: int | None,
     credentials: Path | None,
     tls: bool | None,
+    certs: Path | None,
     models_file: Path | None,
 ) -> None:
     """Simulated sensors over MQTT and STOMP: environment, air-quality, power-meter and thermostat
@@ -126,11 +133,22 @@ def sim(
         credentials_file=credentials,
         mqtt_tls=tls,
         stomp_tls=tls,
+        device_cert_dir=certs,
         models_file=models_file,
     )
+    if settings.device_cert_dir is not None:
+        # A certificate is presented only over TLS.
+        settings = settings.model_copy(update={"mqtt_tls": True, "stomp_tls": True})
     console = Console(stderr=True, width=None if sys.stderr.isatty() else SUMMARY_WIDTH)
     plan = plan_fleet(count, _parse_kinds(kinds), protocol, site, load_models(settings.models_file))
-    held = ensure_credentials(settings.credentials_path, [spec.device_id for spec in plan], console)
+    ids = [spec.device_id for spec in plan]
+    held = None
+    if settings.device_cert_dir is not None:
+        ensure_certificates(settings.device_cert_dir, ids, console)
+        identity = f"its own certificate ({settings.device_cert_dir})"
+    else:
+        held = ensure_credentials(settings.credentials_path, ids, console)
+        identity = f"its own credential ({settings.credentials_path})"
     fleet = Fleet(
         settings,
         count=count,
@@ -154,7 +172,7 @@ def sim(
         gc.freeze()
         refused = fleet.stats().total.refused
         online = f"all {count}" if not refused else f"{count - refused} of {count}"
-        console.print(f"{online} devices online, each with its own credential ({settings.credentials_path})")
+        console.print(f"{online} devices online, each with {identity}")
         if refused:
             console.print(f"{refused} devices refused by the broker (credential unknown or revoked)")
         _show_progress(fleet, console, duration)

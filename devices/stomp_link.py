@@ -22,6 +22,7 @@ import stomp.exception
 from devices.links import LinkDown, LinkEvents
 from hub.core.config import Settings
 from hub.core.contract import VHOST, command_key, status_key, stomp_destination
+from hub.core.tls import DeviceCert
 
 #: Heart-beats both ways (ms): a dead broker or device is noticed within about twice this.
 STOMP_HEARTBEAT_MS = 10_000
@@ -48,9 +49,12 @@ class StompLink(stomp.ConnectionListener):  # type: ignore[misc]
         call_soon: CallSoon,
         pool: Executor,
         password: str = "",
+        cert: DeviceCert | None = None,
     ) -> None:
+        """`cert`: log in with this client certificate (the broker takes its CN as the user), no password."""
         self.device_id, self._settings, self._events = device_id, settings, events
         self._password = password
+        self._cert = cert
         self.refused = False
         self._call_soon, self._pool = call_soon, pool
         self._receipt_ids = itertools.count(1)
@@ -70,7 +74,12 @@ class StompLink(stomp.ConnectionListener):  # type: ignore[misc]
         if settings.stomp_tls:
             # stomp.py builds a verifying context (certificate and host name) from the CA file.
             ca = settings.tls_ca_file
-            self.connection.set_ssl(for_hosts=[broker], ca_certs=str(ca) if ca is not None else None)
+            self.connection.set_ssl(
+                for_hosts=[broker],
+                ca_certs=str(ca) if ca is not None else None,
+                cert_file=str(cert.cert_file) if cert is not None else None,
+                key_file=str(cert.key_file) if cert is not None else None,
+            )
         self.connection.set_listener("device", self)
 
     # --- driven by the event loop -------------------------------------------------------------
@@ -105,8 +114,12 @@ class StompLink(stomp.ConnectionListener):  # type: ignore[misc]
 
     def _connect(self) -> None:
         try:
-            # Its own account: the login is the device id.
-            self.connection.connect(self.device_id, self._password, wait=True)
+            if self._cert is None:
+                # Its own account: the login is the device id.
+                self.connection.connect(self.device_id, self._password, wait=True)
+            else:
+                # No login header: RabbitMQ logs a CONNECT without one in as the certificate's CN.
+                self.connection.connect(wait=True)
             self.connection.subscribe(
                 stomp_destination(command_key(self.device_id)),
                 id=COMMANDS_SUBSCRIPTION_ID,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -127,6 +128,43 @@ def settings_environment(settings: Settings, **extra: str) -> dict[str, str]:
     environment.update(IOT_METRICS_PORT="0", IOT_RULES_FILE=str(REPO / "rules.yaml"))
     environment.update(extra)
     return environment
+
+
+def handshake_in_memory(client: ssl.SSLContext, server: ssl.SSLContext) -> tuple[ssl.SSLObject, ssl.SSLObject]:
+    """A TLS handshake with no socket: the two ends pass their bytes through BIOs. Returns (client, server) ends."""
+    to_client, to_server = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls_client = client.wrap_bio(to_client, to_server, server_hostname="localhost")
+    tls_server = server.wrap_bio(to_server, to_client, server_side=True)
+    for _ in range(10):
+        done = 0
+        for end in (tls_client, tls_server):
+            try:
+                end.do_handshake()
+                done += 1
+            except ssl.SSLWantReadError:
+                pass
+        if done == 2:
+            return tls_client, tls_server
+    raise AssertionError("the handshake did not finish")
+
+
+def run_module(
+    settings: Settings, module: str, *args: str, timeout_s: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m module *args` to its end, as a user with `settings` in the environment would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=settings_environment(settings, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def hub_cli(settings: Settings, *args: str, timeout_s: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    return run_module(settings, "hub", *args, timeout_s=timeout_s, **env)
 
 
 @contextmanager

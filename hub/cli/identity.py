@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,10 +12,13 @@ import click
 import msgspec
 from rich.console import Console
 
+from hub.control.identity import checked_devices
 from hub.control.identity import provision as provision_devices
 from hub.control.identity import revoke as revoke_devices
 from hub.core.config import load_settings
 from hub.core.credentials import forget_credentials, merge_credentials
+from hub.core.errors import ConfigError
+from hub.stack.certs import stack_ca, write_device_cert
 
 _DEVICES = click.argument("devices", nargs=-1, required=True, metavar="DEVICE...")
 
@@ -33,27 +37,56 @@ def _console() -> Console:
 @click.option(
     "--rotate", is_flag=True, help="Give devices that already exist a new secret (the old one stops working)."
 )
-def provision(devices: tuple[str, ...], out: Path | None, rotate: bool) -> None:
+@click.option(
+    "--cert",
+    is_flag=True,
+    help="Certificate devices: no password; each gets a client certificate (CN = its id) signed by the stack's CA.",
+)
+@click.option(
+    "--cert-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With --cert: write DEVICE.pem, DEVICE.key (mode 0600) and ca.pem into this folder.",
+)
+def provision(devices: tuple[str, ...], out: Path | None, rotate: bool, cert: bool, cert_dir: Path | None) -> None:
     """Create a broker account per device: username = device id, a random secret shown once.
 
     Each account may publish only its own telemetry, status and acks and subscribe only to its
     own commands. Uses the admin account (IOT_ADMIN_USER, IOT_ADMIN_PASSWORD) and the management
     API (IOT_MANAGEMENT_PORT). A device that exists keeps its secret unless --rotate.
 
+    With --cert the account has no password: the device logs in over MQTTS or STOMP over TLS
+    with the certificate written to --cert-dir, signed by the development CA of IOT_STACK_DIR.
+
     \b
     Examples:
       python -m hub provision env-0001 --out env-0001.json
       python -m hub provision $(seq -f 'dev-%04g' 1 1000) --out fleet.json
+      python -m hub provision cam-0001 --cert --cert-dir certs/
     """
+    if cert and (cert_dir is None or out is not None):
+        raise click.UsageError("--cert writes certificates to --cert-dir DIR (and no passwords to --out)")
+    if cert_dir is not None and not cert:
+        raise click.UsageError("--cert-dir goes with --cert")
     settings = load_settings()
     console = _console()
     started = time.monotonic()
-    result = provision_devices(settings, devices, rotate=rotate)
+    if cert_dir is not None:
+        # Everything that can refuse the call does so before any account exists.
+        wanted = checked_devices(devices)
+        ca = stack_ca(settings)
+        _writable_folder(cert_dir)
+        result = provision_devices(settings, wanted, rotate=rotate, certificate=True)
+        for device in result.certified:
+            write_device_cert(ca, device, cert_dir)
+    else:
+        result = provision_devices(settings, devices, rotate=rotate)
     elapsed = time.monotonic() - started
     for device in result.existing:
-        console.print(f"{device}: exists, secret kept (--rotate gives it a new one)")
-    new = len(result.issued) - len(result.rotated)
+        console.print(f"{device}: exists, {'certificate' if cert else 'secret'} kept (--rotate gives it a new one)")
+    new = len(result.issued) + len(result.certified) - len(result.rotated)
     console.print(f"{new} created, {len(result.rotated)} rotated, {len(result.existing)} kept in {elapsed:.2f} s")
+    if result.certified:
+        console.print(f"certificates written to {cert_dir} (DEVICE.pem, DEVICE.key mode 0600, ca.pem)")
     if not result.issued:
         return
     if out is not None:
@@ -62,6 +95,15 @@ def provision(devices: tuple[str, ...], out: Path | None, rotate: bool) -> None:
     else:
         document = {device: msgspec.structs.asdict(c) for device, c in result.issued.items()}
         click.echo(json.dumps(document, indent=2))
+
+
+def _writable_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot make the certificate folder {folder}: {exc.strerror}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to the certificate folder {folder}")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

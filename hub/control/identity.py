@@ -1,6 +1,7 @@
 """Device identities: one broker account per device, created and revoked through the management API.
 
     result = provision(settings, ["env-0001", "th-0002"])   # new secrets in result.issued
+    provision(settings, ["cam-0003"], certificate=True)     # no password: its certificate logs it in
     revoke(settings, ["env-0001"])                         # deleted, its connections closed
 
 Provisioning hashes each secret here and creates every account with one definitions import,
@@ -11,7 +12,7 @@ anything is sent: a bad one refuses the whole call and nothing is half-created.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ from hub.core.permissions import topic_permissions, vhost_permissions
 #: Bytes of randomness per device secret (URL-safe base64: 32 characters).
 SECRET_BYTES = 24
 REVOKED_REASON = "credential revoked"
+#: The password hash of a certificate device: RabbitMQ's internal backend refuses every password
+#: against an empty hash, so the account logs in only by its certificate (ssl_cert_login, CN = id).
+NO_PASSWORD_HASH = ""
 
 
 @dataclass
@@ -32,6 +36,8 @@ class Provisioned:
     """What `provision` did: secrets issued (new or rotated; shown once) and devices left as they were."""
 
     issued: dict[str, Credential] = field(default_factory=dict)
+    #: Certificate devices whose account was created (or rotated) now: they need a certificate.
+    certified: list[str] = field(default_factory=list)
     rotated: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
 
@@ -54,24 +60,33 @@ def new_secret() -> str:
 
 def device_definitions(credentials: dict[str, Credential]) -> dict[str, Any]:
     """A definitions document creating (or replacing) one confined account per device."""
+    return _account_definitions({device: password_hash(c.password) for device, c in credentials.items()})
+
+
+def certificate_definitions(devices: Iterable[str]) -> dict[str, Any]:
+    """The same confined accounts, without a usable password: only the device's certificate logs it in."""
+    return _account_definitions(dict.fromkeys(devices, NO_PASSWORD_HASH))
+
+
+def _account_definitions(hashes: Mapping[str, str]) -> dict[str, Any]:
     return {
         "users": [
-            {
-                "name": device,
-                "password_hash": password_hash(credential.password),
-                "hashing_algorithm": HASHING_ALGORITHM,
-                "tags": [],
-                "limits": {},
-            }
-            for device, credential in credentials.items()
+            {"name": device, "password_hash": hashed, "hashing_algorithm": HASHING_ALGORITHM, "tags": [], "limits": {}}
+            for device, hashed in hashes.items()
         ],
-        "permissions": [{"user": device, "vhost": VHOST, **vhost_permissions(device)} for device in credentials],
-        "topic_permissions": [{"user": device, "vhost": VHOST, **topic_permissions(device)} for device in credentials],
+        "permissions": [{"user": device, "vhost": VHOST, **vhost_permissions(device)} for device in hashes],
+        "topic_permissions": [{"user": device, "vhost": VHOST, **topic_permissions(device)} for device in hashes],
     }
 
 
-def provision(settings: Settings, devices: Iterable[str], rotate: bool = False) -> Provisioned:
-    """Create an account for each device that has none; with `rotate`, give existing ones a new secret too."""
+def provision(
+    settings: Settings, devices: Iterable[str], rotate: bool = False, certificate: bool = False
+) -> Provisioned:
+    """Create an account for each device that has none; with `rotate`, give existing ones a new secret too.
+
+    With `certificate`, the accounts have no password (`result.certified`): the caller issues
+    each a certificate, and a rotated one loses its password.
+    """
     wanted = checked_devices(devices)
     admin = ManagementAdmin(settings)
     present = admin.user_names()
@@ -82,9 +97,14 @@ def provision(settings: Settings, devices: Iterable[str], rotate: bool = False) 
             continue
         if device in present:
             result.rotated.append(device)
-        result.issued[device] = Credential(username=device, password=new_secret())
+        if certificate:
+            result.certified.append(device)
+        else:
+            result.issued[device] = Credential(username=device, password=new_secret())
     if result.issued:
         admin.import_definitions(device_definitions(result.issued))
+    if result.certified:
+        admin.import_definitions(certificate_definitions(result.certified))
     if result.rotated:
         # A new secret must lock the old one out now, not at the device's next reconnect.
         _close_connections(admin, result.rotated, "credential rotated")

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     #: The CA file clients verify the broker's certificate (and host name) against. Unset: the
     #: stack's development CA when the stack folder has one, else the system's trust store.
     tls_ca: Path | None = None
+    #: Devices log in with their certificate from this folder (`<device>.pem`, `<device>.key`, as
+    #: `python -m hub provision --cert --cert-dir` writes them) instead of a password; needs TLS.
+    device_cert_dir: Path | None = None
     #: The native stack's plain (unencrypted) listeners, bound to loopback only; false: none at all.
     plain_listeners: bool = True
     influx_url: str = "http://localhost:8086"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from pathlib import Path
 
 import msgspec
@@ -46,7 +46,7 @@ def read_credentials(path: Path) -> dict[str, Credential]:
         raise ConfigError(f"{path} is not JSON ({exc})") from None
 
 
-def lacking(devices: list[str], credentials: Mapping[str, Credential], path: Path, remedy: str) -> None:
+def lacking(devices: list[str], credentials: Container[str], path: Path, remedy: str) -> None:
     """A ConfigError naming (some of) the devices without a credential in `credentials`, read from `path`."""
     missing = [device for device in devices if device not in credentials]
     if missing:

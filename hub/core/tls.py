@@ -2,16 +2,43 @@
 
 The server's certificate is verified against the configured CA (`Settings.tls_ca_file`), and
 its host name against the name the client dialled: a certificate for another host is refused.
+A device that logs in with its certificate (`DeviceCert`) presents it in the same context.
 """
 
 from __future__ import annotations
 
 import functools
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 from hub.core.config import Settings
 from hub.core.errors import ConfigError
+
+#: In a certificate folder: `<device>.pem` (the certificate), `<device>.key` (its key, mode 0600),
+#: and the CA that signed them, for convenience.
+DEVICE_CERT_SUFFIX = ".pem"
+DEVICE_KEY_SUFFIX = ".key"
+CERT_DIR_CA_FILE = "ca.pem"
+
+
+@dataclass(frozen=True)
+class DeviceCert:
+    """Where one device's client certificate and key are in a certificate folder."""
+
+    folder: Path
+    device: str
+
+    @property
+    def cert_file(self) -> Path:
+        return self.folder / f"{self.device}{DEVICE_CERT_SUFFIX}"
+
+    @property
+    def key_file(self) -> Path:
+        return self.folder / f"{self.device}{DEVICE_KEY_SUFFIX}"
+
+    def present(self) -> bool:
+        return self.cert_file.is_file() and self.key_file.is_file()
 
 
 @functools.lru_cache(maxsize=16)
@@ -32,3 +59,12 @@ def client_context(ca_file: Path | None, cert_file: Path | None = None, key_file
 def settings_context(settings: Settings) -> ssl.SSLContext:
     """The context for the broker the settings name."""
     return client_context(settings.tls_ca_file)
+
+
+def device_context(settings: Settings, cert: DeviceCert) -> ssl.SSLContext:
+    """The context of a device that logs in with its certificate: it verifies the broker and presents `cert`."""
+    if not cert.present():
+        raise ConfigError(
+            f"no certificate for {cert.device} in {cert.folder} ({cert.cert_file.name}, {cert.key_file.name})"
+        )
+    return client_context(settings.tls_ca_file, cert.cert_file, cert.key_file)

@@ -20,8 +20,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from hub.core.config import DEV_TLS_DIR, Settings
 from hub.core.contract import require_identifier
-from hub.core.errors import StackError
+from hub.core.errors import ConfigError, StackError
+from hub.core.tls import CERT_DIR_CA_FILE, DeviceCert
 
 #: The development CA lives ten years: long enough never to expire under a laptop's stack.
 CA_VALID_DAYS = 3650
@@ -151,6 +153,25 @@ def issue_device_cert(ca: Issued, device_id: str) -> Issued:
 def load_ca(files: TlsFiles) -> Issued:
     """The stack's CA, to sign more certificates with."""
     return Issued(files.ca_cert.read_bytes(), files.ca_key.read_bytes())
+
+
+def stack_ca(settings: Settings) -> Issued:
+    """The development CA of the stack folder (IOT_STACK_DIR), which the broker trusts for client certificates."""
+    files = TlsFiles(settings.stack_path / DEV_TLS_DIR)
+    if not (files.ca_cert.is_file() and files.ca_key.is_file()):
+        raise ConfigError(f"no development CA in {files.folder}: `python -m hub stack up` makes it")
+    return load_ca(files)
+
+
+def write_device_cert(ca: Issued, device_id: str, folder: Path) -> DeviceCert:
+    """Issue `device_id` a client certificate and write it, its key (0600) and the CA's certificate to `folder`."""
+    issued = issue_device_cert(ca, device_id)
+    cert = DeviceCert(folder, device_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_key(cert.key_file, issued.key_pem)
+    cert.cert_file.write_bytes(issued.cert_pem)
+    (folder / CERT_DIR_CA_FILE).write_bytes(ca.cert_pem)
+    return cert
 
 
 def write_key(path: Path, key_pem: bytes) -> None:

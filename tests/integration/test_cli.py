@@ -21,25 +21,22 @@ from hub.core.config import Settings
 from hub.core.contract import EXCHANGE, ack_key, command_key
 from hub.core.exit_codes import ExitCode
 from hub.stack.processes import free_port
-from tests.support import REPO, amqp_connection, collect, hub_process, influx_query, settings_environment, wait_until
+from tests.support import (
+    REPO,
+    amqp_connection,
+    collect,
+    hub_cli,
+    hub_process,
+    influx_query,
+    settings_environment,
+    wait_until,
+)
 
 SITE = "cli-site"
 #: Two devices of each kind; `mixed` gives each kind one MQTT and one STOMP device.
 FLEET_SIZE = 8
 #: A short --timeout keeps the timeout tests quick.
 SHORT_TIMEOUT_S = 2.0
-
-
-def hub_cli(settings: Settings, *args: str, timeout_s: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hub", *args],
-        cwd=REPO,
-        env=settings_environment(settings, **env),
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
 
 
 def listening_for_acks(settings: Settings, device: str) -> bool:

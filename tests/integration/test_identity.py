@@ -5,24 +5,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-import stomp
-import stomp.exception
-from paho.mqtt.enums import CallbackAPIVersion
 
 from hub.clients.management import ManagementAdmin
 from hub.control.identity import provision, revoke
 from hub.core.config import Settings
-from hub.core.contract import EXCHANGE, VHOST, command_key, mqtt_topic, stomp_destination, telemetry_key
+from hub.core.contract import EXCHANGE, command_key, mqtt_topic, telemetry_key
 from hub.core.errors import InvalidIdentifier
+from tests.device_clients import MqttDevice, StompDevice, connect_device, gone, publish, refused
 from tests.support import REPO, amqp_connection, bind_temporary_queue, collect, settings_environment, wait_until
 
 #: A routing key no hub queue is bound to, published after a refused message: it arrives, the refused one does not.
@@ -31,104 +26,6 @@ MARKER_KEY = "test.identity-marker"
 REVOKED_WITHIN_S = 1.0
 #: The account every device shared before each had its own.
 FORMER_SHARED_USER, FORMER_SHARED_PASSWORD = "device", "device-dev-password"
-
-
-class MqttDevice:
-    """A paho client logged in as `user`, recording its CONNACK, SUBACKs, messages and disconnection."""
-
-    def __init__(self, settings: Settings, user: str, password: str, client_id: str | None = None) -> None:
-        self.connack: Any = None
-        self.subacks: list[Any] = []
-        self.messages: list[str] = []
-        self.disconnected_at: float | None = None
-        self.connected = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or user)
-        self.client.username_pw_set(user, password)
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda _c, _u, _mid, reasons, _p: self.subacks.append(reasons)
-        self.client.on_message = lambda _c, _u, message: self.messages.append(message.topic)
-        self.client.on_disconnect = self._on_disconnect
-        self.client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=30)
-        self.client.loop_start()
-        assert self.connected.wait(10), "no CONNACK"
-
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        self.connack = reason
-        self.connected.set()
-
-    def _on_disconnect(self, *_args: Any) -> None:
-        self.disconnected_at = time.monotonic()
-
-    @property
-    def accepted(self) -> bool:
-        return not self.connack.is_failure
-
-    def subscribe(self, routing_key: str) -> None:
-        self.client.subscribe(mqtt_topic(routing_key), qos=1)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-class StompDevice(stomp.ConnectionListener):  # type: ignore[misc]
-    """A stomp.py connection logged in as `user`, recording messages, ERROR frames and disconnection."""
-
-    def __init__(self, settings: Settings, user: str, password: str) -> None:
-        self.messages: list[str] = []
-        self.errors: list[str] = []
-        self.disconnected_at: float | None = None
-        self.connection = stomp.Connection12([(settings.stomp_host, settings.stomp_port)], vhost=VHOST)
-        self.connection.set_listener("device", self)
-        self.connection.connect(user, password, wait=True)
-
-    def on_message(self, frame: Any) -> None:
-        self.messages.append(frame.headers.get("destination", ""))
-
-    def on_error(self, frame: Any) -> None:
-        self.errors.append(f"{frame.headers.get('message', '')} {frame.body}")
-
-    def on_disconnected(self) -> None:
-        self.disconnected_at = time.monotonic()
-
-    def subscribe(self, routing_key: str) -> None:
-        self.connection.subscribe(stomp_destination(routing_key), id=routing_key, ack="auto")
-
-    def close(self) -> None:
-        if self.connection.is_connected():
-            self.connection.disconnect()
-
-
-def _connect(settings: Settings, protocol: str, user: str, password: str) -> MqttDevice | StompDevice:
-    if protocol == "mqtt":
-        device = MqttDevice(settings, user, password)
-        assert device.accepted, device.connack
-        return device
-    return StompDevice(settings, user, password)
-
-
-def _refused(settings: Settings, protocol: str, user: str, password: str) -> bool:
-    """True when the broker refuses this login."""
-    if protocol == "mqtt":
-        device = MqttDevice(settings, user, password)
-        device.close()
-        return not device.accepted
-    try:
-        StompDevice(settings, user, password).close()
-    except stomp.exception.ConnectFailedException:
-        return True
-    return False
-
-
-def _publish(device: MqttDevice | StompDevice, routing_key: str, body: bytes) -> None:
-    if isinstance(device, MqttDevice):
-        device.client.publish(mqtt_topic(routing_key), body, qos=1)
-    else:
-        device.connection.send(stomp_destination(routing_key), body, content_type="application/json")
-
-
-def _gone(device: MqttDevice | StompDevice) -> bool:
-    return device.disconnected_at is not None
 
 
 @pytest.fixture
@@ -152,10 +49,10 @@ def test_a_device_cannot_publish_as_another_and_nothing_of_it_is_routed(
     connection = amqp_connection(stack)
     channel = connection.channel()
     queue = bind_temporary_queue(channel, "telemetry.#", MARKER_KEY)
-    device = _connect(stack, protocol, a, a_secret)
-    _publish(device, telemetry_key("plant-id", "environment", a), b'{"own":true}')
-    _publish(device, telemetry_key("plant-id", "environment", b), b'{"forged":true}')
-    wait_until(lambda: _gone(device), 10)
+    device = connect_device(stack, protocol, a, a_secret)
+    publish(device, telemetry_key("plant-id", "environment", a), b'{"own":true}')
+    publish(device, telemetry_key("plant-id", "environment", b), b'{"forged":true}')
+    wait_until(lambda: gone(device), 10)
     device.close()
     channel.basic_publish(EXCHANGE, MARKER_KEY, b"after the forgery")
     received = [key for key, _body, _props in collect(connection, channel, queue, 3, timeout_s=3)]
@@ -168,7 +65,7 @@ def test_a_device_receives_its_own_commands_and_cannot_subscribe_to_another_s(
     stack: Settings, pair: dict[str, str], protocol: str
 ) -> None:
     (a, a_secret), (b, _) = pair.items()
-    device = _connect(stack, protocol, a, a_secret)
+    device = connect_device(stack, protocol, a, a_secret)
     device.subscribe(command_key(a))
     connection = amqp_connection(stack)
     channel = connection.channel()
@@ -180,7 +77,7 @@ def test_a_device_receives_its_own_commands_and_cannot_subscribe_to_another_s(
 
     wait_until(heard, 10)
     device.subscribe(command_key(b))
-    wait_until(lambda: _gone(device), 10)
+    wait_until(lambda: gone(device), 10)
     device.close()
     connection.close()
     if isinstance(device, StompDevice):
@@ -194,15 +91,15 @@ def test_no_login_with_another_device_s_secret_nor_as_the_former_shared_account(
     stack: Settings, pair: dict[str, str], protocol: str
 ) -> None:
     (a, _), (_b, b_secret) = pair.items()
-    assert _refused(stack, protocol, a, b_secret)
-    assert _refused(stack, protocol, FORMER_SHARED_USER, FORMER_SHARED_PASSWORD)
+    assert refused(stack, protocol, a, b_secret)
+    assert refused(stack, protocol, FORMER_SHARED_USER, FORMER_SHARED_PASSWORD)
 
 
 def test_over_mqtt_a_device_with_another_client_id_cannot_take_commands(stack: Settings, pair: dict[str, str]) -> None:
     (a, a_secret), (b, _) = pair.items()
     device = MqttDevice(stack, a, a_secret, client_id=b)
     device.subscribe(command_key(a))
-    wait_until(lambda: _gone(device), 10)
+    wait_until(lambda: gone(device), 10)
     device.close()
     assert not device.subacks, "its session queue is named by the client id, which must be its own"
 
@@ -212,27 +109,27 @@ def test_a_revoked_device_is_disconnected_at_once_and_refused_afterwards(
     stack: Settings, pair: dict[str, str], protocol: str
 ) -> None:
     (a, a_secret), _b = pair.items()
-    device = _connect(stack, protocol, a, a_secret)
+    device = connect_device(stack, protocol, a, a_secret)
     revoked_at = time.monotonic()
     result = revoke(stack, [a])
-    wait_until(lambda: _gone(device), REVOKED_WITHIN_S * 5, 0.02)
+    wait_until(lambda: gone(device), REVOKED_WITHIN_S * 5, 0.02)
     device.close()
     assert result.deleted == [a]
     assert device.disconnected_at is not None and device.disconnected_at - revoked_at < REVOKED_WITHIN_S
-    assert _refused(stack, protocol, a, a_secret)
+    assert refused(stack, protocol, a, a_secret)
 
 
 def test_provisioning_is_idempotent_and_rotate_gives_a_new_secret(stack: Settings, pair: dict[str, str]) -> None:
     (a, first), _b = pair.items()
     again = provision(stack, [a])
     assert (again.issued, again.existing) == ({}, [a])
-    assert not _refused(stack, "mqtt", a, first), "provisioning again keeps the secret"
+    assert not refused(stack, "mqtt", a, first), "provisioning again keeps the secret"
     rotated = provision(stack, [a], rotate=True)
     assert rotated.rotated == [a]
     second = rotated.issued[a].password
     assert second != first
-    assert _refused(stack, "mqtt", a, first)
-    assert not _refused(stack, "stomp", a, second)
+    assert refused(stack, "mqtt", a, first)
+    assert not refused(stack, "stomp", a, second)
 
 
 def test_an_invalid_id_refuses_the_whole_call_and_creates_nothing(stack: Settings, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from hub.core.config import load_settings, over_tls
 from hub.core.errors import InvalidIdentifier
 from hub.stack.certs import TlsFiles, ensure_dev_tls, issue_ca, issue_device_cert, load_ca, server_names
 from hub.stack.rabbitmq import Listeners, RabbitNode, RabbitPorts, render_config
+from tests.support import handshake_in_memory
 
 
 def _cert(path: Path) -> x509.Certificate:
@@ -48,20 +49,7 @@ def test_python_verifies_the_server_certificate_against_the_ca(tmp_path: Path) -
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(files.server_cert, files.server_key)
     client = ssl.create_default_context(cafile=str(files.ca_cert))
-    # A handshake in memory: the two ends pass their bytes through BIOs instead of a socket.
-    to_client, to_server = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls_client = client.wrap_bio(to_client, to_server, server_hostname="localhost")
-    tls_server = server.wrap_bio(to_server, to_client, server_side=True)
-    for _ in range(10):
-        done = 0
-        for end in (tls_client, tls_server):
-            try:
-                end.do_handshake()
-                done += 1
-            except ssl.SSLWantReadError:
-                pass
-        if done == 2:
-            break
+    tls_client, _server = handshake_in_memory(client, server)
     peer = tls_client.getpeercert()
     assert peer is not None
     assert peer["subject"] == ((("commonName", "IoT hub RabbitMQ node"),),)
