@@ -45,8 +45,11 @@ class MqttLink:
         window: int,
         dirty: Callable[[MqttLink], None],
         password: str = "",
+        address: tuple[str, int] | None = None,
     ) -> None:
+        """`address`: the broker node to connect to (default: the first of IOT_MQTT_ADDRESSES / IOT_MQTT_HOST)."""
         self.device_id, self._settings, self._selector, self._events = device_id, settings, selector, events
+        self.address = address or settings.mqtt_brokers[0]
         self._dirty = dirty
         self._closing = False
         self._down = False
@@ -77,7 +80,8 @@ class MqttLink:
     # --- driven by the event loop -------------------------------------------------------------
 
     def open(self) -> None:
-        self.client.connect(self._settings.mqtt_host, self._settings.mqtt_connect_port, keepalive=MQTT_KEEPALIVE_S)
+        host, port = self.address
+        self.client.connect(host, port, keepalive=MQTT_KEEPALIVE_S)
 
     def on_ready(self, mask: int) -> None:
         if mask & selectors.EVENT_READ:

@@ -48,8 +48,11 @@ class StompLink(stomp.ConnectionListener):  # type: ignore[misc]
         call_soon: CallSoon,
         pool: Executor,
         password: str = "",
+        address: tuple[str, int] | None = None,
     ) -> None:
+        """`address`: the broker node to connect to (default: the first of IOT_STOMP_ADDRESSES / IOT_STOMP_HOST)."""
         self.device_id, self._settings, self._events = device_id, settings, events
+        self.address = address or settings.stomp_brokers[0]
         self._password = password
         self.refused = False
         self._call_soon, self._pool = call_soon, pool
@@ -59,7 +62,7 @@ class StompLink(stomp.ConnectionListener):  # type: ignore[misc]
         self._up = False
         self._down = False
         self._closing = False
-        broker = (settings.stomp_host, settings.stomp_connect_port)
+        broker = self.address
         self.connection = stomp.Connection12(
             [broker],
             heartbeats=(STOMP_HEARTBEAT_MS, STOMP_HEARTBEAT_MS),
