@@ -221,6 +221,13 @@ class Fleet:
     def is_online(self, device_id: str) -> bool:
         return self._runtime(device_id).state == "online"
 
+    def describe(self, device_id: str) -> str:
+        """Its connection in a few words: state, broker address, last error (for a test's failure message)."""
+        rt = self._runtime(device_id)
+        brokers = self.settings.mqtt_brokers if rt.device.protocol == "mqtt" else self.settings.stomp_brokers
+        host, port = brokers[rt.node % len(brokers)]
+        return f"{rt.state} on {host}:{port}, last error: {rt.last_error or 'none'}"
+
     def wait_online(self, device_ids: Iterable[str] | None = None, timeout_s: float = CONNECT_WAIT_S) -> bool:
         wanted = [self._runtime(i) for i in device_ids] if device_ids is not None else list(self._runtimes.values())
         deadline = time.monotonic() + timeout_s

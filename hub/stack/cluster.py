@@ -28,9 +28,10 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from hub.core.config import Settings
+from hub.core.contract import VHOST
 from hub.core.errors import StackError
 from hub.stack import processes
-from hub.stack.rabbitmq import RabbitNode, RabbitPorts
+from hub.stack.rabbitmq import RabbitNode, RabbitPorts, render_definitions
 from hub.stack.stack import READY_POLL_S, READY_TIMEOUT_S, ServiceStatus, Stack, StackStatus
 
 #: Node i listens on every single-node port plus i times this (100 keeps 15672/15692 apart).
@@ -43,6 +44,8 @@ GROW_TIMEOUT_S = 120.0
 #: Seconds a management API call of `status` may take.
 API_TIMEOUT_S = 5.0
 COOKIE_LENGTH = 20
+#: The definitions' policy for MQTT devices' session queues (see `_mirror_device_sessions`).
+SESSIONS_POLICY = "device-sessions"
 
 
 def offset_ports(ports: RabbitPorts, index: int, dist: int, epmd: int) -> RabbitPorts:
@@ -169,6 +172,7 @@ class Cluster:
                 self.base._wait_ready(dict(rest), progress)
                 self._wait_members(nodes, progress)
                 self._grow(nodes, progress)
+                self._mirror_device_sessions(nodes[0])
                 influx.create_database(self.settings.influx_db)
             except BaseException:
                 self._stop_unlocked()
@@ -272,11 +276,34 @@ class Cluster:
                 raise StackError(f"rabbitmq-queues {' '.join(command)} failed: {result.stderr or result.stdout}")
         progress("quorum queues on every node, leaders spread")
 
-    def _api(self, port: int, path: str) -> Any:
+    def _mirror_device_sessions(self, node: RabbitNode) -> None:
+        """Mirror the MQTT devices' command queues on every node, so a device can resume on another node.
+
+        RabbitMQ 3.10 gives a clean MQTT session a durable, auto-delete classic queue on the node the
+        device connected to. When that node dies, the queue is neither deleted nor reachable, and the
+        device's SUBSCRIBE on any other node fails ("home node ... is down") until the node returns.
+        A mirrored queue survives its node: a mirror takes over. The policy replaces the definitions'
+        `device-sessions` policy for these queues (one policy applies to a queue), so it repeats its keys.
+        """
+        [sessions] = [p for p in render_definitions(self.settings)["policies"] if p["name"] == SESSIONS_POLICY]
+        policy = {
+            "pattern": sessions["pattern"],
+            "apply-to": "queues",
+            "priority": sessions["priority"] + 1,
+            "definition": {**sessions["definition"], "ha-mode": "all", "ha-sync-mode": "automatic"},
+        }
+        self._api(node.ports.management, f"/api/policies/{VHOST}/{SESSIONS_POLICY}-mirrored", policy)
+
+    def _api(self, port: int, path: str, put: Any = None) -> Any:
         token = b64encode(f"{self.settings.admin_user}:{self.settings.admin_password}".encode()).decode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Basic {token}"})
+        headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+        body = None if put is None else json.dumps(put).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}{path}", data=body, headers=headers, method="GET" if put is None else "PUT"
+        )
         with urllib.request.urlopen(request, timeout=API_TIMEOUT_S) as response:
-            return json.loads(response.read())
+            answer = response.read()
+        return json.loads(answer) if answer else None
 
     def _stop_unlocked(self) -> list[str]:
         state = self._load_state()
@@ -371,13 +398,19 @@ class Cluster:
 
 
 def cluster_on_free_ports(settings: Settings, nodes: int = 3) -> list[RabbitPorts]:
-    """Every node's ports free right now, node 0's taken from `settings` (tests: see `settings_on_free_ports`)."""
-    stack = Stack(settings)
-    first = stack._choose_ports()
+    """Every node's ports, free right now and all different; node 0's from `settings` (see `settings_on_free_ports`)."""
+    first = Stack(settings)._choose_ports()
+    taken = set(asdict(first).values())
     ports = [first]
     for _ in range(1, nodes):
-        listeners = {
-            name: processes.free_port() for name, value in asdict(first).items() if name not in ("epmd",) and value
-        }
+        listeners: dict[str, int] = {}
+        for name, value in asdict(first).items():
+            if name == "epmd" or not value:
+                continue
+            port = processes.free_port()
+            while port in taken:
+                port = processes.free_port()
+            taken.add(port)
+            listeners[name] = port
         ports.append(replace(first, **listeners))
     return ports
