@@ -39,8 +39,9 @@ NODE_PORT_OFFSET = 100
 CLUSTER_STATE_FILE = "cluster.json"
 CLUSTER_DIR = "cluster"
 RABBITMQ_QUEUES = Path("/usr/lib/rabbitmq/bin/rabbitmq-queues")
-#: Seconds one `rabbitmq-queues grow` may take.
-GROW_TIMEOUT_S = 120.0
+RABBITMQCTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
+#: Seconds one `rabbitmq-queues grow` or `rabbitmqctl list_queues` may take (a CLI tool starts an Erlang VM).
+CTL_TIMEOUT_S = 120.0
 #: Seconds a management API call of `status` may take.
 API_TIMEOUT_S = 5.0
 COOKIE_LENGTH = 20
@@ -264,14 +265,7 @@ class Cluster:
         """Quorum queues made while node 0 was alone get a replica on every other node; leaders are spread."""
         commands = [["grow", node.node_name, "all"] for node in nodes[1:]] + [["rebalance", "quorum"]]
         for command in commands:
-            result = subprocess.run(
-                [str(RABBITMQ_QUEUES), "-n", nodes[0].node_name, *command],
-                env=nodes[0].environment(),
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=GROW_TIMEOUT_S,
-            )
+            result = self._ctl(nodes[0], RABBITMQ_QUEUES, *command)
             if result.returncode != 0:
                 raise StackError(f"rabbitmq-queues {' '.join(command)} failed: {result.stderr or result.stdout}")
         progress("quorum queues on every node, leaders spread")
@@ -360,20 +354,36 @@ class Cluster:
         )
 
     def _queues(self, nodes: list[RabbitNode], services: list[ServiceStatus]) -> list[QueueReplicas]:
-        """The quorum queues' leaders and members, from the first running node's HTTP API."""
+        """The quorum queues' leaders and members, as the first running node knows them.
+
+        From `rabbitmqctl list_queues`, not the HTTP API: the API's `members` keeps the list a queue
+        had when its statistics were first emitted, so it misses the replicas `up` added.
+        """
         for node, service in zip(nodes, services, strict=False):
             if not service.running:
                 continue
-            try:
-                queues = self._api(node.ports.management, "/api/queues/iot")
-            except OSError:
+            result = self._ctl(node, RABBITMQCTL, "list_queues", "-p", VHOST, "name", "type", "leader", "members")
+            if result.returncode != 0:
                 continue
             return [
                 QueueReplicas(q["name"], q.get("leader", ""), sorted(q.get("members", [])))
-                for q in queues
+                for q in json.loads(result.stdout or "[]")
                 if q.get("type") == "quorum"
             ]
         return []
+
+    @staticmethod
+    def _ctl(node: RabbitNode, tool: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        """A RabbitMQ command line tool run against `node` (its cookie, epmd and name), JSON out where it can."""
+        formatter = ["--formatter", "json", "-q"] if tool == RABBITMQCTL else []
+        return subprocess.run(
+            [str(tool), "-n", node.node_name, *args, *formatter],
+            env=node.environment(),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=CTL_TIMEOUT_S,
+        )
 
     def _save_state(
         self, nodes: list[RabbitNode], pids: list[int], influx_http: int, influx_rpc: int, influx_pid: int
