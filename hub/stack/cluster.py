@@ -32,7 +32,14 @@ from hub.core.contract import VHOST
 from hub.core.errors import StackError
 from hub.stack import processes
 from hub.stack.rabbitmq import RabbitNode, RabbitPorts, render_definitions
-from hub.stack.stack import READY_POLL_S, READY_TIMEOUT_S, ServiceStatus, Stack, StackStatus
+from hub.stack.stack import (
+    READY_POLL_S,
+    READY_TIMEOUT_S,
+    ServiceStatus,
+    Stack,
+    StackStatus,
+    settings_on_free_ports,
+)
 
 #: Node i listens on every single-node port plus i times this (100 keeps 15672/15692 apart).
 NODE_PORT_OFFSET = 100
@@ -111,6 +118,8 @@ class QueueReplicas:
 class ClusterStatus(StackStatus):
     queues: list[QueueReplicas] = field(default_factory=list)
     exports: dict[str, str] = field(default_factory=dict)
+    #: Seconds `up` took, from the first start to quorum queues on every node (0: not started by this call).
+    ready_s: float = 0.0
 
 
 class Cluster:
@@ -178,8 +187,11 @@ class Cluster:
             except BaseException:
                 self._stop_unlocked()
                 raise
-            progress(f"cluster of {len(nodes)} ready in {time.monotonic() - started:.1f} s")
-            return self._status_unlocked()
+            ready_s = time.monotonic() - started
+            progress(f"cluster of {len(nodes)} ready in {ready_s:.1f} s")
+            status = self._status_unlocked()
+            status.ready_s = ready_s
+            return status
 
     def down(self, purge: bool = False) -> list[str]:
         """Stop exactly the processes `up` started. Returns the names of those that were running."""
@@ -405,6 +417,40 @@ class Cluster:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
+
+
+#: Another program may take one of the free ports between their choice and a node's bind.
+FREE_PORT_ATTEMPTS = 3
+
+
+def started_on_free_ports(
+    new_root: Callable[[], Path], nodes: int = 3, progress: Callable[[str], None] = lambda _msg: None
+) -> tuple[Settings, Cluster, float]:
+    """A running cluster on free ports in a new folder (tests, benchmarks), settings that know every node,
+    and the seconds its start took.
+
+    The caller stops it (`down`). A port taken before a node could bind it means another try, in a new folder.
+    """
+    for attempt in range(1, FREE_PORT_ATTEMPTS + 1):
+        settings = settings_on_free_ports(new_root())
+        cluster = Cluster(settings, nodes, ports=cluster_on_free_ports(settings, nodes))
+        try:
+            status = cluster.up(progress)
+        except StackError:
+            cluster.down()
+            if attempt == FREE_PORT_ATTEMPTS:
+                raise
+            continue
+        exports = status.exports
+        clients = settings.model_copy(
+            update={
+                "amqp_url": exports["IOT_AMQP_URL"],
+                "mqtt_addresses": exports["IOT_MQTT_ADDRESSES"],
+                "stomp_addresses": exports["IOT_STOMP_ADDRESSES"],
+            }
+        )
+        return clients, cluster, status.ready_s
+    raise AssertionError("unreachable")
 
 
 def cluster_on_free_ports(settings: Settings, nodes: int = 3) -> list[RabbitPorts]:

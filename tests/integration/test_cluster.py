@@ -16,11 +16,9 @@ import pytest
 
 from devices.fleet import Fleet
 from hub.core.config import Settings
-from hub.core.errors import StackError
-from hub.stack.cluster import Cluster, ClusterStatus, cluster_on_free_ports
+from hub.stack.cluster import Cluster, ClusterStatus, started_on_free_ports
 from hub.stack.processes import is_ours
-from hub.stack.stack import settings_on_free_ports
-from tests.support import START_ATTEMPTS, fleet_credentials, hub_process, influx_query, wait_until
+from tests.support import fleet_credentials, hub_process, influx_query, wait_until
 
 NODES = 3
 #: Both protocols, spread over the nodes (device i starts on node i modulo 3).
@@ -37,35 +35,12 @@ RECONNECT_WAIT_S = 30.0
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Settings]]:
     """A running 3-node cluster and influxd; settings whose clients know every node."""
-    settings, the_cluster = _started_cluster(tmp_path_factory)
+    settings, the_cluster, _ready_s = started_on_free_ports(lambda: tmp_path_factory.mktemp("cluster"), NODES)
     try:
-        exports = the_cluster.status().exports
-        clients = settings.model_copy(
-            update={
-                "amqp_url": exports["IOT_AMQP_URL"],
-                "mqtt_addresses": exports["IOT_MQTT_ADDRESSES"],
-                "stomp_addresses": exports["IOT_STOMP_ADDRESSES"],
-            }
-        )
-        fleet_credentials(clients, DEVICES)
-        yield the_cluster, clients
+        fleet_credentials(settings, DEVICES)
+        yield the_cluster, settings
     finally:
         the_cluster.down()
-
-
-def _started_cluster(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Cluster]:
-    """Up on free ports; another program may take one of them before a node binds it, so up to 3 tries."""
-    for attempt in range(1, START_ATTEMPTS + 1):
-        settings = settings_on_free_ports(tmp_path_factory.mktemp("cluster"))
-        the_cluster = Cluster(settings, NODES, ports=cluster_on_free_ports(settings, NODES))
-        try:
-            the_cluster.up()
-            return settings, the_cluster
-        except StackError:
-            the_cluster.down()
-            if attempt == START_ATTEMPTS:
-                raise
-    raise AssertionError("unreachable")
 
 
 def test_the_cluster_has_every_node_and_three_replicas_of_every_quorum_queue(
