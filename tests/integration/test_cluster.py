@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from devices.fleet import Fleet
 from hub.core.config import Settings
 from hub.stack.cluster import Cluster, ClusterStatus, started_on_free_ports
 from hub.stack.processes import is_ours
-from tests.support import fleet_credentials, hub_process, influx_query, wait_until
+from tests.support import REPO, fleet_credentials, hub_process, influx_query, settings_environment, wait_until
 
 NODES = 3
 #: Both protocols, spread over the nodes (device i starts on node i modulo 3).
@@ -46,7 +48,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster,
 def test_the_cluster_has_every_node_and_three_replicas_of_every_quorum_queue(
     cluster: tuple[Cluster, Settings],
 ) -> None:
-    the_cluster, _settings = cluster
+    the_cluster, settings = cluster
     status = the_cluster.status()
     assert status.running
     nodes = {service.name.split("(")[1].rstrip(")") for service in status.services if "RabbitMQ" in service.name}
@@ -60,8 +62,20 @@ def test_the_cluster_has_every_node_and_three_replicas_of_every_quorum_queue(
         )
         return current if ok else None
 
-    # The HTTP API reports members with its statistics, every few seconds.
     wait_until(replicated, 30, 1.0)
+    shown = subprocess.run(
+        [sys.executable, "-m", "hub", "stack", "status"],
+        cwd=REPO,
+        env=settings_environment(settings),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())
+    assert all(node in text for node in nodes) and "hub.store" in text
+    assert f"export IOT_MQTT_ADDRESSES='{settings.mqtt_addresses}'" in text
 
 
 def test_a_node_killed_under_load_loses_no_reading_and_nothing_needs_a_restart(
@@ -98,3 +112,7 @@ def test_a_node_killed_under_load_loses_no_reading_and_nothing_needs_a_restart(
     for device in fleet.devices:
         seqs = stored(device.device_id, device.kind)
         assert sorted(seqs) == list(range(1, made[device.device_id] + 1)), f"{device.device_id}: each seq once"
+    # `down` stops what is left of what `up` started, and nothing else.
+    survivors = [f"RabbitMQ node {i}" for i in range(NODES) if i != victim]
+    assert the_cluster.down() == [*survivors, "InfluxDB"]
+    assert not the_cluster.status().services
