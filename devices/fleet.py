@@ -43,7 +43,7 @@ from devices.outbox import MAX_IN_FLIGHT
 from devices.stats import FleetStats, LagRecorder, ProtocolStats
 from devices.stomp_link import StompLink
 from hub.core.backoff import DEVICE_RECONNECT, Backoff
-from hub.core.config import Settings
+from hub.core.config import Settings, format_addresses
 from hub.core.contract import ack_key, encode, now_ms, status_key, telemetry_key
 from hub.core.credentials import Credential, lacking, read_credentials
 from hub.core.errors import BrokerUnavailable, ConfigError
@@ -85,6 +85,8 @@ class _Runtime:
     attempt: int = 0
     ever_online: bool = False
     offline_until: float = 0.0
+    #: Which broker node of its protocol's list (IOT_MQTT_ADDRESSES / IOT_STOMP_ADDRESSES) it connects to.
+    node: int = 0
     sent: int = 0
     reconnects: int = 0
     errors: int = 0
@@ -152,13 +154,15 @@ class Fleet:
             )
             for spec in specs
         ]
+        # Devices spread over a cluster's nodes: device i starts on node i modulo the nodes.
         self._runtimes = {
             d.device_id: _Runtime(
                 d,
                 Backoff(DEVICE_RECONNECT, device_rng(seed, d.device_id + "/backoff")),
                 telemetry_key(d.site, d.kind, d.device_id),
+                node=index,
             )
-            for d in self.devices
+            for index, d in enumerate(self.devices)
         }
         self.lag = LagRecorder()
         self._selector = selectors.DefaultSelector()
@@ -199,8 +203,8 @@ class Fleet:
             self.close()
             raise BrokerUnavailable(
                 f"{len(missing)} of {len(self._runtimes)} devices not online "
-                f"(MQTT {self.settings.mqtt_host}:{self.settings.mqtt_connect_port}, "
-                f"STOMP {self.settings.stomp_host}:{self.settings.stomp_connect_port}): {'; '.join(reasons[:3])}"
+                f"(MQTT {format_addresses(self.settings.mqtt_brokers)}, "
+                f"STOMP {format_addresses(self.settings.stomp_brokers)}): {'; '.join(reasons[:3])}"
             )
 
     def _wait_started(self, wait_s: float) -> bool:
@@ -236,6 +240,13 @@ class Fleet:
 
     def is_online(self, device_id: str) -> bool:
         return self._runtime(device_id).state == "online"
+
+    def describe(self, device_id: str) -> str:
+        """Its connection in a few words: state, broker address, last error (for a test's failure message)."""
+        rt = self._runtime(device_id)
+        brokers = self.settings.mqtt_brokers if rt.device.protocol == "mqtt" else self.settings.stomp_brokers
+        host, port = brokers[rt.node % len(brokers)]
+        return f"{rt.state} on {host}:{port}, last error: {rt.last_error or 'none'}"
 
     def wait_online(self, device_ids: Iterable[str] | None = None, timeout_s: float = CONNECT_WAIT_S) -> bool:
         wanted = [self._runtime(i) for i in device_ids] if device_ids is not None else list(self._runtimes.values())
@@ -433,6 +444,8 @@ class Fleet:
         rt.intent = "run"
         will = encode(rt.device.presence("offline"))
         link: AnyLink
+        brokers = self.settings.mqtt_brokers if rt.device.protocol == "mqtt" else self.settings.stomp_brokers
+        address = brokers[rt.node % len(brokers)]
         if rt.device.protocol == "mqtt":
             link = MqttLink(
                 rt.device.device_id,
@@ -446,6 +459,7 @@ class Fleet:
                 cert=self._certs.get(rt.device.device_id),
                 pool=self._pool,
                 call_soon=self.call_soon,
+                address=address,
             )
         else:
             link = StompLink(
@@ -456,6 +470,7 @@ class Fleet:
                 self._pool,
                 password=self._passwords.get(rt.device.device_id, ""),
                 cert=self._certs.get(rt.device.device_id),
+                address=address,
             )
         rt.link = link
         try:
@@ -523,6 +538,8 @@ class Fleet:
                 rt.schedule += 1
                 return
             if not self._stopping:
+                # Its node may be the one that failed: the next attempt goes to the next node (one node: the same).
+                rt.node += 1
                 self._retry_later(rt)
                 return
         if rt.intent == "reboot":

@@ -63,12 +63,15 @@ class MqttLink:
         cert: DeviceCert | None = None,
         pool: Executor | None = None,
         call_soon: Callable[[Callable[[], None]], None] | None = None,
+        address: tuple[str, int] | None = None,
     ) -> None:
         """`cert`: log in with this client certificate (the broker takes its CN as the user), no password.
 
         `pool` and `call_soon` (the loop's): make TLS connections on the pool, not on the loop.
+        `address`: the broker node to connect to (default: the first of IOT_MQTT_ADDRESSES / IOT_MQTT_HOST).
         """
         self.device_id, self._settings, self._selector, self._events = device_id, settings, selector, events
+        self.address = address or settings.mqtt_brokers[0]
         self._pool, self._call_soon = pool, call_soon
         self._context: ssl.SSLContext | None = None
         self._dirty = dirty
@@ -110,11 +113,12 @@ class MqttLink:
             self._pool.submit(self._connect_tls, self._context, self._call_soon)
 
     def _connect(self) -> None:
-        self.client.connect(self._settings.mqtt_host, self._settings.mqtt_connect_port, keepalive=MQTT_KEEPALIVE_S)
+        host, port = self.address
+        self.client.connect(host, port, keepalive=MQTT_KEEPALIVE_S)
 
     def _connect_tls(self, context: ssl.SSLContext, call_soon: Callable[[Callable[[], None]], None]) -> None:
         """On the pool: TCP connect and TLS handshake (verifying the broker), then paho's CONNECT on the loop."""
-        host, port = self._settings.mqtt_host, self._settings.mqtt_connect_port
+        host, port = self.address
         try:
             raw = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
             try:

@@ -28,7 +28,7 @@ from devices.device import DEFAULT_SITE, ProtocolChoice, plan_fleet
 from devices.fleet import Fleet
 from devices.models import DEFAULT_KINDS
 from devices.stats import FleetStats, LagSummary
-from hub.core.config import load_settings
+from hub.core.config import format_addresses, load_settings
 from hub.core.exit_codes import ExitCode
 from hub.core.models import load_models
 from hub.core.program import run_command
@@ -162,8 +162,8 @@ def sim(
     )
     console.print(
         f"starting {count} devices ({protocol}) at site {site}: "
-        f"MQTT{'S' if settings.mqtt_tls else ''} {settings.mqtt_host}:{settings.mqtt_connect_port}, "
-        f"STOMP{' over TLS' if settings.stomp_tls else ''} {settings.stomp_host}:{settings.stomp_connect_port}"
+        f"MQTT{'S' if settings.mqtt_tls else ''} {format_addresses(settings.mqtt_brokers)}, "
+        f"STOMP{' over TLS' if settings.stomp_tls else ''} {format_addresses(settings.stomp_brokers)}"
     )
     interrupted = False
     try:

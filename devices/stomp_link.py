@@ -50,9 +50,14 @@ class StompLink(stomp.ConnectionListener):  # type: ignore[misc]
         pool: Executor,
         password: str = "",
         cert: DeviceCert | None = None,
+        address: tuple[str, int] | None = None,
     ) -> None:
-        """`cert`: log in with this client certificate (the broker takes its CN as the user), no password."""
+        """`cert`: log in with this client certificate (the broker takes its CN as the user), no password.
+
+        `address`: the broker node to connect to (default: the first of IOT_STOMP_ADDRESSES / IOT_STOMP_HOST).
+        """
         self.device_id, self._settings, self._events = device_id, settings, events
+        self.address = address or settings.stomp_brokers[0]
         self._password = password
         self._cert = cert
         self.refused = False
@@ -63,7 +68,7 @@ class StompLink(stomp.ConnectionListener):  # type: ignore[misc]
         self._up = False
         self._down = False
         self._closing = False
-        broker = (settings.stomp_host, settings.stomp_connect_port)
+        broker = self.address
         self.connection = stomp.Connection12(
             [broker],
             heartbeats=(STOMP_HEARTBEAT_MS, STOMP_HEARTBEAT_MS),

@@ -8,13 +8,15 @@ timeouts and the errors a user sees are decided here once.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import socket
 import ssl
 
 import pika
 import pika.exceptions
 
-from hub.core.config import Settings
+from hub.core.config import AmqpParts, Settings
 from hub.core.errors import BrokerUnavailable
 from hub.core.tls import settings_context
 
@@ -25,17 +27,27 @@ HEARTBEAT_S = 30
 #: A publisher blocked by the broker's flow control (memory or disk alarm) gives up after this.
 BLOCKED_CONNECTION_TIMEOUT_S = 60.0
 TLS_HINT = "the broker's certificate must be signed by IOT_TLS_CA and name the host in IOT_AMQP_URL"
+#: Where the next connection of this process starts in a list of broker URLs: each new connection
+#: starts one node further (from a pid-dependent place), so a process's connections, and several
+#: processes, spread over a cluster's nodes; a node that does not answer is skipped.
+_next_start = itertools.count(os.getpid())
 
 
 def connection_parameters(
-    settings: Settings, name: str, *, host: str | None = None, port: int | None = None
+    settings: Settings,
+    name: str,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    amqp: AmqpParts | None = None,
 ) -> pika.ConnectionParameters:
     """Parameters for a connection named `name` (shown in the management UI) to IOT_AMQP_URL.
 
-    `host` and `port` replace the URL's, for a check of one particular node. An amqps:// URL
-    connects over TLS, verifying the broker's certificate and host name (IOT_TLS_CA).
+    `amqp`: one of the URLs of IOT_AMQP_URL (default: the first). `host` and `port` replace the
+    URL's, for a check of one particular node. An amqps:// URL connects over TLS, verifying the
+    broker's certificate and host name (IOT_TLS_CA).
     """
-    amqp = settings.amqp
+    amqp = amqp or settings.amqp
     host = host or amqp.host
     ssl_options = pika.SSLOptions(settings_context(settings), server_hostname=host) if amqp.tls else None
     return pika.ConnectionParameters(
@@ -56,9 +68,28 @@ def connection_parameters(
 def connect(
     settings: Settings, name: str, *, host: str | None = None, port: int | None = None
 ) -> pika.BlockingConnection:
-    """A connection to the configured vhost, or `BrokerUnavailable` in one line a user can act on."""
-    amqp = settings.amqp
-    parameters = connection_parameters(settings, name, host=host, port=port)
+    """A connection to the configured vhost, or `BrokerUnavailable` in one line a user can act on.
+
+    IOT_AMQP_URL may list several nodes of a cluster: each is tried in turn (see `_next_start`),
+    and only when none answers is the last node's error raised.
+    """
+    if host is not None or port is not None:
+        return _connect_one(settings, name, settings.amqp, host, port)
+    urls = settings.amqp_urls
+    start = next(_next_start) % len(urls)
+    for tried, url in enumerate(urls[start:] + urls[:start], start=1):
+        try:
+            return _connect_one(settings, name, AmqpParts.parse(url), None, None)
+        except BrokerUnavailable:
+            if tried == len(urls):
+                raise
+    raise AssertionError("unreachable: IOT_AMQP_URL names at least one URL")
+
+
+def _connect_one(
+    settings: Settings, name: str, amqp: AmqpParts, host: str | None, port: int | None
+) -> pika.BlockingConnection:
+    parameters = connection_parameters(settings, name, host=host, port=port, amqp=amqp)
     where = f"{'amqps' if amqp.tls else 'amqp'}://{parameters.host}:{parameters.port}/{amqp.vhost}"
     try:
         # pika reports a refused connection as a bare AMQPConnectionError; the socket says why.

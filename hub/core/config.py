@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     mqtt_port: int = 1883
     stomp_host: str = "localhost"
     stomp_port: int = 61613
+    #: A cluster's MQTT / STOMP listeners, `host:port,host:port` (the TLS ones when IOT_MQTT_TLS /
+    #: IOT_STOMP_TLS is set); when given they replace IOT_MQTT_HOST and its ports (STOMP likewise).
+    mqtt_addresses: str = ""
+    stomp_addresses: str = ""
     #: The broker's administrative account: provisioning and revoking device credentials only.
     admin_user: str = DEV_ADMIN_USER
     admin_password: str = DEV_ADMIN_PASSWORD
@@ -107,13 +111,35 @@ class Settings(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _amqp_url_parses(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("amqp", "amqps"):
-            raise ValueError("must look like amqp://user:password@host:port/vhost")
+        if not all(urlsplit(url.strip()).scheme in ("amqp", "amqps") for url in value.split(",")):
+            raise ValueError("must look like amqp://user:password@host:port/vhost (or several, comma-separated)")
+        return value
+
+    @field_validator("mqtt_addresses", "stomp_addresses")
+    @classmethod
+    def _addresses_parse(cls, value: str) -> str:
+        parse_addresses(value)
         return value
 
     @property
+    def amqp_urls(self) -> list[str]:
+        """IOT_AMQP_URL as a list: one URL per broker node (a cluster), tried in turn."""
+        return [url.strip() for url in self.amqp_url.split(",") if url.strip()]
+
+    @property
     def amqp(self) -> AmqpParts:
-        return AmqpParts.parse(self.amqp_url)
+        """The first (or only) URL of IOT_AMQP_URL."""
+        return AmqpParts.parse(self.amqp_urls[0])
+
+    @property
+    def mqtt_brokers(self) -> list[tuple[str, int]]:
+        """Where MQTT clients connect, in order: IOT_MQTT_ADDRESSES, else IOT_MQTT_HOST on its (TLS) port."""
+        return parse_addresses(self.mqtt_addresses) or [(self.mqtt_host, self.mqtt_connect_port)]
+
+    @property
+    def stomp_brokers(self) -> list[tuple[str, int]]:
+        """Where STOMP clients connect, in order: IOT_STOMP_ADDRESSES, else IOT_STOMP_HOST on its (TLS) port."""
+        return parse_addresses(self.stomp_addresses) or [(self.stomp_host, self.stomp_connect_port)]
 
     @property
     def credentials_path(self) -> Path:
@@ -178,6 +204,24 @@ class AmqpParts:
             vhost=vhost,
             tls=tls,
         )
+
+
+def parse_addresses(value: str) -> list[tuple[str, int]]:
+    """`host:port,host:port` (IPv6 hosts in brackets) as (host, port) pairs; "" is none."""
+    addresses = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{item!r} is not host:port")
+        addresses.append((host.strip("[]"), int(port)))
+    return addresses
+
+
+def format_addresses(addresses: list[tuple[str, int]]) -> str:
+    """The inverse of `parse_addresses`: `host:port,host:port`."""
+    return ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in addresses)
 
 
 def over_tls(settings: Settings) -> Settings:

@@ -13,6 +13,7 @@ from rich.table import Table
 from hub.core.config import load_settings
 from hub.core.errors import StackError
 from hub.stack.certs import DOCKER_RABBITMQ_UID, ensure_dev_tls
+from hub.stack.cluster import CLUSTER_STATE_FILE, Cluster, ClusterStatus
 from hub.stack.packages import ensure_packages
 from hub.stack.stack import Stack, StackStatus
 
@@ -21,6 +22,14 @@ console = Console()
 
 def _settings(**flags: object) -> Stack:
     return Stack(load_settings(**flags))
+
+
+def _running(stack_dir: str | None) -> Stack | Cluster:
+    """The cluster when `stack up --nodes N` made one in this folder, else the single-node stack."""
+    single = _settings(stack_dir=stack_dir)
+    if (single.root / CLUSTER_STATE_FILE).exists():
+        return Cluster(single.settings)
+    return single
 
 
 _port_options = [
@@ -55,6 +64,7 @@ def stack() -> None:
       python -m hub stack up
       IOT_MQTT_PORT=11883 python -m hub stack up
       python -m hub stack up --no-plain       # TLS listeners only
+      python -m hub stack up --nodes 3        # a 3-node RabbitMQ cluster (node i: ports + i*100)
       python -m hub stack certs               # the CA and certificate alone (docker compose)
       python -m hub stack status
       python -m hub stack down
@@ -69,12 +79,22 @@ def stack() -> None:
     default=None,
     help="plain listeners on loopback (default), or none: TLS only [IOT_PLAIN_LISTENERS, true]",
 )
-def up(**flags: object) -> None:
+@click.option(
+    "--nodes",
+    type=click.IntRange(1, 9),
+    default=1,
+    show_default=True,
+    help="RabbitMQ nodes; more than 1 forms a cluster, node i on every port + i*100",
+)
+def up(nodes: int, **flags: object) -> None:
     """Install what is missing, start RabbitMQ and InfluxDB, wait until they answer.
 
     The first start makes a development CA and the node's certificate under <stack dir>/tls/.
     """
-    the_stack = _settings(**flags)
+    single = _settings(**flags)
+    the_stack: Stack | Cluster = single if nodes == 1 else Cluster(single.settings, nodes)
+    if nodes == 1 and (single.root / CLUSTER_STATE_FILE).exists():
+        raise StackError("a cluster runs in this folder: `python -m hub stack down` first")
     with console.status("starting the stack") as spinner:
         status = the_stack.up(progress=lambda msg: spinner.update(msg))
     if status.already_running:
@@ -87,7 +107,7 @@ def up(**flags: object) -> None:
 @click.option("--stack-dir", default=None, help="data, logs and pid files [IOT_STACK_DIR, .stack]")
 def down(purge: bool, stack_dir: str | None) -> None:
     """Stop exactly the processes `stack up` started."""
-    stopped = _settings(stack_dir=stack_dir).down(purge=purge)
+    stopped = _running(stack_dir).down(purge=purge)
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
@@ -95,7 +115,7 @@ def down(purge: bool, stack_dir: str | None) -> None:
 @click.option("--stack-dir", default=None, help="data, logs and pid files [IOT_STACK_DIR, .stack]")
 def status(stack_dir: str | None) -> None:
     """Say what runs, with its pid and URLs; exit code 1 when the stack is not running."""
-    current = _settings(stack_dir=stack_dir).status()
+    current = _running(stack_dir).status()
     _print(current)
     if not current.running:
         raise SystemExit(1)
@@ -146,3 +166,17 @@ def _print(status: StackStatus) -> None:
         endpoints = "\n".join(f"{k}: {v}" for k, v in service.endpoints.items())
         table.add_row(service.name, str(service.pid), state, endpoints)
     console.print(table)
+    if isinstance(status, ClusterStatus):
+        _print_cluster(status)
+
+
+def _print_cluster(status: ClusterStatus) -> None:
+    queues = Table(title="quorum queues")
+    for column in ("queue", "leader", "members"):
+        queues.add_column(column)
+    for queue in status.queues:
+        queues.add_row(queue.name, queue.leader, "\n".join(queue.members))
+    console.print(queues)
+    console.print("clients reach every node with:")
+    for name, value in status.exports.items():
+        console.print(f"export {name}='{value}'", soft_wrap=True, highlight=False)

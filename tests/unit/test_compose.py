@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from hub.stack.certs import CA_CERT_FILE, COMPOSE_TLS_DIR, SERVER_CERT_FILE, SERVER_KEY_FILE
+from hub.stack.cluster import NODE_PORT_OFFSET
 from tests.support import REPO
 
 CONTRACT_PORTS = {
@@ -130,3 +131,34 @@ def test_data_lives_in_named_volumes(compose: dict[str, Any]) -> None:
     for name in ("rabbitmq", "influxdb", "chronograf"):
         named = [str(v).split(":")[0] for v in compose["services"][name]["volumes"] if not str(v).startswith(".")]
         assert named and set(named) <= declared, name
+
+
+CLUSTER_NODES = ("rabbitmq", "rabbitmq-1", "rabbitmq-2")
+
+
+def test_the_cluster_profile_adds_two_nodes_on_the_native_clusters_ports(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    single = _bindings(services["rabbitmq"])
+    assert "profiles" not in services["rabbitmq"], "`docker compose up -d` still starts the single node"
+    for index, name in enumerate(CLUSTER_NODES[1:], start=1):
+        node = services[name]
+        assert node["profiles"] == ["cluster"]
+        assert node["image"] == services["rabbitmq"]["image"]
+        shift = index * NODE_PORT_OFFSET
+        assert _bindings(node) == {port + shift: address for port, address in single.items()}
+        assert node["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+
+
+def test_cluster_nodes_share_a_cookie_and_find_each_other_by_classic_config(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    cookies = {services[name]["environment"]["RABBITMQ_ERLANG_COOKIE"] for name in CLUSTER_NODES}
+    assert len(cookies) == 1
+    names = {f"rabbit@{services[name].get('hostname')}" for name in CLUSTER_NODES}
+    for index, name in enumerate(CLUSTER_NODES[1:], start=1):
+        mounts = dict(_bind_mounts(services[name]))
+        conf = (REPO / f"rabbitmq/cluster/node-{index}.conf").read_text()
+        assert mounts[f"./rabbitmq/cluster/node-{index}.conf"] > mounts["./rabbitmq/rabbitmq.conf"], "read after"
+        assert re.search(r"(?m)^cluster_formation\.peer_discovery_backend = classic_config$", conf)
+        assert set(re.findall(r"(?m)^cluster_formation\.classic_config\.nodes\.\d+ = (\S+)$", conf)) == names
+        listeners = dict(re.findall(r"(?m)^(\S+\.port|\S+\.default) = (\d+)$", conf))
+        assert {int(port) for port in listeners.values()} == set(_bindings(services[name]))
