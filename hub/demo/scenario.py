@@ -41,13 +41,13 @@ def plan_commands(devices_by_kind: dict[str, list[str]]) -> list[DemoCommand]:
     any_device = first.get("environment") or sorted(first.values())[0]
     plan.append(DemoCommand((any_device, "ping"), "round trip to one device"))
     plan.append(DemoCommand((any_device, "set_interval", "ms=5000"), "this device now reports every 5 s"))
+    plan.append(DemoCommand((any_device, "self_destruct"), "a command devices do not support"))
     if "thermostat" in first:
         plan.append(DemoCommand((first["thermostat"], "set_setpoint", "value=26.5"), "its temperature follows"))
     if "power_meter" in first:
         plan.append(DemoCommand((first["power_meter"], "set_relay", "on=false"), "its power drops to ~0 W"))
     if "air_quality" in first:
         plan.append(DemoCommand((first["air_quality"], "set_ventilation", "on=true"), "co2 and voc fall"))
-    plan.append(DemoCommand((any_device, "self_destruct"), "a command devices do not support"))
     plan.append(DemoCommand(("--all", "ping"), "every online device at once"))
     return plan
 

@@ -214,9 +214,9 @@ def test_the_demo_plans_a_command_for_each_actuator_kind_there_is() -> None:
     assert shown == [
         "iot-hub send env-0001 ping",
         "iot-hub send env-0001 set_interval ms=5000",
+        "iot-hub send env-0001 self_destruct",
         "iot-hub send th-0001 set_setpoint value=26.5",
         "iot-hub send pm-0001 set_relay on=false",
-        "iot-hub send env-0001 self_destruct",
         "iot-hub send --all ping",
     ]
     assert plan_commands({}) == []
