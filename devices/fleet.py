@@ -63,6 +63,12 @@ KEEPALIVE_TICK_S = 1.0
 STOMP_POOL_THREADS = 8
 #: Longest the loop sleeps when nothing is due, so stop requests are seen promptly.
 MAX_SLEEP_S = 0.5
+#: At start-up, at most this many devices are connecting (connected, not yet online) at once; the
+#: rest wait their turn, looked at every CONNECT_PACE_S. Connecting 10,000 at once filled the broker's
+#: accept backlog (128), so each TCP connect blocked the loop for up to CONNECT_TIMEOUT_S, and CONNECTs
+#: waited past the broker's MQTT login timeout (10 s), which closed them: a retry storm.
+MAX_CONNECTING = 100
+CONNECT_PACE_S = 0.01
 
 DeviceState = Literal["connecting", "online", "waiting", "rebooting", "stopped", "closing", "closed", "refused"]
 AnyLink = MqttLink | StompLink
@@ -322,9 +328,9 @@ class Fleet:
         start = time.monotonic()
         count = len(self._runtimes)
         for index, rt in enumerate(self._runtimes.values()):
-            self._connect(rt)
             # Spread first readings over one interval so the fleet does not publish in bursts.
             self._schedule_reading(rt, start + rt.device.interval_ms / 1000.0 * index / count)
+        self._connect_paced(deque(self._runtimes.values()), [])
         self._call_at(start + KEEPALIVE_TICK_S, self._keepalive)
         try:
             while not self._finished:
@@ -477,6 +483,16 @@ class Fleet:
             link.open()
         except (OSError, ValueError) as exc:
             self.link_down(link, f"connect failed: {exc}")
+
+    def _connect_paced(self, waiting: deque[_Runtime], connecting: list[_Runtime]) -> None:
+        """Connect waiting devices while fewer than MAX_CONNECTING first attempts are under way."""
+        connecting = [rt for rt in connecting if rt.state == "connecting"]
+        while waiting and len(connecting) < MAX_CONNECTING:
+            rt = waiting.popleft()
+            self._connect(rt)
+            connecting.append(rt)
+        if waiting:
+            self._call_at(time.monotonic() + CONNECT_PACE_S, lambda: self._connect_paced(waiting, connecting))
 
     def _retry_later(self, rt: _Runtime) -> None:
         delay = max(rt.backoff.next_delay_s(), rt.offline_until - time.monotonic())

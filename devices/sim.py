@@ -30,6 +30,7 @@ from devices.models import DEFAULT_KINDS
 from devices.stats import FleetStats, LagSummary
 from hub.core.config import format_addresses, load_settings
 from hub.core.exit_codes import ExitCode
+from hub.core.limits import raise_open_files_limit
 from hub.core.models import load_models
 from hub.core.program import run_command
 
@@ -273,6 +274,7 @@ def main() -> None:
     # stomp.py logs every lost connection with a traceback; the progress line counts them instead.
     logging.getLogger("stomp.py").setLevel(logging.CRITICAL)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    raise_open_files_limit()  # one descriptor per device connection
     run_command(sim)
 
 

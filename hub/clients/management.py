@@ -99,6 +99,16 @@ def read_consumer_count(settings: Settings, queue_name: str) -> int | None:
     return consumer_count(_management_get(settings, f"queues/{_vhost(settings)}/{name}"))
 
 
+#: What `read_node` asks the management API for about the broker node.
+NODE_COLUMNS = "name,mem_used,mem_limit,mem_alarm,fd_used,fd_total,sockets_used,sockets_total,proc_used"
+
+
+def read_node(settings: Settings) -> dict[str, Any] | None:
+    """The first broker node's memory (used, high watermark, alarm), descriptors and sockets; None if unknown."""
+    nodes = _management_get(settings, f"nodes?columns={NODE_COLUMNS}")
+    return nodes[0] if isinstance(nodes, list) and nodes and isinstance(nodes[0], dict) else None
+
+
 def read_broker_version(settings: Settings) -> str | None:
     """The RabbitMQ version the management API reports, or None when it cannot say."""
     overview = _management_get(settings, "overview")

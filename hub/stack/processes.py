@@ -11,12 +11,19 @@ import subprocess
 import time
 from pathlib import Path
 
+from hub.core.limits import raise_open_files_limit
+
 #: How long a server gets to shut down after SIGTERM before it is killed.
 STOP_GRACE_S = 30.0
 
 
 def start_detached(argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> subprocess.Popen[bytes]:
-    """Start `argv` in its own session (it outlives us), output appended to `log_path`."""
+    """Start `argv` in its own session (it outlives us), output appended to `log_path`.
+
+    It inherits our open-files limit, raised first to the hard limit: the broker needs one
+    descriptor per device connection (and keeps about 10 % of its limit for files).
+    """
+    raise_open_files_limit()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
