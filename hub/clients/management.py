@@ -99,6 +99,24 @@ def read_consumer_count(settings: Settings, queue_name: str) -> int | None:
     return consumer_count(_management_get(settings, f"queues/{_vhost(settings)}/{name}"))
 
 
+def consumer_activity(consumers: Any) -> dict[str, str]:
+    """Consumer tag -> `activity_status` ('single_active', 'waiting', 'up') from `/api/consumers`."""
+    activity: dict[str, str] = {}
+    for consumer in consumers if isinstance(consumers, list) else []:
+        if isinstance(consumer, dict):
+            tag, status = consumer.get("consumer_tag"), consumer.get("activity_status")
+            if isinstance(tag, str) and isinstance(status, str):
+                activity[tag] = status
+    return activity
+
+
+def read_consumer_activity(settings: Settings) -> dict[str, str] | None:
+    """Every consumer of the vhost by tag, with whether the broker delivers to it or keeps it
+    waiting (single-active-consumer queues), or None when the management API cannot say."""
+    consumers = _management_get(settings, f"consumers/{_vhost(settings)}?columns=consumer_tag,activity_status")
+    return consumer_activity(consumers) if isinstance(consumers, list) else None
+
+
 def read_broker_version(settings: Settings) -> str | None:
     """The RabbitMQ version the management API reports, or None when it cannot say."""
     overview = _management_get(settings, "overview")

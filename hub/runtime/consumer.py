@@ -111,6 +111,9 @@ class Consumer:
         self.delivered = 0
         #: Mandatory messages the broker returned as unroutable (see `publish`).
         self.unroutable = 0
+        #: The broker's name for this subscription while consuming (the management API lists it,
+        #: with whether a single-active-consumer queue delivers to it or keeps it waiting).
+        self.consumer_tag: str | None = None
         # What `held` counts: delivery tags seen and acked on the current channel.
         self._last_tag = 0
         self._acked_through = 0
@@ -219,7 +222,7 @@ class Consumer:
         self.channel.basic_qos(prefetch_count=self.queue.prefetch)
         self.publisher = ConfirmBatch(self.connection, self._returned)
         self.handler.on_start(self)
-        self.channel.basic_consume(self.queue.name, self._deliver)
+        self.consumer_tag = self.channel.basic_consume(self.queue.name, self._deliver)
         self.handler.on_connected(True)
         log.info("service=%s event=consuming queue=%s prefetch=%d", self.name, self.queue.name, self.queue.prefetch)
         while not self.stop.is_set():
@@ -237,6 +240,7 @@ class Consumer:
 
     def _close(self) -> None:
         connection, self.connection, self.channel, self.publisher = self.connection, None, None, None
+        self.consumer_tag = None
         if connection is not None and connection.is_open:
             with contextlib.suppress(Exception):  # a broken connection fails to close in many ways
                 connection.close()

@@ -14,6 +14,7 @@ from hub.core.config import load_settings
 from hub.core.errors import StackError
 from hub.stack.certs import DOCKER_RABBITMQ_UID, ensure_dev_tls
 from hub.stack.cluster import CLUSTER_STATE_FILE, Cluster, ClusterStatus
+from hub.stack.migrate import migrate as run_migration
 from hub.stack.packages import ensure_packages
 from hub.stack.stack import Stack, StackStatus
 
@@ -67,6 +68,7 @@ def stack() -> None:
       python -m hub stack up --nodes 3        # a 3-node RabbitMQ cluster (node i: ports + i*100)
       python -m hub stack certs               # the CA and certificate alone (docker compose)
       python -m hub stack status
+      python -m hub stack migrate             # queues of an older hub, after `hub run` refused them
       python -m hub stack down
     """
 
@@ -145,6 +147,22 @@ def certs(stack_dir: str | None, key_owner: int | None) -> None:
                 f"{files.server_key}`"
             ) from None
     console.print(f"CA: {files.ca_cert}\nserver certificate: {files.server_cert}\nserver key: {files.server_key}")
+
+
+@stack.command()
+@click.option("--amqp-url", default=None, help="AMQP URL of the broker [IOT_AMQP_URL]")
+def migrate(amqp_url: str | None) -> None:
+    """Replace hub queues an older hub declared with other arguments, moving their messages.
+
+    Stop every hub first. A hub that finds an outdated queue exits (code 3) and names this
+    command. Safe to run again: an interrupted migration is finished, current queues are kept.
+    """
+    table = Table(title="hub queues")
+    for column in ("queue", "outcome", "messages moved"):
+        table.add_column(column)
+    for done in run_migration(load_settings(amqp_url=amqp_url), lambda m: console.print(f"{m.queue}: {m.outcome}")):
+        table.add_row(done.queue, done.outcome, str(done.moved))
+    console.print(table)
 
 
 @stack.command()

@@ -1,0 +1,85 @@
+"""Hot standbys: rules, presence and commands are single-active-consumer queues, so a second
+`hub run` waits and takes over when the active one dies, losing and doubling nothing."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from functools import partial
+from pathlib import Path
+
+import pika
+
+from hub.core.config import Settings
+from hub.core.contract import EXCHANGE, encode
+from tests.integration.test_hub_e2e import RULES, reading
+from tests.support import (
+    Watcher,
+    amqp_connection,
+    bind_temporary_queue,
+    collect,
+    hub_process,
+    influx_query,
+    wait_until,
+)
+
+ONLY = ("--only", "rules", "--only", "commands")
+
+
+def logged(log_dir: Path, line: str) -> bool:
+    return any(line in log.read_text() for log in log_dir.glob("hub-*.log"))
+
+
+def alerts_stored(settings: Settings, device: str) -> int:
+    series = influx_query(settings, f"SELECT value FROM alerts WHERE device = '{device}'")
+    return len(series[0]["values"]) if series else 0
+
+
+def command_recorded(settings: Settings, command_id: str) -> bool:
+    series = influx_query(settings, f"SELECT id FROM commands WHERE id = '{command_id}' AND status = 'sent'")
+    return bool(series)
+
+
+def test_the_standby_takes_over_rules_and_commands_when_the_active_hub_is_sigkilled(
+    stack: Settings, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    connection = amqp_connection(stack)
+    channel = connection.channel()
+    channel.confirm_delivery()
+    alerts = bind_temporary_queue(channel, "alerts.#")
+    watcher = Watcher(stack, "acks.#")
+
+    def publish_hot(device: str) -> None:
+        hot = reading(device, 1, kind="thermostat", temperature=29.5, setpoint=22.0)
+        channel.basic_publish(EXCHANGE, hot.routing_key, encode(hot), pika.BasicProperties(delivery_mode=2))
+
+    try:
+        with hub_process(stack, first, *ONLY, IOT_RULES_FILE=str(rules)) as active:
+            wait_until(partial(logged, first, "service=rules event=active"), 15)
+            with hub_process(stack, second, *ONLY, IOT_RULES_FILE=str(rules)) as standby:
+                wait_until(partial(logged, second, "service=rules event=standby"), 15)
+                wait_until(partial(logged, second, "service=commands event=standby"), 15)
+                publish_hot("th-standby-1")
+                wait_until(partial(alerts_stored, stack, "th-standby-1"), 15)
+
+                active.send_signal(signal.SIGKILL)
+                active.wait(10)
+                publish_hot("th-standby-2")  # published while nobody is active: waits in hub.rules
+                command_id = watcher.send("th-standby-3", "reboot")
+                wait_until(partial(logged, second, "service=rules event=active"), 15)
+                wait_until(partial(logged, second, "service=commands event=active"), 15)
+                wait_until(partial(alerts_stored, stack, "th-standby-2"), 15)
+                wait_until(partial(command_recorded, stack, command_id), 15)
+                published = collect(connection, channel, alerts, 3, timeout_s=3)
+                assert standby.poll() is None
+    finally:
+        watcher.close()
+        connection.close()
+    per_device = Counter(key.rsplit(".", 1)[1] for key, _body, _props in published)
+    assert per_device == {"th-standby-1": 1, "th-standby-2": 1}
+    assert alerts_stored(stack, "th-standby-1") == alerts_stored(stack, "th-standby-2") == 1
