@@ -37,7 +37,7 @@ from hub.core.points import Point
 from hub.outputs.fanout import OutputSet
 from hub.runtime import topology
 from hub.runtime.metrics import QUEUE_DEPTH, QUEUE_HELD, ServiceStats
-from hub.runtime.service import Service
+from hub.runtime.service import ROLE_ACTIVE, ROLE_STANDBY, ROLE_UNKNOWN, Service
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,8 @@ DEPTH_INTERVAL_S = 2.0
 DEPTH_CACHE_S = 1.0
 #: How long /health waits for each dependency.
 PROBE_TIMEOUT_S = 2.0
-#: A service's role by its consumer's `activity_status` in the management API.
-ROLE_BY_ACTIVITY = {"single_active": "active", "up": "active", "waiting": "standby"}
-#: The role of a service whose consumer the management API does not list (yet), or not consuming.
-ROLE_UNKNOWN = "unknown"
+#: A service's role by its consumer's `activity_status` in the management API (not listed: unknown).
+ROLE_BY_ACTIVITY = {"single_active": ROLE_ACTIVE, "up": ROLE_ACTIVE, "waiting": ROLE_STANDBY}
 
 
 def instance_name() -> str:
@@ -139,7 +137,7 @@ def ready_report(
         reasons.append(f"influxdb: unreachable at {settings.influx_url}")
     for queue, q in sorted(facts.queues.items()):
         # A standby holds nothing: the queue's backlog is the active hub's to judge.
-        if q.backlog > max_backlog and facts.roles.get(queue) != "standby":
+        if q.backlog > max_backlog and facts.roles.get(queue) != ROLE_STANDBY:
             reasons.append(f"backlog: {queue} holds {q.backlog} messages, more than {max_backlog}")
     store: dict[str, Any] | None = None
     if facts.store_queue is not None and facts.store_idle_s is not None:
@@ -196,13 +194,11 @@ class Monitor:
             return self.roles
         roles = {}
         for s in watched:
-            tag = s.consumer.consumer_tag
-            roles[s.queue.name] = ROLE_BY_ACTIVITY.get(activity.get(tag or "", ""), ROLE_UNKNOWN)
-            if (
-                roles[s.queue.name] != self.roles.get(s.queue.name, ROLE_UNKNOWN)
-                and roles[s.queue.name] != ROLE_UNKNOWN
-            ):
-                log.info("service=%s event=%s queue=%s", s.name, roles[s.queue.name], s.queue.name)
+            role = ROLE_BY_ACTIVITY.get(activity.get(s.consumer.consumer_tag or "", ""), ROLE_UNKNOWN)
+            if role not in (self.roles.get(s.queue.name, ROLE_UNKNOWN), ROLE_UNKNOWN):
+                log.info("service=%s event=%s queue=%s", s.name, role, s.queue.name)
+            roles[s.queue.name] = role
+            s.on_role(role)
         self.roles = roles
         return roles
 

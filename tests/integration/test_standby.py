@@ -12,18 +12,21 @@ import pika
 
 from hub.core.config import Settings
 from hub.core.contract import EXCHANGE, encode
+from hub.runtime import topology
 from tests.integration.test_hub_e2e import RULES, reading
 from tests.support import (
     Watcher,
     amqp_connection,
     bind_temporary_queue,
     collect,
+    hub_cli,
     hub_process,
     influx_query,
     wait_until,
 )
 
-ONLY = ("--only", "rules", "--only", "commands")
+#: Every service that keeps state, so presence's takeover runs too.
+ONLY = ("--only", "rules", "--only", "presence", "--only", "commands")
 
 
 def logged(log_dir: Path, line: str) -> bool:
@@ -40,7 +43,7 @@ def command_recorded(settings: Settings, command_id: str) -> bool:
     return bool(series)
 
 
-def test_the_standby_takes_over_rules_and_commands_when_the_active_hub_is_sigkilled(
+def test_the_standby_takes_over_rules_presence_and_commands_when_the_active_hub_is_sigkilled(
     stack: Settings, tmp_path: Path
 ) -> None:
     rules = tmp_path / "rules.yaml"
@@ -75,6 +78,7 @@ def test_the_standby_takes_over_rules_and_commands_when_the_active_hub_is_sigkil
                 wait_until(partial(logged, second, "service=commands event=active"), 15)
                 wait_until(partial(alerts_stored, stack, "th-standby-2"), 15)
                 wait_until(partial(command_recorded, stack, command_id), 15)
+                wait_until(partial(logged, second, "service=presence event=took_over"), 15)
                 published = collect(connection, channel, alerts, 3, timeout_s=3)
                 assert standby.poll() is None
     finally:
@@ -83,3 +87,45 @@ def test_the_standby_takes_over_rules_and_commands_when_the_active_hub_is_sigkil
     per_device = Counter(key.rsplit(".", 1)[1] for key, _body, _props in published)
     assert per_device == {"th-standby-1": 1, "th-standby-2": 1}
     assert alerts_stored(stack, "th-standby-1") == alerts_stored(stack, "th-standby-2") == 1
+
+
+def test_a_queue_an_older_hub_declared_stops_the_hub_with_the_command_to_run_which_keeps_every_message(
+    stack: Settings, tmp_path: Path
+) -> None:
+    old_arguments = {
+        k: v for k, v in topology.queue_arguments(topology.PRESENCE).items() if k != "x-single-active-consumer"
+    }
+    connection = amqp_connection(stack)
+    channel = connection.channel()
+    channel.queue_delete(topology.PRESENCE.name)
+    channel.queue_declare(topology.PRESENCE.name, durable=True, arguments=old_arguments)
+    channel.queue_bind(topology.PRESENCE.name, EXCHANGE, routing_key="status.#")
+    channel.confirm_delivery()
+    bodies = [f'{{"old": {i}}}'.encode() for i in range(5)]
+    for body in bodies:
+        channel.basic_publish(EXCHANGE, "status.plant-t.thermostat.th-old", body, pika.BasicProperties(delivery_mode=2))
+    connection.close()
+
+    refused = hub_cli(stack, "run", "--only", "presence", timeout_s=30)
+    assert refused.returncode == 3
+    assert "queue hub.presence exists with other arguments" in refused.stderr
+    assert f"run `{topology.MIGRATE_COMMAND}`" in refused.stderr
+
+    migrated = hub_cli(stack, "stack", "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "hub.presence: replaced" in migrated.stdout and "hub.rules: up to date" in migrated.stdout
+    connection = amqp_connection(stack)
+    channel = connection.channel()
+    try:
+        declared = channel.queue_declare(
+            topology.PRESENCE.name, durable=True, arguments=topology.queue_arguments(topology.PRESENCE)
+        )  # the broker refuses this unless the arguments are the new ones
+        assert declared.method.message_count == len(bodies)
+        moved = []
+        for method, _properties, body in channel.consume(topology.PRESENCE.name, inactivity_timeout=2):
+            if method is None:
+                break
+            moved.append(body)
+        assert moved == bodies
+    finally:
+        connection.close()
