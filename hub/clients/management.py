@@ -117,6 +117,31 @@ def read_consumer_activity(settings: Settings) -> dict[str, str] | None:
     return consumer_activity(consumers) if isinstance(consumers, list) else None
 
 
+def hub_consumers(consumers: Any, connections: Any) -> list[tuple[str, str, str]]:
+    """(queue, connection, activity status) of every consumer of a hub queue, sorted; the
+    connection by the name its client gave it (the hub's: service and instance) where known."""
+    given = {
+        c.get("name"): c.get("user_provided_name")
+        for c in (connections if isinstance(connections, list) else [])
+        if isinstance(c, dict) and c.get("user_provided_name")
+    }
+    found = []
+    for consumer in consumers if isinstance(consumers, list) else []:
+        queue = consumer.get("queue", {}).get("name") if isinstance(consumer, dict) else None
+        if isinstance(queue, str) and queue.startswith(HUB_QUEUE_PREFIX):
+            connection = consumer.get("channel_details", {}).get("connection_name", "?")
+            found.append((queue, str(given.get(connection, connection)), str(consumer.get("activity_status", "?"))))
+    return sorted(found)
+
+
+def read_hub_consumers(settings: Settings) -> list[tuple[str, str, str]] | None:
+    """Who consumes each hub queue and whether the broker delivers to it, or None when the
+    management API cannot say."""
+    consumers = _management_get(settings, f"consumers/{_vhost(settings)}")
+    connections = _management_get(settings, f"vhosts/{_vhost(settings)}/connections?columns=name,user_provided_name")
+    return hub_consumers(consumers, connections) if isinstance(consumers, list) else None
+
+
 def read_broker_version(settings: Settings) -> str | None:
     """The RabbitMQ version the management API reports, or None when it cannot say."""
     overview = _management_get(settings, "overview")

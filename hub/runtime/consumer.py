@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
 import time
 from typing import NamedTuple, Protocol
@@ -42,6 +44,11 @@ STOMP_HEADER = "content-length"
 SLEEP_SLICE_S = 0.1
 #: What may pass by itself: the consumer reconnects after these, anything else stops the service.
 TRANSIENT_ERRORS = (pika.exceptions.AMQPError, OSError, BrokerUnavailable, StorageUnavailable)
+
+
+def instance_name() -> str:
+    """This hub process among others (`hub_stats` tag, connection names): host and pid."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class Delivery(NamedTuple):
@@ -215,7 +222,8 @@ class Consumer:
                 self.stop.wait(delay)
 
     def _connect_and_consume(self) -> None:
-        self.connection = connect(self.settings, f"hub-{self.name}")
+        # The instance in the name tells, in the management API, which hub is the active consumer.
+        self.connection = connect(self.settings, f"hub-{self.name} {instance_name()}")
         self._last_tag, self._acked_through, self._acked_singly = 0, 0, set()
         self.channel = self.connection.channel()
         topology.declare(self.channel, self.queue)

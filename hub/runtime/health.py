@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import threading
 import time
@@ -36,6 +35,7 @@ from hub.core.errors import BrokerUnavailable, HubError
 from hub.core.points import Point
 from hub.outputs.fanout import OutputSet
 from hub.runtime import topology
+from hub.runtime.consumer import instance_name
 from hub.runtime.metrics import QUEUE_DEPTH, QUEUE_HELD, ServiceStats
 from hub.runtime.service import ROLE_ACTIVE, ROLE_STANDBY, ROLE_UNKNOWN, Service
 
@@ -51,10 +51,6 @@ DEPTH_CACHE_S = 1.0
 PROBE_TIMEOUT_S = 2.0
 #: A service's role by its consumer's `activity_status` in the management API (not listed: unknown).
 ROLE_BY_ACTIVITY = {"single_active": ROLE_ACTIVE, "up": ROLE_ACTIVE, "waiting": ROLE_STANDBY}
-
-
-def instance_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def stats_points(instance: str, stats: Sequence[ServiceStats], depths: dict[str, int], ts_ms: int) -> list[Point]:

@@ -10,7 +10,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from hub.core.config import load_settings
+from hub.clients.management import read_hub_consumers
+from hub.core.config import Settings, load_settings
 from hub.core.errors import StackError
 from hub.stack.certs import DOCKER_RABBITMQ_UID, ensure_dev_tls
 from hub.stack.cluster import CLUSTER_STATE_FILE, Cluster, ClusterStatus
@@ -117,8 +118,11 @@ def down(purge: bool, stack_dir: str | None) -> None:
 @click.option("--stack-dir", default=None, help="data, logs and pid files [IOT_STACK_DIR, .stack]")
 def status(stack_dir: str | None) -> None:
     """Say what runs, with its pid and URLs; exit code 1 when the stack is not running."""
-    current = _running(stack_dir).status()
+    running = _running(stack_dir)
+    current = running.status()
     _print(current)
+    if current.running:
+        _print_consumers(running.settings)
     if not current.running:
         raise SystemExit(1)
 
@@ -186,6 +190,20 @@ def _print(status: StackStatus) -> None:
     console.print(table)
     if isinstance(status, ClusterStatus):
         _print_cluster(status)
+
+
+def _print_consumers(settings: Settings) -> None:
+    """Who consumes each hub queue: several hubs share hub.store, the others have one active consumer."""
+    consumers = read_hub_consumers(settings)
+    if consumers is None:
+        console.print("hub consumers: the management API does not answer")
+        return
+    table = Table(title="hub consumers (single_active: delivered to; waiting: a standby; up: competing)")
+    for column in ("queue", "connection", "status"):
+        table.add_column(column)
+    for queue, connection, activity in consumers:
+        table.add_row(queue, connection, activity)
+    console.print(table if consumers else "hub consumers: none (no hub runs)")
 
 
 def _print_cluster(status: ClusterStatus) -> None:

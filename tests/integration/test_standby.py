@@ -67,6 +67,9 @@ def test_the_standby_takes_over_rules_presence_and_commands_when_the_active_hub_
             with hub_process(stack, second, *ONLY, IOT_RULES_FILE=str(rules)) as standby:
                 wait_until(partial(logged, second, "service=rules event=standby"), 15)
                 wait_until(partial(logged, second, "service=commands event=standby"), 15)
+                status = hub_cli(stack, "stack", "status").stdout
+                assert f"-{active.pid} " in status and f"-{standby.pid} " in status  # each hub by instance
+                assert "waiting" in status and "single_active" in status
                 publish_hot("th-standby-1")
                 wait_until(partial(alerts_stored, stack, "th-standby-1"), 15)
 
