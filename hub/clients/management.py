@@ -87,18 +87,6 @@ def read_subscribed_devices(settings: Settings) -> set[str] | None:
     return subscribed_devices(bindings) if bindings is not None else None
 
 
-def consumer_count(queue: Any) -> int | None:
-    """The `consumers` of one queue's management document, or None when it does not say."""
-    consumers = queue.get("consumers") if isinstance(queue, dict) else None
-    return consumers if isinstance(consumers, int) and not isinstance(consumers, bool) else None
-
-
-def read_consumer_count(settings: Settings, queue_name: str) -> int | None:
-    """How many consumers `queue_name` has now, or None when the management API cannot say."""
-    name = urllib.parse.quote(queue_name, safe="")
-    return consumer_count(_management_get(settings, f"queues/{_vhost(settings)}/{name}"))
-
-
 def consumer_activity(consumers: Any) -> dict[str, str]:
     """Consumer tag -> `activity_status` ('single_active', 'waiting', 'up') from `/api/consumers`."""
     activity: dict[str, str] = {}
@@ -140,6 +128,18 @@ def read_hub_consumers(settings: Settings) -> list[tuple[str, str, str]] | None:
     consumers = _management_get(settings, f"consumers/{_vhost(settings)}")
     connections = _management_get(settings, f"vhosts/{_vhost(settings)}/connections?columns=name,user_provided_name")
     return hub_consumers(consumers, connections) if isinstance(consumers, list) else None
+
+
+def consumer_count(queue: Any) -> int | None:
+    """The `consumers` of one queue's management document, or None when it does not say."""
+    consumers = queue.get("consumers") if isinstance(queue, dict) else None
+    return consumers if isinstance(consumers, int) and not isinstance(consumers, bool) else None
+
+
+def read_consumer_count(settings: Settings, queue_name: str) -> int | None:
+    """How many consumers `queue_name` has now, or None when the management API cannot say."""
+    name = urllib.parse.quote(queue_name, safe="")
+    return consumer_count(_management_get(settings, f"queues/{_vhost(settings)}/{name}"))
 
 
 def read_broker_version(settings: Settings) -> str | None:
