@@ -87,6 +87,49 @@ def read_subscribed_devices(settings: Settings) -> set[str] | None:
     return subscribed_devices(bindings) if bindings is not None else None
 
 
+def consumer_activity(consumers: Any) -> dict[str, str]:
+    """Consumer tag -> `activity_status` ('single_active', 'waiting', 'up') from `/api/consumers`."""
+    activity: dict[str, str] = {}
+    for consumer in consumers if isinstance(consumers, list) else []:
+        if isinstance(consumer, dict):
+            tag, status = consumer.get("consumer_tag"), consumer.get("activity_status")
+            if isinstance(tag, str) and isinstance(status, str):
+                activity[tag] = status
+    return activity
+
+
+def read_consumer_activity(settings: Settings) -> dict[str, str] | None:
+    """Every consumer of the vhost by tag, with whether the broker delivers to it or keeps it
+    waiting (single-active-consumer queues), or None when the management API cannot say."""
+    consumers = _management_get(settings, f"consumers/{_vhost(settings)}?columns=consumer_tag,activity_status")
+    return consumer_activity(consumers) if isinstance(consumers, list) else None
+
+
+def hub_consumers(consumers: Any, connections: Any) -> list[tuple[str, str, str]]:
+    """(queue, connection, activity status) of every consumer of a hub queue, sorted; the
+    connection by the name its client gave it (the hub's: service and instance) where known."""
+    given = {
+        c.get("name"): c.get("user_provided_name")
+        for c in (connections if isinstance(connections, list) else [])
+        if isinstance(c, dict) and c.get("user_provided_name")
+    }
+    found = []
+    for consumer in consumers if isinstance(consumers, list) else []:
+        queue = consumer.get("queue", {}).get("name") if isinstance(consumer, dict) else None
+        if isinstance(queue, str) and queue.startswith(HUB_QUEUE_PREFIX):
+            connection = consumer.get("channel_details", {}).get("connection_name", "?")
+            found.append((queue, str(given.get(connection, connection)), str(consumer.get("activity_status", "?"))))
+    return sorted(found)
+
+
+def read_hub_consumers(settings: Settings) -> list[tuple[str, str, str]] | None:
+    """Who consumes each hub queue and whether the broker delivers to it, or None when the
+    management API cannot say."""
+    consumers = _management_get(settings, f"consumers/{_vhost(settings)}")
+    connections = _management_get(settings, f"vhosts/{_vhost(settings)}/connections?columns=name,user_provided_name")
+    return hub_consumers(consumers, connections) if isinstance(consumers, list) else None
+
+
 def consumer_count(queue: Any) -> int | None:
     """The `consumers` of one queue's management document, or None when it does not say."""
     consumers = queue.get("consumers") if isinstance(queue, dict) else None

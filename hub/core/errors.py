@@ -43,6 +43,10 @@ class StackError(HubError):
     exit_code = 3
 
 
+class QueueOutdated(StackError):
+    """A hub queue exists with other arguments than this version declares (made by an older hub)."""
+
+
 class BrokerUnavailable(HubError):
     """RabbitMQ (AMQP, MQTT or STOMP) cannot be reached or refused the credentials."""
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
 import time
 from typing import NamedTuple, Protocol
@@ -42,6 +44,11 @@ STOMP_HEADER = "content-length"
 SLEEP_SLICE_S = 0.1
 #: What may pass by itself: the consumer reconnects after these, anything else stops the service.
 TRANSIENT_ERRORS = (pika.exceptions.AMQPError, OSError, BrokerUnavailable, StorageUnavailable)
+
+
+def instance_name() -> str:
+    """This hub process among others (`hub_stats` tag, connection names): host and pid."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class Delivery(NamedTuple):
@@ -111,6 +118,9 @@ class Consumer:
         self.delivered = 0
         #: Mandatory messages the broker returned as unroutable (see `publish`).
         self.unroutable = 0
+        #: The broker's name for this subscription while consuming (the management API lists it,
+        #: with whether a single-active-consumer queue delivers to it or keeps it waiting).
+        self.consumer_tag: str | None = None
         # What `held` counts: delivery tags seen and acked on the current channel.
         self._last_tag = 0
         self._acked_through = 0
@@ -212,14 +222,15 @@ class Consumer:
                 self.stop.wait(delay)
 
     def _connect_and_consume(self) -> None:
-        self.connection = connect(self.settings, f"hub-{self.name}")
+        # The instance in the name tells, in the management API, which hub is the active consumer.
+        self.connection = connect(self.settings, f"hub-{self.name} {instance_name()}")
         self._last_tag, self._acked_through, self._acked_singly = 0, 0, set()
         self.channel = self.connection.channel()
         topology.declare(self.channel, self.queue)
         self.channel.basic_qos(prefetch_count=self.queue.prefetch)
         self.publisher = ConfirmBatch(self.connection, self._returned)
         self.handler.on_start(self)
-        self.channel.basic_consume(self.queue.name, self._deliver)
+        self.consumer_tag = self.channel.basic_consume(self.queue.name, self._deliver)
         self.handler.on_connected(True)
         log.info("service=%s event=consuming queue=%s prefetch=%d", self.name, self.queue.name, self.queue.prefetch)
         while not self.stop.is_set():
@@ -237,6 +248,7 @@ class Consumer:
 
     def _close(self) -> None:
         connection, self.connection, self.channel, self.publisher = self.connection, None, None, None
+        self.consumer_tag = None
         if connection is not None and connection.is_open:
             with contextlib.suppress(Exception):  # a broken connection fails to close in many ways
                 connection.close()

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -29,14 +28,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hub.clients.amqp import close_quietly, connect
 from hub.clients.influx import server_version
+from hub.clients.management import read_consumer_activity
 from hub.core.config import Settings
 from hub.core.contract import now_ms
 from hub.core.errors import BrokerUnavailable, HubError
 from hub.core.points import Point
 from hub.outputs.fanout import OutputSet
 from hub.runtime import topology
+from hub.runtime.consumer import instance_name
 from hub.runtime.metrics import QUEUE_DEPTH, QUEUE_HELD, ServiceStats
-from hub.runtime.service import Service
+from hub.runtime.service import ROLE_ACTIVE, ROLE_STANDBY, ROLE_UNKNOWN, Service
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,8 @@ DEPTH_INTERVAL_S = 2.0
 DEPTH_CACHE_S = 1.0
 #: How long /health waits for each dependency.
 PROBE_TIMEOUT_S = 2.0
-
-
-def instance_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+#: A service's role by its consumer's `activity_status` in the management API (not listed: unknown).
+ROLE_BY_ACTIVITY = {"single_active": ROLE_ACTIVE, "up": ROLE_ACTIVE, "waiting": ROLE_STANDBY}
 
 
 def stats_points(instance: str, stats: Sequence[ServiceStats], depths: dict[str, int], ts_ms: int) -> list[Point]:
@@ -118,6 +117,8 @@ class ReadyFacts:
     store_queue: str | None = None
     #: Seconds since the store last stored a reading (or started), when it runs here.
     store_idle_s: float | None = None
+    #: Queue -> "active", "standby" or "unknown", for single-active-consumer queues consumed here.
+    roles: dict[str, str] = field(default_factory=dict)
 
 
 def ready_report(
@@ -131,7 +132,8 @@ def ready_report(
     if facts.influx_version is None:
         reasons.append(f"influxdb: unreachable at {settings.influx_url}")
     for queue, q in sorted(facts.queues.items()):
-        if q.backlog > max_backlog:
+        # A standby holds nothing: the queue's backlog is the active hub's to judge.
+        if q.backlog > max_backlog and facts.roles.get(queue) != ROLE_STANDBY:
             reasons.append(f"backlog: {queue} holds {q.backlog} messages, more than {max_backlog}")
     store: dict[str, Any] | None = None
     if facts.store_queue is not None and facts.store_idle_s is not None:
@@ -154,6 +156,7 @@ def ready_report(
         },
         "queues": {
             queue: {"ready": q.ready, "held": q.held, "backlog": q.backlog, "max_backlog": max_backlog}
+            | ({"role": facts.roles[queue]} if queue in facts.roles else {})
             for queue, q in sorted(facts.queues.items())
         },
     }
@@ -174,6 +177,26 @@ class Monitor:
         self._depths_at = float("-inf")
         self._depths_lock = threading.Lock()
         self._connection: pika.BlockingConnection | None = None
+        #: Queue -> role of this process's consumer on it (single-active-consumer queues only).
+        self.roles: dict[str, str] = {}
+
+    def read_roles(self) -> dict[str, str]:
+        """Whether the broker delivers each single-active-consumer queue to this process
+        ("active") or keeps it waiting ("standby"); logs every change. Pika has no callback for
+        it, the management API lists it per consumer tag. Unchanged when the API cannot say."""
+        watched = [s for s in self.services if s.queue.single_active]
+        activity = read_consumer_activity(self.settings) if watched else None
+        if activity is None:
+            return self.roles
+        roles = {}
+        for s in watched:
+            role = ROLE_BY_ACTIVITY.get(activity.get(s.consumer.consumer_tag or "", ""), ROLE_UNKNOWN)
+            if role not in (self.roles.get(s.queue.name, ROLE_UNKNOWN), ROLE_UNKNOWN):
+                log.info("service=%s event=%s queue=%s", s.name, role, s.queue.name)
+            roles[s.queue.name] = role
+            s.on_role(role)
+        self.roles = roles
+        return roles
 
     def queue_depths(self, max_age_s: float = 0.0) -> dict[str, int]:
         """Messages ready in each queue of this process's services ({} when the broker is unreachable).
@@ -218,7 +241,7 @@ class Monitor:
         queues = {s.queue.name: QueueFacts(depths.get(s.queue.name), s.consumer.held()) for s in self.services}
         store = next((s for s in self.services if s.queue is topology.STORE), None)
         idle = store.idle_s() if store is not None else None
-        return ReadyFacts(broker, influx_version, queues, store.queue.name if store else None, idle)
+        return ReadyFacts(broker, influx_version, queues, store.queue.name if store else None, idle, dict(self.roles))
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         settings = self.settings
@@ -231,6 +254,7 @@ class Monitor:
             while not self.stop.wait(DEPTH_INTERVAL_S):
                 try:
                     depths = self.queue_depths(DEPTH_CACHE_S)
+                    self.read_roles()
                     if time.monotonic() >= next_stats:
                         next_stats += STATS_INTERVAL_S
                         outputs.write_once(stats_points(self.instance, self.stats, depths, now_ms()))

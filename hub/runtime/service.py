@@ -33,6 +33,9 @@ from hub.runtime.middleware import Middleware, default_middleware
 
 log = logging.getLogger(__name__)
 
+#: A service's role on a single-active-consumer queue, as the broker decides it (see `on_role`).
+ROLE_ACTIVE, ROLE_STANDBY, ROLE_UNKNOWN = "active", "standby", "unknown"
+
 
 class Service:
     """One of the hub's services, run in its own thread by `run()`."""
@@ -57,6 +60,8 @@ class Service:
         #: Points this service caused and the deliveries they settle, written by `flush`.
         self.outbox = self.new_outbox()
         self._internal_errors: set[str] = set()
+        #: Set by the monitor's thread from the management API; `unknown` until it can say.
+        self.role = ROLE_UNKNOWN
 
     def run(self) -> None:
         self.consumer.run()
@@ -78,6 +83,11 @@ class Service:
 
     def on_write_failed(self) -> None:
         """A write of this service's batch failed and will be retried (deliveries wait meanwhile)."""
+
+    def on_role(self, role: str) -> None:
+        """The broker delivers this service's queue to it (`active`) or keeps it `standby`
+        (called from the monitor's thread; a service acts on a change in its own thread)."""
+        self.role = role
 
     def idle_s(self) -> float | None:
         """Seconds since this service last stored something, for /health/ready (None: not judged)."""

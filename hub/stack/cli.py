@@ -10,10 +10,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from hub.core.config import load_settings
+from hub.clients.management import read_hub_consumers
+from hub.core.config import Settings, load_settings
 from hub.core.errors import StackError
 from hub.stack.certs import DOCKER_RABBITMQ_UID, ensure_dev_tls
 from hub.stack.cluster import CLUSTER_STATE_FILE, Cluster, ClusterStatus
+from hub.stack.migrate import migrate as run_migration
 from hub.stack.packages import ensure_packages
 from hub.stack.stack import Stack, StackStatus
 
@@ -67,6 +69,7 @@ def stack() -> None:
       python -m hub stack up --nodes 3        # a 3-node RabbitMQ cluster (node i: ports + i*100)
       python -m hub stack certs               # the CA and certificate alone (docker compose)
       python -m hub stack status
+      python -m hub stack migrate             # queues of an older hub, after `hub run` refused them
       python -m hub stack down
     """
 
@@ -115,8 +118,11 @@ def down(purge: bool, stack_dir: str | None) -> None:
 @click.option("--stack-dir", default=None, help="data, logs and pid files [IOT_STACK_DIR, .stack]")
 def status(stack_dir: str | None) -> None:
     """Say what runs, with its pid and URLs; exit code 1 when the stack is not running."""
-    current = _running(stack_dir).status()
+    running = _running(stack_dir)
+    current = running.status()
     _print(current)
+    if current.running:
+        _print_consumers(running.settings)
     if not current.running:
         raise SystemExit(1)
 
@@ -148,6 +154,22 @@ def certs(stack_dir: str | None, key_owner: int | None) -> None:
 
 
 @stack.command()
+@click.option("--amqp-url", default=None, help="AMQP URL of the broker [IOT_AMQP_URL]")
+def migrate(amqp_url: str | None) -> None:
+    """Replace hub queues an older hub declared with other arguments, moving their messages.
+
+    Stop every hub first. A hub that finds an outdated queue exits (code 3) and names this
+    command. Safe to run again: an interrupted migration is finished, current queues are kept.
+    """
+    table = Table(title="hub queues")
+    for column in ("queue", "outcome", "messages moved"):
+        table.add_column(column)
+    for done in run_migration(load_settings(amqp_url=amqp_url), lambda m: console.print(f"{m.queue}: {m.outcome}")):
+        table.add_row(done.queue, done.outcome, str(done.moved))
+    console.print(table)
+
+
+@stack.command()
 def install() -> None:
     """Install the Debian packages rabbitmq-server and influxdb if they are missing."""
     installed = ensure_packages()
@@ -168,6 +190,20 @@ def _print(status: StackStatus) -> None:
     console.print(table)
     if isinstance(status, ClusterStatus):
         _print_cluster(status)
+
+
+def _print_consumers(settings: Settings) -> None:
+    """Who consumes each hub queue: several hubs share hub.store, the others have one active consumer."""
+    consumers = read_hub_consumers(settings)
+    if consumers is None:
+        console.print("hub consumers: the management API does not answer")
+        return
+    table = Table(title="hub consumers (single_active: delivered to; waiting: a standby; up: competing)")
+    for column in ("queue", "connection", "status"):
+        table.add_column(column)
+    for queue, connection, activity in consumers:
+        table.add_row(queue, connection, activity)
+    console.print(table if consumers else "hub consumers: none (no hub runs)")
 
 
 def _print_cluster(status: ClusterStatus) -> None:

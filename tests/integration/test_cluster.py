@@ -20,6 +20,7 @@ from devices.fleet import Fleet
 from hub.core.config import Settings
 from hub.stack.cluster import Cluster, ClusterStatus, started_on_free_ports
 from hub.stack.processes import is_ours
+from tests.integration.test_standby import takeover_drill
 from tests.support import REPO, fleet_credentials, hub_process, influx_query, settings_environment, wait_until
 
 NODES = 3
@@ -76,6 +77,14 @@ def test_the_cluster_has_every_node_and_three_replicas_of_every_quorum_queue(
     text = " ".join(shown.stdout.split())
     assert all(node in text for node in nodes) and "hub.store" in text
     assert f"export IOT_MQTT_ADDRESSES='{settings.mqtt_addresses}'" in text
+
+
+def test_the_standby_hub_takes_over_on_the_cluster_when_the_active_one_is_sigkilled(
+    cluster: tuple[Cluster, Settings], tmp_path: Path
+) -> None:
+    """Before the node loss below: the two hubs' connections spread over the three nodes."""
+    _the_cluster, settings = cluster
+    takeover_drill(settings, tmp_path, "th-cluster-standby")
 
 
 def test_a_node_killed_under_load_loses_no_reading_and_nothing_needs_a_restart(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from hub.clients.influx import Series
-from hub.clients.management import consumer_count, subscribed_devices
+from hub.clients.management import consumer_activity, consumer_count, hub_consumers, subscribed_devices
 from hub.control.args import parse_command_args
 from hub.control.fleet_view import FRESH_READING_MS, build_fleet, kinds_from_measurements, select
 from hub.control.send import Outcome, build_command, overall_exit_code
@@ -220,3 +220,41 @@ def test_the_demo_plans_a_command_for_each_actuator_kind_there_is() -> None:
         "iot-hub send --all ping",
     ]
     assert plan_commands({}) == []
+
+
+def test_hub_consumers_name_each_hub_by_its_connection_and_say_which_is_active() -> None:
+    consumers = [
+        {
+            "queue": {"name": "hub.rules"},
+            "channel_details": {"connection_name": "10.0.0.2:1 -> b"},
+            "activity_status": "waiting",
+        },
+        {
+            "queue": {"name": "hub.rules"},
+            "channel_details": {"connection_name": "10.0.0.1:1 -> b"},
+            "activity_status": "single_active",
+        },
+        {
+            "queue": {"name": "mqtt-subscription-x"},
+            "channel_details": {"connection_name": "d"},
+            "activity_status": "up",
+        },
+    ]
+    connections = [
+        {"name": "10.0.0.1:1 -> b", "user_provided_name": "iot-hub hub-rules a-1"},
+        {"name": "10.0.0.2:1 -> b"},
+    ]
+    assert hub_consumers(consumers, connections) == [
+        ("hub.rules", "10.0.0.2:1 -> b", "waiting"),
+        ("hub.rules", "iot-hub hub-rules a-1", "single_active"),
+    ]
+
+
+def test_consumer_activity_is_read_by_consumer_tag() -> None:
+    consumers = [
+        {"consumer_tag": "ctag1.a", "activity_status": "waiting"},
+        {"consumer_tag": "ctag1.b", "activity_status": "single_active"},
+        {"activity_status": "up"},
+    ]
+    assert consumer_activity(consumers) == {"ctag1.a": "waiting", "ctag1.b": "single_active"}
+    assert consumer_activity({"error": "not_authorised"}) == {}

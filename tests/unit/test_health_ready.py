@@ -68,3 +68,12 @@ def test_stuck_is_judged_only_where_the_store_runs() -> None:
     waiting = {"hub.rules": QueueFacts(ready=50, held=0)}
     ok, report = judge(facts(queues=waiting, store_queue=None, store_idle_s=None))
     assert ok and "store" not in report
+
+
+def test_a_standby_says_so_and_the_active_hubs_backlog_does_not_make_it_unready() -> None:
+    queues = {"hub.rules": QueueFacts(ready=500, held=0), "hub.commands": QueueFacts(ready=500, held=0)}
+    ok, report = judge(facts(queues=queues, store_queue=None, roles={"hub.rules": "standby", "hub.commands": "active"}))
+    assert not ok
+    assert report["reasons"] == ["backlog: hub.commands holds 500 messages, more than 100"]
+    assert report["queues"]["hub.rules"]["role"] == "standby"  # type: ignore[index]
+    assert report["queues"]["hub.commands"]["role"] == "active"  # type: ignore[index]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from pathlib import Path
 
 from hub.clients.influx import Series
+from hub.core.config import Settings
 from hub.core.contract import Presence
+from hub.runtime.service import ROLE_ACTIVE, ROLE_STANDBY
 from hub.services.presence.recorded import states_from_series
+from hub.services.presence.service import RECONNECT_GRACE_S, PresenceService
 from hub.services.presence.signs import STALL_S, SignsFeed
 from hub.services.presence.tracker import MIN_SILENCE_MS, OFFLINE_AFTER_INTERVALS, PresenceTracker
 
@@ -102,3 +107,37 @@ def test_a_device_reporting_every_fifth_of_a_second_is_silent_after_five_seconds
     tracker.on_telemetry("d-fast", "plant-a", "environment", "mqtt", device_ts=200, at_ms=200)
     assert tracker.silent(200 + MIN_SILENCE_MS) == [], "a hub a second late is not a device gone"
     assert [t.device for t in tracker.silent(200 + MIN_SILENCE_MS + 1)] == ["d-fast"]
+
+
+def _presence_service(tmp_path: Path) -> PresenceService:
+    settings = Settings(outputs="jsonl", jsonl_path=tmp_path / "points.jsonl")  # no device_status to read back
+    service = PresenceService(settings, threading.Event(), middleware=[])
+    _online(service.tracker, "env-standby", int(time.time() * 1000) - 60_000)  # silent for a minute
+    return service
+
+
+def test_a_standby_presence_records_nothing_and_judges_no_silence(tmp_path: Path) -> None:
+    service = _presence_service(tmp_path)
+    service.on_role(ROLE_STANDBY)
+    service.next_check = 0.0
+    service.tick()
+    assert service.outbox.points == []
+
+
+def test_a_standby_that_takes_over_counts_silence_only_from_a_grace_after_the_handover(tmp_path: Path) -> None:
+    service = _presence_service(tmp_path)
+    service.on_role(ROLE_STANDBY)
+    service.tick()
+    service.on_role(ROLE_ACTIVE)
+    service.next_check = 0.0
+    service.tick()
+    assert service.outbox.points == [] and not service.was_standby
+    later = int(time.time() * 1000) + round(RECONNECT_GRACE_S * 1000) + ALLOWED_SILENCE_MS + MIN_SILENCE_MS
+    assert [t.device for t in service.tracker.silent(later)] == ["env-standby"]
+
+
+def test_the_untouched_active_presence_still_finds_a_silent_device(tmp_path: Path) -> None:
+    service = _presence_service(tmp_path)
+    service.next_check = 0.0
+    service.tick()
+    assert [point.tags["device"] for point in service.outbox.points] == ["env-standby"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import json
 import random
 import re
 import threading
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from hub.core.backoff import DEVICE_RECONNECT, HUB_RECONNECT, Backoff
 from hub.core.config import load_settings
+from hub.runtime import topology
 from hub.runtime.consumer import SLEEP_SLICE_S, Consumer
 from hub.runtime.topology import QUEUES
 
@@ -84,3 +86,19 @@ def test_a_retry_wait_ends_soon_after_the_stop_event_is_set() -> None:
     assert time.monotonic() - started < 10.0
     assert stop.is_set()
     assert SLEEP_SLICE_S <= 0.5
+
+
+def test_definitions_declare_every_hub_queue_with_the_arguments_the_hub_declares() -> None:
+    definitions = json.loads((Path(__file__).resolve().parents[2] / "rabbitmq" / "definitions.json").read_text())
+    declared = {queue["name"]: queue["arguments"] for queue in definitions["queues"]}
+    for queue in topology.QUEUES.values():
+        assert declared[queue.name] == topology.queue_arguments(queue), queue.name
+
+
+def test_only_the_store_has_competing_consumers_the_stateful_services_one_active_and_standbys() -> None:
+    single = {
+        name
+        for name, queue in topology.QUEUES.items()
+        if topology.queue_arguments(queue).get("x-single-active-consumer")
+    }
+    assert single == {"rules", "presence", "commands"}

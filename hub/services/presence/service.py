@@ -10,6 +10,7 @@ whether it runs alone (`hub run --only presence`) or beside the other services.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import Any
@@ -22,13 +23,16 @@ from hub.core.contract import EXCHANGE, Presence, decode, is_identifier, now_ms
 from hub.core.errors import InvalidMessage
 from hub.runtime import topology
 from hub.runtime.consumer import Consumer, Delivery, protocol_of
-from hub.runtime.service import Service
+from hub.runtime.service import ROLE_STANDBY, Service
 from hub.services.presence.recorded import recorded_states
 from hub.services.presence.signs import SignsFeed
 from hub.services.presence.tracker import PresenceTracker
 
+log = logging.getLogger(__name__)
+
 #: How often the presence service looks for silent devices.
 SILENCE_CHECK_S = 1.0
+
 #: After the hub (re)starts consuming, silence is counted only from this much later: the time
 #: devices need to reconnect to a broker that was away (every one within 5 s, `DEVICE_RECONNECT`)
 #: and for what they buffered meanwhile to pass through the hub (`python -m bench.chaos`: 100
@@ -66,6 +70,8 @@ class PresenceService(Service):
         self.feed = feed or SignsFeed(PresenceTracker())
         self.tracker = self.feed.tracker
         self.next_check = 0.0
+        #: The monitor found this process standby: on becoming active it takes over (`_take_over`).
+        self.was_standby = False
         # Before any service thread runs: a sign of life fed by rules must find the recorded state.
         self.tracker.seed(recorded_states(self.settings))
 
@@ -93,6 +99,14 @@ class PresenceService(Service):
         transition = self.tracker.on_status(status, now_ms())
         self.outbox.add(delivery.tag, transition.point() if transition else None)
 
+    def _take_over(self) -> None:
+        """The broker made this standby active: start from what the active hub recorded, and
+        count silence only from a grace period after now (the handover is not the devices' silence)."""
+        self.was_standby = False
+        self.tracker.adopt(recorded_states(self.settings))
+        self.tracker.heard_from_all(now_ms() + round(RECONNECT_GRACE_S * 1000))
+        log.info("service=presence event=took_over devices=%d", len(self.tracker.devices))
+
     def _sign_of_life(
         self, _channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
     ) -> None:
@@ -108,7 +122,17 @@ class PresenceService(Service):
         self.feed.sign(device, site, kind, protocol_of(properties), device_ts, now_ms())
 
     def tick(self, idle: bool = False) -> None:
-        for transition in self.feed.take():
+        taken = self.feed.take()
+        if self.role == ROLE_STANDBY:
+            # The active hub writes `device_status`: a standby that judged silence from the few
+            # signs it sees (none, beside a standby rules) would record devices offline.
+            self.was_standby = True
+            super().tick(idle)
+            return
+        if self.was_standby:
+            self._take_over()
+            taken = []
+        for transition in taken:
             self.outbox.add(0, transition.point())
         now = now_ms()
         if now >= self.next_check and not self.feed.paused:

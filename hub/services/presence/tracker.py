@@ -173,6 +173,11 @@ class PresenceTracker:
         with self.lock:
             self.silence_from_ms = max(self.silence_from_ms, now)
 
+    def adopt(self, known: Iterable[DevicePresence]) -> None:
+        """Take over from another hub: what `device_status` recorded replaces what a standby saw."""
+        with self.lock:
+            self.devices.update((state.device, state) for state in known)
+
     def seed(self, known: Iterable[DevicePresence]) -> None:
         """Start from what `device_status` last recorded (a hub start); devices already heard from are kept."""
         with self.lock:
