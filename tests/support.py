@@ -83,6 +83,24 @@ def collect(
     return messages
 
 
+def consume_for(
+    connection: pika.BlockingConnection, channel: BlockingChannel, queue: str, seconds: float
+) -> list[tuple[str, bytes, pika.BasicProperties]]:
+    """Every message `queue` hands a consumer within `seconds`, taken (auto-ack).
+
+    A consumer, not `basic.get`: quorum queues with a single active consumer refuse `basic.get`.
+    """
+    messages: list[tuple[str, bytes, pika.BasicProperties]] = []
+    tag = channel.basic_consume(
+        queue,
+        lambda _ch, method, properties, body: messages.append((method.routing_key, body, properties)),
+        auto_ack=True,
+    )
+    connection.process_data_events(time_limit=seconds)
+    channel.basic_cancel(tag)
+    return messages
+
+
 def influx_query(settings: Settings, query: str, epoch: str = "ms") -> list[dict[str, Any]]:
     """Run InfluxQL against the harness's InfluxDB; returns the `series` of the first result."""
     params = urllib.parse.urlencode({"db": settings.influx_db, "q": query, "epoch": epoch})

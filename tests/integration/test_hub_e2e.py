@@ -44,6 +44,7 @@ from tests.support import (
     amqp_connection,
     bind_temporary_queue,
     collect,
+    consume_for,
     hub_process,
     influx_query,
     mqtt_device,
@@ -448,7 +449,7 @@ def test_an_ack_that_overtakes_its_command_is_recorded_with_the_commands_name_an
             wait_until(lambda: len(lifecycle("pm-lonely")) == 2, 10)
             early_outcomes = lifecycle("pm-early")
         # Back in the queue: only commands of other tests still waiting for their outcome (held by design)
-        came_back = collect(connection, channel, COMMANDS.name, 1000, timeout_s=1)
+        came_back = consume_for(connection, channel, COMMANDS.name, 1.0)
         for key, body, props in came_back:
             channel.basic_publish(EXCHANGE, key, body, props)  # theirs to settle, not ours
         left_in_queue = [key for key, _body, _props in came_back if key.endswith(("pm-early", "pm-lonely"))]
