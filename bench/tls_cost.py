@@ -132,7 +132,7 @@ def publisher(settings: Settings, prefix: str, devices: range, per_device: int, 
     client.loop_start()
     for seq in range(per_device):
         for device in devices:
-            reading = make_reading(prefix, device, seq, base_ts)
+            reading = make_reading(prefix, device, seq, base_ts + seq)
             client.publish(mqtt_topic(reading.routing_key), encode(reading), qos=1)
         while len(client._out_messages) > MAX_INFLIGHT * 4:  # memory stays bounded; the broker sets the pace
             time.sleep(0.001)
