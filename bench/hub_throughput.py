@@ -64,6 +64,7 @@ from hub.control.send import CommandSender
 from hub.core.config import Settings
 from hub.core.contract import DEAD_LETTER_QUEUE, Reading, encode, mqtt_topic, now_ms
 from hub.core.credentials import Credential, merge_credentials, read_credentials
+from hub.core.tls import settings_context
 from hub.outputs.lineprotocol import lines_payload
 from hub.runtime.batch import BATCH_MAX_POINTS
 from hub.runtime.topology import RULES, STORE
@@ -133,12 +134,17 @@ def login_as_gateway(client: mqtt.Client, settings: Settings) -> None:
 
 
 def mqtt_client(settings: Settings, client_id: str) -> mqtt.Client:
-    """A connected MQTT client logged in as the bench gateway, its network loop running (the bench's one login)."""
+    """A connected MQTT client logged in as the bench gateway, its network loop running (the bench's one login).
+
+    Over MQTTS when the settings say IOT_MQTT_TLS, verifying the broker.
+    """
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
     login_as_gateway(client, settings)
+    if settings.mqtt_tls:
+        client.tls_set_context(settings_context(settings))
     client.max_inflight_messages_set(MAX_INFLIGHT)
     client.max_queued_messages_set(0)
-    client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=60)
+    client.connect(settings.mqtt_host, settings.mqtt_connect_port, keepalive=60)
     client.loop_start()
     return client
 

@@ -29,8 +29,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 from rich.table import Table
 
@@ -39,16 +37,16 @@ from bench.hub_throughput import (
     REPO,
     cpu_seconds,
     create_gateway,
+    drain_and_close,
     influx_count,
-    login_as_gateway,
     make_reading,
+    mqtt_client,
 )
 from devices.device import plan_fleet
 from devices.fleet import Fleet
 from hub.control.identity import provision_into
 from hub.core.config import Settings, over_tls
 from hub.core.contract import encode, mqtt_topic, now_ms
-from hub.core.tls import settings_context
 from hub.stack import Stack
 from hub.stack.stack import settings_on_free_ports
 
@@ -122,24 +120,14 @@ def _own_cpu_s() -> float:
 
 def publisher(settings: Settings, prefix: str, devices: range, per_device: int, base_ts: int) -> None:
     """One MQTT (or MQTTS) connection publishing `per_device` readings for each of `devices`, QoS 1."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"tls-cost-{prefix}-{devices.start}")
-    login_as_gateway(client, settings)
-    if settings.mqtt_tls:
-        client.tls_set_context(settings_context(settings))
-    client.max_inflight_messages_set(MAX_INFLIGHT)
-    client.max_queued_messages_set(0)
-    client.connect(settings.mqtt_host, settings.mqtt_connect_port, keepalive=60)
-    client.loop_start()
+    client = mqtt_client(settings, f"tls-cost-{prefix}-{devices.start}")
     for seq in range(per_device):
         for device in devices:
             reading = make_reading(prefix, device, seq, base_ts + seq)
             client.publish(mqtt_topic(reading.routing_key), encode(reading), qos=1)
         while len(client._out_messages) > MAX_INFLIGHT * 4:  # memory stays bounded; the broker sets the pace
             time.sleep(0.001)
-    while client._out_messages:
-        time.sleep(0.01)
-    client.loop_stop()
-    client.disconnect()
+    drain_and_close(client, None)
 
 
 def hub_end_to_end(
