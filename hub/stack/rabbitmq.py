@@ -141,6 +141,11 @@ class RabbitNode:
         self.node_name = f"iot-{digest}@localhost"
 
     @property
+    def plugins_path(self) -> Path:
+        """The node's enabled_plugins: rabbitmq/enabled_plugins, copied by `prepare`."""
+        return self.home / "enabled_plugins"
+
+    @property
     def log_path(self) -> Path:
         return self.home / "server.log"
 
@@ -153,6 +158,9 @@ class RabbitNode:
         plain_on = loopback_addresses() if self.settings.plain_listeners else ()
         listeners = Listeners(plain_on, ensure_dev_tls(self.tls.folder))
         (self.home / "rabbitmq.conf").write_text(render_config(self.ports, definitions, listeners))
+        # A copy, fresh at every start: the node (and rabbitmq-plugins) may rewrite its plugins
+        # file, e.g. from ENABLED_PLUGINS in rabbitmq-env.conf, and must never write into rabbitmq/.
+        self.plugins_path.write_text((RABBITMQ_CONFIG_DIR / "enabled_plugins").read_text())
         cookie = self.home / "home" / ".erlang.cookie"
         if not cookie.exists():
             cookie.write_text(hashlib.sha256(os.urandom(32)).hexdigest()[:20].upper())
@@ -169,7 +177,7 @@ class RabbitNode:
             RABBITMQ_CONFIG_FILES=str(self.home / "conf.d"),
             RABBITMQ_ADVANCED_CONFIG_FILE=str(self.home / "advanced.config"),
             RABBITMQ_CONF_ENV_FILE=str(self.home / "rabbitmq-env.conf"),
-            RABBITMQ_ENABLED_PLUGINS_FILE=str(RABBITMQ_CONFIG_DIR / "enabled_plugins"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.plugins_path),
             RABBITMQ_MNESIA_BASE=str(self.home / "mnesia"),
             RABBITMQ_LOG_BASE=str(self.home / "log"),
             RABBITMQ_PID_FILE=str(self.home / "rabbitmq.pid"),
