@@ -6,7 +6,9 @@ its ack is written) and a bare paho echo device all run, so legs are differences
 The echo device answers the same CLI from paho's own network thread with no simulator around
 it: its legs are the broker + CLI baseline, and the simulated device's excess over it is the
 simulator's. The hub's recording is timed apart: the ack's `ts` to its row in `commands` being
-queryable, polled every POLL_S.
+queryable, polled every POLL_S. An AMQP listener on its own connection and thread stamps each
+ack as it reaches a consumer that is not blocked in a publish: the round trip the CLI would
+see if its acks did not wait for the confirm of its command.
 """
 
 from __future__ import annotations
@@ -24,24 +26,41 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.stats import CommandTimes, CommandTiming
 from hub.clients import influx
+from hub.clients.amqp import connect
 from hub.control.send import CommandSender, Outcome, SendStamps
 from hub.core.config import Settings
-from hub.core.contract import Ack, Command, ack_key, command_key, decode, encode, mqtt_topic, now_ms
+from hub.core.contract import EXCHANGE, Ack, Command, ack_key, command_key, decode, encode, mqtt_topic, now_ms
 from hub.core.errors import BrokerUnavailable, InvalidMessage
 from hub.core.tls import settings_context
 
 #: The legs of one answered command, in the order they happen.
-LEGS = ("cli_before", "confirm", "outbound", "device", "back", "held", "cli_after", "round_trip")
+LEGS = (
+    "cli_before",
+    "confirm",
+    "outbound",
+    "device",
+    "back",
+    "held",
+    "cli_after",
+    "round_trip",
+    "free_back",
+    "free_round_trip",
+)
 #: How often InfluxDB is asked for new `commands` rows (the resolution of the recording leg).
 POLL_S = 0.02
 #: How long the echo device may take to connect and subscribe.
 ECHO_CONNECT_S = 10.0
+#: How long the ack listener's thread blocks at a time (how soon it sees that it should stop).
+LISTEN_SLICE_S = 0.1
 #: How long one command waits for its ack.
 COMMAND_TIMEOUT_S = 5.0
 
 
-def split_round_trip(stamps: SendStamps, returned: float, device: CommandTiming) -> dict[str, float]:
-    """One answered command's legs (s) from the sender's stamps, when `send` returned, and the device's stamps.
+def split_round_trip(
+    stamps: SendStamps, returned: float, device: CommandTiming, heard: float | None = None
+) -> dict[str, float]:
+    """One answered command's legs (s) from the sender's stamps, when `send` returned, the device's
+    stamps and when the free listener `heard` the ack (without it, no `free_` legs).
 
     `confirm` runs beside `outbound`: the broker confirms the command while it is on its way. pika's
     blocking `basic_publish` dispatches no delivery until the confirm is in, so an ack written before
@@ -56,7 +75,9 @@ def split_round_trip(stamps: SendStamps, returned: float, device: CommandTiming)
         "held": max(0.0, stamps.confirmed - device.ack_written),
         "cli_after": returned - stamps.acked,
         "round_trip": stamps.acked - stamps.published,
-    }
+    } | (
+        {} if heard is None else {"free_back": heard - device.ack_written, "free_round_trip": heard - stamps.published}
+    )
 
 
 @dataclass
@@ -68,12 +89,12 @@ class LegSamples:
     #: Commands without a usable answer (timeout, refusal) or without the device's stamps.
     missed: int = 0
 
-    def add(self, outcome: Outcome, returned: float, device: CommandTiming | None) -> None:
+    def add(self, outcome: Outcome, returned: float, device: CommandTiming | None, heard: float | None) -> None:
         if outcome.status != "ok" or outcome.stamps is None or device is None:
             self.missed += 1
             return
         self.ids.add(outcome.id)
-        for leg, seconds in split_round_trip(outcome.stamps, returned, device).items():
+        for leg, seconds in split_round_trip(outcome.stamps, returned, device, heard).items():
             self.legs[leg].append(seconds)
 
 
@@ -120,6 +141,42 @@ class EchoDevice:
         self.times[command.id] = CommandTiming(taken, time.monotonic())
 
 
+class AckListener:
+    """Stamps each ack of `devices` as it arrives, on its own AMQP connection and thread, never blocked
+    in a publish (the CLI's channel dispatches nothing while it waits for a confirm)."""
+
+    def __init__(self, settings: Settings, devices: list[str]) -> None:
+        self.heard: dict[str, float] = {}
+        self._connection = connect(settings, "bench ack listener")
+        channel = self._connection.channel()
+        queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        for device in devices:
+            channel.queue_bind(queue, EXCHANGE, routing_key=ack_key(device))
+        channel.basic_consume(queue, self._on_ack, auto_ack=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ack-listener", daemon=True)
+
+    def __enter__(self) -> AckListener:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._connection.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._connection.process_data_events(time_limit=LISTEN_SLICE_S)
+
+    def _on_ack(self, _channel: Any, _method: Any, _props: Any, body: bytes) -> None:
+        at = time.monotonic()
+        try:
+            self.heard.setdefault(decode(body, Ack).id, at)
+        except InvalidMessage:
+            return
+
+
 @dataclass
 class RoundTrips:
     """The legs of the commands the simulated devices answered, beside those of the echo device."""
@@ -138,15 +195,16 @@ def command_round_trips(
 ) -> RoundTrips:
     """`count` pings, one at a time over `devices`, each followed by one to `echo`: every leg of each."""
     trips = RoundTrips()
-    with CommandSender(settings) as sender:
+    with CommandSender(settings) as sender, AckListener(settings, [*devices, echo.device_id]) as listener:
         targets = itertools.chain.from_iterable((device, echo.device_id) for device in itertools.cycle(devices))
         for target in itertools.islice(targets, 2 * count):
             [outcome] = sender.send([target], "ping", {}, timeout_s=COMMAND_TIMEOUT_S)
             returned = time.monotonic()
+            heard = listener.heard.get(outcome.id)
             if target == echo.device_id:
-                trips.echo.add(outcome, returned, echo.times.get(outcome.id))
+                trips.echo.add(outcome, returned, echo.times.get(outcome.id), heard)
             else:
-                trips.simulated.add(outcome, returned, device_times.get(outcome.id))
+                trips.simulated.add(outcome, returned, device_times.get(outcome.id), heard)
             time.sleep(pace_s)
     return trips
 

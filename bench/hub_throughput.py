@@ -709,6 +709,8 @@ def command_leg_rows(steady: Steady) -> list[tuple[str, list[float], list[float]
         "device": "  device takes it -> ack written (simulator's handling)",
         "back": "  ack written -> CLI has it",
         "held": "    of which it waited for the command's confirm (at most)",
+        "free_back": "  ack written -> an AMQP consumer not waiting for a confirm has it",
+        "free_round_trip": "  round trip if acks did not wait for the confirm (that consumer's)",
         "cli_after": "  CLI has the ack -> send() returns",
     }
     rows = [(label, simulated[leg], echo[leg]) for leg, label in labels.items()]

@@ -12,7 +12,7 @@ from hub.control.send import SendStamps
 def test_legs_are_differences_of_the_stamps() -> None:
     stamps = SendStamps(entered=10.0, published=10.010, confirmed=10.030, acked=10.031)
     legs = split_round_trip(stamps, returned=10.032, device=CommandTiming(taken=10.014, ack_written=10.015))
-    assert set(legs) == set(LEGS)
+    assert set(legs) == set(LEGS) - {"free_back", "free_round_trip"}
     assert legs["cli_before"] == pytest.approx(0.010)
     assert legs["confirm"] == pytest.approx(0.020)
     assert legs["outbound"] == pytest.approx(0.004)
@@ -52,3 +52,12 @@ def test_command_times_forget_the_oldest_beyond_their_bound() -> None:
         times.acks_writing(float(index) + 0.5)
     assert times.get("c0") is None
     assert times.get("c1") is not None and times.get("c2") is not None
+
+
+def test_an_ack_heard_by_the_free_listener_gives_the_round_trip_without_the_confirm_wait() -> None:
+    stamps = SendStamps(entered=0.0, published=1.0, confirmed=1.050, acked=1.051)
+    device = CommandTiming(taken=1.005, ack_written=1.010)
+    legs = split_round_trip(stamps, returned=1.052, device=device, heard=1.012)
+    assert legs["free_back"] == pytest.approx(0.002)
+    assert legs["free_round_trip"] == pytest.approx(0.012)
+    assert "free_back" not in split_round_trip(stamps, returned=1.052, device=device)
