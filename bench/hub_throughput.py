@@ -17,8 +17,9 @@ in the same run, with the same publishers (MQTT QoS 1, one paho client per proce
    PROBE_INTERVAL_S, polled every POLL_S) and the hub's CPU per message;
 3. the hub at a steady load: `--rate` readings/s (as many devices, one reading/s each, spread over
    the publisher processes) for `--duration` s: probe latency, the hub's own histogram of reading
-   age at storage, and `--commands` command round trips (CLI -> simulated device -> ack at the CLI),
-   beside the same figures with the hub idle;
+   age at storage, and `--commands` command round trips (CLI -> simulated device -> ack at the CLI,
+   split into legs beside a bare paho echo device's, see `bench.command_legs`), beside the same
+   figures with the hub idle;
 4. InfluxDB alone: the same points as line protocol, written in batches of BATCH_MAX_POINTS.
 
 Prints live progress, a table per part and, last, one summary: each figure beside its ceiling
