@@ -17,8 +17,9 @@ in the same run, with the same publishers (MQTT QoS 1, one paho client per proce
    PROBE_INTERVAL_S, polled every POLL_S) and the hub's CPU per message;
 3. the hub at a steady load: `--rate` readings/s (as many devices, one reading/s each, spread over
    the publisher processes) for `--duration` s: probe latency, the hub's own histogram of reading
-   age at storage, and `--commands` command round trips (CLI -> simulated device -> ack at the CLI),
-   beside the same figures with the hub idle;
+   age at storage, and `--commands` command round trips (CLI -> simulated device -> ack at the CLI,
+   split into legs beside a bare paho echo device's, see `bench.command_legs`), beside the same
+   figures with the hub idle;
 4. InfluxDB alone: the same points as line protocol, written in batches of BATCH_MAX_POINTS.
 
 Prints live progress, a table per part and, last, one summary: each figure beside its ceiling
@@ -53,6 +54,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
+from bench.command_legs import POLL_S as RECORD_POLL_S
+from bench.command_legs import EchoDevice, RoundTrips, command_round_trips, watching_records
 from devices.device import plan_fleet
 from devices.fleet import Fleet
 from hub.clients import influx
@@ -60,7 +63,6 @@ from hub.clients.amqp import connect
 from hub.clients.influx import InfluxHttp, server_version
 from hub.clients.management import ManagementAdmin, read_broker_version
 from hub.control.identity import device_definitions, new_secret, provision_into
-from hub.control.send import CommandSender
 from hub.core.config import Settings
 from hub.core.contract import DEAD_LETTER_QUEUE, Reading, encode, mqtt_topic, now_ms
 from hub.core.credentials import Credential, merge_credentials, read_credentials
@@ -95,6 +97,8 @@ PROBE = "probe"
 UNKNOWN_SENSOR = "bogus"
 #: Simulated devices that answer the steady phase's commands (beside the load).
 COMMAND_DEVICES = 10
+#: The bare paho device that answers commands beside the simulated ones (the broker + CLI baseline).
+ECHO_DEVICE = "echo-0001"
 #: Commands sent to the idle hub, for the round trip's floor.
 IDLE_COMMANDS = 20
 #: The goals of issue 14, printed beside the figures.
@@ -467,27 +471,19 @@ def bucket_quantile(before: dict[float, float], after: dict[float, float], q: fl
     return float("nan")
 
 
-def command_round_trips(settings: Settings, devices: list[str], count: int, pace_s: float) -> list[float]:
-    """`count` pings, one at a time over `devices`: each one's publish -> ack at the CLI, in seconds."""
-    rtts: list[float] = []
-    with CommandSender(settings) as sender:
-        for index in range(count):
-            [outcome] = sender.send([devices[index % len(devices)]], "ping", {}, timeout_s=5)
-            if outcome.rtt_ms is not None:
-                rtts.append(outcome.rtt_ms / 1000)
-            time.sleep(pace_s)
-    return rtts
-
-
 @dataclass
 class Steady:
     phase: Phase
     age_p50_s: float
     age_p99_s: float
-    commands: list[float]
-    idle_commands: list[float]
+    #: The steady phase's commands, leg by leg, to the simulated devices and to the echo device.
+    commands: RoundTrips
+    idle_commands: RoundTrips
     #: The outbound leg of the same commands as the hub recorded it: the ack's `ts` minus the command's.
     outbound: list[float]
+    #: The hub's recording of the simulated devices' and the echo device's acks: ack `ts` -> row queryable.
+    recorded: list[float]
+    echo_recorded: list[float]
 
 
 def recorded_legs(settings: Settings, since_ms: int) -> list[float]:
@@ -502,16 +498,24 @@ def steady_phase(
     settings: Settings, hub: RunningHub, rate: int, duration_s: int, processes: int, commands: int
 ) -> Steady:
     command_devices = [spec.device_id for spec in plan_fleet(COMMAND_DEVICES, protocol="mqtt", site="cmd")]
-    provision_into(settings, command_devices, settings.credentials_path)
-    with Fleet(settings, count=COMMAND_DEVICES, protocol="mqtt", interval_s=10.0, site="cmd", seed=1) as fleet:
+    held = provision_into(settings, [*command_devices, ECHO_DEVICE], settings.credentials_path)
+    with (
+        Fleet(settings, count=COMMAND_DEVICES, protocol="mqtt", interval_s=10.0, site="cmd", seed=1) as fleet,
+        EchoDevice(settings, ECHO_DEVICE, held[ECHO_DEVICE].password) as echo,
+        watching_records(settings) as record_delays,
+    ):
         fleet.wait_online()
         targets = [device.device_id for device in fleet.devices]
-        idle_commands = command_round_trips(settings, targets, IDLE_COMMANDS, 0.05)
+        idle_commands = command_round_trips(settings, targets, fleet.command_times, echo, IDLE_COMMANDS, 0.05)
         before = age_buckets(hub)
         steady_from_ms = now_ms()
-        rtts: list[float] = []
+        trips: list[RoundTrips] = []
+        # Half the phase: one command to a simulated device, then one to the echo device.
+        pace_s = duration_s / commands / 4
         sender = threading.Thread(
-            target=lambda: rtts.extend(command_round_trips(settings, targets, commands, duration_s / commands / 2)),
+            target=lambda: trips.append(
+                command_round_trips(settings, targets, fleet.command_times, echo, commands, pace_s)
+            ),
             daemon=True,
         )
 
@@ -523,13 +527,16 @@ def steady_phase(
         phase = hub_phase(settings, hub, "steady", duration_s * rate, 0, load)
         sender.join()
         after = age_buckets(hub)
+    [steady_trips] = trips
     return Steady(
         phase,
         bucket_quantile(before, after, 0.5),
         bucket_quantile(before, after, 0.99),
-        rtts,
+        steady_trips,
         idle_commands,
         recorded_legs(settings, steady_from_ms),
+        record_delays(steady_trips.simulated.ids),
+        record_delays(steady_trips.echo.ids),
     )
 
 
@@ -663,18 +670,22 @@ def summary_table(
             "",
             "",
         )
-        c50, c99 = quantile_ms(steady.commands, 50), quantile_ms(steady.commands, 99)
-        i50, i99 = quantile_ms(steady.idle_commands, 50), quantile_ms(steady.idle_commands, 99)
+        simulated = steady.commands.simulated
+        rtts = simulated.legs["round_trip"]
+        c50, c99 = quantile_ms(rtts, 50), quantile_ms(rtts, 99)
+        idle_rtts = steady.idle_commands.simulated.legs["round_trip"]
         table.add_row(
-            f"command round trip at {rate:,}/s ({len(steady.commands)}), p50 / p99",
+            f"command round trip at {rate:,}/s ({len(rtts)}, {simulated.missed} unanswered), p50 / p99",
             f"{c50:.0f} / {c99:.0f} ms",
-            f"idle hub {i50:.0f} / {i99:.0f} ms",
+            f"idle hub {quantile_ms(idle_rtts, 50):.0f} / {quantile_ms(idle_rtts, 99):.0f} ms",
             f"p99 ≤ {GOAL_COMMAND_P99_MS:.0f} ms",
             verdict(c99 <= GOAL_COMMAND_P99_MS),
         )
+        for label, mine, echo_samples in command_leg_rows(steady):
+            table.add_row(label, p50_p99(mine), f"bare paho echo {p50_p99(echo_samples)}", "", "")
         o50, o99 = quantile_ms(steady.outbound, 50), quantile_ms(steady.outbound, 99)
         table.add_row(
-            "  of which CLI -> device (ack ts - command ts, recorded by the hub), p50 / p99",
+            "  CLI -> device as the hub recorded it (ack ts - command ts), p50 / p99",
             f"{o50:.0f} / {o99:.0f} ms",
             "",
             "",
@@ -682,6 +693,36 @@ def summary_table(
         )
         table.add_row(f"hub CPU per reading at {rate:,}/s", f"{steady.phase.cpu_us:.0f} µs", "", "", "")
     return table
+
+
+def p50_p99(samples: list[float]) -> str:
+    return f"{quantile_ms(samples, 50):.1f} / {quantile_ms(samples, 99):.1f} ms" if samples else "-"
+
+
+def command_leg_rows(steady: Steady) -> list[tuple[str, list[float], list[float]]]:
+    """(label, simulated device's samples, echo device's samples) per leg of the steady phase's commands."""
+    simulated, echo = steady.commands.simulated.legs, steady.commands.echo.legs
+    labels = {
+        "round_trip": f"  round trip (echo: {len(echo['round_trip'])} answered), p50 / p99",
+        "cli_before": "  CLI before the publish (validate, bind, ask who is subscribed)",
+        "confirm": "  CLI publish -> broker confirm (beside the next leg)",
+        "outbound": "  CLI publish -> device takes the command",
+        "device": "  device takes it -> ack written (simulator's handling)",
+        "back": "  ack written -> CLI has it",
+        "held": "    of which it waited for the command's confirm (at most)",
+        "free_back": "  ack written -> an AMQP consumer not waiting for a confirm has it",
+        "free_round_trip": "  round trip if acks did not wait for the confirm (that consumer's)",
+        "cli_after": "  CLI has the ack -> send() returns",
+    }
+    rows = [(label, simulated[leg], echo[leg]) for leg, label in labels.items()]
+    rows.append(
+        (
+            f"  ack ts -> row in commands (hub; polled every {1000 * RECORD_POLL_S:.0f} ms)",
+            steady.recorded,
+            steady.echo_recorded,
+        )
+    )
+    return rows
 
 
 def main() -> None:

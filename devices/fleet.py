@@ -40,7 +40,7 @@ from devices.links import LinkDown
 from devices.models import DEFAULT_KINDS
 from devices.mqtt_link import MqttLink
 from devices.outbox import MAX_IN_FLIGHT
-from devices.stats import FleetStats, LagRecorder, ProtocolStats
+from devices.stats import CommandTimes, FleetStats, LagRecorder, ProtocolStats
 from devices.stomp_link import StompLink
 from hub.core.backoff import DEVICE_RECONNECT, Backoff
 from hub.core.config import Settings, format_addresses
@@ -171,6 +171,7 @@ class Fleet:
             for index, d in enumerate(self.devices)
         }
         self.lag = LagRecorder()
+        self.command_times = CommandTimes()
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -363,6 +364,8 @@ class Fleet:
                 key.data.on_ready(mask)
         while self._inbox:
             self._inbox.popleft()()
+        # Stamped before the write: once the bytes are out, the ack may be read before this thread runs again.
+        self.command_times.acks_writing(time.monotonic())
         self._flush()
 
     def _flush(self) -> None:
@@ -572,6 +575,7 @@ class Fleet:
             self._pump(rt)
 
     def link_command(self, link: Any, body: bytes) -> None:
+        taken = time.monotonic()
         rt = self._owner(link)
         if rt is None:
             return
@@ -579,6 +583,7 @@ class Fleet:
         if outcome is None:
             return
         self._publish(rt, ack_key(rt.device.device_id), encode(outcome.ack))
+        self.command_times.ack_queued(outcome.ack.id, taken)
         if outcome.interval_changed:
             rt.schedule += 1
             self._schedule_reading(rt, time.monotonic() + rt.device.interval_ms / 1000.0)

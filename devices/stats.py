@@ -119,3 +119,50 @@ class LagRecorder:
             if seen >= wanted:
                 return math.expm1((index + 0.5) / LAG_BUCKETS_PER_E)
         return math.expm1(len(counts) / LAG_BUCKETS_PER_E)
+
+
+#: Commands whose times `CommandTimes` keeps (the oldest are forgotten first).
+COMMAND_TIMES_KEPT = 10_000
+
+
+@dataclass(frozen=True)
+class CommandTiming:
+    """When a device took one command and when its ack went out, in `time.monotonic()` seconds."""
+
+    taken: float
+    #: When the event loop, at the end of the turn that took the command, wrote the connection's bytes (the ack's).
+    ack_written: float
+
+    @property
+    def handling_s(self) -> float:
+        return self.ack_written - self.taken
+
+
+class CommandTimes:
+    """Device-side stamps of each command by id, so a caller in the fleet's process can split a round trip.
+
+    Stamped on the event loop (two clock reads per command); read from any thread. Not part of
+    the wire contract: acks carry only the device's epoch-ms `ts`.
+    """
+
+    def __init__(self, kept: int = COMMAND_TIMES_KEPT) -> None:
+        self._kept = kept
+        self._done: dict[str, CommandTiming] = {}
+        self._unwritten: list[tuple[str, float]] = []
+
+    def ack_queued(self, command_id: str, taken: float) -> None:
+        """The device took the command at `taken` and has handed its ack to the connection."""
+        self._unwritten.append((command_id, taken))
+
+    def acks_writing(self, at: float) -> None:
+        """At `at` the loop writes every ack queued so far to its connection."""
+        if not self._unwritten:
+            return
+        unwritten, self._unwritten = self._unwritten, []
+        for command_id, taken in unwritten:
+            self._done[command_id] = CommandTiming(taken, at)
+        while len(self._done) > self._kept:
+            del self._done[next(iter(self._done))]
+
+    def get(self, command_id: str) -> CommandTiming | None:
+        return self._done.get(command_id)

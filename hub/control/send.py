@@ -66,6 +66,23 @@ _SEVERITY = [ExitCode.UNKNOWN_DEVICE, ExitCode.TIMEOUT, ExitCode.DEVICE_REFUSED,
 
 
 @dataclass(frozen=True)
+class SendStamps:
+    """Where one answered command's time went in the sender, in `time.monotonic()` seconds.
+
+    For callers that split a round trip (the benchmark); not printed.
+    """
+
+    #: `send` was called.
+    entered: float
+    #: The command's publish began (the round trip starts here).
+    published: float
+    #: The broker confirmed it (publish returned).
+    confirmed: float
+    #: Its ack was handed to us.
+    acked: float
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What became of one command to one device."""
 
@@ -76,6 +93,7 @@ class Outcome:
     detail: str = ""
     state: dict[str, Any] = field(default_factory=dict)
     rtt_ms: float | None = None
+    stamps: SendStamps | None = field(default=None, compare=False, repr=False)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -160,12 +178,13 @@ class CommandSender:
         view knows it: then it is offline (rebooting, reconnecting), and the command goes out as
         soon as it subscribes again, or ends as `timeout`.
         """
+        entered = time.monotonic()
         for device in devices:
             require_identifier(device, "device")
         build_command(command, args, timeout_s)
         deadline = time.monotonic() + timeout_s
         outcomes: dict[str, Outcome] = {}
-        in_flight: dict[str, tuple[str, float]] = {}  # command id -> (device, sent at)
+        in_flight: dict[str, tuple[str, float, float]] = {}  # command id -> (device, sent at, confirmed at)
 
         def settle(outcome: Outcome) -> None:
             outcomes[outcome.device] = outcome
@@ -202,18 +221,19 @@ class CommandSender:
                 except pika.exceptions.UnroutableError:
                     settle(Outcome(device, command, body.id, "unknown_device", _no_subscriber(device)))
                     continue
-                in_flight[body.id] = (device, sent_at)
+                in_flight[body.id] = (device, sent_at, time.monotonic())
             ready = []
             for command_id in [cid for cid in in_flight if cid in self._acks]:
-                device, sent_at = in_flight.pop(command_id)
+                device, sent_at, confirmed_at = in_flight.pop(command_id)
                 ack, received_at = self._acks.pop(command_id)
                 rtt_ms = (received_at - sent_at) * 1000
-                settle(Outcome(device, command, command_id, ack.status, ack.detail, dict(ack.state), rtt_ms))
+                stamps = SendStamps(entered, sent_at, confirmed_at, received_at)
+                settle(Outcome(device, command, command_id, ack.status, ack.detail, dict(ack.state), rtt_ms, stamps))
             if not in_flight and not offline:
                 break
             now = time.monotonic()
             if now >= deadline:
-                for command_id, (device, _sent_at) in in_flight.items():
+                for command_id, (device, _sent_at, _confirmed_at) in in_flight.items():
                     settle(Outcome(device, command, command_id, "timeout", _silent(timeout_s)))
                 for device in sorted(offline):
                     settle(Outcome(device, command, "", "timeout", _offline(timeout_s)))
