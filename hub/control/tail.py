@@ -145,6 +145,8 @@ class Tail:
         self._channel: BlockingChannel | None = None
         self._handler: Handler = lambda _rk, _body, _props: None
         self.count = 0
+        #: Messages `follow` hands over at most; one read from the broker may bring more than are left.
+        self._max_count: int | None = None
 
     def __enter__(self) -> Tail:
         self._connection = connect(self.settings, "tail")
@@ -177,6 +179,7 @@ class Tail:
         if connection is None:
             raise RuntimeError("Tail is used outside its `with` block")
         self._handler = handler
+        self._max_count = max_count
         deadline = None if seconds is None else time.monotonic() + seconds
         while max_count is None or self.count < max_count:
             if deadline is not None and time.monotonic() >= deadline:
@@ -188,5 +191,7 @@ class Tail:
         return self.count
 
     def _on_message(self, channel: BlockingChannel, method: Basic.Deliver, props: BasicProperties, body: bytes) -> None:
+        if self._max_count is not None and self.count >= self._max_count:
+            return  # auto-acked and dropped: the caller asked for no more
         self.count += 1
         self._handler(method.routing_key, body, props)
