@@ -13,12 +13,16 @@ import msgspec
 from rich.console import Console
 
 from hub.control.identity import checked_devices
+from hub.control.identity import impostors as impostors_of
 from hub.control.identity import provision as provision_devices
 from hub.control.identity import revoke as revoke_devices
 from hub.core.config import load_settings
 from hub.core.credentials import forget_credentials, merge_credentials
 from hub.core.errors import ConfigError
 from hub.stack.certs import stack_ca, write_device_cert
+
+#: `hub impostors`'s exit code when it found some (0: none), so a cron job or a probe can alert on it.
+IMPOSTORS_FOUND = 1
 
 _DEVICES = click.argument("devices", nargs=-1, required=True, metavar="DEVICE...")
 
@@ -127,3 +131,28 @@ def revoke(devices: tuple[str, ...], credentials: Path | None) -> None:
         console.print(f"{device}: no such device account")
     console.print(f"{len(result.deleted)} revoked, {result.connections_closed} connections closed")
     forget_credentials(settings.credentials_path, result.deleted)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--close", is_flag=True, help="Close the connections found (the device whose id they use can reconnect).")
+def impostors(close: bool) -> None:
+    """List device accounts connected over MQTT under another device's client id.
+
+    Such a client gets no commands and publishes only as itself, but its CONNECT takes over the
+    session of the device whose id it uses, which the broker cannot refuse. Exit code 0 when none
+    is connected, 1 when some are (after closing them, with --close); `hub revoke` the account if
+    its credential is stolen. Uses the admin account, like `provision`.
+
+    \b
+    Example:
+      python -m hub impostors --close
+    """
+    settings = load_settings()
+    console = _console()
+    found = impostors_of(settings, close=close)
+    for impostor in found:
+        action = "closed" if close else "connected"
+        console.print(f"{impostor.user}: {action} under client id {impostor.client_id!r} ({impostor.connection})")
+    console.print(f"{len(found)} impostor connection(s)" + (" closed" if close and found else ""))
+    if found:
+        sys.exit(IMPOSTORS_FOUND)

@@ -17,6 +17,7 @@ SUBCOMMANDS = [
     ("hub.cli.control", "commands"),
     ("hub.cli.identity", "provision"),
     ("hub.cli.identity", "revoke"),
+    ("hub.cli.identity", "impostors"),
     ("hub.demo.app", "demo"),
     ("hub.cli.run", "run"),
     ("hub.dashboard.cli", "dashboard"),

@@ -207,6 +207,16 @@ class ManagementAdmin:
             if isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("user"), str)
         ]
 
+    def mqtt_connections(self) -> list[dict[str, Any]]:
+        """Every MQTT connection: name, user and `client_properties` (which hold its client id)."""
+        connections = self._call("GET", "connections?columns=name,user,protocol,client_properties")
+        return [c for c in connections or [] if isinstance(c, dict) and str(c.get("protocol", "")).startswith("MQTT")]
+
+    def topic_permissions(self) -> list[dict[str, Any]]:
+        """Every account's topic permissions (user, vhost, exchange, write, read)."""
+        permissions = self._call("GET", "topic-permissions")
+        return [p for p in permissions or [] if isinstance(p, dict)]
+
     def close_connection(self, name: str, reason: str) -> None:
         """Close one client connection; one already gone is no error."""
         path = f"connections/{urllib.parse.quote(name, safe='')}"

@@ -19,13 +19,14 @@ from typing import Any
 
 from hub.clients.management import HASHING_ALGORITHM, ManagementAdmin, password_hash
 from hub.core.config import Settings
-from hub.core.contract import VHOST, require_identifier
+from hub.core.contract import VHOST, is_identifier, require_identifier
 from hub.core.credentials import Credential, merge_credentials, read_credentials
 from hub.core.permissions import topic_permissions, vhost_permissions
 
 #: Bytes of randomness per device secret (URL-safe base64: 32 characters).
 SECRET_BYTES = 24
 REVOKED_REASON = "credential revoked"
+IMPOSTOR_REASON = "MQTT client id is not this account's device id"
 #: The password hash of a certificate device: RabbitMQ's internal backend refuses every password
 #: against an empty hash, so the account logs in only by its certificate (ssl_cert_login, CN = id).
 NO_PASSWORD_HASH = ""
@@ -125,6 +126,55 @@ def revoke(settings: Settings, devices: Iterable[str]) -> Revoked:
         admin.delete_users(result.deleted)
         result.connections_closed = _close_connections(admin, result.deleted, REVOKED_REASON)
     return result
+
+
+@dataclass(frozen=True)
+class Impostor:
+    """An MQTT connection of a device account under another client id than the device's own."""
+
+    connection: str
+    user: str
+    client_id: str
+
+
+def device_accounts(granted: Iterable[Mapping[str, Any]]) -> set[str]:
+    """Accounts `provision` made: their topic permission on `iot` is exactly a device's own."""
+    accounts = set()
+    for permission in granted:
+        user = permission.get("user")
+        if not isinstance(user, str) or permission.get("vhost") != VHOST or not is_identifier(user):
+            continue
+        own = topic_permissions(user)
+        if all(permission.get(key) == own[key] for key in ("exchange", "write", "read")):
+            accounts.add(user)
+    return accounts
+
+
+def find_impostors(mqtt_connections: Iterable[Mapping[str, Any]], devices: set[str]) -> list[Impostor]:
+    """The connections of `devices` whose MQTT client id is not the device's id.
+
+    Such a client gets no commands and publishes only as itself (the broker confines it), but
+    its CONNECT still takes over the session of the device whose id it uses: MQTT's rule, which
+    RabbitMQ's internal authorisation (3.10 and 4.x alike) cannot refuse.
+    """
+    found = []
+    for connection in mqtt_connections:
+        user, name = connection.get("user"), connection.get("name")
+        properties = connection.get("client_properties")
+        client_id = properties.get("client_id") if isinstance(properties, dict) else None
+        if user in devices and isinstance(name, str) and isinstance(client_id, str) and client_id != user:
+            found.append(Impostor(name, str(user), client_id))
+    return found
+
+
+def impostors(settings: Settings, close: bool = False) -> list[Impostor]:
+    """Device accounts connected over MQTT under another device's client id; with `close`, closed."""
+    admin = ManagementAdmin(settings)
+    found = find_impostors(admin.mqtt_connections(), device_accounts(admin.topic_permissions()))
+    if close:
+        for impostor in found:
+            admin.close_connection(impostor.connection, IMPOSTOR_REASON)
+    return found
 
 
 def _close_connections(admin: ManagementAdmin, users: list[str], reason: str) -> int:

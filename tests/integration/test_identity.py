@@ -12,18 +12,29 @@ from pathlib import Path
 
 import pytest
 
+from hub.cli.identity import IMPOSTORS_FOUND
 from hub.clients.management import ManagementAdmin
-from hub.control.identity import provision, revoke
+from hub.control.identity import impostors, provision, revoke
 from hub.core.config import Settings
 from hub.core.contract import EXCHANGE, command_key, mqtt_topic, telemetry_key
 from hub.core.errors import InvalidIdentifier
 from tests.device_clients import MqttDevice, StompDevice, connect_device, gone, publish, refused
-from tests.support import REPO, amqp_connection, bind_temporary_queue, collect, settings_environment, wait_until
+from tests.support import (
+    REPO,
+    amqp_connection,
+    bind_temporary_queue,
+    collect,
+    hub_cli,
+    settings_environment,
+    wait_until,
+)
 
 #: A routing key no hub queue is bound to, published after a refused message: it arrives, the refused one does not.
 MARKER_KEY = "test.identity-marker"
 #: What "at once" means for a revoked device's connection.
 REVOKED_WITHIN_S = 1.0
+#: The management API's statistics interval (5 s) and then some.
+IMPOSTOR_LISTED_WITHIN_S = 20.0
 #: The account every device shared before each had its own.
 FORMER_SHARED_USER, FORMER_SHARED_PASSWORD = "device", "device-dev-password"
 
@@ -102,6 +113,22 @@ def test_over_mqtt_a_device_with_another_client_id_cannot_take_commands(stack: S
     wait_until(lambda: gone(device), 10)
     device.close()
     assert not device.subacks, "its session queue is named by the client id, which must be its own"
+
+
+def test_a_device_under_another_s_client_id_is_found_and_closed(stack: Settings, pair: dict[str, str]) -> None:
+    (a, a_secret), (b, _) = pair.items()
+    impostor = MqttDevice(stack, a, a_secret, client_id=b)
+    try:
+        # The management API lists a connection once its first statistics are emitted (seconds).
+        found = wait_until(lambda: [i for i in impostors(stack) if i.user == a], IMPOSTOR_LISTED_WITHIN_S, 0.5)
+        assert [(i.user, i.client_id) for i in found] == [(a, b)]
+        result = hub_cli(stack, "impostors", "--close")
+        assert result.returncode == IMPOSTORS_FOUND, result.stderr
+        assert f"{a}: closed under client id '{b}'" in result.stderr
+        wait_until(lambda: gone(impostor), 5)
+    finally:
+        impostor.close()
+    assert not [i for i in impostors(stack) if i.user == a and i.connection == found[0].connection]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
