@@ -68,6 +68,10 @@ class Listeners:
     tls: TlsFiles
 
 
+#: Where the native node's management API and Prometheus endpoint listen (plain HTTP: loopback only).
+HTTP_ADDRESS = "127.0.0.1"
+
+
 def loopback_addresses() -> tuple[str, ...]:
     """127.0.0.1, and ::1 where this machine can bind it (RabbitMQ fails to start on an address it cannot bind)."""
     addresses = ["127.0.0.1"]
@@ -89,8 +93,9 @@ def render_config(ports: RabbitPorts, definitions_path: Path, listeners: Listene
         "ssl_options.cacertfile": f"ssl_options.cacertfile = {listeners.tls.ca_cert}",
         "ssl_options.certfile": f"ssl_options.certfile = {listeners.tls.server_cert}",
         "ssl_options.keyfile": f"ssl_options.keyfile = {listeners.tls.server_key}",
-        "management.tcp.port": f"management.tcp.port = {ports.management}",
-        "prometheus.tcp.port": f"prometheus.tcp.port = {ports.prometheus}",
+        # Plain HTTP carries the admin password: this machine's own tools only, like the plain listeners.
+        "management.tcp.port": f"management.tcp.port = {ports.management}\nmanagement.tcp.ip = {HTTP_ADDRESS}",
+        "prometheus.tcp.port": f"prometheus.tcp.port = {ports.prometheus}\nprometheus.tcp.ip = {HTTP_ADDRESS}",
         "load_definitions": f"load_definitions = {definitions_path}",
     }
     text = (RABBITMQ_CONFIG_DIR / "rabbitmq.conf").read_text()

@@ -51,6 +51,8 @@ SIOCGIFADDR = 0x8915
 #: Linux routes all of 127/8 to loopback, and the TLS listeners listen everywhere: a client
 #: that dials this address reaches the node, but the certificate does not name it.
 ADDRESS_NOT_IN_CERTIFICATE = "127.0.0.2"
+#: The management API and Prometheus endpoint (plain HTTP) are plain listeners too, but 3.10's
+#: management API lists them as `::` whatever they bind: their ports are probed below instead.
 PLAIN_PROTOCOLS = {"amqp", "mqtt", "stomp"}
 TLS_PROTOCOLS = {"amqp/ssl", "mqtt/ssl", "stomp/ssl"}
 LOOPBACK = {"127.0.0.1", "::1"}
@@ -248,7 +250,8 @@ def test_plain_listeners_answer_on_loopback_only(stack: Settings) -> None:
         assert bound[protocol] and bound[protocol] <= LOOPBACK, f"{protocol} listens on {bound[protocol]}"
     for protocol in TLS_PROTOCOLS:
         assert bound[protocol] & {"::", "0.0.0.0"}, f"{protocol} listens on {bound[protocol]} only"
-    plain_ports = {stack.amqp.port, stack.mqtt_port, stack.stomp_port}
+    http_ports = {stack.management_port, stack.rabbitmq_prometheus_port}
+    plain_ports = {stack.amqp.port, stack.mqtt_port, stack.stomp_port} | http_ports
     tls_ports = {stack.amqps_port, stack.mqtts_port, stack.stomps_port}
     for address in _non_loopback_addresses():
         assert all(port_open(address, port) for port in tls_ports), f"TLS listeners unreachable on {address}"

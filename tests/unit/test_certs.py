@@ -101,6 +101,8 @@ def test_native_plain_listeners_bind_loopback_and_tls_ones_every_interface(tmp_p
         assert f"\n{key}.default = {port}\n" in conf
     assert f"\nssl_options.keyfile = {tls.server_key}\n" in conf
     assert f"\nssl_options.cacertfile = {tls.ca_cert}\n" in conf
+    assert "\nmanagement.tcp.port = 15672\nmanagement.tcp.ip = 127.0.0.1\n" in conf
+    assert "\nprometheus.tcp.port = 15692\nprometheus.tcp.ip = 127.0.0.1\n" in conf
 
 
 def test_no_plain_renders_no_plain_listener(tmp_path: Path) -> None:
