@@ -41,6 +41,7 @@ bench: $(VENV)/.installed
 	$(PY) -m bench.sim_scale
 	$(PY) -m bench.tls_cost
 	$(PY) -m bench.chaos
+	$(PY) -m bench.cluster_compare
 	$(PY) -m bench.hub_throughput
 
 stack-up: $(VENV)/.installed

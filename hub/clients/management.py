@@ -142,6 +142,26 @@ def read_consumer_count(settings: Settings, queue_name: str) -> int | None:
     return consumer_count(_management_get(settings, f"queues/{_vhost(settings)}/{name}"))
 
 
+def published_counts(queues: Any) -> dict[str, int]:
+    """Queue name -> messages published into it so far, from `/api/queues/<vhost>` (queues the
+    management API has no statistics for yet are left out)."""
+    counts: dict[str, int] = {}
+    for queue in queues if isinstance(queues, list) else []:
+        if not isinstance(queue, dict):
+            continue
+        name, stats = queue.get("name"), queue.get("message_stats")
+        published = stats.get("publish") if isinstance(stats, dict) else None
+        if isinstance(name, str) and isinstance(published, int) and not isinstance(published, bool):
+            counts[name] = published
+    return counts
+
+
+def read_published_counts(settings: Settings) -> dict[str, int] | None:
+    """How many messages each queue of the vhost has received so far, or None when the management API cannot say."""
+    queues = _management_get(settings, f"queues/{_vhost(settings)}?columns=name,message_stats.publish")
+    return published_counts(queues) if isinstance(queues, list) else None
+
+
 #: What `read_node` asks the management API for about the broker node.
 NODE_COLUMNS = "name,mem_used,mem_limit,mem_alarm,fd_used,fd_total,sockets_used,sockets_total,proc_used"
 
