@@ -9,9 +9,11 @@ a temporary directory, with one `python -m hub run` each, and measures on both:
 2. flat out: `--readings` readings from MQTT publishers as fast as the broker takes them (as
    `bench.hub_throughput` does): the same figures.
 
-On the one node first, the broker's memory per idle connection, MQTT and STOMP apart
-(`--idle` devices of each, one reading an hour): its `mem_used` (management API) and resident
-memory before and after they connect. On the cluster last, the node-loss drill of
+On the one node first, the broker's memory per idle connection, MQTT and STOMP apart (1,000
+devices of each, one reading an hour): its live data (the node's memory breakdown, from the
+management API, without the allocators' slack) and its resident memory, before and after they
+connect. With the hub running and no load, the broker's idle CPU, so that its CPU per reading can
+be told above idle. On the cluster last, the node-loss drill of
 `bench.cluster_failover`. Stored readings are counted in InfluxDB, never by queue name.
 
 Ends with three tables (both columns and their ratio; per-node capacity; the node loss) headed by
@@ -51,7 +53,7 @@ from bench.hub_throughput import (
 from bench.procstat import groups_usage
 from devices.device import ProtocolChoice, plan_fleet
 from devices.fleet import Fleet
-from hub.clients.management import read_node
+from hub.clients.management import read_memory_in_use
 from hub.control.identity import provision_into
 from hub.core.config import Settings
 from hub.core.contract import now_ms
@@ -69,6 +71,10 @@ IDLE_SITE = "idle"
 IDLE_INTERVAL_S = 3600.0
 #: Seconds the broker gets to settle (statistics, garbage collection) before and after a fleet connects.
 SETTLE_S = 5.0
+#: Seconds the management API gets to answer a memory breakdown.
+MANAGEMENT_WAIT_S = 60.0
+#: Seconds the broker's idle CPU is measured.
+IDLE_S = 10.0
 #: Seconds a fleet gets to come online before the steady window, and to connect when idle.
 WARMUP_S = 3.0
 CONNECT_WAIT_S = 300.0
@@ -110,6 +116,8 @@ class Window:
     phase: Phase
     broker_cpu_s: float
     load: tuple[float, float]
+    #: The broker's CPU with the hub running and no load (cores), measured on the same stack before.
+    idle_cores: float
 
     @property
     def p50_ms(self) -> float:
@@ -125,6 +133,12 @@ class Window:
         return 1000 * self.broker_cpu_s / self.phase.messages if self.phase.messages else 0.0
 
     @property
+    def broker_cpu_per_1000_above_idle(self) -> float:
+        """Broker CPU seconds per 1,000 readings stored, its idle CPU over the window taken away."""
+        above = self.broker_cpu_s - self.idle_cores * self.phase.elapsed_s
+        return 1000 * above / self.phase.messages if self.phase.messages else 0.0
+
+    @property
     def broker_cores(self) -> float:
         """The broker's CPU as cores busy on average over the window."""
         return self.broker_cpu_s / self.phase.elapsed_s if self.phase.elapsed_s else 0.0
@@ -137,13 +151,13 @@ class ConnectionCost:
     protocol: str
     online: int
     connect_s: float
-    mem_used_bytes: int
+    live_bytes: int
     rss_bytes: int
     load: float
 
     @property
     def mem_per_connection(self) -> float:
-        return self.mem_used_bytes / self.online if self.online else 0.0
+        return self.live_bytes / self.online if self.online else 0.0
 
     @property
     def rss_per_connection(self) -> float:
@@ -168,11 +182,18 @@ def stored_between(settings: Settings, start_ms: int, end_ms: int) -> int:
     return influx_count(settings, f"SELECT count(seq) FROM /.*/ WHERE time >= {start_ms}ms AND time < {end_ms}ms")
 
 
-def measured(broker: Callable[[], float], run: Callable[[], Phase]) -> Window:
+def measured(broker: Callable[[], float], idle_cores: float, run: Callable[[], Phase]) -> Window:
     """`run` a phase, with the broker's CPU seconds and the load average around it."""
     load_before, cpu_before = loadavg(), broker()
     phase = run()
-    return Window(phase, broker() - cpu_before, (load_before, loadavg()))
+    return Window(phase, broker() - cpu_before, (load_before, loadavg()), idle_cores)
+
+
+def idle_broker_cores(broker: Callable[[], float]) -> float:
+    """The broker's CPU (cores) over IDLE_S with no load: statistics, heartbeats, the hub's idle consumers."""
+    cpu_before, started = broker(), time.monotonic()
+    time.sleep(IDLE_S)
+    return (broker() - cpu_before) / (time.monotonic() - started)
 
 
 def steady_phase(settings: Settings, hub: RunningHub, sizes: Sizes, label: str) -> Phase:
@@ -226,16 +247,19 @@ def hub_measured(
         return groups_usage(broker_pgids()).cpu_s
 
     with running_hub(settings, root / f"hub-{label}.log", free_port()) as hub:
+        console.print(f"[bold]{label}: idle[/] (the hub running, no load, {IDLE_S:.0f} s)")
+        idle = idle_broker_cores(broker)
         console.print(
             f"[bold]{label}: steady[/] ({sizes.steady_devices} mixed devices, one reading each "
             f"{sizes.steady_interval_s:g} s, {sizes.steady_s:.0f} s)"
         )
-        steady = measured(broker, lambda: steady_phase(settings, hub, sizes, label))
+        steady = measured(broker, idle, lambda: steady_phase(settings, hub, sizes, label))
         per_device = max(1, sizes.readings // sizes.flat_devices)
         total = per_device * sizes.flat_devices
         console.print(f"[bold]{label}: flat out[/] ({total} readings, {sizes.publishers} MQTT publishers, QoS 1)")
         flat = measured(
             broker,
+            idle,
             lambda: hub_phase(
                 settings,
                 hub,
@@ -248,10 +272,20 @@ def hub_measured(
         yield hub, steady, flat
 
 
+def live_memory(settings: Settings) -> int:
+    """The broker's live data (bytes); asked again while its management API does not answer (a loaded machine)."""
+    deadline = time.monotonic() + MANAGEMENT_WAIT_S
+    while (live := read_memory_in_use(settings)) is None:
+        if time.monotonic() > deadline:
+            raise SystemExit("the broker's management API gave no memory breakdown")
+        time.sleep(1.0)
+    return live
+
+
 def idle_cost(settings: Settings, broker_pgids: list[int], protocol: ProtocolChoice, count: int) -> ConnectionCost:
     """The broker's memory before and after `count` idle devices of `protocol` connect (accounts provisioned)."""
     time.sleep(SETTLE_S)
-    node_before, rss_before = read_node(settings) or {}, groups_usage(broker_pgids).rss_bytes
+    live_before, rss_before = live_memory(settings), groups_usage(broker_pgids).rss_bytes
     fleet = Fleet(settings, count=count, protocol=protocol, interval_s=IDLE_INTERVAL_S, site=IDLE_SITE, seed=1)
     started = time.monotonic()
     try:
@@ -261,7 +295,7 @@ def idle_cost(settings: Settings, broker_pgids: list[int], protocol: ProtocolCho
             time.sleep(PROGRESS_EVERY_S)
         connect_s = time.monotonic() - started
         time.sleep(SETTLE_S)
-        node_after, rss_after = read_node(settings) or {}, groups_usage(broker_pgids).rss_bytes
+        live_after, rss_after = live_memory(settings), groups_usage(broker_pgids).rss_bytes
         online = fleet.stats().total.online
     finally:
         fleet.close()
@@ -269,7 +303,7 @@ def idle_cost(settings: Settings, broker_pgids: list[int], protocol: ProtocolCho
         protocol,
         online,
         connect_s,
-        int(node_after.get("mem_used", 0)) - int(node_before.get("mem_used", 0)),
+        live_after - live_before,
         rss_after - rss_before,
         loadavg(),
     )
@@ -339,6 +373,7 @@ FIGURES: list[tuple[str, Callable[[Window], float], str]] = [
     ("publish -> queryable p99, ms", lambda w: w.p99_ms, ",.0f"),
     ("broker CPU, cores busy", lambda w: w.broker_cores, ".2f"),
     ("broker CPU s per 1,000 readings", lambda w: w.broker_cpu_per_1000, ".3f"),
+    ("  of it above the broker's idle CPU", lambda w: w.broker_cpu_per_1000_above_idle, ".3f"),
     ("hub CPU µs per reading", lambda w: w.phase.cpu_us, ",.0f"),
 ]
 
@@ -348,6 +383,10 @@ def comparison_table(one: StackRun, many: StackRun, sizes: Sizes, header: str) -
     table = Table(title=f"one node against {NODES}, the same load and one hub each; {header}")
     for column in ("measure", one.label, many.label, f"{many.label} / {one.label}"):
         table.add_column(column, justify="left" if column == "measure" else "right")
+    idle_a, idle_b = one.steady.idle_cores, many.steady.idle_cores
+    table.add_row(
+        "broker CPU idle (the hub running, no load), cores", f"{idle_a:.2f}", f"{idle_b:.2f}", ratio(idle_a, idle_b)
+    )
     phases = (
         (
             f"steady ({sizes.steady_devices} mixed devices and the probe, {offered:.0f} readings/s offered)",
@@ -376,17 +415,22 @@ def capacity_table(one: StackRun) -> Table:
         table.add_row(
             f"broker memory per idle {cost.protocol.upper()} connection",
             f"{cost.mem_per_connection / 1024:,.0f} KB (RSS {cost.rss_per_connection / 1024:,.0f} KB)",
-            f"mem_used (RSS) growth over {cost.online:,} connections, connected in {cost.connect_s:.0f} s, "
+            f"live data (RSS) growth over {cost.online:,} connections, connected in {cost.connect_s:.0f} s, "
             f"load {cost.load:.1f}",
         )
-        per_gb = GB / cost.mem_per_connection if cost.mem_per_connection > 0 else 0.0
-        table.add_row(f"  {cost.protocol.upper()} connections per GB of broker memory", f"{per_gb:,.0f}", "")
-    for name, window in (("flat out", one.flat), ("steady", one.steady)):
-        per_core = 1000 / window.broker_cpu_per_1000 if window.broker_cpu_per_1000 else 0.0
+        per_gb = GB / cost.rss_per_connection if cost.rss_per_connection > 0 else 0.0
         table.add_row(
-            f"readings/s per broker core ({name})",
-            f"{per_core:,.0f}",
-            f"{window.broker_cpu_per_1000:.3f} broker CPU s per 1,000 readings, load {window.load[1]:.1f}",
+            f"  {cost.protocol.upper()} connections per GB of broker memory",
+            f"{per_gb:,.0f}",
+            "by resident memory (what RabbitMQ's memory watermark counts)",
+        )
+    for name, window in (("flat out", one.flat), ("steady", one.steady)):
+        above = window.broker_cpu_per_1000_above_idle
+        table.add_row(
+            f"readings/s per broker core ({name}, above idle)",
+            f"{1000 / above:,.0f}" if above > 0 else "-",
+            f"{above:.3f} broker CPU s per 1,000 readings above idle ({window.broker_cpu_per_1000:.3f} in all; "
+            f"idle {window.idle_cores:.2f} cores), load {window.load[1]:.1f}",
         )
         per_hub_core = 1e6 / window.phase.cpu_us if window.phase.cpu_us else 0.0
         table.add_row(

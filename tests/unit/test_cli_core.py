@@ -10,6 +10,7 @@ from hub.clients.management import (
     consumer_activity,
     consumer_count,
     hub_consumers,
+    memory_in_use,
     published_counts,
     subscribed_devices,
 )
@@ -120,6 +121,23 @@ def test_the_messages_published_into_each_queue_are_read_from_the_queue_list() -
     ]
     assert published_counts(queues) == {"hub.a": 120}
     assert published_counts(None) == {}
+
+
+def test_a_nodes_memory_in_use_sums_its_breakdown_without_the_allocators_slack() -> None:
+    breakdown = {
+        "memory": {
+            "connection_readers": 100,
+            "queue_procs": 20,
+            "binary": 3,
+            "allocated_unused": 5000,
+            "reserved_unallocated": 7000,
+            "total": {"erlang": 123, "rss": 9000, "allocated": 12123},
+            "strategy": "rss",
+        }
+    }
+    assert memory_in_use(breakdown) == 123
+    assert memory_in_use({"memory": "not_available"}) is None
+    assert memory_in_use(None) is None
 
 
 def _status(device: str, at: int, online: bool, reason: str = "status") -> Series:
