@@ -1,20 +1,22 @@
 """One RabbitMQ node against a three-node cluster, the same load: `python -m bench.cluster_compare [--quick]`.
 
 Starts a one-node stack, then a three-node cluster (`hub stack up --nodes 3`), each on free ports in
-a temporary directory, with one `python -m hub run` each, and measures on both:
+a temporary directory, with one `python -m hub run` each, and measures on both (sizes in FULL and
+QUICK):
 
-1. steady: a mixed fleet (MQTT and STOMP simulated devices, each its own connection) at a fixed
-   rate, `--steady-s` seconds: readings stored per second, the publish -> queryable latency of a
-   probe device (p50 / p99), the broker's CPU (all its nodes, from /proc) and the hub's;
-2. flat out: `--readings` readings from MQTT publishers as fast as the broker takes them (as
+0. idle: the hub running, no load: the broker's own CPU, so that its CPU per reading can be told
+   above idle;
+1. steady: a mixed fleet (MQTT and STOMP simulated devices, each its own connection) and a probe
+   device at a fixed rate: readings stored per second, the probe's publish -> queryable latency
+   (p50 / p99), the broker's CPU (every process of every node, from /proc) and the hub's;
+2. flat out: readings from MQTT publishers as fast as the broker takes them (as
    `bench.hub_throughput` does): the same figures.
 
-On the one node first, the broker's memory per idle connection, MQTT and STOMP apart (1,000
-devices of each, one reading an hour): its live data (the node's memory breakdown, from the
-management API, without the allocators' slack) and its resident memory, before and after they
-connect. With the hub running and no load, the broker's idle CPU, so that its CPU per reading can
-be told above idle. On the cluster last, the node-loss drill of
-`bench.cluster_failover`. Stored readings are counted in InfluxDB, never by queue name.
+On the one node first, the broker's memory per idle connection, MQTT and STOMP apart (devices
+sending one reading an hour; the STOMP fleet connects beside the MQTT one): its resident memory,
+and the VM's own count from the node's memory breakdown (management API). On the cluster last,
+the node-loss drill of `bench.cluster_failover`. Stored readings are counted in InfluxDB, never
+by queue name.
 
 Ends with three tables (both columns and their ratio; per-node capacity; the node loss) headed by
 the date, the machine and the versions, with the load average beside each part.
@@ -23,6 +25,7 @@ the date, the machine and the versions, with the load average beside each part.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import tempfile
 import time
@@ -53,7 +56,7 @@ from bench.hub_throughput import (
 from bench.procstat import groups_usage
 from devices.device import ProtocolChoice, plan_fleet
 from devices.fleet import Fleet
-from hub.clients.management import read_memory_in_use
+from hub.clients.management import read_memory_breakdown
 from hub.control.identity import provision_into
 from hub.core.config import Settings
 from hub.core.contract import now_ms
@@ -67,6 +70,7 @@ console = Console(width=150)
 NODES = 3
 STEADY_SITE = "steady"
 IDLE_SITE = "idle"
+IDLE_PROTOCOLS: tuple[ProtocolChoice, ...] = ("mqtt", "stomp")
 #: An idle device sends one reading an hour: what it costs the broker is its connection.
 IDLE_INTERVAL_S = 3600.0
 #: Seconds the broker gets to settle (statistics, garbage collection) before and after a fleet connects.
@@ -146,22 +150,20 @@ class Window:
 
 @dataclass(frozen=True)
 class ConnectionCost:
-    """The broker's memory for `online` idle connections of one protocol."""
+    """What `online` idle connections of one protocol added to the broker's memory."""
 
     protocol: str
     online: int
     connect_s: float
-    live_bytes: int
+    #: Resident memory: what RabbitMQ's memory watermark counts (`vm_memory_calculation_strategy = rss`).
     rss_bytes: int
+    #: The Erlang VM's own count of what it allocated, and of it binaries (socket buffers among them).
+    erlang_bytes: int
+    binary_bytes: int
     load: float
 
-    @property
-    def mem_per_connection(self) -> float:
-        return self.live_bytes / self.online if self.online else 0.0
-
-    @property
-    def rss_per_connection(self) -> float:
-        return self.rss_bytes / self.online if self.online else 0.0
+    def per_connection(self, total: int) -> float:
+        return total / self.online if self.online else 0.0
 
 
 @dataclass
@@ -272,41 +274,53 @@ def hub_measured(
         yield hub, steady, flat
 
 
-def live_memory(settings: Settings) -> int:
-    """The broker's live data (bytes); asked again while its management API does not answer (a loaded machine)."""
+def breakdown(settings: Settings) -> dict[str, int]:
+    """The broker's memory breakdown; asked again while its management API does not answer (a loaded machine)."""
     deadline = time.monotonic() + MANAGEMENT_WAIT_S
-    while (live := read_memory_in_use(settings)) is None:
+    while (found := read_memory_breakdown(settings)) is None:
         if time.monotonic() > deadline:
             raise SystemExit("the broker's management API gave no memory breakdown")
         time.sleep(1.0)
-    return live
+    return found
 
 
-def idle_cost(settings: Settings, broker_pgids: list[int], protocol: ProtocolChoice, count: int) -> ConnectionCost:
-    """The broker's memory before and after `count` idle devices of `protocol` connect (accounts provisioned)."""
-    time.sleep(SETTLE_S)
-    live_before, rss_before = live_memory(settings), groups_usage(broker_pgids).rss_bytes
-    fleet = Fleet(settings, count=count, protocol=protocol, interval_s=IDLE_INTERVAL_S, site=IDLE_SITE, seed=1)
-    started = time.monotonic()
+def idle_costs(settings: Settings, broker_pgids: list[int], count: int) -> list[ConnectionCost]:
+    """`count` idle MQTT devices connect, then `count` idle STOMP devices beside them: what each fleet added.
+
+    The first fleet stays connected while the second is measured, so the second cannot reuse memory
+    the first gave back to the broker's allocators (which keep it resident).
+    """
+    costs: list[ConnectionCost] = []
+    fleets: list[Fleet] = []
     try:
-        fleet.start(wait_s=None)
-        while (online := fleet.stats().total.online) < count and time.monotonic() - started < CONNECT_WAIT_S:
-            console.print(f"  idle {protocol}: {online} / {count} online, {time.monotonic() - started:.0f} s")
-            time.sleep(PROGRESS_EVERY_S)
-        connect_s = time.monotonic() - started
-        time.sleep(SETTLE_S)
-        live_after, rss_after = live_memory(settings), groups_usage(broker_pgids).rss_bytes
-        online = fleet.stats().total.online
+        for protocol in IDLE_PROTOCOLS:
+            time.sleep(SETTLE_S)
+            before, rss_before = breakdown(settings), groups_usage(broker_pgids).rss_bytes
+            fleet = Fleet(settings, count=count, protocol=protocol, interval_s=IDLE_INTERVAL_S, site=IDLE_SITE, seed=1)
+            fleets.append(fleet)
+            started = time.monotonic()
+            fleet.start(wait_s=None)
+            while (online := fleet.stats().total.online) < count and time.monotonic() - started < CONNECT_WAIT_S:
+                console.print(f"  idle {protocol}: {online} / {count} online, {time.monotonic() - started:.0f} s")
+                time.sleep(PROGRESS_EVERY_S)
+            connect_s = time.monotonic() - started
+            time.sleep(SETTLE_S)
+            after, rss_after = breakdown(settings), groups_usage(broker_pgids).rss_bytes
+            costs.append(
+                ConnectionCost(
+                    protocol,
+                    fleet.stats().total.online,
+                    connect_s,
+                    rss_after - rss_before,
+                    after.get("total.erlang", 0) - before.get("total.erlang", 0),
+                    after.get("binary", 0) - before.get("binary", 0),
+                    loadavg(),
+                )
+            )
     finally:
-        fleet.close()
-    return ConnectionCost(
-        protocol,
-        online,
-        connect_s,
-        live_after - live_before,
-        rss_after - rss_before,
-        loadavg(),
-    )
+        for fleet in fleets:
+            fleet.close()
+    return costs
 
 
 def one_node(root: Path, sizes: Sizes) -> tuple[StackRun, str]:
@@ -324,7 +338,7 @@ def one_node(root: Path, sizes: Sizes) -> tuple[StackRun, str]:
             settings, [spec.device_id for spec in plan_fleet(sizes.idle, site=IDLE_SITE)], settings.credentials_path
         )
         console.print(f"[bold]one node: idle connections[/] ({sizes.idle} MQTT, then {sizes.idle} STOMP)")
-        idle = [idle_cost(settings, pgids(), protocol, sizes.idle) for protocol in ("mqtt", "stomp")]
+        idle = idle_costs(settings, pgids(), sizes.idle)
         with hub_measured(settings, pgids, root, sizes, "one node") as (_hub, steady, flat):
             return StackRun("1 node", steady, flat, idle), header
     finally:
@@ -412,16 +426,17 @@ def capacity_table(one: StackRun) -> Table:
     for column in ("measure", "value", "how"):
         table.add_column(column, justify="left")
     for cost in one.idle:
+        rss = cost.per_connection(cost.rss_bytes)
         table.add_row(
             f"broker memory per idle {cost.protocol.upper()} connection",
-            f"{cost.mem_per_connection / 1024:,.0f} KB (RSS {cost.rss_per_connection / 1024:,.0f} KB)",
-            f"live data (RSS) growth over {cost.online:,} connections, connected in {cost.connect_s:.0f} s, "
-            f"load {cost.load:.1f}",
+            f"{rss / 1024:,.0f} KB resident",
+            f"resident memory growth over {cost.online:,} connections (connected in {cost.connect_s:.0f} s, "
+            f"load {cost.load:.1f}); the VM's own count {cost.per_connection(cost.erlang_bytes) / 1024:,.0f} KB, "
+            f"of it binaries {cost.per_connection(cost.binary_bytes) / 1024:,.0f} KB",
         )
-        per_gb = GB / cost.rss_per_connection if cost.rss_per_connection > 0 else 0.0
         table.add_row(
             f"  {cost.protocol.upper()} connections per GB of broker memory",
-            f"{per_gb:,.0f}",
+            f"{GB / rss:,.0f}" if rss > 0 else "-",
             "by resident memory (what RabbitMQ's memory watermark counts)",
         )
     for name, window in (("flat out", one.flat), ("steady", one.steady)):
@@ -459,6 +474,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small load (about 3 minutes)")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
+    # stomp.py logs a traceback for each connection closed under it while a thousand idle devices disconnect.
+    logging.getLogger("stomp.py").setLevel(logging.CRITICAL)
     # Raised here, so the brokers the stacks start inherit it: a descriptor per connection.
     raise_open_files_limit()
     with tempfile.TemporaryDirectory(prefix="cluster-compare-") as tmp:

@@ -172,30 +172,27 @@ def read_node(settings: Settings) -> dict[str, Any] | None:
     return nodes[0] if isinstance(nodes, list) and nodes and isinstance(nodes[0], dict) else None
 
 
-#: Memory a breakdown lists that is the allocators' slack, not data: left out of `memory_in_use`.
-ALLOCATOR_SLACK = ("allocated_unused", "reserved_unallocated")
+def memory_breakdown(document: Any) -> dict[str, int]:
+    """A node's memory breakdown (`/api/nodes/<node>/memory`) as bytes by category (`binary`,
+    `queue_procs`...), its totals as `total.erlang`, `total.rss`, `total.allocated`; empty if unknown."""
+    memory = document.get("memory") if isinstance(document, dict) else None
+    flat: dict[str, int] = {}
+    for key, value in memory.items() if isinstance(memory, dict) else []:
+        items = value.items() if isinstance(value, dict) else [("", value)]
+        for sub, number in items:
+            if isinstance(number, int) and not isinstance(number, bool):
+                flat[f"{key}.{sub}" if sub else key] = number
+    return flat
 
 
-def memory_in_use(breakdown: Any) -> int | None:
-    """Bytes of live data in a node's memory breakdown (`/api/nodes/<node>/memory`): the sum of its
-    categories (connections, queues, binaries, tables, code...) without the allocators' slack."""
-    memory = breakdown.get("memory") if isinstance(breakdown, dict) else None
-    if not isinstance(memory, dict):
-        return None
-    return sum(
-        value
-        for key, value in memory.items()
-        if key not in ALLOCATOR_SLACK and isinstance(value, int) and not isinstance(value, bool)
-    )
-
-
-def read_memory_in_use(settings: Settings) -> int | None:
-    """`memory_in_use` of the first broker node, computed by the node when asked; None if unknown."""
+def read_memory_breakdown(settings: Settings) -> dict[str, int] | None:
+    """`memory_breakdown` of the first broker node, computed by the node when asked; None if unknown."""
     node = read_node(settings)
     name = node.get("name") if node else None
     if not isinstance(name, str):
         return None
-    return memory_in_use(_management_get(settings, f"nodes/{urllib.parse.quote(name, safe='')}/memory"))
+    breakdown = memory_breakdown(_management_get(settings, f"nodes/{urllib.parse.quote(name, safe='')}/memory"))
+    return breakdown or None
 
 
 def read_broker_version(settings: Settings) -> str | None:

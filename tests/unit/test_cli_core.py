@@ -10,7 +10,7 @@ from hub.clients.management import (
     consumer_activity,
     consumer_count,
     hub_consumers,
-    memory_in_use,
+    memory_breakdown,
     published_counts,
     subscribed_devices,
 )
@@ -123,21 +123,24 @@ def test_the_messages_published_into_each_queue_are_read_from_the_queue_list() -
     assert published_counts(None) == {}
 
 
-def test_a_nodes_memory_in_use_sums_its_breakdown_without_the_allocators_slack() -> None:
-    breakdown = {
+def test_a_nodes_memory_breakdown_is_read_as_bytes_by_category_with_its_totals() -> None:
+    document = {
         "memory": {
-            "connection_readers": 100,
-            "queue_procs": 20,
+            "connection_other": 100,
             "binary": 3,
-            "allocated_unused": 5000,
-            "reserved_unallocated": 7000,
-            "total": {"erlang": 123, "rss": 9000, "allocated": 12123},
             "strategy": "rss",
+            "total": {"erlang": 123, "rss": 9000, "allocated": 12123},
         }
     }
-    assert memory_in_use(breakdown) == 123
-    assert memory_in_use({"memory": "not_available"}) is None
-    assert memory_in_use(None) is None
+    assert memory_breakdown(document) == {
+        "connection_other": 100,
+        "binary": 3,
+        "total.erlang": 123,
+        "total.rss": 9000,
+        "total.allocated": 12123,
+    }
+    assert memory_breakdown({"memory": "not_available"}) == {}
+    assert memory_breakdown(None) == {}
 
 
 def _status(device: str, at: int, online: bool, reason: str = "status") -> Series:
