@@ -42,6 +42,7 @@ bench: $(VENV)/.installed
 	$(PY) -m bench.tls_cost
 	$(PY) -m bench.chaos
 	$(PY) -m bench.fanout
+	$(PY) -m bench.cluster_compare
 	$(PY) -m bench.hub_throughput
 
 stack-up: $(VENV)/.installed

@@ -601,6 +601,16 @@ def verdict(ok: bool) -> str:
     return "[green]met[/]" if ok else "[red]not met[/]"
 
 
+def run_header(settings: Settings) -> str:
+    """The date, the machine and the versions a bench ran on."""
+    versions = (
+        f"Python {platform.python_version()}, RabbitMQ {read_broker_version(settings) or '?'}, "
+        f"InfluxDB {server_version(settings.influx_url) or '?'}"
+    )
+    machine = f"{os.cpu_count()} cores, {platform.system()} {platform.machine()}"
+    return f"{datetime.date.today().isoformat()}: {machine}; {versions}"
+
+
 def summary_table(
     settings: Settings,
     ceiling: Ceiling,
@@ -612,12 +622,7 @@ def summary_table(
     steady: Steady | None,
     rate: int,
 ) -> Table:
-    versions = (
-        f"Python {platform.python_version()}, RabbitMQ {read_broker_version(settings) or '?'}, "
-        f"InfluxDB {server_version(settings.influx_url) or '?'}"
-    )
-    machine = f"{os.cpu_count()} cores, {platform.system()} {platform.machine()}"
-    table = Table(title=f"summary, {datetime.date.today().isoformat()}: {machine}; {versions}")
+    table = Table(title=f"summary, {run_header(settings)}")
     rabbit = ceiling.rate
     for column in ("figure", "measured", "ceiling (same run)", "goal", ""):
         table.add_column(column, justify="left" if column == "figure" else "right")

@@ -50,3 +50,8 @@ def usage(pids: list[int]) -> Usage:
         with contextlib.suppress(OSError):
             fds += len(os.listdir(f"/proc/{pid}/fd"))
     return Usage(cpu_ticks / CLOCK_TICKS_PER_S, rss_pages * PAGE_BYTES, fds, threads)
+
+
+def groups_usage(pgids: list[int]) -> Usage:
+    """`usage` of every live process of the process groups `pgids` (a cluster's nodes)."""
+    return usage([pid for pgid in pgids for pid in group_pids(pgid)])

@@ -142,6 +142,26 @@ def read_consumer_count(settings: Settings, queue_name: str) -> int | None:
     return consumer_count(_management_get(settings, f"queues/{_vhost(settings)}/{name}"))
 
 
+def published_counts(queues: Any) -> dict[str, int]:
+    """Queue name -> messages published into it so far, from `/api/queues/<vhost>` (queues the
+    management API has no statistics for yet are left out)."""
+    counts: dict[str, int] = {}
+    for queue in queues if isinstance(queues, list) else []:
+        if not isinstance(queue, dict):
+            continue
+        name, stats = queue.get("name"), queue.get("message_stats")
+        published = stats.get("publish") if isinstance(stats, dict) else None
+        if isinstance(name, str) and isinstance(published, int) and not isinstance(published, bool):
+            counts[name] = published
+    return counts
+
+
+def read_published_counts(settings: Settings) -> dict[str, int] | None:
+    """How many messages each queue of the vhost has received so far, or None when the management API cannot say."""
+    queues = _management_get(settings, f"queues/{_vhost(settings)}?columns=name,message_stats.publish")
+    return published_counts(queues) if isinstance(queues, list) else None
+
+
 #: What `read_node` asks the management API for about the broker node.
 NODE_COLUMNS = "name,mem_used,mem_limit,mem_alarm,fd_used,fd_total,sockets_used,sockets_total,proc_used"
 
@@ -150,6 +170,29 @@ def read_node(settings: Settings) -> dict[str, Any] | None:
     """The first broker node's memory (used, high watermark, alarm), descriptors and sockets; None if unknown."""
     nodes = _management_get(settings, f"nodes?columns={NODE_COLUMNS}")
     return nodes[0] if isinstance(nodes, list) and nodes and isinstance(nodes[0], dict) else None
+
+
+def memory_breakdown(document: Any) -> dict[str, int]:
+    """A node's memory breakdown (`/api/nodes/<node>/memory`) as bytes by category (`binary`,
+    `queue_procs`...), its totals as `total.erlang`, `total.rss`, `total.allocated`; empty if unknown."""
+    memory = document.get("memory") if isinstance(document, dict) else None
+    flat: dict[str, int] = {}
+    for key, value in memory.items() if isinstance(memory, dict) else []:
+        items = value.items() if isinstance(value, dict) else [("", value)]
+        for sub, number in items:
+            if isinstance(number, int) and not isinstance(number, bool):
+                flat[f"{key}.{sub}" if sub else key] = number
+    return flat
+
+
+def read_memory_breakdown(settings: Settings) -> dict[str, int] | None:
+    """`memory_breakdown` of the first broker node, computed by the node when asked; None if unknown."""
+    node = read_node(settings)
+    name = node.get("name") if node else None
+    if not isinstance(name, str):
+        return None
+    breakdown = memory_breakdown(_management_get(settings, f"nodes/{urllib.parse.quote(name, safe='')}/memory"))
+    return breakdown or None
 
 
 def read_broker_version(settings: Settings) -> str | None:

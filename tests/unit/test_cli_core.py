@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from hub.clients.influx import Series
-from hub.clients.management import consumer_activity, consumer_count, hub_consumers, subscribed_devices
+from hub.clients.management import (
+    consumer_activity,
+    consumer_count,
+    hub_consumers,
+    memory_breakdown,
+    published_counts,
+    subscribed_devices,
+)
 from hub.control.args import parse_command_args
 from hub.control.fleet_view import FRESH_READING_MS, build_fleet, kinds_from_measurements, select
 from hub.control.send import Outcome, build_command, overall_exit_code
@@ -102,6 +109,38 @@ def test_only_exact_command_bindings_of_non_hub_queues_mean_a_listening_device()
 )
 def test_a_queues_consumer_count_is_read_from_its_management_document(answer: object, count: int | None) -> None:
     assert consumer_count(answer) == count
+
+
+def test_the_messages_published_into_each_queue_are_read_from_the_queue_list() -> None:
+    queues = [
+        {"name": "hub.a", "message_stats": {"publish": 120}},
+        {"name": "hub.b", "message_stats": {}},  # nothing published yet
+        {"name": "hub.c"},  # no statistics yet
+        {"name": "hub.d", "message_stats": {"publish": True}},
+        "not a queue",
+    ]
+    assert published_counts(queues) == {"hub.a": 120}
+    assert published_counts(None) == {}
+
+
+def test_a_nodes_memory_breakdown_is_read_as_bytes_by_category_with_its_totals() -> None:
+    document = {
+        "memory": {
+            "connection_other": 100,
+            "binary": 3,
+            "strategy": "rss",
+            "total": {"erlang": 123, "rss": 9000, "allocated": 12123},
+        }
+    }
+    assert memory_breakdown(document) == {
+        "connection_other": 100,
+        "binary": 3,
+        "total.erlang": 123,
+        "total.rss": 9000,
+        "total.allocated": 12123,
+    }
+    assert memory_breakdown({"memory": "not_available"}) == {}
+    assert memory_breakdown(None) == {}
 
 
 def _status(device: str, at: int, online: bool, reason: str = "status") -> Series:
