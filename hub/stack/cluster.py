@@ -242,7 +242,9 @@ class Cluster:
             self._wait_safe_to_stop(node, progress)
             stopped_at = time.monotonic()
             processes.stop(int(state["nodes"][index]["pid"]), str(node.home))
-            progress(f"node {index} stopped; starting it again")
+            stop_s = time.monotonic() - stopped_at
+            forced = " (not within the grace: killed)" if stop_s >= processes.STOP_GRACE_S else ""
+            progress(f"node {index} stopped in {stop_s:.1f} s{forced}; starting it again")
             process = self._start(node)
             state["nodes"][index]["pid"] = process.pid
             self.state_path.write_text(json.dumps(state, indent=2))
@@ -316,11 +318,13 @@ class Cluster:
         """Until RabbitMQ's own checks say `node` may stop: no queue would lose its quorum or last synced mirror."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         for check in SAFE_TO_STOP_CHECKS:
+            began, tries = time.monotonic(), 1
             while (result := self._ctl(node, RABBITMQ_QUEUES, check)).returncode != 0:
                 if time.monotonic() > deadline:
                     raise StackError(f"{node.node_name} is still needed: {(result.stdout or result.stderr).strip()}")
                 time.sleep(SYNC_POLL_S)
-        progress(f"{node.node_name} may stop: no queue needs it for its quorum")
+                tries += 1
+            progress(f"{node.node_name} passes {check} ({tries} tries, {time.monotonic() - began:.1f} s)")
 
     def _wait_quorum_online(self, node: RabbitNode, names: list[str], progress: Callable[[str], None]) -> None:
         """Until every quorum queue has all its members online again, as `node` sees them."""
