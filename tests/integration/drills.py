@@ -41,7 +41,7 @@ COMMANDED = 4
 #: Seconds a drill's command waits for its ack; the hub records `timeout` 2 s after it expires.
 COMMAND_TIMEOUT_S = 8.0
 #: Seconds between two rounds of commands during a drill.
-COMMAND_ROUND_S = 2.0
+COMMAND_ROUND_S = 5.0
 #: Seconds every command of a drill gets to have its `sent` and its one outcome in `commands`.
 COMMANDS_SETTLE_S = 30.0
 #: The service whose role tells which hub is the active one (a queue name that stays: hub.commands).
