@@ -9,12 +9,10 @@ from dataclasses import dataclass
 
 from hub.clients.amqp import connect
 from hub.clients.influx import query
-from hub.control.audit import SeqAudit, audit_seqs
+from hub.control.audit import SeqAudit, audit_seqs, command_records, correctly_recorded
 from hub.core.config import Settings
 from hub.core.contract import DEAD_LETTER_QUEUE
 
-#: Outcomes that settle a command in `commands` (besides its one `sent`).
-OUTCOMES = frozenset({"ok", "error", "unsupported", "expired", "timeout"})
 SETTLE_POLL_S = 0.5
 
 
@@ -71,21 +69,6 @@ def settle_readings(settings: Settings, site: str, produced: dict[str, int], tim
         if (complete and not counted.missing) or time.monotonic() > deadline:
             return counted
         time.sleep(SETTLE_POLL_S)
-
-
-def command_records(settings: Settings, since_ms: int) -> dict[str, list[str]]:
-    """The statuses recorded in `commands` per command id since `since_ms`."""
-    [series] = query(settings, f'SELECT "id", "status" FROM "commands" WHERE time >= {since_ms}ms')
-    records: dict[str, list[str]] = defaultdict(list)
-    for one in series:
-        for row in one.rows:
-            records[str(row["id"])].append(str(row["status"]))
-    return records
-
-
-def correctly_recorded(statuses: list[str]) -> bool:
-    """Exactly one `sent` and exactly one outcome."""
-    return len(statuses) == 2 and statuses.count("sent") == 1 and any(s in OUTCOMES for s in statuses)
 
 
 def settle_commands(settings: Settings, ids: Iterable[str], since_ms: int, timeout_s: float) -> int:

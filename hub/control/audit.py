@@ -1,4 +1,4 @@
-"""What InfluxDB holds of each device's readings, by `seq`: the evidence that nothing was lost or doubled.
+"""What InfluxDB holds of each device's readings and of each command: the evidence that nothing was lost or doubled.
 
 A device numbers its readings 1, 2, 3, … (`seq`, see docs/contract.md). A redelivered reading
 is the same point (measurement, tags, timestamp) and is stored once, so per device `count`
@@ -8,6 +8,7 @@ equal to the number the device produced means none is missing. Fault drills and 
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 from hub.clients.influx import query
@@ -73,3 +74,22 @@ def _aggregate_audits(settings: Settings, site: str) -> dict[str, SeqAudit]:
             if len(values) == 4 and values[0]:
                 audits[device] = SeqAudit(*(int(v) for v in values))
     return audits
+
+
+#: Outcomes that settle a command in `commands` (besides its one `sent`).
+COMMAND_OUTCOMES = frozenset({"ok", "error", "unsupported", "expired", "timeout"})
+
+
+def command_records(settings: Settings, since_ms: int) -> dict[str, list[str]]:
+    """The statuses recorded in `commands` per command id since `since_ms`."""
+    [series] = query(settings, f'SELECT "id", "status" FROM "commands" WHERE time >= {since_ms}ms')
+    records: dict[str, list[str]] = defaultdict(list)
+    for one in series:
+        for row in one.rows:
+            records[str(row["id"])].append(str(row["status"]))
+    return records
+
+
+def correctly_recorded(statuses: list[str]) -> bool:
+    """Exactly one `sent` and exactly one outcome: a command neither lost, nor pending, nor doubled."""
+    return len(statuses) == 2 and statuses.count("sent") == 1 and any(s in COMMAND_OUTCOMES for s in statuses)

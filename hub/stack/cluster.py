@@ -54,6 +54,10 @@ API_TIMEOUT_S = 5.0
 COOKIE_LENGTH = 20
 #: The definitions' policy for MQTT devices' session queues (see `_mirror_device_sessions`).
 SESSIONS_POLICY = "device-sessions"
+#: The health checks that say a node may stop without a queue losing its quorum or its last synchronised mirror.
+SAFE_TO_STOP_CHECKS = ("check_if_node_is_quorum_critical", "check_if_node_is_mirror_sync_critical")
+#: Seconds between two looks at a restarting node's queues (each look starts an Erlang VM).
+SYNC_POLL_S = 1.0
 
 
 def offset_ports(ports: RabbitPorts, index: int, dist: int, epmd: int) -> RabbitPorts:
@@ -105,6 +109,16 @@ def cluster_config(node_names: list[str]) -> str:
     lines = ["cluster_formation.peer_discovery_backend = classic_config"]
     lines += [f"cluster_formation.classic_config.nodes.{i} = {name}" for i, name in enumerate(node_names, start=1)]
     return "\n".join(lines) + "\n"
+
+
+def lagging_quorum_queues(rows: list[dict[str, Any]], nodes: list[str]) -> list[str]:
+    """The quorum queues (rows of `rabbitmqctl list_queues name type members online`) not online on every node."""
+    wanted = set(nodes)
+    return sorted(
+        str(row["name"])
+        for row in rows
+        if row.get("type") == "quorum" and not wanted <= set(row.get("online") or []) & set(row.get("members") or [])
+    )
 
 
 @dataclass
@@ -212,6 +226,33 @@ class Cluster:
         state = self._load_state()
         return [int(entry["pid"]) for entry in state["nodes"]] if state else []
 
+    def restart_node(self, index: int, progress: Callable[[str], None] = lambda _msg: None) -> float:
+        """Stop node `index` (SIGTERM, as `down` does), start it on its data and ports, wait until it is back.
+
+        It waits first until stopping the node costs no queue its quorum or its last synchronised
+        mirror; back means answering on every listener, running in the cluster and online in every
+        quorum queue. Returns the seconds from the stop to back.
+        """
+        with self.base._lock():
+            state = self._load_state()
+            if state is None:
+                raise StackError("no cluster runs here")
+            nodes = self._nodes([RabbitPorts(**entry["ports"]) for entry in state["nodes"]])
+            node = nodes[index]
+            self._wait_safe_to_stop(node, progress)
+            stopped_at = time.monotonic()
+            processes.stop(int(state["nodes"][index]["pid"]), str(node.home))
+            stop_s = time.monotonic() - stopped_at
+            forced = " (not within the grace: killed)" if stop_s >= processes.STOP_GRACE_S else ""
+            progress(f"node {index} stopped in {stop_s:.1f} s{forced}; starting it again")
+            process = self._start(node)
+            state["nodes"][index]["pid"] = process.pid
+            self.state_path.write_text(json.dumps(state, indent=2))
+            self.base._wait_ready({f"node {index}": (node, process)}, progress)
+            self._wait_members(nodes, progress)
+            self._wait_quorum_online(node, [n.node_name for n in nodes], progress)
+            return time.monotonic() - stopped_at
+
     def node(self, index: int) -> RabbitNode:
         state = self._load_state()
         if state is None:
@@ -272,6 +313,31 @@ class Cluster:
                     f"{self.root / CLUSTER_DIR}"
                 )
             time.sleep(READY_POLL_S)
+
+    def _wait_safe_to_stop(self, node: RabbitNode, progress: Callable[[str], None]) -> None:
+        """Until RabbitMQ's own checks say `node` may stop: no queue would lose its quorum or last synced mirror."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        for check in SAFE_TO_STOP_CHECKS:
+            began, tries = time.monotonic(), 1
+            while (result := self._ctl(node, RABBITMQ_QUEUES, check)).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise StackError(f"{node.node_name} is still needed: {(result.stdout or result.stderr).strip()}")
+                time.sleep(SYNC_POLL_S)
+                tries += 1
+            progress(f"{node.node_name} passes {check} ({tries} tries, {time.monotonic() - began:.1f} s)")
+
+    def _wait_quorum_online(self, node: RabbitNode, names: list[str], progress: Callable[[str], None]) -> None:
+        """Until every quorum queue has all its members online again, as `node` sees them."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            result = self._ctl(node, RABBITMQCTL, "list_queues", "-p", VHOST, "name", "type", "members", "online")
+            lagging = lagging_quorum_queues(json.loads(result.stdout or "[]"), names) if result.returncode == 0 else []
+            if result.returncode == 0 and not lagging:
+                progress(f"{node.node_name} back: every quorum queue online on all {len(names)} nodes")
+                return
+            if time.monotonic() > deadline:
+                raise StackError(f"quorum queues not online on every node: {lagging or result.stderr.strip()}")
+            time.sleep(SYNC_POLL_S)
 
     def _grow(self, nodes: list[RabbitNode], progress: Callable[[str], None]) -> None:
         """Quorum queues made while node 0 was alone get a replica on every other node; leaders are spread."""

@@ -1,7 +1,11 @@
-"""A real three-node RabbitMQ cluster (`stack up --nodes 3`) loses a node under load and loses nothing.
+"""Drills on a real three-node RabbitMQ cluster (`stack up --nodes 3`) under a steady load, losing nothing.
 
 The cluster is this module's own (its start costs about a minute on two busy cores), on free
-ports in a temporary folder, and always stopped at the end.
+ports in a temporary folder, and always stopped at the end. One load (two `hub run`, twelve
+devices of both protocols, see `tests/integration/drills.py`) runs through the drills in turn:
+a rolling restart, the active hub SIGKILLed, a node SIGKILLed. Each drill sends commands while
+it runs and ends with the same checks: every reading produced so far stored once per (device,
+seq), every command acked or reported failed and recorded, the hubs alive, the devices online.
 """
 
 from __future__ import annotations
@@ -12,27 +16,29 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from devices.fleet import Fleet
 from hub.core.config import Settings
 from hub.stack.cluster import Cluster, ClusterStatus, started_on_free_ports
 from hub.stack.processes import is_ours
-from tests.integration.test_standby import takeover_drill
-from tests.support import REPO, fleet_credentials, hub_process, influx_query, settings_environment, wait_until
+from tests.integration.drills import (
+    DEVICES,
+    INTERVAL_S,
+    DrillCommands,
+    Load,
+    alive,
+    check_window,
+    steady_load,
+    wait_for_active,
+)
+from tests.support import REPO, fleet_credentials, settings_environment, wait_until
 
 NODES = 3
-#: Both protocols, spread over the nodes (device i starts on node i modulo 3).
-DEVICES = 12
-#: Seconds between readings of one device: 12 devices make 60 readings a second.
-INTERVAL_S = 0.2
-#: Seconds of load before the kill, and after it before the fleet stops.
-LOAD_BEFORE_S = 4.0
-LOAD_AFTER_S = 10.0
-#: Seconds every device gets to be online again after the kill.
-RECONNECT_WAIT_S = 30.0
+#: Seconds of load after a drill's fault before its window closes.
+LOAD_AFTER_S = 6.0
+#: Seconds the drill's commands run before its fault, so some are in flight when it strikes.
+COMMAND_LEAD_S = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +50,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster,
         yield the_cluster, settings
     finally:
         the_cluster.down()
+
+
+@pytest.fixture(scope="module")
+def load(cluster: tuple[Cluster, Settings], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Load]:
+    """The steady load every drill runs under, from the first drill that asks for it to the module's end."""
+    _the_cluster, settings = cluster
+    with steady_load(settings, tmp_path_factory.mktemp("hubs")) as the_load:
+        yield the_load
 
 
 def test_the_cluster_has_every_node_and_three_replicas_of_every_quorum_queue(
@@ -79,48 +93,84 @@ def test_the_cluster_has_every_node_and_three_replicas_of_every_quorum_queue(
     assert f"export IOT_MQTT_ADDRESSES='{settings.mqtt_addresses}'" in text
 
 
-def test_the_standby_hub_takes_over_on_the_cluster_when_the_active_one_is_sigkilled(
-    cluster: tuple[Cluster, Settings], tmp_path: Path
+def test_a_rolling_restart_under_load_loses_no_reading_and_no_command(
+    cluster: tuple[Cluster, Settings], load: Load
 ) -> None:
-    """Before the node loss below: the two hubs' connections spread over the three nodes."""
-    _the_cluster, settings = cluster
-    takeover_drill(settings, tmp_path, "th-cluster-standby")
+    """Every node in turn stopped (SIGTERM) and started on its data and ports, the next one only
+    once it is back in the cluster and in every quorum queue; devices fail over with their buffers."""
+    the_cluster, _settings = cluster
+    pids = the_cluster.node_pids()
+    before = load.fleet.stats().by_protocol
+    began = time.monotonic()
+
+    def progress(what: str) -> None:
+        print(f"  +{time.monotonic() - began:5.1f} s {what}")
+
+    with DrillCommands(load.settings, load.fleet) as commands:
+        back_s = [the_cluster.restart_node(i, progress) for i in range(NODES)]
+    made = check_window(load)
+    outcomes = commands.check()
+    after = load.fleet.stats().by_protocol
+    moved = {protocol: after[protocol].reconnects - before[protocol].reconnects for protocol in after}
+    devices = {protocol: stats.devices for protocol, stats in after.items()}
+    assert set(moved) == {"mqtt", "stomp"} and all(moved[p] >= devices[p] for p in moved), (moved, devices)
+    restarted = the_cluster.node_pids()
+    assert all(new != old for new, old in zip(restarted, pids, strict=True)), "every node was restarted"
+    assert the_cluster.status().running
+    print(
+        f"rolling restart: nodes back in {', '.join(f'{s:.1f}' for s in back_s)} s; "
+        f"{sum(made.values())} readings; reconnects {moved}; commands {dict(outcomes)}, "
+        f"{commands.failed_rounds} rounds refused"
+    )
+
+
+def test_the_standby_hub_takes_over_under_load_when_the_active_one_is_sigkilled(load: Load) -> None:
+    """The hub the broker delivers hub.commands to is SIGKILLed and not restarted: the other one
+    carries every service on, storing each reading once and settling every command."""
+    active = wait_for_active(load)
+    [standby] = [hub for hub in load.living_hubs() if hub is not active]
+    with DrillCommands(load.settings, load.fleet) as commands:
+        time.sleep(COMMAND_LEAD_S)
+        active.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        active.wait(10)
+        load.killed.append(active)
+        assert wait_for_active(load) is standby
+        takeover_s = time.monotonic() - killed
+        time.sleep(LOAD_AFTER_S)
+    made = check_window(load)
+    outcomes = commands.check()
+    assert not alive(active) and alive(standby)
+    print(
+        f"hub worker loss: the standby active on hub.commands {takeover_s:.1f} s after the SIGKILL; "
+        f"{sum(made.values())} readings; commands {dict(outcomes)}"
+    )
 
 
 def test_a_node_killed_under_load_loses_no_reading_and_nothing_needs_a_restart(
-    cluster: tuple[Cluster, Settings], tmp_path: Path
+    cluster: tuple[Cluster, Settings], load: Load
 ) -> None:
-    the_cluster, settings = cluster
-
-    def stored(device_id: str, kind: str) -> list[int]:
-        series = influx_query(settings, f"SELECT seq FROM \"{kind}\" WHERE device = '{device_id}'")
-        return [row[1] for row in series[0]["values"]] if series else []
-
-    with hub_process(settings, tmp_path) as hub:
-        with Fleet(settings, count=DEVICES, protocol="mixed", interval_s=INTERVAL_S, seed=15) as fleet:
-            time.sleep(LOAD_BEFORE_S)
-            # The node that leads hub.store: its device and hub connections, and the store queue's leader, go at once.
-            leaders = {q.name: q.leader for q in the_cluster.status().queues}
-            names = [the_cluster.node(i).node_name for i in range(NODES)]
-            victim = names.index(leaders["hub.store"])
-            pid, home = the_cluster.node_pids()[victim], str(the_cluster.node(victim).home)
-            os.killpg(pid, signal.SIGKILL)
-            wait_until(lambda: not is_ours(pid, home), 15)
-            time.sleep(LOAD_AFTER_S)
-            if not fleet.wait_online(timeout_s=RECONNECT_WAIT_S):
-                away = [f"{d.device_id}: {fleet.describe(d.device_id)}" for d in fleet.devices]
-                raise AssertionError("devices not online again:\n" + "\n".join(away))
-        # Closing the fleet waited for every buffered reading to be confirmed by the broker.
-        for device in fleet.devices:
-            assert device.outbox.seqs() == [], f"{device.device_id}: readings never confirmed"
-            assert device.outbox.dropped == 0
-        made = {device.device_id: device.seq for device in fleet.devices}
-        assert min(made.values()) > (LOAD_BEFORE_S + LOAD_AFTER_S) / INTERVAL_S / 2
-        wait_until(lambda: all(len(stored(d.device_id, d.kind)) >= made[d.device_id] for d in fleet.devices), 60, 0.5)
-        assert hub.poll() is None, "the hub ran through the node loss without a restart"
+    the_cluster, _settings = cluster
+    with DrillCommands(load.settings, load.fleet) as commands:
+        time.sleep(COMMAND_LEAD_S)
+        # The node that leads hub.store: its device and hub connections, and the store queue's leader, go at once.
+        leaders = {q.name: q.leader for q in the_cluster.status().queues}
+        names = [the_cluster.node(i).node_name for i in range(NODES)]
+        victim = names.index(leaders["hub.store"])
+        pid, home = the_cluster.node_pids()[victim], str(the_cluster.node(victim).home)
+        os.killpg(pid, signal.SIGKILL)
+        wait_until(lambda: not is_ours(pid, home), 15)
+        time.sleep(LOAD_AFTER_S)
+    made = check_window(load)
+    outcomes = commands.check()
+    fleet = load.fleet
+    load.close()  # the hubs stopped (SIGTERM), the fleet closed: it waited for every buffered reading's confirm
     for device in fleet.devices:
-        seqs = stored(device.device_id, device.kind)
-        assert sorted(seqs) == list(range(1, made[device.device_id] + 1)), f"{device.device_id}: each seq once"
+        assert device.outbox.seqs() == [], f"{device.device_id}: readings never confirmed"
+        assert device.outbox.dropped == 0
+    assert min(made.values()) > LOAD_AFTER_S / INTERVAL_S, "the devices kept producing through the drills"
+    produced = sum(d.seq for d in fleet.devices)
+    print(f"node loss: {sum(made.values())} readings checked (of {produced} made in all); commands {dict(outcomes)}")
     # `down` stops what is left of what `up` started, and nothing else.
     survivors = [f"RabbitMQ node {i}" for i in range(NODES) if i != victim]
     assert the_cluster.down() == [*survivors, "InfluxDB"]

@@ -6,7 +6,7 @@ import pytest
 
 from hub.core.config import format_addresses, load_settings, parse_addresses
 from hub.core.errors import ConfigError
-from hub.stack.cluster import NODE_PORT_OFFSET, client_settings, cluster_config, offset_ports
+from hub.stack.cluster import NODE_PORT_OFFSET, client_settings, cluster_config, lagging_quorum_queues, offset_ports
 from hub.stack.rabbitmq import RabbitPorts
 
 NODE0 = RabbitPorts(
@@ -72,3 +72,15 @@ def test_the_printed_settings_name_every_node() -> None:
     assert exports["IOT_AMQP_URL"].split(",")[2] == "amqp://hub:pw@127.0.0.1:5872/iot"
     assert exports["IOT_MQTT_ADDRESSES"] == "127.0.0.1:1883,127.0.0.1:1983,127.0.0.1:2083"
     assert exports["IOT_STOMP_ADDRESSES"] == "127.0.0.1:61613,127.0.0.1:61713,127.0.0.1:61813"
+
+
+def test_a_quorum_queue_lags_until_every_node_is_an_online_member() -> None:
+    nodes = ["a@localhost", "b@localhost", "c@localhost"]
+    rows = [
+        {"name": "hub.store", "type": "quorum", "members": nodes, "online": nodes},
+        {"name": "hub.rules", "type": "quorum", "members": nodes, "online": nodes[:2]},
+        {"name": "hub.commands", "type": "quorum", "members": nodes[1:], "online": nodes[1:]},
+        {"name": "mqtt-subscription-env-0001qos1", "type": "classic", "members": [], "online": []},
+    ]
+    assert lagging_quorum_queues(rows, nodes) == ["hub.commands", "hub.rules"]
+    assert lagging_quorum_queues(rows[:1] + rows[3:], nodes) == []
