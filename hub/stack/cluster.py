@@ -47,6 +47,8 @@ CLUSTER_STATE_FILE = "cluster.json"
 CLUSTER_DIR = "cluster"
 RABBITMQ_QUEUES = Path("/usr/lib/rabbitmq/bin/rabbitmq-queues")
 RABBITMQCTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
+#: What a client whose connection `restart_node` closes is told.
+RESTART_REASON = "node restarting: connect to another node"
 #: Seconds one `rabbitmq-queues grow` or `rabbitmqctl list_queues` may take (a CLI tool starts an Erlang VM).
 CTL_TIMEOUT_S = 120.0
 #: Seconds a management API call of `status` may take.
@@ -240,6 +242,7 @@ class Cluster:
             nodes = self._nodes([RabbitPorts(**entry["ports"]) for entry in state["nodes"]])
             node = nodes[index]
             self._wait_safe_to_stop(node, progress)
+            self._send_clients_away(node, progress)
             stopped_at = time.monotonic()
             processes.stop(int(state["nodes"][index]["pid"]), str(node.home))
             stop_s = time.monotonic() - stopped_at
@@ -325,6 +328,18 @@ class Cluster:
                 time.sleep(SYNC_POLL_S)
                 tries += 1
             progress(f"{node.node_name} passes {check} ({tries} tries, {time.monotonic() - began:.1f} s)")
+
+    def _send_clients_away(self, node: RabbitNode, progress: Callable[[str], None]) -> None:
+        """Refuse new clients on `node` and close the ones it has, so they reconnect to the others first.
+
+        A node stopped with its clients still connected closes them itself while its vhost
+        stops, and under load that step outlasted the stop's grace (the node was then killed).
+        """
+        for args in (("suspend_listeners",), ("close_all_connections", "--global", RESTART_REASON)):
+            result = self._ctl(node, RABBITMQCTL, *args)
+            if result.returncode != 0:
+                progress(f"{node.node_name}: {args[0]} failed ({(result.stderr or result.stdout).strip()})")
+        progress(f"{node.node_name}: listeners suspended, client connections closed")
 
     def _wait_quorum_online(self, node: RabbitNode, names: list[str], progress: Callable[[str], None]) -> None:
         """Until every quorum queue has all its members online again, as `node` sees them."""

@@ -103,7 +103,10 @@ def test_a_rolling_restart_under_load_loses_no_reading_and_no_command(
     before = load.fleet.stats().by_protocol
     began = time.monotonic()
 
+    said: list[str] = []
+
     def progress(what: str) -> None:
+        said.append(what)
         print(f"  +{time.monotonic() - began:5.1f} s {what}")
 
     with DrillCommands(load.settings, load.fleet) as commands:
@@ -117,6 +120,7 @@ def test_a_rolling_restart_under_load_loses_no_reading_and_no_command(
     restarted = the_cluster.node_pids()
     assert all(new != old for new, old in zip(restarted, pids, strict=True)), "every node was restarted"
     assert the_cluster.status().running
+    assert not [line for line in said if "killed" in line], "every node stopped within its grace, none was killed"
     print(
         f"rolling restart: nodes back in {', '.join(f'{s:.1f}' for s in back_s)} s; "
         f"{sum(made.values())} readings; reconnects {moved}; commands {dict(outcomes)}, "
