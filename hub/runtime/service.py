@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
+import pika
 from pika.spec import BasicProperties
 
 from hub.core.config import Settings
@@ -41,6 +42,7 @@ class Service:
     """One of the hub's services, run in its own thread by `run()`."""
 
     name: str = "service"
+    #: The queue a service with one consumes (a service with several sets `queues` instead).
     queue: topology.HubQueue
     tick_interval_s: float = 0.2
 
@@ -56,7 +58,7 @@ class Service:
         self.stats = ServiceStats(self.name)
         self.middleware = list(middleware) if middleware is not None else default_middleware(self.stats)
         self.outputs = outputs if outputs is not None else OutputSet(settings)
-        self.consumer = Consumer(settings, self.name, self.queue, stop, self)
+        self.consumer = Consumer(settings, self.name, self.queues, stop, self)
         #: Points this service caused and the deliveries they settle, written by `flush`.
         self.outbox = self.new_outbox()
         self._internal_errors: set[str] = set()
@@ -65,6 +67,11 @@ class Service:
 
     def run(self) -> None:
         self.consumer.run()
+
+    @property
+    def queues(self) -> tuple[topology.HubQueue, ...]:
+        """The queues this service consumes, all on one channel."""
+        return (self.queue,)
 
     # --- what a service implements -----------------------------------------------------------------
 
@@ -94,6 +101,9 @@ class Service:
         return None
 
     # --- the consumer's handler ---------------------------------------------------------------------
+
+    def on_connect(self, connection: pika.BlockingConnection) -> None:
+        """Before the queues are declared: nothing to check by default."""
 
     def on_start(self, consumer: Consumer) -> None:
         self.outputs.open()
@@ -145,7 +155,7 @@ class Service:
             DEAD_LETTER_EXCHANGE,
             delivery.routing_key,
             delivery.body,
-            dead_letter_properties(delivery.properties, reason, detail, self.queue.name),
+            dead_letter_properties(delivery.properties, reason, detail, self.consumer.queue_of(delivery)),
             mandatory=True,
         )
         for middleware in self.middleware:
