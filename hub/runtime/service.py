@@ -88,6 +88,10 @@ class Service:
     def after_flush(self, batch: Batch, refused: Mapping[int, Refusal], latency_s: float) -> None:
         """Once a batch is written and acked: a service's own metrics."""
 
+    def stored_count(self, batch: Batch, refused: Mapping[int, Refusal]) -> int:
+        """What `hub_stats` counts as stored of a written batch: every point the outputs took."""
+        return len(batch.points) - len(refused)
+
     def on_write_failed(self) -> None:
         """A write of this service's batch failed and will be retried (deliveries wait meanwhile)."""
 
@@ -178,7 +182,7 @@ class Service:
         self.settle(batch)
         latency = time.monotonic() - started
         for middleware in self.middleware:
-            middleware.after_batch(self.name, batch.deliveries, len(batch.points) - len(refused), latency)
+            middleware.after_batch(self.name, batch.deliveries, self.stored_count(batch, refused), latency)
         self.after_flush(batch, refused, latency)
 
     def publish(

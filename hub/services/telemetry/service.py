@@ -29,6 +29,7 @@ from pika.spec import BasicProperties
 from hub.core.config import Settings
 from hub.core.contract import EXCHANGE, Reading, command_key, decode_reading, encode, now_ms
 from hub.core.models import load_models
+from hub.core.points import Point
 from hub.outputs.fanout import Refusal
 from hub.runtime import topology
 from hub.runtime.batch import Batch
@@ -179,9 +180,12 @@ class TelemetryService(Service):
     def idle_s(self) -> float:
         return time.monotonic() - self.stored_at
 
+    def stored_count(self, batch: Batch, refused: Mapping[int, Refusal]) -> int:
+        """Readings, not the alert points written with them."""
+        return sum(1 for i, _p in _readings(batch) if i not in refused)
+
     def after_flush(self, batch: Batch, refused: Mapping[int, Refusal], latency_s: float) -> None:
-        # Readings are the points with a delivery as their source; alert points have none.
-        readings = [(i, p) for i, p in enumerate(batch.points) if isinstance(batch.sources[i], Delivery)]
+        readings = _readings(batch)
         received = Counter(point.tags["protocol"] for _i, point in readings)
         for protocol, count in received.items():
             RECEIVED.labels(self.name, protocol).inc(count)
@@ -198,3 +202,8 @@ class TelemetryService(Service):
             READING_AGE.labels(self.name).set(max(0.0, (now - self.newest_ts) / 1000))
         if self.signs is not None:
             self.signs.resume(now)
+
+
+def _readings(batch: Batch) -> list[tuple[int, Point]]:
+    """The batch's readings with their index: the points a delivery is the source of (alert points have none)."""
+    return [(i, point) for i, point in enumerate(batch.points) if isinstance(batch.sources[i], Delivery)]
