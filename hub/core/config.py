@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hub.core.contract import VHOST
 from hub.core.errors import ConfigError
-from hub.core.partitions import parse_partitions
+from hub.core.partitions import MAX_PARTITIONS, parse_partitions
 
 #: The checkout (or installed tree) holding rabbitmq/, influxdb/, rules.yaml and the device models.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -127,12 +127,19 @@ class Settings(BaseSettings):
         parse_addresses(value)
         return value
 
+    @field_validator("partitions")
+    @classmethod
+    def _partitions_in_range(cls, value: int) -> int:
+        if not 1 <= value <= MAX_PARTITIONS:
+            raise ValueError(f"must be between 1 and {MAX_PARTITIONS}")
+        return value
+
     @model_validator(mode="after")
     def _partitions_parse(self) -> Settings:
         try:
             parse_partitions(self.hub_partitions, self.partitions)
         except ConfigError as exc:
-            raise ValueError(str(exc)) from None
+            raise ValueError(f"IOT_HUB_PARTITIONS (--partitions): {exc}") from None
         return self
 
     @property

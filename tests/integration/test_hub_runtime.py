@@ -28,8 +28,9 @@ from hub.core.contract import (
     status_key,
     stomp_destination,
 )
+from hub.runtime import topology
 from hub.runtime.consumer import Delivery
-from hub.runtime.deadletter import DEAD_LETTER_DETAIL_HEADER
+from hub.runtime.deadletter import DEAD_LETTER_DETAIL_HEADER, DEAD_LETTER_QUEUE_HEADER
 from hub.services.telemetry.service import TelemetryService
 from hub.stack.processes import free_port, stop
 from tests.support import (
@@ -81,7 +82,7 @@ def status(device: str, protocol: Any) -> bytes:
 def test_presence_alone_keeps_streaming_devices_online_and_takes_silent_ones_offline(
     stack: Settings, tmp_path: Path
 ) -> None:
-    """`--only presence`, no rules service: telemetry is still the devices' sign of life."""
+    """`--only presence`, no telemetry service: readings are still the devices' sign of life."""
     with hub_process(stack, tmp_path, "--only", "presence"):
         mqtt_dev = mqtt_device(stack, "alone-m")
         quiet_dev = mqtt_device(stack, "alone-t")
@@ -194,6 +195,9 @@ def test_a_burst_of_invalid_messages_amid_valid_ones_is_dead_lettered_once_each_
     ]
     assert sorted(seen) == sorted(expected.items()), "each invalid message once, with its reason"
     assert all(properties.headers[DEAD_LETTER_DETAIL_HEADER] for _key, _body, properties in letters)
+    # Each names the partition it came from: its device's, one of the telemetry partitions.
+    partitions = {f"{topology.PARTITION_PREFIX}{p}" for p in range(stack.partitions)}
+    assert all(properties.headers[DEAD_LETTER_QUEUE_HEADER] in partitions for _key, _body, properties in letters)
     assert count_stored(stack, "burst-ok") == valid
 
 

@@ -91,9 +91,9 @@ def test_only_exact_command_bindings_of_non_hub_queues_mean_a_listening_device()
 @pytest.mark.parametrize(
     ("answer", "count"),
     [
-        ({"name": "hub.store", "consumers": 2, "messages": 0}, 2),
-        ({"name": "hub.store", "consumers": 0}, 0),
-        ({"name": "hub.store"}, None),  # a queue the management API has no statistics for yet
+        ({"name": "hub.telemetry.0", "consumers": 2, "messages": 0}, 2),
+        ({"name": "hub.telemetry.0", "consumers": 0}, 0),
+        ({"name": "hub.telemetry.0"}, None),  # a queue the management API has no statistics for yet
         ({"consumers": "1"}, None),
         ({"consumers": True}, None),
         ([{"consumers": 1}], None),

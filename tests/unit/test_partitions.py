@@ -58,6 +58,8 @@ def test_the_settings_refuse_a_partition_the_hub_does_not_have_and_default_to_al
     assert load_settings(partitions=8, hub_partitions="4-7").hub_partition_ids == (4, 5, 6, 7)
     with pytest.raises(ConfigError, match="5 is not a partition"):
         load_settings(partitions=4, hub_partitions="5")
+    with pytest.raises(ConfigError, match=r"IOT_PARTITIONS: .*between 1 and 256"):
+        load_settings(partitions=0)
 
 
 def test_partitions_are_written_back_with_runs_as_ranges() -> None:
