@@ -12,8 +12,8 @@ from pathlib import Path
 from hub.core.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
-#: `hub run` logs `event=consuming` once per service (store, rules, presence, commands) per connect.
-SERVICES = 4
+#: `hub run` logs `event=consuming` once per service (telemetry, presence, commands) per connect.
+SERVICES = 3
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 

@@ -6,8 +6,8 @@
 Starts its own stack (RabbitMQ + influxd on free ports in a temporary directory) and measures,
 in the same run, with the same publishers (MQTT QoS 1, one paho client per process):
 
-1. RabbitMQ alone: the readings published into exchange `iot` and drained from `hub.store` by a
-   consumer that only acks (the same queues and copies the hub gets; `hub.rules` is purged after);
+1. RabbitMQ alone: the readings published into exchange `iot` and drained from the telemetry
+   partitions `hub.telemetry.<p>` by one consumer that only acks (the same queues the hub gets);
 2. the hub (`python -m hub run`, all services, `IOT_UNKNOWN_SENSORS=dead_letter`), flat out:
    a. all readings valid: end-to-end rate = readings / time from the first publish until the
       last reading is queryable;
@@ -69,7 +69,8 @@ from hub.core.credentials import Credential, merge_credentials, read_credentials
 from hub.core.tls import settings_context
 from hub.outputs.lineprotocol import lines_payload
 from hub.runtime.batch import BATCH_MAX_POINTS
-from hub.runtime.topology import RULES, STORE
+from hub.runtime.topology import partitions
+from hub.services import SERVICES
 from hub.services.store.readings import reading_point
 from hub.stack import Stack
 from hub.stack.processes import free_port
@@ -266,7 +267,6 @@ class Ceiling:
 def rabbit_ceiling(settings: Settings, total: int, devices: int, per_device: int, processes: int) -> Ceiling:
     connection = amqp(settings)
     channel = connection.channel()
-    channel.basic_qos(prefetch_count=STORE.prefetch)
     received = 0
     started = time.monotonic()
     cpu_before = time.process_time()
@@ -277,7 +277,9 @@ def rabbit_ceiling(settings: Settings, total: int, devices: int, per_device: int
         if received % 1000 == 0 or received == total:
             ch.basic_ack(method.delivery_tag, multiple=True)
 
-    channel.basic_consume(STORE.name, on_message)
+    for queue in partitions(settings.partitions):  # as the hub: every partition on one channel
+        channel.basic_qos(prefetch_count=queue.prefetch)
+        channel.basic_consume(queue.name, on_message)
     procs = start_publishers(settings, "rmq", devices, per_device, processes)
     last_report = started
     while received < total:
@@ -292,9 +294,6 @@ def rabbit_ceiling(settings: Settings, total: int, devices: int, per_device: int
     connection.close()
     for proc in procs:
         proc.join()
-    purge = amqp(settings)
-    purge.channel().queue_purge(RULES.name)
-    purge.close()
     return Ceiling(total / elapsed, 1e6 * cpu / total)
 
 
@@ -350,7 +349,7 @@ def running_hub(settings: Settings, log: Path, metrics_port: int) -> Iterator[Ru
         process = subprocess.Popen([sys.executable, "-m", "hub", "run"], cwd=REPO, env=env, stdout=out, stderr=out)
     hub = RunningHub(process, log, metrics_port)
     try:
-        while log.read_text().count("event=consuming") < 4:
+        while log.read_text().count("event=consuming") < len(SERVICES):  # one line per service
             hub.check()
             time.sleep(0.1)
         yield hub

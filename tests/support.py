@@ -46,6 +46,7 @@ from hub.core.contract import (
 from hub.core.credentials import Credential
 from hub.core.errors import StackError
 from hub.core.tls import settings_context
+from hub.services import service_names
 from hub.stack import Stack
 from hub.stack.influx import InfluxNode
 from hub.stack.processes import start_detached
@@ -134,7 +135,7 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 15.0, interval_s
 
 REPO = Path(__file__).resolve().parents[1]
 #: `python -m hub run` logs this once per service when it starts consuming.
-HUB_SERVICES = 4
+HUB_SERVICES = 3
 
 
 def settings_environment(settings: Settings, **extra: str) -> dict[str, str]:
@@ -197,7 +198,8 @@ def hub_process(settings: Settings, log_dir: Path, *args: str, **env: str) -> It
             stdout=out,
             stderr=out,
         )
-    services = args.count("--only") or HUB_SERVICES
+    only = tuple(args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--only")
+    services = len(service_names(only)) if only else HUB_SERVICES
     try:
         wait_until(lambda: log.read_text().count("event=consuming") >= services or process.poll() is not None, 30)
         assert process.poll() is None, log.read_text()

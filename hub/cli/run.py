@@ -1,7 +1,9 @@
 """`python -m hub run`: the hub's services in one process (`--only` picks some of them).
 
-Every service consumes its own quorum queue, so several processes (`--only store` on three
-machines, say) share the work as competing consumers.
+Every service consumes its own quorum queues. Telemetry is spread over IOT_PARTITIONS partition
+queues by device: `--partitions 0-1` on one machine and `--partitions 2-3` on another share it,
+and a second process on the same partitions is a hot standby (each partition has one active
+consumer).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import click
 
 from hub.core.config import PROJECT_ROOT, load_settings
 from hub.runtime.supervisor import run_hub
-from hub.services import SERVICES, build_services
+from hub.services import ALIASES, SERVICES, build_services, service_names
 
 #: The rules file shipped at the root of the checkout, used when IOT_RULES_FILE is not found from here.
 DEFAULT_RULES = "rules.yaml"
@@ -26,8 +28,14 @@ LOG_FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
     "--only",
     "only",
     multiple=True,
-    type=click.Choice(SERVICES),
-    help="Run only this service (repeatable). Default: all of store, rules, presence, commands.",
+    type=click.Choice(SERVICES + tuple(ALIASES)),
+    help="Run only this service (repeatable). Default: all of telemetry, presence, commands."
+    " `store` and `rules` are deprecated names of telemetry.",
+)
+@click.option(
+    "--partitions",
+    "hub_partitions",
+    help="The telemetry partitions this process consumes, e.g. 0-1,3 (default: all) [IOT_HUB_PARTITIONS]",
 )
 @click.option("--amqp-url", help="RabbitMQ URL [IOT_AMQP_URL]")
 @click.option("--influx-url", help="InfluxDB URL [IOT_INFLUX_URL]")
@@ -40,6 +48,7 @@ LOG_FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 )
 def run(
     only: tuple[str, ...],
+    hub_partitions: str | None,
     amqp_url: str | None,
     influx_url: str | None,
     influx_db: str | None,
@@ -61,11 +70,12 @@ def run(
         influx_api=influx_api,
         rules_file=rules_file,
         metrics_port=metrics_port,
+        hub_partitions=hub_partitions,
     )
     if settings.rules_file == Path(DEFAULT_RULES) and not settings.rules_file.exists():
         settings = settings.model_copy(update={"rules_file": PROJECT_ROOT / DEFAULT_RULES})
-    names = tuple(dict.fromkeys(only)) if only else SERVICES
-    if "rules" in names:
+    names = service_names(only)
+    if "telemetry" in names:
         from hub.services.rules.loader import load_rules
 
         load_rules(settings.rules_file)  # a broken rules file is a clear error before anything starts

@@ -115,9 +115,13 @@ def hub_consumers(consumers: Any, connections: Any) -> list[tuple[str, str, str]
     }
     found = []
     for consumer in consumers if isinstance(consumers, list) else []:
-        queue = consumer.get("queue", {}).get("name") if isinstance(consumer, dict) else None
+        if not isinstance(consumer, dict):
+            continue
+        # The API gives `[]` instead of an object for details it no longer has (a closing channel).
+        queue_details, channel_details = consumer.get("queue"), consumer.get("channel_details")
+        queue = queue_details.get("name") if isinstance(queue_details, dict) else None
         if isinstance(queue, str) and queue.startswith(HUB_QUEUE_PREFIX):
-            connection = consumer.get("channel_details", {}).get("connection_name", "?")
+            connection = channel_details.get("connection_name", "?") if isinstance(channel_details, dict) else "?"
             found.append((queue, str(given.get(connection, connection)), str(consumer.get("activity_status", "?"))))
     return sorted(found)
 

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import ValidationError, field_validator
+from pydantic import ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hub.core.contract import VHOST
 from hub.core.errors import ConfigError
+from hub.core.partitions import MAX_PARTITIONS, parse_partitions
 
 #: The checkout (or installed tree) holding rabbitmq/, influxdb/, rules.yaml and the device models.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -107,6 +108,11 @@ class Settings(BaseSettings):
     #: What the store does with a reading that carries sensors its kind does not declare (or comes
     #: from an undeclared kind): store them as they are, or dead-letter the whole reading.
     unknown_sensors: Literal["store", "dead_letter"] = "store"
+    #: Telemetry queues `hub.telemetry.<p>`, p in 0..N-1: readings spread over them by device
+    #: (consistent hash of the routing key). Changing it remaps devices: see docs/scaling.md.
+    partitions: int = 4
+    #: The partitions this `hub run` process consumes, e.g. `0-1,3`; empty: all of them.
+    hub_partitions: str = ""
 
     @field_validator("amqp_url")
     @classmethod
@@ -120,6 +126,26 @@ class Settings(BaseSettings):
     def _addresses_parse(cls, value: str) -> str:
         parse_addresses(value)
         return value
+
+    @field_validator("partitions")
+    @classmethod
+    def _partitions_in_range(cls, value: int) -> int:
+        if not 1 <= value <= MAX_PARTITIONS:
+            raise ValueError(f"must be between 1 and {MAX_PARTITIONS}")
+        return value
+
+    @model_validator(mode="after")
+    def _partitions_parse(self) -> Settings:
+        try:
+            parse_partitions(self.hub_partitions, self.partitions)
+        except ConfigError as exc:
+            raise ValueError(f"IOT_HUB_PARTITIONS (--partitions): {exc}") from None
+        return self
+
+    @property
+    def hub_partition_ids(self) -> tuple[int, ...]:
+        """The partitions this hub process consumes (IOT_HUB_PARTITIONS within IOT_PARTITIONS)."""
+        return parse_partitions(self.hub_partitions, self.partitions)
 
     @property
     def amqp_urls(self) -> list[str]:
@@ -244,6 +270,7 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**given)
     except ValidationError as exc:
         problems = "; ".join(
-            f"IOT_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+            f"IOT_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" if err["loc"] else err["msg"]
+            for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None

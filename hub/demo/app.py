@@ -31,9 +31,9 @@ from hub.demo.activity import RateWindow, Snapshot, read_activity
 from hub.demo.children import Child, start_child
 from hub.demo.readiness import (
     DEVICES_ONLINE_TIMEOUT_S,
-    HUB_QUEUE_NAMES,
     HUB_READY_TIMEOUT_S,
     hub_consuming,
+    hub_queue_names,
     wait_for,
 )
 from hub.demo.scenario import CommandRunner, plan_commands
@@ -110,7 +110,7 @@ class Demo:
         self._wait_for(
             "waiting for the hub to consume its queues", lambda: hub_consuming(self.settings), HUB_READY_TIMEOUT_S
         )
-        self.console.print(f"the hub consumes {', '.join(HUB_QUEUE_NAMES)}")
+        self.console.print(f"the hub consumes {', '.join(hub_queue_names(self.settings))}")
         self._spawn("simulator", [sys.executable, "-m", "devices.sim", "--count", str(self.count)], env)
         for line in where_to_look(self.settings, self.stack.docker, self.logs, self.metrics_port):
             self.console.print(f"  {line}")

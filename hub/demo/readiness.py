@@ -18,7 +18,7 @@ from rich.console import Console
 from hub.clients.management import read_consumer_count
 from hub.core.config import Settings
 from hub.core.errors import StackError
-from hub.runtime.topology import QUEUES
+from hub.runtime.topology import service_queues
 from hub.services import SERVICES
 
 #: How long the hub may take to consume its queues, and the devices to come online.
@@ -26,15 +26,20 @@ HUB_READY_TIMEOUT_S = 60.0
 DEVICES_ONLINE_TIMEOUT_S = 60.0
 #: How often a wait asks again.
 POLL_S = 0.5
-#: The queues `python -m hub run` consumes: one per service, and the demo runs them all.
-HUB_QUEUE_NAMES = tuple(QUEUES[service].name for service in SERVICES)
+
+
+def hub_queue_names(settings: Settings) -> tuple[str, ...]:
+    """The queues `python -m hub run` consumes, and the demo runs all of it: every telemetry
+    partition, presence's and commands'."""
+    return tuple(q.name for service in SERVICES for q in service_queues(service, settings.hub_partition_ids))
+
 
 T = TypeVar("T")
 
 
-def hub_consuming(settings: Settings, queue_names: tuple[str, ...] = HUB_QUEUE_NAMES) -> bool:
-    """Every one of `queue_names` has at least one consumer, as the management API says."""
-    return all((read_consumer_count(settings, name) or 0) >= 1 for name in queue_names)
+def hub_consuming(settings: Settings) -> bool:
+    """Every hub queue has at least one consumer, as the management API says."""
+    return all((read_consumer_count(settings, name) or 0) >= 1 for name in hub_queue_names(settings))
 
 
 def wait_for(

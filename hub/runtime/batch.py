@@ -8,7 +8,7 @@ before the ack). So once the batch is written and the dead-letters confirmed, on
 A batch is due when it is full, when its oldest entry has waited `FLUSH_INTERVAL_S`, or, once it
 is `LINGER_S` old and holds points, as soon as the deliveries pause (`idle`: none came for
 `IDLE_GAP_S`): under a backlog batches stay large, while a steady trickle of readings is stored
-within tens of milliseconds. A batch with no point (acks only, e.g. the rules service's) waits
+within tens of milliseconds. A batch with no point (acks only, e.g. refused messages) waits
 for its timer: acking sooner would show nobody anything and cost a round trip.
 """
 

@@ -1,13 +1,13 @@
 """The AMQP side of a service: connect, declare, prefetch, deliver, ack, publish, reconnect.
 
-A `Consumer` owns one connection with two channels: one consuming with a prefetch window, one
-publishing many messages and waiting for their confirms once (`hub.runtime.confirms`). It hands
-each delivery to its `Handler`. After each read from the broker it tells the handler whether
-anything arrived, so a batch can be written as soon as the deliveries stop coming instead of
-waiting for its timer. It acks only what the handler settles; a lost connection drops whatever
-was not acked, the broker redelivers it, and every effect downstream is idempotent. The
-handler decides; this module only moves bytes.
-"""
+A `Consumer` owns one connection with two channels: one consuming one or more queues (each with
+its own prefetch window; delivery tags count per channel, so one `multiple` ack settles
+deliveries of every queue up to a tag), one publishing many messages and waiting for their
+confirms once (`hub.runtime.confirms`). It hands each delivery to its `Handler`. After each read
+from the broker it tells the handler whether anything arrived, so a batch can be written as soon
+as the deliveries stop coming instead of waiting for its timer. It acks only what the handler
+settles; a lost connection drops whatever was not acked, the broker redelivers it, and every
+effect downstream is idempotent. The handler decides; this module only moves bytes."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from typing import NamedTuple, Protocol
 
 import pika
@@ -79,6 +80,9 @@ def protocol_of(properties: BasicProperties) -> Transport:
 class Handler(Protocol):
     """What a consumer drives; every call happens on the consumer's thread."""
 
+    def on_connect(self, connection: pika.BlockingConnection) -> None:
+        """After each connection, before the queues are declared: refuse a topology it cannot use."""
+
     def on_start(self, consumer: Consumer) -> None:
         """After each (re)connection, before consuming: open outputs, add subscriptions."""
 
@@ -100,17 +104,17 @@ class Handler(Protocol):
 
 
 class Consumer:
-    """One connection that consumes `queue` for `handler` until `stop` is set."""
+    """One connection that consumes `queues` on one channel for `handler` until `stop` is set."""
 
     def __init__(
         self,
         settings: Settings,
         name: str,
-        queue: topology.HubQueue,
+        queues: tuple[topology.HubQueue, ...],
         stop: threading.Event,
         handler: Handler,
     ) -> None:
-        self.settings, self.name, self.queue, self.stop, self.handler = settings, name, queue, stop, handler
+        self.settings, self.name, self.queues, self.stop, self.handler = settings, name, queues, stop, handler
         self.connection: pika.BlockingConnection | None = None
         self.channel: BlockingChannel | None = None
         self.publisher: ConfirmBatch | None = None
@@ -118,13 +122,16 @@ class Consumer:
         self.delivered = 0
         #: Mandatory messages the broker returned as unroutable (see `publish`).
         self.unroutable = 0
-        #: The broker's name for this subscription while consuming (the management API lists it,
-        #: with whether a single-active-consumer queue delivers to it or keeps it waiting).
-        self.consumer_tag: str | None = None
+        #: Queue -> the broker's name for this subscription to it while consuming (the management
+        #: API lists it, with whether a single-active-consumer queue delivers to it or keeps it waiting).
+        self.consumer_tags: dict[str, str] = {}
+        self._queue_by_tag: dict[str, str] = {}
         # What `held` counts: delivery tags seen and acked on the current channel.
         self._last_tag = 0
         self._acked_through = 0
         self._acked_singly: set[int] = set()
+        #: With several queues: per queue, its unacked delivery tags in order (acked `multiple` only).
+        self._unacked: dict[str, deque[int]] = {q.name: deque() for q in queues} if len(queues) > 1 else {}
 
     # --- what handlers use -----------------------------------------------------------------------
 
@@ -136,6 +143,9 @@ class Consumer:
             if tag > self._acked_through:
                 self._acked_through = tag
                 self._acked_singly = {t for t in self._acked_singly if t > tag}
+            for tags in self._unacked.values():
+                while tags and tags[0] <= tag:
+                    tags.popleft()
 
     def ack(self, tag: int) -> None:
         assert self.channel is not None
@@ -143,12 +153,19 @@ class Consumer:
         if tag > self._acked_through:
             self._acked_singly.add(tag)
 
-    def held(self) -> int:
-        """Deliveries this consumer has taken from its queue and not yet acked (read from any thread).
+    def queue_of(self, delivery: Delivery) -> str:
+        """The queue `delivery` came from."""
+        return self._queue_by_tag.get(str(delivery.method.consumer_tag), self.queues[0].name)
 
-        Delivery tags count up from 1 on each channel, so this is the highest tag seen minus
-        those acked; the broker counts them as unacked, not as ready.
+    def held(self, queue: str | None = None) -> int:
+        """Deliveries this consumer has taken from its queues (or from `queue`) and not yet acked
+        (read from any thread); the broker counts them as unacked, not as ready.
+
+        Delivery tags count up from 1 on each channel, so the total is the highest tag seen
+        minus those acked; per queue, with several, the tags not acked yet are kept in order.
         """
+        if queue is not None and self._unacked:
+            return len(self._unacked.get(queue, ()))
         return max(0, self._last_tag - self._acked_through - len(self._acked_singly))
 
     def sleep(self, seconds: float) -> None:
@@ -225,14 +242,27 @@ class Consumer:
         # The instance in the name tells, in the management API, which hub is the active consumer.
         self.connection = connect(self.settings, f"hub-{self.name} {instance_name()}")
         self._last_tag, self._acked_through, self._acked_singly = 0, 0, set()
+        for tags in self._unacked.values():
+            tags.clear()
+        self.handler.on_connect(self.connection)
         self.channel = self.connection.channel()
-        topology.declare(self.channel, self.queue)
-        self.channel.basic_qos(prefetch_count=self.queue.prefetch)
+        for queue in self.queues:
+            topology.declare(self.channel, queue)
         self.publisher = ConfirmBatch(self.connection, self._returned)
         self.handler.on_start(self)
-        self.consumer_tag = self.channel.basic_consume(self.queue.name, self._deliver)
+        for queue in self.queues:
+            # Not global: the window applies to each consumer (each queue) started after it.
+            self.channel.basic_qos(prefetch_count=queue.prefetch)
+            tag = self.channel.basic_consume(queue.name, self._deliver)
+            self.consumer_tags[queue.name] = tag
+            self._queue_by_tag[tag] = queue.name
         self.handler.on_connected(True)
-        log.info("service=%s event=consuming queue=%s prefetch=%d", self.name, self.queue.name, self.queue.prefetch)
+        log.info(
+            "service=%s event=consuming queues=%s prefetch=%s",
+            self.name,
+            ",".join(q.name for q in self.queues),
+            ",".join(str(q.prefetch) for q in self.queues),
+        )
         while not self.stop.is_set():
             seen = self.delivered
             self.connection.process_data_events(time_limit=self.handler.next_tick_s())
@@ -243,12 +273,14 @@ class Consumer:
         self, _channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
     ) -> None:
         self._last_tag = method.delivery_tag
+        if self._unacked:
+            self._unacked[self._queue_by_tag[method.consumer_tag]].append(method.delivery_tag)
         self.delivered += 1
         self.handler.deliver(Delivery(method, properties, body))
 
     def _close(self) -> None:
         connection, self.connection, self.channel, self.publisher = self.connection, None, None, None
-        self.consumer_tag = None
+        self.consumer_tags, self._queue_by_tag = {}, {}
         if connection is not None and connection.is_open:
             with contextlib.suppress(Exception):  # a broken connection fails to close in many ways
                 connection.close()

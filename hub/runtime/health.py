@@ -8,7 +8,7 @@ queue (consumer lag, `hub_queue_depth`) over its own short broker connection, an
 - `/health/live` answers 200 whenever the process serves HTTP.
 - `/health/ready` answers 200 or 503 with the reasons `ready_report` finds in the measured facts:
   a dependency unreachable, a queue's backlog above `IOT_READY_MAX_BACKLOG`, or the store stuck
-  (its queue has a backlog and nothing was stored for `IOT_READY_MAX_READING_AGE_S`).
+  (its partition queues have a backlog and nothing was stored for `IOT_READY_MAX_READING_AGE_S`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from hub.core.contract import now_ms
 from hub.core.errors import BrokerUnavailable, HubError
 from hub.core.points import Point
 from hub.outputs.fanout import OutputSet
-from hub.runtime import topology
 from hub.runtime.consumer import instance_name
 from hub.runtime.metrics import QUEUE_DEPTH, QUEUE_HELD, ServiceStats
 from hub.runtime.service import ROLE_ACTIVE, ROLE_STANDBY, ROLE_UNKNOWN, Service
@@ -53,8 +52,19 @@ PROBE_TIMEOUT_S = 2.0
 ROLE_BY_ACTIVITY = {"single_active": ROLE_ACTIVE, "up": ROLE_ACTIVE, "waiting": ROLE_STANDBY}
 
 
+def service_role(queue_roles: dict[str, str]) -> str:
+    """A service with several queues: active if the broker delivers any of them to it, standby if
+    it keeps it waiting on every one, unknown otherwise (or with none)."""
+    roles = set(queue_roles.values())
+    if ROLE_ACTIVE in roles:
+        return ROLE_ACTIVE
+    return ROLE_STANDBY if roles == {ROLE_STANDBY} else ROLE_UNKNOWN
+
+
 def stats_points(instance: str, stats: Sequence[ServiceStats], depths: dict[str, int], ts_ms: int) -> list[Point]:
-    """One `hub_stats` point per service (pure: the monitor supplies the numbers)."""
+    """One `hub_stats` point per service (pure: the monitor supplies the numbers).
+
+    `depths`: messages ready per service, over all the queues it consumes here."""
     points = []
     for s in stats:
         with s.lock:
@@ -66,9 +76,8 @@ def stats_points(instance: str, stats: Sequence[ServiceStats], depths: dict[str,
                 "batches": s.batches,
             }
         fields["batch_latency_ms"] = s.take_mean_latency_ms()
-        queue = topology.QUEUES[s.service].name
-        if queue in depths:
-            fields["queue_depth"] = depths[queue]
+        if s.service in depths:
+            fields["queue_depth"] = depths[s.service]
         points.append(Point("hub_stats", {"instance": instance, "service": s.service}, fields, ts_ms))
     return points
 
@@ -113,8 +122,8 @@ class ReadyFacts:
     broker_reachable: bool
     influx_version: str | None
     queues: dict[str, QueueFacts]
-    #: The store's queue, when the store runs in this process.
-    store_queue: str | None = None
+    #: The queues whose readings are stored, when telemetry runs in this process.
+    store_queues: tuple[str, ...] = ()
     #: Seconds since the store last stored a reading (or started), when it runs here.
     store_idle_s: float | None = None
     #: Queue -> "active", "standby" or "unknown", for single-active-consumer queues consumed here.
@@ -136,14 +145,21 @@ def ready_report(
         if q.backlog > max_backlog and facts.roles.get(queue) != ROLE_STANDBY:
             reasons.append(f"backlog: {queue} holds {q.backlog} messages, more than {max_backlog}")
     store: dict[str, Any] | None = None
-    if facts.store_queue is not None and facts.store_idle_s is not None:
-        waiting = facts.queues[facts.store_queue].backlog if facts.store_queue in facts.queues else 0
-        store = {"queue": facts.store_queue, "idle_s": round(facts.store_idle_s, 1), "max_idle_s": max_reading_age_s}
+    if facts.store_queues and facts.store_idle_s is not None:
+        # A standby's partitions wait for the active hub, not for this one.
+        mine = [q for q in facts.store_queues if q in facts.queues and facts.roles.get(q) != ROLE_STANDBY]
+        waiting = sum(facts.queues[q].backlog for q in mine)
+        store = {
+            "queues": list(facts.store_queues),
+            "idle_s": round(facts.store_idle_s, 1),
+            "max_idle_s": max_reading_age_s,
+        }
         # A quiet fleet stores nothing and is fine; readings waiting while nothing is stored are not.
         if waiting > 0 and facts.store_idle_s > max_reading_age_s:
             reasons.append(
                 f"stuck: the store has stored nothing for {facts.store_idle_s:.0f} s"
-                f" while {facts.store_queue} holds {waiting} messages (limit {max_reading_age_s:g} s)"
+                f" while {', '.join(q for q in mine if facts.queues[q].backlog)} hold {waiting} messages"
+                f" (limit {max_reading_age_s:g} s)"
             )
     report: dict[str, Any] = {
         "status": "degraded" if reasons else "ok",
@@ -184,16 +200,22 @@ class Monitor:
         """Whether the broker delivers each single-active-consumer queue to this process
         ("active") or keeps it waiting ("standby"); logs every change. Pika has no callback for
         it, the management API lists it per consumer tag. Unchanged when the API cannot say."""
-        watched = [s for s in self.services if s.queue.single_active]
+        watched = [s for s in self.services if any(q.single_active for q in s.queues)]
         activity = read_consumer_activity(self.settings) if watched else None
         if activity is None:
             return self.roles
-        roles = {}
+        roles: dict[str, str] = {}
         for s in watched:
-            role = ROLE_BY_ACTIVITY.get(activity.get(s.consumer.consumer_tag or "", ""), ROLE_UNKNOWN)
-            if role not in (self.roles.get(s.queue.name, ROLE_UNKNOWN), ROLE_UNKNOWN):
-                log.info("service=%s event=%s queue=%s", s.name, role, s.queue.name)
-            roles[s.queue.name] = role
+            mine = {}
+            for queue in (q for q in s.queues if q.single_active):
+                tag = s.consumer.consumer_tags.get(queue.name, "")
+                mine[queue.name] = ROLE_BY_ACTIVITY.get(activity.get(tag, ""), ROLE_UNKNOWN)
+            role = service_role(mine)
+            active = [q for q, r in mine.items() if r == ROLE_ACTIVE]
+            before = {q: self.roles.get(q, ROLE_UNKNOWN) for q in mine}
+            if role != ROLE_UNKNOWN and (mine != before):
+                log.info("service=%s event=%s queues=%s", s.name, role, ",".join(active) if active else ",".join(mine))
+            roles.update(mine)
             s.on_role(role)
         self.roles = roles
         return roles
@@ -217,31 +239,43 @@ class Monitor:
         try:
             if self._connection is None or not self._connection.is_open:
                 self._connection = connect(self.settings, "monitor")
-            for s in self.services:
-                queue = s.queue.name
+            for name in (q.name for s in self.services for q in s.queues):
                 channel = self._connection.channel()
                 try:
-                    depths[queue] = channel.queue_declare(queue, passive=True).method.message_count
+                    depths[name] = channel.queue_declare(name, passive=True).method.message_count
                     channel.close()
                 except pika.exceptions.ChannelClosedByBroker:
                     continue  # not declared yet
-                QUEUE_DEPTH.labels(queue).set(depths[queue])
+                QUEUE_DEPTH.labels(name).set(depths[name])
         except (BrokerUnavailable, pika.exceptions.AMQPError, OSError):
             close_quietly(self._connection)
             self._connection = None
             return depths
         for s in self.services:
-            QUEUE_HELD.labels(s.queue.name).set(s.consumer.held())
+            for queue in s.queues:
+                QUEUE_HELD.labels(queue.name).set(s.consumer.held(queue.name))
         return depths
+
+    def service_depths(self, depths: dict[str, int]) -> dict[str, int]:
+        """Messages ready per service, over the queues it consumes here (`hub_stats` queue_depth)."""
+        return {
+            s.name: sum(depths[q.name] for q in s.queues if q.name in depths)
+            for s in self.services
+            if any(q.name in depths for q in s.queues)
+        }
 
     def ready_facts(self) -> ReadyFacts:
         broker = broker_reachable(self.settings)
         influx_version = server_version(self.settings.influx_url)
         depths = self.queue_depths(DEPTH_CACHE_S) if broker else {}
-        queues = {s.queue.name: QueueFacts(depths.get(s.queue.name), s.consumer.held()) for s in self.services}
-        store = next((s for s in self.services if s.queue is topology.STORE), None)
+        queues = {}
+        for s in self.services:
+            for queue in s.queues:
+                queues[queue.name] = QueueFacts(depths.get(queue.name), s.consumer.held(queue.name))
+        store = next((s for s in self.services if s.idle_s() is not None), None)
         idle = store.idle_s() if store is not None else None
-        return ReadyFacts(broker, influx_version, queues, store.queue.name if store else None, idle, dict(self.roles))
+        store_queues = tuple(q.name for q in store.queues) if store is not None else ()
+        return ReadyFacts(broker, influx_version, queues, store_queues, idle, dict(self.roles))
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         settings = self.settings
@@ -257,7 +291,8 @@ class Monitor:
                     self.read_roles()
                     if time.monotonic() >= next_stats:
                         next_stats += STATS_INTERVAL_S
-                        outputs.write_once(stats_points(self.instance, self.stats, depths, now_ms()))
+                        points = stats_points(self.instance, self.stats, self.service_depths(depths), now_ms())
+                        outputs.write_once(points)
                 except HubError as exc:
                     log.warning("service=monitor event=stats_not_written error=%r", exc)
                 except Exception:

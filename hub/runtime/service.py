@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
+import pika
 from pika.spec import BasicProperties
 
 from hub.core.config import Settings
@@ -41,6 +42,7 @@ class Service:
     """One of the hub's services, run in its own thread by `run()`."""
 
     name: str = "service"
+    #: The queue a service with one consumes (a service with several sets `queues` instead).
     queue: topology.HubQueue
     tick_interval_s: float = 0.2
 
@@ -56,7 +58,7 @@ class Service:
         self.stats = ServiceStats(self.name)
         self.middleware = list(middleware) if middleware is not None else default_middleware(self.stats)
         self.outputs = outputs if outputs is not None else OutputSet(settings)
-        self.consumer = Consumer(settings, self.name, self.queue, stop, self)
+        self.consumer = Consumer(settings, self.name, self.queues, stop, self)
         #: Points this service caused and the deliveries they settle, written by `flush`.
         self.outbox = self.new_outbox()
         self._internal_errors: set[str] = set()
@@ -65,6 +67,11 @@ class Service:
 
     def run(self) -> None:
         self.consumer.run()
+
+    @property
+    def queues(self) -> tuple[topology.HubQueue, ...]:
+        """The queues this service consumes, all on one channel."""
+        return (self.queue,)
 
     # --- what a service implements -----------------------------------------------------------------
 
@@ -81,6 +88,10 @@ class Service:
     def after_flush(self, batch: Batch, refused: Mapping[int, Refusal], latency_s: float) -> None:
         """Once a batch is written and acked: a service's own metrics."""
 
+    def stored_count(self, batch: Batch, refused: Mapping[int, Refusal]) -> int:
+        """What `hub_stats` counts as stored of a written batch: every point the outputs took."""
+        return len(batch.points) - len(refused)
+
     def on_write_failed(self) -> None:
         """A write of this service's batch failed and will be retried (deliveries wait meanwhile)."""
 
@@ -94,6 +105,9 @@ class Service:
         return None
 
     # --- the consumer's handler ---------------------------------------------------------------------
+
+    def on_connect(self, connection: pika.BlockingConnection) -> None:
+        """Before the queues are declared: nothing to check by default."""
 
     def on_start(self, consumer: Consumer) -> None:
         self.outputs.open()
@@ -145,7 +159,7 @@ class Service:
             DEAD_LETTER_EXCHANGE,
             delivery.routing_key,
             delivery.body,
-            dead_letter_properties(delivery.properties, reason, detail, self.queue.name),
+            dead_letter_properties(delivery.properties, reason, detail, self.consumer.queue_of(delivery)),
             mandatory=True,
         )
         for middleware in self.middleware:
@@ -168,7 +182,7 @@ class Service:
         self.settle(batch)
         latency = time.monotonic() - started
         for middleware in self.middleware:
-            middleware.after_batch(self.name, batch.deliveries, len(batch.points) - len(refused), latency)
+            middleware.after_batch(self.name, batch.deliveries, self.stored_count(batch, refused), latency)
         self.after_flush(batch, refused, latency)
 
     def publish(

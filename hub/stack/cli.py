@@ -156,16 +156,20 @@ def certs(stack_dir: str | None, key_owner: int | None) -> None:
 @stack.command()
 @click.option("--amqp-url", default=None, help="AMQP URL of the broker [IOT_AMQP_URL]")
 def migrate(amqp_url: str | None) -> None:
-    """Replace hub queues an older hub declared with other arguments, moving their messages.
+    """Replace hub queues an older hub declared with other arguments, moving their messages;
+    retire hub.store / hub.rules and partitions above IOT_PARTITIONS, their readings moved into the partitions.
 
     Stop every hub first. A hub that finds an outdated queue exits (code 3) and names this
     command. Safe to run again: an interrupted migration is finished, current queues are kept.
     """
     table = Table(title="hub queues")
-    for column in ("queue", "outcome", "messages moved"):
+    for column in ("queue", "outcome", "messages moved", "note"):
         table.add_column(column)
-    for done in run_migration(load_settings(amqp_url=amqp_url), lambda m: console.print(f"{m.queue}: {m.outcome}")):
-        table.add_row(done.queue, done.outcome, str(done.moved))
+    settings = load_settings(amqp_url=amqp_url)
+    for done in run_migration(
+        settings, lambda m: console.print(f"{m.queue}: {m.outcome}" + (f" ({m.note})" if m.note else ""))
+    ):
+        table.add_row(done.queue, done.outcome, str(done.moved), done.note)
     console.print(table)
 
 
@@ -193,12 +197,12 @@ def _print(status: StackStatus) -> None:
 
 
 def _print_consumers(settings: Settings) -> None:
-    """Who consumes each hub queue: several hubs share hub.store, the others have one active consumer."""
+    """Who consumes each hub queue: each has one active consumer (a telemetry partition, presence, commands)."""
     consumers = read_hub_consumers(settings)
     if consumers is None:
         console.print("hub consumers: the management API does not answer")
         return
-    table = Table(title="hub consumers (single_active: delivered to; waiting: a standby; up: competing)")
+    table = Table(title="hub consumers (single_active: delivered to; waiting: a standby)")
     for column in ("queue", "connection", "status"):
         table.add_column(column)
     for queue, connection, activity in consumers:

@@ -12,6 +12,16 @@ without `x-single-active-consumer`) is replaced, its messages moved, none lost:
 Between steps 1 and 2 (and 3 and 4) a new message is routed to both queues for a moment, so it
 may be handled twice; the hub's effects are idempotent. Every hub must be stopped first: the
 migration refuses a queue that has consumers.
+
+It also retires telemetry queues nobody consumes any more (the hub refuses to start beside them):
+
+- `hub.store` and `hub.rules` of a hub before partitions: both are unbound first, then
+  `hub.store`'s readings are republished to `iot` with their routing keys (each acked once
+  confirmed), so they reach the partitions, and both are deleted. `hub.rules` held copies of
+  the same readings (each reading went to both), so its messages are counted and dropped:
+  republished, they would be stored twice;
+- partitions at or above IOT_PARTITIONS (it was lowered): unbound, their readings republished to
+  `iot.telemetry` (the hash puts each in a partition that stays), and deleted.
 """
 
 from __future__ import annotations
@@ -44,10 +54,13 @@ class Migrated:
     outcome: str
     #: Messages moved out of the old queue (or the holding queue, when resumed).
     moved: int = 0
+    #: What else a person should know (e.g. messages dropped as copies).
+    note: str = ""
 
 
-def move(channel: BlockingChannel, source: str, target: str) -> int:
-    """Every message of `source` into `target` (default exchange, confirmed, then acked).
+def move(channel: BlockingChannel, source: str, target: str | None, exchange: str = "") -> int:
+    """Every message of `source` into queue `target` (default exchange), or, with `target` None,
+    into `exchange` with its own routing key; each confirmed, then acked.
 
     Consumed, not fetched: a single-active-consumer quorum queue refuses basic.get.
     """
@@ -56,7 +69,9 @@ def move(channel: BlockingChannel, source: str, target: str) -> int:
     for method, properties, body in channel.consume(source, inactivity_timeout=MOVE_IDLE_S):
         if method is None:
             break
-        channel.basic_publish("", target, body, properties, mandatory=True)  # confirmed: returns once held
+        routing_key = target if target is not None else str(method.routing_key)
+        # Mandatory and confirmed: returns once held, raises if nothing is bound to take it.
+        channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
         channel.basic_ack(method.delivery_tag)
         moved += 1
     channel.cancel()
@@ -97,7 +112,7 @@ def migrate_queue(connection: pika.BlockingConnection, queue: topology.HubQueue)
 def _empty_holding(channel: BlockingChannel, queue: topology.HubQueue) -> int:
     holding = queue.name + HOLDING_SUFFIX
     for pattern in queue.bindings:
-        channel.queue_unbind(holding, EXCHANGE, routing_key=pattern)
+        channel.queue_unbind(holding, queue.exchange, routing_key=pattern)
     moved = move(channel, holding, queue.name)
     delete_empty(channel, holding)
     return moved
@@ -105,16 +120,14 @@ def _empty_holding(channel: BlockingChannel, queue: topology.HubQueue) -> int:
 
 def _replace(connection: pika.BlockingConnection, queue: topology.HubQueue) -> Migrated:
     channel = connection.channel()
-    consumers = _consumers(channel, queue.name) or 0
-    if consumers:
-        raise StackError(f"{queue.name} has {consumers} consumers: stop every hub before `{topology.MIGRATE_COMMAND}`")
+    _refuse_consumed(channel, queue.name)
     channel.confirm_delivery()
     holding = queue.name + HOLDING_SUFFIX
     channel.queue_declare(holding, durable=True, arguments=topology.queue_arguments(queue))
     for pattern in queue.bindings:
-        channel.queue_bind(holding, EXCHANGE, routing_key=pattern)
+        channel.queue_bind(holding, queue.exchange, routing_key=pattern)
     for pattern in queue.bindings:
-        channel.queue_unbind(queue.name, EXCHANGE, routing_key=pattern)
+        channel.queue_unbind(queue.name, queue.exchange, routing_key=pattern)
     moved = move(channel, queue.name, holding)
     delete_empty(channel, queue.name)
     topology.declare(channel, queue)
@@ -122,14 +135,75 @@ def _replace(connection: pika.BlockingConnection, queue: topology.HubQueue) -> M
     return Migrated(queue.name, "replaced", moved)
 
 
+def _refuse_consumed(channel: BlockingChannel, queue: str) -> None:
+    consumers = _consumers(channel, queue) or 0
+    if consumers:
+        raise StackError(f"{queue} has {consumers} consumers: stop every hub before `{topology.MIGRATE_COMMAND}`")
+
+
+def _detach(connection: pika.BlockingConnection, queues: list[str], exchange: str, key: str) -> BlockingChannel:
+    """Unbind `queues` (none may have a consumer) so no new message reaches them; a channel with confirms."""
+    channel = connection.channel()
+    for name in queues:
+        _refuse_consumed(channel, name)
+    channel.confirm_delivery()
+    for name in queues:
+        channel.queue_unbind(name, exchange, routing_key=key)
+    return channel
+
+
+def retire_legacy(connection: pika.BlockingConnection) -> list[Migrated]:
+    """Move `hub.store`'s readings into the partitions, drop `hub.rules`' copies, delete both."""
+    present = [name for name in topology.LEGACY_QUEUES if topology.queue_exists(connection, name)]
+    if not present:
+        return []
+    channel = _detach(connection, present, EXCHANGE, topology.TELEMETRY_PATTERN)
+    store, rules = topology.LEGACY_QUEUES
+    done = []
+    if store in present:
+        moved = move(channel, store, None, EXCHANGE)
+        delete_empty(channel, store)
+        done.append(Migrated(store, "retired", moved, "readings republished to iot, so into the partitions"))
+    if rules in present:
+        copies = int(channel.queue_declare(rules, passive=True).method.message_count)
+        channel.queue_delete(rules)
+        note = (
+            f"{copies} messages dropped: copies of the readings hub.store held (each reading went to both),"
+            " judged by the rules from the partitions instead"
+        )
+        done.append(Migrated(rules, "retired", 0, note))
+    return done
+
+
+def retire_surplus(connection: pika.BlockingConnection, count: int) -> list[Migrated]:
+    """Partitions `count` and up (IOT_PARTITIONS was lowered): their readings back through
+    `iot.telemetry` into the partitions that stay, then deleted."""
+    surplus = topology.surplus_partitions(connection, count)
+    if not surplus:
+        return []
+    # Out of the hash ring first: what arrives meanwhile goes to the partitions that stay.
+    channel = _detach(connection, surplus, topology.TELEMETRY_EXCHANGE, topology.PARTITION_WEIGHT)
+    done = []
+    for name in surplus:
+        moved = move(channel, name, None, topology.TELEMETRY_EXCHANGE)
+        delete_empty(channel, name)
+        done.append(Migrated(name, "retired", moved, f"above IOT_PARTITIONS={count}: readings rehashed"))
+    return done
+
+
 def migrate(settings: Settings, progress: Callable[[Migrated], None] = lambda _m: None) -> list[Migrated]:
-    """Bring every hub queue to the arguments this hub declares (see the module's docstring)."""
+    """Bring every hub queue to the arguments this hub declares, and retire the telemetry queues
+    it no longer consumes (see the module's docstring)."""
     connection = connect(settings, "hub-migrate")
     try:
         done = []
-        for queue in topology.QUEUES.values():
+        # The partitions first: the readings of retired queues are republished into them.
+        for queue in (*topology.partitions(settings.partitions), *topology.QUEUES.values()):
             done.append(migrate_queue(connection, queue))
             progress(done[-1])
+        for retired in (*retire_legacy(connection), *retire_surplus(connection, settings.partitions)):
+            done.append(retired)
+            progress(retired)
         return done
     finally:
         if connection.is_open:

@@ -72,7 +72,8 @@ def test_the_cluster_has_every_node_and_three_replicas_of_every_quorum_queue(
     def replicated() -> ClusterStatus | None:
         current = the_cluster.status()
         queues = {q.name: q for q in current.queues}
-        ok = {"hub.store", "hub.rules", "hub.commands", "iot.dead-letter"} <= set(queues) and all(
+        partitions = {f"hub.telemetry.{p}" for p in range(settings.partitions)}
+        ok = partitions | {"hub.presence", "hub.commands", "iot.dead-letter"} <= set(queues) and all(
             set(q.members) == nodes and q.leader in nodes for q in queues.values()
         )
         return current if ok else None
@@ -89,7 +90,7 @@ def test_the_cluster_has_every_node_and_three_replicas_of_every_quorum_queue(
     )
     assert shown.returncode == 0, shown.stderr
     text = " ".join(shown.stdout.split())
-    assert all(node in text for node in nodes) and "hub.store" in text
+    assert all(node in text for node in nodes) and "hub.telemetry.0" in text
     assert f"export IOT_MQTT_ADDRESSES='{settings.mqtt_addresses}'" in text
 
 
@@ -157,10 +158,10 @@ def test_a_node_killed_under_load_loses_no_reading_and_nothing_needs_a_restart(
     the_cluster, _settings = cluster
     with DrillCommands(load.settings, load.fleet) as commands:
         time.sleep(COMMAND_LEAD_S)
-        # The node that leads hub.store: its device and hub connections, and the store queue's leader, go at once.
+        # The node that leads partition 0: its device and hub connections, and that queue's leader, go at once.
         leaders = {q.name: q.leader for q in the_cluster.status().queues}
         names = [the_cluster.node(i).node_name for i in range(NODES)]
-        victim = names.index(leaders["hub.store"])
+        victim = names.index(leaders["hub.telemetry.0"])
         pid, home = the_cluster.node_pids()[victim], str(the_cluster.node(victim).home)
         os.killpg(pid, signal.SIGKILL)
         wait_until(lambda: not is_ours(pid, home), 15)

@@ -168,7 +168,7 @@ def fleet_data(dashboard_stack: Settings, tmp_path_factory: pytest.TempPathFacto
         wait_until(lambda: count(stack, offline), 30)
         # The hub's rates are derivatives of `hub_stats`, written every 10 s: they need two points.
         instance = f"{socket.gethostname()}-{hub.pid}"
-        stats = f"SELECT count(stored) FROM hub_stats WHERE service = 'store' AND instance = '{instance}'"
+        stats = f"SELECT count(stored) FROM hub_stats WHERE service = 'telemetry' AND instance = '{instance}'"
         wait_until(lambda: count(stack, stats) >= 2, 30)
         yield FleetData(stack, devices, stopped)
 

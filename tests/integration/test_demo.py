@@ -12,8 +12,8 @@ from pathlib import Path
 
 from hub.clients.management import read_consumer_count
 from hub.core.config import Settings
-from hub.demo.readiness import HUB_QUEUE_NAMES, HUB_READY_TIMEOUT_S, hub_consuming
-from hub.runtime.topology import STORE
+from hub.demo.readiness import HUB_READY_TIMEOUT_S, hub_consuming, hub_queue_names
+from hub.runtime.topology import partitions
 from hub.stack.processes import free_port
 from hub.stack.stack import settings_on_free_ports
 from tests.support import REPO, hub_process, wait_until
@@ -92,7 +92,7 @@ def test_make_demo_runs_the_main_job_and_leaves_no_process_behind(tmp_path: Path
     pids |= {name: int(pid) for name, pid in re.findall(r"(hub|simulator) started \(pid (\d+)\)", out)}
     assert set(pids) == {"RabbitMQ", "InfluxDB", "hub", "simulator"}, out
     assert f"stack started under {settings.stack_dir}" in out
-    consuming = f"the hub consumes {', '.join(HUB_QUEUE_NAMES)}"
+    consuming = f"the hub consumes {', '.join(hub_queue_names(settings))}"
     assert out.index("hub started") < out.index(consuming) < out.index("simulator started"), out
 
     own = re.search(r"(\d+) devices, each with its own credential", out)
@@ -118,10 +118,10 @@ def test_the_hub_is_ready_when_it_consumes_every_queue_not_when_the_queues_exist
     stack: Settings, tmp_path: Path
 ) -> None:
     """rabbitmq/definitions.json declares the hub's queues before any hub runs: only consumers tell."""
-    wait_until(lambda: all(read_consumer_count(stack, name) == 0 for name in HUB_QUEUE_NAMES))
+    wait_until(lambda: all(read_consumer_count(stack, name) == 0 for name in hub_queue_names(stack)))
     assert not hub_consuming(stack)
-    with hub_process(stack, tmp_path, "--only", "store"):
-        wait_until(lambda: read_consumer_count(stack, STORE.name) == 1)
+    with hub_process(stack, tmp_path, "--only", "telemetry"):
+        wait_until(lambda: all(read_consumer_count(stack, q.name) == 1 for q in partitions(stack.partitions)))
         assert not hub_consuming(stack)
     with hub_process(stack, tmp_path):
         wait_until(lambda: hub_consuming(stack), HUB_READY_TIMEOUT_S)

@@ -38,7 +38,7 @@ from hub.core.contract import (
     status_key,
     stomp_destination,
 )
-from hub.runtime.topology import COMMANDS
+from hub.runtime.topology import COMMANDS, partitions
 from hub.stack.processes import free_port, stop
 from tests.support import (
     amqp_connection,
@@ -147,15 +147,18 @@ def test_readings_of_both_protocols_are_stored_exactly_once_across_a_hub_sigkill
         threading.Thread(target=publish_mqtt, args=(stack, "kill-m", count, base_ts, 50)),
         threading.Thread(target=publish_stomp, args=(stack, "kill-s", count, base_ts, 50)),
     ]
-    with hub_process(stack, tmp_path, "--only", "store") as first:
+    with hub_process(stack, tmp_path, "--only", "telemetry") as first:
         for thread in publishers:
             thread.start()
         wait_until(lambda: count_stored(stack, "environment", "kill-m") > count // 4, 30)
         first.send_signal(signal.SIGKILL)  # mid-flow: a batch in flight, thousands unacked
         first.wait()
     stored_at_kill = count_stored(stack, "environment", "kill-m")
-    # two store processes now: competing consumers on hub.store share the rest of the work
-    with hub_process(stack, tmp_path, "--only", "store"), hub_process(stack, tmp_path, "--only", "store"):
+    # two processes now, splitting the partitions between them: each takes the unacked rest of its own
+    with (
+        hub_process(stack, tmp_path, "--only", "telemetry", "--partitions", "0-1"),
+        hub_process(stack, tmp_path, "--only", "telemetry", "--partitions", "2-3"),
+    ):
         for thread in publishers:
             thread.join(60)
         wait_until(lambda: count_stored(stack, "environment", "kill-m") == count, 60)
@@ -176,7 +179,7 @@ def test_every_reading_arrives_after_influxdb_is_stopped_and_restarted(stack: Se
     own = stack.model_copy(update={"influx_url": node.url})
     base_ts = now_ms() - 20_000_000
     try:
-        with hub_process(own, tmp_path, "--only", "store") as hub:
+        with hub_process(own, tmp_path, "--only", "telemetry") as hub:
             publish_mqtt(stack, "outage-m", 300, base_ts)
             wait_until(lambda: count_stored(own, "environment", "outage-m") == 300, 30)
             assert stop(pid, str(home))
@@ -260,7 +263,7 @@ def test_malformed_messages_are_dead_lettered_with_reasons_while_valid_ones_arou
     device.publish("telemetry/plant t,x=1/environment/bad-12", encode(reading("bad-12", 1)), qos=1).wait_for_publish(10)
     device.loop_stop()
     device.disconnect()
-    with hub_process(stack, tmp_path, "--only", "store"):
+    with hub_process(stack, tmp_path, "--only", "telemetry"):
         wait_until(lambda: count_stored(stack, "environment", "good-amid-bad") == len(HOSTILE_BODIES), 30)
         letters = collect(connection, channel, dead, len(HOSTILE_BODIES) + 2, timeout_s=15)
         wait_until(lambda: count_stored(stack, "conflicts", "relay-first") == 1, 10)
@@ -377,7 +380,7 @@ def test_a_rule_alerts_and_its_command_reaches_mqtt_and_stomp_devices_whose_acks
     assert [row[1:] for row in stored_alerts["values"]] == [["hot", "warning", 29.5]]
 
 
-def test_alerts_nobody_listens_to_are_stored_and_their_rule_commands_sent_while_the_rules_service_keeps_running(
+def test_alerts_nobody_listens_to_are_stored_and_their_rule_commands_sent_while_the_telemetry_service_keeps_running(
     stack: Settings, tmp_path: Path
 ) -> None:
     rules = tmp_path / "rules.yaml"
@@ -418,7 +421,7 @@ def test_alerts_nobody_listens_to_are_stored_and_their_rule_commands_sent_while_
         command = decode(body, Command)
         assert (command.command, command.args, properties.app_id) == ("set_setpoint", {"value": 20.0}, "rule")
     logs = hub_log(tmp_path)
-    assert "service=rules event=disconnected" not in logs and "service=rules event=crashed" not in logs
+    assert "service=telemetry event=disconnected" not in logs and "service=telemetry event=crashed" not in logs
 
 
 def test_an_ack_that_overtakes_its_command_is_recorded_with_the_commands_name_and_the_command_never_times_out(
@@ -510,7 +513,7 @@ def test_presence_follows_status_last_will_and_silence(stack: Settings, tmp_path
 
 def test_health_and_metrics_endpoints_report_the_stack(stack: Settings, tmp_path: Path) -> None:
     port = free_port()
-    with hub_process(stack, tmp_path, "--only", "store", IOT_METRICS_PORT=str(port)):
+    with hub_process(stack, tmp_path, "--only", "telemetry", IOT_METRICS_PORT=str(port)):
         publish_mqtt(stack, "metrics-m", 10, now_ms() - 40_000_000)
         wait_until(lambda: count_stored(stack, "environment", "metrics-m") == 10, 20)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
@@ -534,10 +537,10 @@ def get_json(url: str) -> tuple[int, dict[str, Any]]:
 
 def test_health_ready_is_200_when_all_is_well(stack: Settings, tmp_path: Path) -> None:
     port = free_port()
-    with hub_process(stack, tmp_path, "--only", "store", IOT_METRICS_PORT=str(port)):
+    with hub_process(stack, tmp_path, "--only", "telemetry", IOT_METRICS_PORT=str(port)):
         publish_mqtt(stack, "ready-ok", 10, now_ms() - 5_000)
         wait_until(lambda: count_stored(stack, "environment", "ready-ok") == 10, 20)
-        # Other tests' readings may still be draining from hub.store: ready once they are stored.
+        # Other tests' readings may still be draining from the partitions: ready once they are stored.
 
         def ready_report() -> dict[str, Any] | None:
             status, report = get_json(f"http://127.0.0.1:{port}/health/ready")
@@ -550,10 +553,13 @@ def test_health_ready_is_200_when_all_is_well(stack: Settings, tmp_path: Path) -
     assert live == (200, {"status": "live"})
     assert ready["status"] == "ok" and ready["reasons"] == []
     assert ready["rabbitmq"]["reachable"] and ready["influxdb"]["reachable"]
-    assert set(ready["queues"]) == {"hub.store"} and ready["queues"]["hub.store"]["max_backlog"] == 10_000
-    assert ready["store"]["queue"] == "hub.store"
+    names = [queue.name for queue in partitions(stack.partitions)]
+    assert sorted(ready["queues"]) == sorted(names)
+    assert all(ready["queues"][name]["max_backlog"] == 10_000 for name in names)
+    assert ready["store"]["queues"] == names
     assert "hub_oldest_unstored_reading_age_seconds 0.0" in metrics.splitlines()
-    assert any(line.startswith('hub_queue_depth{queue="hub.store"}') for line in metrics.splitlines())
+    for name in names:
+        assert any(line.startswith(f'hub_queue_depth{{queue="{name}"}}') for line in metrics.splitlines())
 
 
 def test_health_ready_is_503_with_a_backlog_reason_while_the_store_cannot_drain(
@@ -567,11 +573,11 @@ def test_health_ready_is_503_with_a_backlog_reason_while_the_store_cannot_drain(
 
     def degraded_by_backlog() -> dict[str, Any] | None:
         status, report = get_json(ready_url)
-        backlog = [r for r in report["reasons"] if r.startswith("backlog: hub.store holds ")]
+        backlog = [r for r in report["reasons"] if r.startswith("backlog: hub.telemetry.")]
         return report if status == 503 and backlog else None
 
     try:
-        with hub_process(own, tmp_path, "--only", "store", IOT_METRICS_PORT=str(port), IOT_READY_MAX_BACKLOG="5"):
+        with hub_process(own, tmp_path, "--only", "telemetry", IOT_METRICS_PORT=str(port), IOT_READY_MAX_BACKLOG="5"):
             assert stop(pid, str(home))  # nothing drains now: every write fails and is retried
             publish_mqtt(stack, "ready-backlog", 50, now_ms())
             ready = wait_until(degraded_by_backlog, 30)
@@ -586,6 +592,8 @@ def test_health_ready_is_503_with_a_backlog_reason_while_the_store_cannot_drain(
     assert live == (200, {"status": "live"})
     assert ready["status"] == "degraded"
     assert f"influxdb: unreachable at {node.url}" in ready["reasons"]
-    assert ready["queues"]["hub.store"]["backlog"] >= 50 and ready["queues"]["hub.store"]["max_backlog"] == 5
+    # One device: every reading in one partition, which holds the backlog.
+    assert max(queue["backlog"] for queue in ready["queues"].values()) >= 50
+    assert all(queue["max_backlog"] == 5 for queue in ready["queues"].values())
     age = [line for line in metrics.splitlines() if line.startswith("hub_oldest_unstored_reading_age_seconds ")]
     assert age and float(age[0].split()[-1]) > 0

@@ -28,9 +28,10 @@ from hub.core.contract import (
     status_key,
     stomp_destination,
 )
+from hub.runtime import topology
 from hub.runtime.consumer import Delivery
-from hub.runtime.deadletter import DEAD_LETTER_DETAIL_HEADER
-from hub.services.store.service import StoreService
+from hub.runtime.deadletter import DEAD_LETTER_DETAIL_HEADER, DEAD_LETTER_QUEUE_HEADER
+from hub.services.telemetry.service import TelemetryService
 from hub.stack.processes import free_port, stop
 from tests.support import (
     REPO,
@@ -81,7 +82,7 @@ def status(device: str, protocol: Any) -> bytes:
 def test_presence_alone_keeps_streaming_devices_online_and_takes_silent_ones_offline(
     stack: Settings, tmp_path: Path
 ) -> None:
-    """`--only presence`, no rules service: telemetry is still the devices' sign of life."""
+    """`--only presence`, no telemetry service: readings are still the devices' sign of life."""
     with hub_process(stack, tmp_path, "--only", "presence"):
         mqtt_dev = mqtt_device(stack, "alone-m")
         quiet_dev = mqtt_device(stack, "alone-t")
@@ -114,7 +115,9 @@ def test_presence_alone_keeps_streaming_devices_online_and_takes_silent_ones_off
 
 
 def test_the_rules_service_alone_writes_no_device_status(stack: Settings, tmp_path: Path) -> None:
-    """Presence has one writer: a rules process sees telemetry but records no transitions."""
+    """Presence has one writer: a telemetry process sees telemetry but records no transitions.
+
+    Started by the names of before (`--only rules --only store`): aliases of telemetry, one service."""
     with hub_process(stack, tmp_path, "--only", "rules", "--only", "store"):
         device = mqtt_device(stack, "rules-only")
         base_ts = now_ms()
@@ -125,10 +128,13 @@ def test_the_rules_service_alone_writes_no_device_status(stack: Settings, tmp_pa
         device.loop_stop()
         device.disconnect()
     assert transitions(stack, "rules-only") == []
+    log = next(tmp_path.glob("hub-*.log")).read_text()
+    assert log.count("event=deprecated services=rules,store use=telemetry") == 1
+    assert log.count("event=consuming") == 1, "store and rules are one service"
 
 
-class _StoreWithABug(StoreService):
-    """The store, with a bug that only one message triggers."""
+class _StoreWithABug(TelemetryService):
+    """The telemetry service, with a bug that only one message triggers."""
 
     def handle(self, delivery: Delivery) -> None:
         if b'"seq":13,' in delivery.body:
@@ -171,7 +177,7 @@ def test_a_burst_of_invalid_messages_amid_valid_ones_is_dead_lettered_once_each_
         )
         expected[device] = reason
     stop = threading.Event()
-    service = StoreService(stack, stop)
+    service = TelemetryService(stack, stop, rules=[])
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
     try:
@@ -189,6 +195,9 @@ def test_a_burst_of_invalid_messages_amid_valid_ones_is_dead_lettered_once_each_
     ]
     assert sorted(seen) == sorted(expected.items()), "each invalid message once, with its reason"
     assert all(properties.headers[DEAD_LETTER_DETAIL_HEADER] for _key, _body, properties in letters)
+    # Each names the partition it came from: its device's, one of the telemetry partitions.
+    partitions = {f"{topology.PARTITION_PREFIX}{p}" for p in range(stack.partitions)}
+    assert all(properties.headers[DEAD_LETTER_QUEUE_HEADER] in partitions for _key, _body, properties in letters)
     assert count_stored(stack, "burst-ok") == valid
 
 
@@ -199,7 +208,7 @@ def test_an_unexpected_error_dead_letters_that_message_alone_and_the_rest_are_st
     channel = connection.channel()
     dead = dead_letter_queue(channel)
     stop = threading.Event()
-    service = _StoreWithABug(stack, stop)
+    service = _StoreWithABug(stack, stop, rules=[])
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
     try:
@@ -241,7 +250,7 @@ def test_every_output_gets_every_reading_and_a_failing_one_holds_the_batch_until
     device.loop_stop()
     device.disconnect()
     with hub_process(
-        stack, tmp_path, "--only", "store", IOT_OUTPUTS="influxdb,jsonl", IOT_JSONL_PATH=str(archive)
+        stack, tmp_path, "--only", "telemetry", IOT_OUTPUTS="influxdb,jsonl", IOT_JSONL_PATH=str(archive)
     ) as hub:
         wait_until(lambda: count_stored(stack, "fanout") == 40, 20)
         log = next(tmp_path.glob("hub-*.log"))

@@ -9,11 +9,9 @@ import threading
 import time
 from pathlib import Path
 
-import pika.exceptions
-
 from hub.core.config import Settings
 from hub.core.contract import now_ms
-from hub.runtime.topology import QUEUES
+from hub.runtime.topology import partitions
 from hub.stack.processes import free_port, stop
 from tests.integration.test_hub_e2e import count_stored, hub_log, publish_mqtt, publish_stomp
 from tests.support import amqp_connection, hub_process, influx_query, start_influxd, wait_until
@@ -31,13 +29,14 @@ def sigterm_and_time(process: subprocess.Popen[bytes]) -> tuple[int, float]:
 
 
 def store_queue_depth(settings: Settings) -> int:
+    """Readings waiting over every telemetry partition."""
     connection = amqp_connection(settings)
     try:
         channel = connection.channel()
-        try:
-            return int(channel.queue_declare(QUEUES["store"].name, passive=True).method.message_count)
-        except pika.exceptions.ChannelClosedByBroker:
-            return 0
+        return sum(
+            int(channel.queue_declare(queue.name, passive=True).method.message_count)
+            for queue in partitions(settings.partitions)
+        )
     finally:
         connection.close()
 
@@ -57,7 +56,7 @@ def test_sigterm_mid_flow_exits_0_within_5_s_and_every_reading_is_stored_exactly
         threading.Thread(target=publish_mqtt, args=(stack, "term-m", count, base_ts, 50)),
         threading.Thread(target=publish_stomp, args=(stack, "term-s", count, base_ts, 50)),
     ]
-    with hub_process(stack, tmp_path, "--only", "store") as hub:
+    with hub_process(stack, tmp_path, "--only", "telemetry") as hub:
         for thread in publishers:
             thread.start()
         wait_until(lambda: count_stored(stack, "environment", "term-m") > count // 4, 30)
@@ -67,7 +66,7 @@ def test_sigterm_mid_flow_exits_0_within_5_s_and_every_reading_is_stored_exactly
     assert "event=stopped" in hub_log(tmp_path)
     for thread in publishers:
         thread.join(60)
-    with hub_process(stack, tmp_path, "--only", "store"):  # drains what was published after (or redelivered)
+    with hub_process(stack, tmp_path, "--only", "telemetry"):  # drains what was published after (or redelivered)
         wait_until(lambda: count_stored(stack, "environment", "term-m") == count, 60)
         wait_until(lambda: count_stored(stack, "environment", "term-s") == count + 1, 60)
     for device in ("term-m", "term-s"):
@@ -84,7 +83,7 @@ def test_sigterm_while_influxdb_is_unreachable_exits_within_5_s_and_loses_nothin
     count = 500
     base_ts = now_ms() - 40_000_000
     try:
-        with hub_process(own, tmp_path, "--only", "store") as hub:
+        with hub_process(own, tmp_path, "--only", "telemetry") as hub:
             assert stop(pid, str(home))  # InfluxDB's port is closed from now on
             publish_mqtt(stack, "term-down", count, base_ts)
             # the hub holds a batch and retries its write (backoff up to 10 s) when SIGTERM comes
@@ -98,6 +97,6 @@ def test_sigterm_while_influxdb_is_unreachable_exits_within_5_s_and_loses_nothin
     finally:
         stop(pid, str(home))
     # a hub with a reachable InfluxDB stores all of them, once each
-    with hub_process(stack, tmp_path, "--only", "store"):
+    with hub_process(stack, tmp_path, "--only", "telemetry"):
         wait_until(lambda: count_stored(stack, "environment", "term-down") == count, 60)
     assert_once_each(stack, "term-down")

@@ -1,5 +1,6 @@
-"""Hot standbys: rules, presence and commands are single-active-consumer queues, so a second
-`hub run` waits and takes over when the active one dies, losing and doubling nothing."""
+"""Hot standbys: the telemetry partitions, presence and commands are single-active-consumer
+queues, so a second `hub run` waits and takes over when the active one dies, losing and doubling
+nothing (tests/integration/test_partitions.py: a standby per partition)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from tests.support import (
 )
 
 #: Every service that keeps state, so presence's takeover runs too.
-ONLY = ("--only", "rules", "--only", "presence", "--only", "commands")
+ONLY = ("--only", "telemetry", "--only", "presence", "--only", "commands")
 
 
 def logged(log_dir: Path, line: str) -> bool:
@@ -44,7 +45,7 @@ def command_recorded(settings: Settings, command_id: str) -> bool:
     return bool(series)
 
 
-def test_the_standby_takes_over_rules_presence_and_commands_when_the_active_hub_is_sigkilled(
+def test_the_standby_takes_over_telemetry_presence_and_commands_when_the_active_hub_is_sigkilled(
     stack: Settings, tmp_path: Path
 ) -> None:
     takeover_drill(stack, tmp_path, "th-standby")
@@ -70,9 +71,9 @@ def takeover_drill(stack: Settings, tmp_path: Path, device: str) -> float:
 
     try:
         with hub_process(stack, first, *ONLY, IOT_RULES_FILE=str(rules)) as active:
-            wait_until(partial(logged, first, "service=rules event=active"), 15)
+            wait_until(partial(logged, first, "service=telemetry event=active"), 15)
             with hub_process(stack, second, *ONLY, IOT_RULES_FILE=str(rules)) as standby:
-                wait_until(partial(logged, second, "service=rules event=standby"), 15)
+                wait_until(partial(logged, second, "service=telemetry event=standby"), 15)
                 wait_until(partial(logged, second, "service=commands event=standby"), 15)
                 status = hub_cli(stack, "stack", "status").stdout
                 assert f"-{active.pid} " in status and f"-{standby.pid} " in status  # each hub by instance
@@ -83,9 +84,9 @@ def takeover_drill(stack: Settings, tmp_path: Path, device: str) -> float:
                 active.send_signal(signal.SIGKILL)
                 killed = time.monotonic()
                 active.wait(10)
-                publish_hot(f"{device}-2")  # published while nobody is active: waits in hub.rules
+                publish_hot(f"{device}-2")  # published while nobody is active: waits in its partition
                 command_id = watcher.send(f"{device}-3", "reboot")
-                wait_until(partial(logged, second, "service=rules event=active"), 15)
+                wait_until(partial(logged, second, "service=telemetry event=active"), 15)
                 wait_until(partial(logged, second, "service=commands event=active"), 15)
                 wait_until(partial(alerts_stored, stack, f"{device}-2"), 15, 0.05)
                 takeover_s = time.monotonic() - killed
@@ -127,7 +128,7 @@ def test_a_queue_an_older_hub_declared_stops_the_hub_with_the_command_to_run_whi
 
     migrated = hub_cli(stack, "stack", "migrate")
     assert migrated.returncode == 0, migrated.stderr
-    assert "hub.presence: replaced" in migrated.stdout and "hub.rules: up to date" in migrated.stdout
+    assert "hub.presence: replaced" in migrated.stdout and "hub.telemetry.0: up to date" in migrated.stdout
     connection = amqp_connection(stack)
     channel = connection.channel()
     try:

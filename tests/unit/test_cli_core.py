@@ -98,9 +98,9 @@ def test_only_exact_command_bindings_of_non_hub_queues_mean_a_listening_device()
 @pytest.mark.parametrize(
     ("answer", "count"),
     [
-        ({"name": "hub.store", "consumers": 2, "messages": 0}, 2),
-        ({"name": "hub.store", "consumers": 0}, 0),
-        ({"name": "hub.store"}, None),  # a queue the management API has no statistics for yet
+        ({"name": "hub.telemetry.0", "consumers": 2, "messages": 0}, 2),
+        ({"name": "hub.telemetry.0", "consumers": 0}, 0),
+        ({"name": "hub.telemetry.0"}, None),  # a queue the management API has no statistics for yet
         ({"consumers": "1"}, None),
         ({"consumers": True}, None),
         ([{"consumers": 1}], None),
@@ -264,12 +264,12 @@ def test_the_demo_plans_a_command_for_each_actuator_kind_there_is() -> None:
 def test_hub_consumers_name_each_hub_by_its_connection_and_say_which_is_active() -> None:
     consumers = [
         {
-            "queue": {"name": "hub.rules"},
+            "queue": {"name": "hub.telemetry.1"},
             "channel_details": {"connection_name": "10.0.0.2:1 -> b"},
             "activity_status": "waiting",
         },
         {
-            "queue": {"name": "hub.rules"},
+            "queue": {"name": "hub.telemetry.1"},
             "channel_details": {"connection_name": "10.0.0.1:1 -> b"},
             "activity_status": "single_active",
         },
@@ -278,14 +278,18 @@ def test_hub_consumers_name_each_hub_by_its_connection_and_say_which_is_active()
             "channel_details": {"connection_name": "d"},
             "activity_status": "up",
         },
+        # A consumer whose channel is closing: the API lists `[]` for the details it no longer has.
+        {"queue": {"name": "hub.telemetry.0"}, "channel_details": [], "activity_status": "waiting"},
+        {"queue": [], "channel_details": [], "activity_status": "waiting"},
     ]
     connections = [
-        {"name": "10.0.0.1:1 -> b", "user_provided_name": "iot-hub hub-rules a-1"},
+        {"name": "10.0.0.1:1 -> b", "user_provided_name": "iot-hub hub-telemetry a-1"},
         {"name": "10.0.0.2:1 -> b"},
     ]
     assert hub_consumers(consumers, connections) == [
-        ("hub.rules", "10.0.0.2:1 -> b", "waiting"),
-        ("hub.rules", "iot-hub hub-rules a-1", "single_active"),
+        ("hub.telemetry.0", "?", "waiting"),
+        ("hub.telemetry.1", "10.0.0.2:1 -> b", "waiting"),
+        ("hub.telemetry.1", "iot-hub hub-telemetry a-1", "single_active"),
     ]
 
 

@@ -109,7 +109,13 @@ def test_rabbitmq_uses_the_same_files_as_the_native_launcher(compose: dict[str, 
     assert mounts["./rabbitmq/definitions.json"] == definitions_path
     assert mounts["./rabbitmq/enabled_plugins"] == "/etc/rabbitmq/enabled_plugins"
     plugins = (REPO / "rabbitmq" / "enabled_plugins").read_text()
-    for plugin in ("rabbitmq_management", "rabbitmq_mqtt", "rabbitmq_stomp", "rabbitmq_prometheus"):
+    for plugin in (
+        "rabbitmq_management",
+        "rabbitmq_mqtt",
+        "rabbitmq_stomp",
+        "rabbitmq_prometheus",
+        "rabbitmq_consistent_hash_exchange",  # iot.telemetry, the partitions' exchange
+    ):
         assert plugin in plugins
 
 

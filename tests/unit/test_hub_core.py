@@ -387,10 +387,10 @@ def test_a_command_delivered_twice_is_one_lifecycle_and_no_delivery_is_left_held
 
 
 def test_hub_stats_points_carry_the_service_counters() -> None:
-    stats = ServiceStats("store", received=10, stored=9, dead_lettered=1)
+    stats = ServiceStats("telemetry", received=10, stored=9, dead_lettered=1)
     stats.add_batch(0.004)
-    [line] = map(point_line, stats_points("host-1", [stats], {"hub.store": 5}, 1234))
-    assert line.startswith("hub_stats,instance=host-1,service=store received=10i,stored=9i,dead_lettered=1i,")
+    [line] = map(point_line, stats_points("host-1", [stats], {"telemetry": 5}, 1234))
+    assert line.startswith("hub_stats,instance=host-1,service=telemetry received=10i,stored=9i,dead_lettered=1i,")
     assert "batches=1i" in line and "batch_latency_ms=4.0" in line and "queue_depth=5i" in line
 
 

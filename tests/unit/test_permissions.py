@@ -52,7 +52,7 @@ def test_only_its_own_mqtt_session_queue_and_stomp_subscriptions() -> None:
     assert _allows(configure, f"mqtt-subscription-{ME}qos1") and _allows(configure, f"mqtt-subscription-{ME}qos0")
     assert _allows(configure, "stomp-subscription-Zx8q_7Ab")
     assert not any(
-        _allows(configure, name) for name in (f"mqtt-subscription-{OTHER}qos1", "iot", "hub.store", "amq.gen-x")
+        _allows(configure, name) for name in (f"mqtt-subscription-{OTHER}qos1", "iot", "hub.telemetry.0", "amq.gen-x")
     )
 
 

@@ -95,8 +95,8 @@ def test_a_dead_letter_carries_the_reason_the_detail_and_the_queue_and_keeps_the
     from pika.spec import BasicProperties
 
     original = BasicProperties(headers={"x-mqtt-publish-qos": 1}, content_type="application/json", app_id="cli")
-    copy = dead_letter_properties(original, "internal", internal_detail(KeyError("seq")) * 100, "hub.store")
-    assert copy.headers["x-iot-reason"] == "internal" and copy.headers["x-iot-queue"] == "hub.store"
+    copy = dead_letter_properties(original, "internal", internal_detail(KeyError("seq")) * 100, "hub.telemetry.2")
+    assert copy.headers["x-iot-reason"] == "internal" and copy.headers["x-iot-queue"] == "hub.telemetry.2"
     assert copy.headers["x-iot-detail"].startswith("KeyError: 'seq'") and len(copy.headers["x-iot-detail"]) == 500
     assert copy.headers["x-mqtt-publish-qos"] == 1 and copy.delivery_mode == 2 and copy.app_id == "cli"
 

@@ -14,7 +14,6 @@ from hub.core.backoff import DEVICE_RECONNECT, HUB_RECONNECT, Backoff
 from hub.core.config import load_settings
 from hub.runtime import topology
 from hub.runtime.consumer import SLEEP_SLICE_S, Consumer
-from hub.runtime.topology import QUEUES
 
 UNIT = Path(__file__).resolve().parents[2] / "deploy" / "iot-hub.service"
 
@@ -79,7 +78,7 @@ def test_jitter_spreads_a_thousand_devices_first_retries_over_at_least_half_the_
 
 def test_a_retry_wait_ends_soon_after_the_stop_event_is_set() -> None:
     stop = threading.Event()
-    consumer = Consumer(load_settings(), "store", QUEUES["store"], stop, handler=None)  # type: ignore[arg-type]
+    consumer = Consumer(load_settings(), "telemetry", topology.partitions(2), stop, handler=None)  # type: ignore[arg-type]
     threading.Timer(0.2, stop.set).start()
     started = time.monotonic()
     consumer.sleep(10.0)  # not connected: waits on the stop event itself
@@ -91,14 +90,21 @@ def test_a_retry_wait_ends_soon_after_the_stop_event_is_set() -> None:
 def test_definitions_declare_every_hub_queue_with_the_arguments_the_hub_declares() -> None:
     definitions = json.loads((Path(__file__).resolve().parents[2] / "rabbitmq" / "definitions.json").read_text())
     declared = {queue["name"]: queue["arguments"] for queue in definitions["queues"]}
-    for queue in topology.QUEUES.values():
+    default_partitions = topology.partitions(load_settings().partitions)
+    for queue in (*topology.QUEUES.values(), *default_partitions):
         assert declared[queue.name] == topology.queue_arguments(queue), queue.name
-
-
-def test_only_the_store_has_competing_consumers_the_stateful_services_one_active_and_standbys() -> None:
-    single = {
-        name
-        for name, queue in topology.QUEUES.items()
-        if topology.queue_arguments(queue).get("x-single-active-consumer")
+    assert not set(declared) & set(topology.LEGACY_QUEUES)
+    [exchange] = [e for e in definitions["exchanges"] if e["name"] == topology.TELEMETRY_EXCHANGE]
+    assert exchange["type"] == topology.TELEMETRY_EXCHANGE_TYPE and exchange["durable"]
+    bindings = {
+        (b["source"], b["destination"], b["destination_type"], b["routing_key"]) for b in definitions["bindings"]
     }
-    assert single == {"rules", "presence", "commands"}
+    assert ("iot", topology.TELEMETRY_EXCHANGE, "exchange", topology.TELEMETRY_PATTERN) in bindings
+    for queue in default_partitions:
+        assert (topology.TELEMETRY_EXCHANGE, queue.name, "queue", topology.PARTITION_WEIGHT) in bindings
+
+
+def test_every_hub_queue_has_one_active_consumer_and_standbys() -> None:
+    """Telemetry too: each partition's devices have their rule state in one process."""
+    for queue in (*topology.QUEUES.values(), *topology.partitions(4)):
+        assert topology.queue_arguments(queue).get("x-single-active-consumer") is True, queue.name

@@ -2,7 +2,7 @@
 
 Status messages and MQTT last wills come from the durable quorum queue `hub.presence`, acked
 once their transitions are written. Signs of life (readings) come through a `SignsFeed`: from
-the rules service when it runs in the same process, else from a queue of presence's own
+the telemetry service when it runs in the same process on every partition, else from a queue of presence's own
 (`hub.presence.signs.<host>-<pid>`): exclusive, non-durable, capped and consumed without acks,
 because only a recent sign of life matters, never a backlog of them. So presence is right
 whether it runs alone (`hub run --only presence`) or beside the other services.
@@ -72,7 +72,7 @@ class PresenceService(Service):
         self.next_check = 0.0
         #: The monitor found this process standby: on becoming active it takes over (`_take_over`).
         self.was_standby = False
-        # Before any service thread runs: a sign of life fed by rules must find the recorded state.
+        # Before any service thread runs: a sign of life fed by telemetry must find the recorded state.
         self.tracker.seed(recorded_states(self.settings))
 
     def on_start(self, consumer: Consumer) -> None:
@@ -110,7 +110,7 @@ class PresenceService(Service):
     def _sign_of_life(
         self, _channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
     ) -> None:
-        """A reading proves its device alive; one that breaks the contract proves nothing (the store refuses it)."""
+        """A reading proves its device alive; one that breaks the contract proves nothing (telemetry refuses it)."""
         parts = str(method.routing_key).split(".")
         if len(parts) != 4 or not all(map(is_identifier, parts[1:])):
             return
@@ -125,7 +125,7 @@ class PresenceService(Service):
         taken = self.feed.take()
         if self.role == ROLE_STANDBY:
             # The active hub writes `device_status`: a standby that judged silence from the few
-            # signs it sees (none, beside a standby rules) would record devices offline.
+            # signs it sees (none, beside a standby telemetry) would record devices offline.
             self.was_standby = True
             super().tick(idle)
             return

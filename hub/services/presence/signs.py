@@ -3,11 +3,11 @@
 Presence is the one writer of `device_status`, and it must be right however the services are
 laid out. So it takes readings from one of two sources, chosen when the hub starts:
 
-- **beside the rules service, in one process**: rules already reads every reading of every
-  device (its queue is single-instance), and hands each one to this feed: no extra copy of the
-  telemetry in the broker or the hub;
-- **without rules in its process** (`hub run --only presence`, or rules elsewhere): presence
-  consumes a queue of its own bound to `telemetry.#` (see `service.py`).
+- **beside the telemetry service, in one process that consumes every partition**: telemetry
+  already reads every reading of every device, and hands each one to this feed: no extra copy
+  of the telemetry in the broker or the hub;
+- **otherwise** (`hub run --only presence`, telemetry elsewhere, or only some partitions here):
+  presence consumes a queue of its own bound to `telemetry.#` (see `service.py`).
 
 Transitions found here are written by presence, never by the feeding service. While the feeding
 service cannot take deliveries (its write is being retried: InfluxDB down) the feed is paused:
@@ -30,7 +30,7 @@ STALL_S = 0.3
 
 
 class SignsFeed:
-    """Thread-safe: fed by the rules thread (or presence's own consumer), read by presence."""
+    """Thread-safe: fed by the telemetry thread (or presence's own consumer), read by presence."""
 
     def __init__(self, tracker: PresenceTracker) -> None:
         self.tracker = tracker

@@ -3,5 +3,7 @@
 - `model`: the rules file's schema (msgspec), `loader`: reading and validating it;
 - `stats`: rolling window statistics per (device, sensor);
 - `engine`: the pure decision: a reading in, alerts and commands out (with cooldowns);
-- `service`: the pika shell on queue `hub.rules`.
+- `alerts`: an alert as stored (`alerts` point);
+
+The telemetry service (`hub.services.telemetry`) runs the engine on every reading of its partitions.
 """

@@ -1,5 +1,7 @@
-"""The store: telemetry from queue `hub.store` into the outputs, batched, acked only once written.
+"""The store's decisions: what a reading is stored as, and what the models make of it.
 
-- `readings`: the protocol a reading came in on, and the `Point` it is stored as;
-- `service`: the `StoreService` (validation, batching and retries come from `hub.runtime`).
+- `readings`: the `Point` a reading is stored as (tagged with the protocol it came in on);
+- `judge`: a reading its kind's model does not expect: refused, flagged or stored.
+
+The telemetry service (`hub.services.telemetry`) applies them; batching and retries come from `hub.runtime`.
 """

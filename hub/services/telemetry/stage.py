@@ -1,0 +1,42 @@
+"""What one reading causes, decided without I/O: the point it is stored as, the rules' decisions
+and the alert points they add. The store's judge refuses a reading before the rules see it, so a
+dead-lettered reading fires no rule and leaves no trace in the rules' statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hub.core.contract import Reading, Transport
+from hub.core.points import Point
+from hub.services.rules.alerts import alert_point
+from hub.services.rules.engine import Decision, Engine
+from hub.services.store.judge import ReadingJudge
+from hub.services.store.readings import reading_point
+
+
+@dataclass(frozen=True)
+class Outcome:
+    #: The reading as stored.
+    point: Point
+    #: Alerts (and rule commands) to publish, in the rules' order.
+    decisions: list[Decision]
+    #: One `alerts` point per decision, written in the reading's batch.
+    alert_points: list[Point]
+
+
+class TelemetryStage:
+    """The store's judgement and the rules engine, one reading at a time (the engine keeps state)."""
+
+    def __init__(self, judge: ReadingJudge, engine: Engine) -> None:
+        self.judge = judge
+        self.engine = engine
+
+    def process(self, reading: Reading, protocol: Transport, now_ms: int) -> Outcome:
+        """Raises `InvalidMessage` for a reading the store refuses (then nothing else happened)."""
+        out_of_range = self.judge.out_of_range(reading)
+        decisions = self.engine.evaluate(reading, now_ms)
+        return Outcome(
+            reading_point(reading, protocol, out_of_range),
+            decisions,
+            [alert_point(decision.alert) for decision in decisions],
+        )
