@@ -2,6 +2,7 @@
 
     python -m bench.hub_throughput [--readings 60000] [--devices 200] [--publishers 2]
                                    [--invalid-share 0.25] [--rate 1000] [--duration 60] [--commands 200]
+                                   [--profile]
 
 Starts its own stack (RabbitMQ + influxd on free ports in a temporary directory) and measures,
 in the same run, with the same publishers (MQTT QoS 1, one paho client per process):
@@ -21,6 +22,9 @@ in the same run, with the same publishers (MQTT QoS 1, one paho client per proce
    split into legs beside a bare paho echo device's, see `bench.command_legs`), beside the same
    figures with the hub idle;
 4. InfluxDB alone: the same points as line protocol, written in batches of BATCH_MAX_POINTS.
+
+With `--profile`, py-spy samples the hub during 2a and the functions at the top of its profile
+are printed after the throughput table (`bench.profile`).
 
 Prints live progress, a table per part and, last, one summary: each figure beside its ceiling
 and its goal, with the date, the machine and the versions.
@@ -42,7 +46,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +60,7 @@ from rich.table import Table
 
 from bench.command_legs import POLL_S as RECORD_POLL_S
 from bench.command_legs import EchoDevice, RoundTrips, command_round_trips, watching_records
+from bench.profile import Profile, sampling, top_table
 from devices.device import plan_fleet
 from devices.fleet import Fleet
 from hub.clients import influx
@@ -309,6 +314,8 @@ class Phase:
     elapsed_s: float
     cpu_s: float
     latencies: list[float] = field(default_factory=list)
+    #: Where the hub's CPU went during the phase (`--profile`), else None.
+    profile: Profile | None = None
 
     @property
     def rate(self) -> float:
@@ -410,13 +417,21 @@ def cpu_seconds(pid: int) -> float:
 
 
 def hub_phase(
-    settings: Settings, hub: RunningHub, name: str, valid: int, invalid: int, start_load: Callable[[], list[Any]]
+    settings: Settings,
+    hub: RunningHub,
+    name: str,
+    valid: int,
+    invalid: int,
+    start_load: Callable[[], list[Any]],
+    profile_path: Path | None = None,
 ) -> Phase:
     """Run the load `start_load` starts until `valid` readings of site `name` are stored and
-    `invalid` more messages are dead-lettered; time it, with the probe and the hub's CPU."""
+    `invalid` more messages are dead-lettered; time it, with the probe and the hub's CPU (and,
+    with `profile_path`, py-spy's samples of the hub)."""
     dead_before = dead_lettered(settings)
-    with probing(settings, name) as latencies:
+    with ExitStack() as profiling, probing(settings, name) as latencies:
         time.sleep(1.0)
+        profile = profiling.enter_context(sampling(hub.process.pid, profile_path)) if profile_path else None
         started = time.monotonic()
         cpu_before = cpu_seconds(hub.process.pid)
         procs = start_load()
@@ -439,7 +454,7 @@ def hub_phase(
         cpu = cpu_seconds(hub.process.pid) - cpu_before
     for proc in procs:
         proc.join()
-    return Phase(name, valid + invalid, elapsed, cpu, latencies)
+    return Phase(name, valid + invalid, elapsed, cpu, latencies, profile)
 
 
 def idle_latencies(settings: Settings) -> list[float]:
@@ -738,6 +753,9 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000, help="steady phase: devices, one reading/s each (0: skip)")
     parser.add_argument("--duration", type=int, default=60, help="steady phase: seconds")
     parser.add_argument("--commands", type=int, default=200, help="steady phase: command round trips")
+    parser.add_argument(
+        "--profile", action="store_true", help="sample the hub with py-spy in the all-valid phase; print its top"
+    )
     args = parser.parse_args()
     per_device = max(1, args.readings // args.devices)
     total = per_device * args.devices
@@ -766,6 +784,7 @@ def main() -> None:
                     total,
                     0,
                     lambda: start_publishers(settings, "valid", args.devices, per_device, args.publishers),
+                    root / "hub-valid.pyspy" if args.profile else None,
                 )
                 bad = invalid_devices * per_device
                 mixed = hub_phase(
@@ -789,6 +808,8 @@ def main() -> None:
             influx_rate = influx_ceiling(settings, args.devices, per_device)
             phases = [valid, mixed] + ([steady.phase] if steady else [])
             console.print(throughput_table(total, args.devices, rabbit, influx_rate, phases))
+            if valid.profile is not None:
+                console.print(top_table(valid.profile, "the hub flat out, all valid"))
             console.print(
                 summary_table(settings, ceiling, influx_rate, valid, mixed, invalid_share, idle, steady, args.rate)
             )
