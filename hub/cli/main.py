@@ -24,16 +24,28 @@ SUBCOMMANDS = [
 ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Imports a subcommand's module only when that subcommand runs (or help lists it):
+    `python -m hub send` does not pay for the stack's, the dashboard's or the hub's imports."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(attribute for _module, attribute in SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for module_name, attribute in SUBCOMMANDS:
+            if attribute == cmd_name:
+                command = getattr(importlib.import_module(module_name), attribute)
+                assert isinstance(command, click.Command) and command.name == cmd_name
+                return command
+        return None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """IoT telemetry hub: MQTT and STOMP devices -> RabbitMQ -> InfluxDB, rules and commands.
 
     Settings come from IOT_* environment variables; flags override them.
     """
-
-
-for module_name, attribute in SUBCOMMANDS:
-    cli.add_command(getattr(importlib.import_module(module_name), attribute))
 
 
 def main() -> None:
