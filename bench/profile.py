@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -90,9 +91,10 @@ class Profile:
 def sampling(pid: int, path: Path) -> Iterator[Profile]:
     """py-spy recording `pid` (and its threads) for the duration of the block; read when it ends."""
     profile = Profile(path)
-    py_spy = shutil.which("py-spy")
+    # Beside this interpreter first: a virtualenv's scripts are there even when it is not on PATH.
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if py_spy is None:
-        profile.error = "py-spy is not installed (pip install -e '.[dev]')"
+        profile.error = "py-spy is not installed (it is one of the dev extras of pyproject.toml)"
         yield profile
         return
     command = [py_spy, "record", "--pid", str(pid), "--rate", str(SAMPLE_RATE_HZ), "--format", "raw"]
