@@ -348,6 +348,7 @@ def running_hub(settings: Settings, log: Path, metrics_port: int) -> Iterator[Ru
         IOT_AMQP_URL=settings.amqp_url,
         IOT_INFLUX_URL=settings.influx_url,
         IOT_MANAGEMENT_PORT=str(settings.management_port),
+        IOT_PARTITIONS=str(settings.partitions),
         IOT_METRICS_PORT=str(metrics_port),
         IOT_RULES_FILE=str(REPO / "rules.yaml"),
         IOT_UNKNOWN_SENSORS="dead_letter",

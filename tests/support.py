@@ -309,6 +309,9 @@ class Watcher:
         self.connection.close()
 
 
+#: Telemetry partitions of the tests' stacks: more than the default one, so that every test that
+#: runs a hub runs it on a partitioned telemetry (the hubs get IOT_PARTITIONS from the settings).
+TEST_PARTITIONS = 4
 #: Another program may take one of our free ports between the choice and RabbitMQ's bind.
 START_ATTEMPTS = 3
 
@@ -316,7 +319,9 @@ START_ATTEMPTS = 3
 def started_stack(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Stack]:
     """A running stack on free ports in a new temporary directory (the caller stops it)."""
     for attempt in range(1, START_ATTEMPTS + 1):
-        settings = settings_on_free_ports(tmp_path_factory.mktemp("stack"))
+        settings = settings_on_free_ports(tmp_path_factory.mktemp("stack")).model_copy(
+            update={"partitions": TEST_PARTITIONS}
+        )
         the_stack = Stack(settings)
         try:
             the_stack.up()

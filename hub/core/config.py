@@ -110,7 +110,10 @@ class Settings(BaseSettings):
     unknown_sensors: Literal["store", "dead_letter"] = "store"
     #: Telemetry queues `hub.telemetry.<p>`, p in 0..N-1: readings spread over them by device
     #: (consistent hash of the routing key). Changing it remaps devices: see docs/scaling.md.
-    partitions: int = 4
+    #: One by default: each partition is a quorum queue of its own, and on one machine one queue
+    #: is the cheapest for the broker (`bench.fanout`, `bench.hub_throughput`); more are for
+    #: spreading the telemetry over several hub processes.
+    partitions: int = 1
     #: The partitions this `hub run` process consumes, e.g. `0-1,3`; empty: all of them.
     hub_partitions: str = ""
 

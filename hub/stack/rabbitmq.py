@@ -15,6 +15,7 @@ import socket
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from hub.core.config import PROJECT_ROOT, Settings, over_tls
 from hub.core.contract import VHOST
 from hub.core.errors import StackError
 from hub.core.tls import settings_context
+from hub.runtime import topology
 from hub.stack.certs import TlsFiles, ensure_dev_tls
 from hub.stack.packages import RABBITMQ_SERVER
 from hub.stack.processes import port_open
@@ -131,7 +133,42 @@ def render_definitions(settings: Settings) -> dict[str, Any]:
     for section in ("permissions", "topic_permissions"):
         for entry in definitions.get(section, []):
             entry["user"] = names[entry["user"]]
-    return definitions
+    return with_partitions(definitions, settings.partitions, VHOST)
+
+
+def with_partitions(definitions: dict[str, Any], count: int, vhost: str) -> dict[str, Any]:
+    """`definitions` with exactly `count` telemetry partitions (queues and bindings), as IOT_PARTITIONS
+    says: the file declares the default number, and a node made with another would hold partitions
+    the hub does not consume (it refuses to start) or lack some until the hub declares them."""
+    is_partition = partial(_named_partition, topology.PARTITION_PREFIX)
+    queues = [q for q in definitions["queues"] if not is_partition(q["name"])]
+    bindings = [b for b in definitions["bindings"] if not is_partition(b["destination"])]
+    for queue in topology.partitions(count):
+        queues.append(
+            {
+                "name": queue.name,
+                "vhost": vhost,
+                "durable": True,
+                "auto_delete": False,
+                "arguments": topology.queue_arguments(queue),
+            }
+        )
+        for key in queue.bindings:
+            bindings.append(
+                {
+                    "source": queue.exchange,
+                    "vhost": vhost,
+                    "destination": queue.name,
+                    "destination_type": "queue",
+                    "routing_key": key,
+                    "arguments": {},
+                }
+            )
+    return {**definitions, "queues": queues, "bindings": bindings}
+
+
+def _named_partition(prefix: str, name: str) -> bool:
+    return name.startswith(prefix) and name[len(prefix) :].isdigit()
 
 
 class RabbitNode:

@@ -54,7 +54,8 @@ def test_a_wrong_partition_spec_is_a_config_error_that_says_why(spec: str, count
 
 
 def test_the_settings_refuse_a_partition_the_hub_does_not_have_and_default_to_all() -> None:
-    assert load_settings().hub_partition_ids == (0, 1, 2, 3)
+    assert load_settings().hub_partition_ids == (0,)
+    assert load_settings(partitions=4).hub_partition_ids == (0, 1, 2, 3)
     assert load_settings(partitions=8, hub_partitions="4-7").hub_partition_ids == (4, 5, 6, 7)
     with pytest.raises(ConfigError, match="5 is not a partition"):
         load_settings(partitions=4, hub_partitions="5")

@@ -108,3 +108,14 @@ def test_every_hub_queue_has_one_active_consumer_and_standbys() -> None:
     """Telemetry too: each partition's devices have their rule state in one process."""
     for queue in (*topology.QUEUES.values(), *topology.partitions(4)):
         assert topology.queue_arguments(queue).get("x-single-active-consumer") is True, queue.name
+
+
+def test_the_native_node_gets_as_many_partitions_as_iot_partitions_says() -> None:
+    from hub.stack.rabbitmq import render_definitions
+
+    for count in (1, 4, 7):
+        definitions = render_definitions(load_settings().model_copy(update={"partitions": count}))
+        partitions = [q["name"] for q in definitions["queues"] if q["name"].startswith(topology.PARTITION_PREFIX)]
+        bound = [b["destination"] for b in definitions["bindings"] if b["source"] == topology.TELEMETRY_EXCHANGE]
+        assert partitions == bound == [q.name for q in topology.partitions(count)]
+        assert {"hub.presence", "hub.commands", "iot.dead-letter"} <= {q["name"] for q in definitions["queues"]}
