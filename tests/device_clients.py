@@ -6,6 +6,7 @@ certificate and no username at all (over TLS, which `settings` turns on).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -91,9 +92,23 @@ class StompDevice(stomp.ConnectionListener):  # type: ignore[misc]
             )
         self.connection.set_listener("device", self)
         if cert is None:
-            self.connection.connect(user, password, wait=True)
+            self.connection.connect(user, password, wait=False)
         else:
-            self.connection.connect(wait=True)
+            self.connection.connect(wait=False)
+        self._wait_connected()
+
+    def _wait_connected(self) -> None:
+        """stomp.py's own wait (`connect(wait=True)`) has no deadline, and a TLS handshake the broker
+        refuses can leave its reader spinning without ever reporting the error: give up after
+        ANSWER_WITHIN_S, as a refusal."""
+        transport = self.connection.transport
+        deadline = time.monotonic() + ANSWER_WITHIN_S
+        while not transport.is_connected():
+            if transport.connection_error or not transport.running or time.monotonic() > deadline:
+                with contextlib.suppress(Exception):  # whatever state the socket is in, it goes
+                    transport.disconnect_socket()
+                raise stomp.exception.ConnectFailedException()
+            time.sleep(0.01)
 
     def on_message(self, frame: Any) -> None:
         self.messages.append(frame.headers.get("destination", ""))

@@ -161,8 +161,8 @@ class DrillCommands:
         return Counter(o.status for o in self.outcomes)
 
 
-def stored_seqs(settings: Settings, device: str, kind: str) -> list[int]:
-    series = influx_query(settings, f"SELECT seq FROM \"{kind}\" WHERE device = '{device}' AND site = '{SITE}'")
+def stored_seqs(settings: Settings, device: str, kind: str, site: str = SITE) -> list[int]:
+    series = influx_query(settings, f"SELECT seq FROM \"{kind}\" WHERE device = '{device}' AND site = '{site}'")
     return [int(row[1]) for row in series[0]["values"]] if series else []
 
 

@@ -16,11 +16,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from devices.fleet import Fleet
 from hub.core.config import Settings
-from hub.stack.cluster import Cluster, ClusterStatus, started_on_free_ports
+from hub.stack.cluster import Cluster, ClusterStatus, client_settings, started_on_free_ports
 from hub.stack.processes import is_ours
 from tests.integration.drills import (
     DEVICES,
@@ -30,15 +32,18 @@ from tests.integration.drills import (
     alive,
     check_window,
     steady_load,
+    stored_seqs,
     wait_for_active,
 )
-from tests.support import REPO, fleet_credentials, settings_environment, wait_until
+from tests.support import REPO, fleet_credentials, hub_process, settings_environment, wait_until
 
 NODES = 3
 #: Seconds of load after a drill's fault before its window closes.
 LOAD_AFTER_S = 6.0
 #: Seconds the drill's commands run before its fault, so some are in flight when it strikes.
 COMMAND_LEAD_S = 1.0
+#: The TLS check's devices (both protocols), its site, and how long they publish.
+TLS_DEVICES, TLS_SITE, TLS_LOAD_S = 4, "cluster-tls", 3.0
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +97,44 @@ def test_the_cluster_has_every_node_and_three_replicas_of_every_quorum_queue(
     text = " ".join(shown.stdout.split())
     assert all(node in text for node in nodes) and "hub.telemetry.0" in text
     assert f"export IOT_MQTT_ADDRESSES='{settings.mqtt_addresses}'" in text
+
+
+def test_tls_clients_use_the_cluster_as_plain_ones_do(cluster: tuple[Cluster, Settings], tmp_path: Path) -> None:
+    """TLS on the cluster: a hub on AMQPS and devices on MQTTS and STOMP over TLS, each with its own
+    credential, spread over the three nodes' TLS listeners; every reading stored once."""
+    the_cluster, settings = cluster
+    ports = [the_cluster.node(i).ports for i in range(NODES)]
+    first = settings.amqp_url.split(",")[0].replace("amqp://", "amqps://", 1)
+    tls = settings.model_copy(
+        update={"amqp_url": first, "mqtt_tls": True, "stomp_tls": True, "tls_ca": the_cluster.base.tls.ca_cert}
+    )
+    clients = client_settings(tls, ports)  # what `stack up --nodes 3` prints with IOT_*_TLS set
+    tls = tls.model_copy(
+        update={
+            "amqp_url": clients["IOT_AMQP_URL"],
+            "mqtt_addresses": clients["IOT_MQTT_ADDRESSES"],
+            "stomp_addresses": clients["IOT_STOMP_ADDRESSES"],
+        }
+    )
+    assert all(url.startswith("amqps://") for url in tls.amqp_url.split(","))
+    with (
+        hub_process(tls, tmp_path),
+        Fleet(tls, count=TLS_DEVICES, protocol="mixed", interval_s=INTERVAL_S, site=TLS_SITE, seed=7) as fleet,
+    ):
+        assert fleet.wait_online(timeout_s=60), "every device online over TLS"
+        time.sleep(TLS_LOAD_S)
+        fleet.close()
+        made = {d.device_id: (d.kind, d.seq) for d in fleet.devices}
+        assert {d.protocol for d in fleet.devices} == {"mqtt", "stomp"}
+
+        def stored_once() -> bool:
+            return all(
+                sorted(stored_seqs(settings, device, kind, TLS_SITE)) == list(range(1, seq + 1))
+                for device, (kind, seq) in made.items()
+            )
+
+        wait_until(stored_once, 60, 0.5)
+    assert min(seq for _kind, seq in made.values()) > 0
 
 
 def test_a_rolling_restart_under_load_loses_no_reading_and_no_command(
