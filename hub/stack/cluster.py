@@ -47,6 +47,8 @@ CLUSTER_STATE_FILE = "cluster.json"
 CLUSTER_DIR = "cluster"
 RABBITMQ_QUEUES = Path("/usr/lib/rabbitmq/bin/rabbitmq-queues")
 RABBITMQCTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
+#: Seconds `restart_node` waits for the node's client connections to be gone before its SIGTERM.
+CLOSE_WAIT_S = 10.0
 #: What a client whose connection `restart_node` closes is told.
 RESTART_REASON = "node restarting: connect to another node"
 #: Seconds one `rabbitmq-queues grow` or `rabbitmqctl list_queues` may take (a CLI tool starts an Erlang VM).
@@ -339,7 +341,27 @@ class Cluster:
             result = self._ctl(node, RABBITMQCTL, *args)
             if result.returncode != 0:
                 progress(f"{node.node_name}: {args[0]} failed ({(result.stderr or result.stdout).strip()})")
-        progress(f"{node.node_name}: listeners suspended, client connections closed")
+        # Closing takes a moment per connection; a stop that overlaps it is the slow case again.
+        began = time.monotonic()
+        left = self._connections_on(node)
+        while left and time.monotonic() - began < CLOSE_WAIT_S:
+            time.sleep(SYNC_POLL_S)
+            left = self._connections_on(node)
+        progress(
+            f"{node.node_name}: listeners suspended, client connections closed "
+            f"({left} left after {time.monotonic() - began:.1f} s)"
+        )
+
+    def _connections_on(self, node: RabbitNode) -> int:
+        """Client connections `node` still holds, as `rabbitmqctl list_connections` says (0 if it cannot say)."""
+        result = self._ctl(node, RABBITMQCTL, "list_connections", "node")
+        if result.returncode != 0:
+            return 0
+        try:
+            listed = json.loads(result.stdout or "[]")
+        except ValueError:
+            return 0
+        return sum(1 for entry in listed if isinstance(entry, dict) and entry.get("node") == node.node_name)
 
     def _wait_quorum_online(self, node: RabbitNode, names: list[str], progress: Callable[[str], None]) -> None:
         """Until every quorum queue has all its members online again, as `node` sees them."""
