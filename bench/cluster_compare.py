@@ -43,7 +43,6 @@ from bench.hub_throughput import (
     PROBE_INTERVAL_S,
     Phase,
     RunningHub,
-    cpu_seconds,
     create_gateway,
     hub_phase,
     influx_count,
@@ -53,7 +52,7 @@ from bench.hub_throughput import (
     running_hub,
     start_publishers,
 )
-from bench.procstat import groups_usage
+from bench.procstat import cpu_seconds, groups_usage
 from devices.device import ProtocolChoice, plan_fleet
 from devices.fleet import Fleet
 from hub.clients.management import read_memory_breakdown

@@ -60,6 +60,7 @@ from rich.table import Table
 
 from bench.command_legs import POLL_S as RECORD_POLL_S
 from bench.command_legs import EchoDevice, RoundTrips, command_round_trips, watching_records
+from bench.procstat import cpu_seconds
 from bench.profile import Profile, sampling, top_table
 from devices.device import plan_fleet
 from devices.fleet import Fleet
@@ -409,12 +410,6 @@ def probing(settings: Settings, site: str) -> Iterator[list[float]]:
             thread.join()
         client.loop_stop()
         client.disconnect()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def hub_phase(

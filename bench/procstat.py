@@ -37,6 +37,14 @@ def group_pids(pgid: int) -> list[int]:
     return pids
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (it must be running)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        raise ProcessLookupError(f"no process {pid}")
+    return (int(fields[_UTIME]) + int(fields[_STIME])) / CLOCK_TICKS_PER_S
+
+
 def usage(pids: list[int]) -> Usage:
     """CPU seconds used so far, resident memory, open descriptors and threads, summed over `pids`."""
     cpu_ticks = rss_pages = fds = threads = 0

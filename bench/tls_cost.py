@@ -35,13 +35,13 @@ from rich.table import Table
 from bench.hub_throughput import (
     MAX_INFLIGHT,
     REPO,
-    cpu_seconds,
     create_gateway,
     drain_and_close,
     influx_count,
     make_reading,
     mqtt_client,
 )
+from bench.procstat import cpu_seconds
 from devices.device import plan_fleet
 from devices.fleet import Fleet
 from hub.control.identity import provision_into

@@ -15,7 +15,6 @@ import socket
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -140,9 +139,8 @@ def with_partitions(definitions: dict[str, Any], count: int, vhost: str) -> dict
     """`definitions` with exactly `count` telemetry partitions (queues and bindings), as IOT_PARTITIONS
     says: the file declares the default number, and a node made with another would hold partitions
     the hub does not consume (it refuses to start) or lack some until the hub declares them."""
-    is_partition = partial(_named_partition, topology.PARTITION_PREFIX)
-    queues = [q for q in definitions["queues"] if not is_partition(q["name"])]
-    bindings = [b for b in definitions["bindings"] if not is_partition(b["destination"])]
+    queues = [q for q in definitions["queues"] if not _is_partition(q["name"])]
+    bindings = [b for b in definitions["bindings"] if not _is_partition(b["destination"])]
     for queue in topology.partitions(count):
         queues.append(
             {
@@ -167,7 +165,8 @@ def with_partitions(definitions: dict[str, Any], count: int, vhost: str) -> dict
     return {**definitions, "queues": queues, "bindings": bindings}
 
 
-def _named_partition(prefix: str, name: str) -> bool:
+def _is_partition(name: str) -> bool:
+    prefix = topology.PARTITION_PREFIX
     return name.startswith(prefix) and name[len(prefix) :].isdigit()
 
 

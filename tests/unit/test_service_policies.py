@@ -14,6 +14,7 @@ from hub.core.backoff import DEVICE_RECONNECT, HUB_RECONNECT, Backoff
 from hub.core.config import load_settings
 from hub.runtime import topology
 from hub.runtime.consumer import SLEEP_SLICE_S, Consumer
+from hub.stack.rabbitmq import render_definitions
 
 UNIT = Path(__file__).resolve().parents[2] / "deploy" / "iot-hub.service"
 
@@ -111,8 +112,6 @@ def test_every_hub_queue_has_one_active_consumer_and_standbys() -> None:
 
 
 def test_the_native_node_gets_as_many_partitions_as_iot_partitions_says() -> None:
-    from hub.stack.rabbitmq import render_definitions
-
     for count in (1, 4, 7):
         definitions = render_definitions(load_settings().model_copy(update={"partitions": count}))
         partitions = [q["name"] for q in definitions["queues"] if q["name"].startswith(topology.PARTITION_PREFIX)]
