@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import signal
 import sys
-import threading
-from types import FrameType
 
-from hub.brokerauth.server import AuthServer
+from hub.brokerauth.server import AuthService, serve
+
+
+async def run(bind: str, port: int, operators: list[str]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logging.getLogger("hub.brokerauth").info(
+        "event=listening address=%s:%d operators=%s", bind, port, ",".join(operators)
+    )
+    await serve(bind, port, AuthService(operators), stop)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,19 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--home", help="the stack folder this service belongs to (lets the stack recognise it)")
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    operators = [name for name in args.operators.split(",") if name]
-    server = AuthServer((args.bind, args.port), operators)
-
-    def stop(_signum: int, _frame: FrameType | None) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    logging.getLogger("hub.brokerauth").info(
-        "event=listening address=%s:%d operators=%s", args.bind, args.port, ",".join(operators)
-    )
-    server.serve_forever()
-    server.server_close()
+    asyncio.run(run(args.bind, args.port, [name for name in args.operators.split(",") if name]))
 
 
 if __name__ == "__main__":

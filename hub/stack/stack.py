@@ -139,7 +139,7 @@ class Stack:
             started = time.monotonic()
             pending: dict[str, tuple[Server, subprocess.Popen[bytes]]] = {}
             pids = {name: state.get(STATE_PIDS[name], 0) if state else 0 for name in STATE_PIDS}
-            if not self.settings.broker_auth:
+            if not self.settings.broker_auth and not pids[BROKER_AUTH]:
                 del pids[BROKER_AUTH]
             try:
                 for name, node in ((INFLUXDB, influx), (BROKER_AUTH, authz), (RABBITMQ, rabbit)):

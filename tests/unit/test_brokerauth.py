@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 
@@ -17,9 +25,11 @@ from hub.brokerauth.policy import (
     VHOST_PATH,
     decide,
 )
+from hub.brokerauth.server import AuthService, serve
 from hub.core.config import load_settings
 from hub.stack.brokerauth import operator_accounts
 from hub.stack.certs import TlsFiles
+from hub.stack.processes import free_port, port_open
 from hub.stack.rabbitmq import ADVANCED_CONFIG_AUTHZ, RabbitNode, RabbitPorts, render_advanced_config
 
 OPERATORS = ("hub", "admin")
@@ -101,3 +111,73 @@ def test_the_node_s_advanced_config_follows_iot_broker_auth(tmp_path: Path, enab
     node.prepare()
     advanced = Path(node.environment()["RABBITMQ_ADVANCED_CONFIG_FILE"]).read_text()
     assert ("rabbit_auth_backend_http" in advanced) is enabled
+
+
+@pytest.fixture
+def served() -> Iterator[int]:
+    """The service's server on a free loopback port, in a thread of its own; its port."""
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    port = free_port()
+    thread = threading.Thread(
+        target=loop.run_until_complete, args=(serve("127.0.0.1", port, AuthService(OPERATORS), stop),), daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not port_open("127.0.0.1", port) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    yield port
+    loop.call_soon_threadsafe(stop.set)
+    thread.join(10)
+    loop.close()
+
+
+def _post(connection: http.client.HTTPConnection, path: str, form: dict[str, str]) -> str:
+    connection.request("POST", path, urlencode(form), {"Content-Type": "application/x-www-form-urlencoded"})
+    answer = connection.getresponse()
+    assert answer.status == 200
+    return answer.read().decode()
+
+
+def test_the_server_answers_the_backend_s_forms_over_one_keep_alive_connection(served: int) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", served, timeout=5)
+    try:
+        assert _post(connection, USER_PATH, MQTT_LOGIN) == "allow"
+        assert _post(connection, USER_PATH, {**MQTT_LOGIN, "client_id": "th-0002"}) == "deny"
+        assert _post(connection, USER_PATH, AMQP_LOGIN) == "deny"
+        assert _post(connection, TOPIC_PATH, {"username": "th-0001", "routing_key": "x"}) == "allow"
+        connection.request("GET", "/health")
+        counts = json.loads(connection.getresponse().read())
+    finally:
+        connection.close()
+    assert counts == {"allowed": 2, f"refused:{FOREIGN_CLIENT_ID}": 1, f"refused:{DEVICE_OVER_AMQP}": 1}
+
+
+def test_requests_split_across_packets_or_sent_back_to_back_are_answered_in_order(served: int) -> None:
+    form = urlencode(MQTT_LOGIN).encode()
+    request = f"POST {USER_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(form)}\r\n\r\n".encode() + form
+    with socket.create_connection(("127.0.0.1", served), timeout=5) as sock:
+        sock.sendall(request[:7])
+        time.sleep(0.05)
+        sock.sendall(request[7:] + request + request)
+        received = b""
+        while received.count(b"allow") < 3:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+    assert received.count(b"HTTP/1.1 200 OK") == 3
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [b"GARBAGE\r\n\r\n", b"POST /auth/user HTTP/1.1\r\nContent-Length: 999999\r\n\r\n", b"X" * 10_000],
+    ids=["no request line", "oversized form", "endless head"],
+)
+def test_a_malformed_request_gets_an_error_and_the_connection_closed(served: int, request_bytes: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", served), timeout=5) as sock:
+        sock.sendall(request_bytes)
+        received = b""
+        while chunk := sock.recv(4096):
+            received += chunk
+    assert received.startswith((b"HTTP/1.1 400", b"HTTP/1.1 413"))
+    assert b"deny" in received
