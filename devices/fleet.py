@@ -69,6 +69,9 @@ MAX_SLEEP_S = 0.5
 #: waited past the broker's MQTT login timeout (10 s), which closed them: a retry storm.
 MAX_CONNECTING = 100
 CONNECT_PACE_S = 0.01
+#: A device whose login was refused tries again after this (plus its backoff): a revoked credential stays
+#: refused, but a broker whose auth service is down refuses every login until it is back.
+REFUSED_RETRY_S = 5.0
 
 DeviceState = Literal["connecting", "online", "waiting", "rebooting", "stopped", "closing", "closed", "refused"]
 AnyLink = MqttLink | StompLink
@@ -497,14 +500,14 @@ class Fleet:
         if waiting:
             self._call_at(time.monotonic() + CONNECT_PACE_S, lambda: self._connect_paced(waiting, connecting))
 
-    def _retry_later(self, rt: _Runtime) -> None:
-        delay = max(rt.backoff.next_delay_s(), rt.offline_until - time.monotonic())
+    def _retry_later(self, rt: _Runtime, at_least_s: float = 0.0, state: DeviceState = "waiting") -> None:
+        delay = max(rt.backoff.next_delay_s() + at_least_s, rt.offline_until - time.monotonic())
         rt.attempt += 1
         attempt = rt.attempt
-        rt.state = "waiting"
+        rt.state = state
 
         def retry() -> None:
-            if attempt == rt.attempt and rt.state == "waiting":
+            if attempt == rt.attempt and rt.state == state:
                 self._connect(rt)
 
         self._call_at(time.monotonic() + delay, retry)
@@ -552,9 +555,10 @@ class Fleet:
             rt.errors += 1
             rt.last_error = reason
             if link.refused:
-                # Its credential is unknown or revoked: no retry will get in, and the rest of the fleet carries on.
-                rt.state, rt.powered = "refused", False
-                rt.schedule += 1
+                # An unknown or revoked credential, or a broker whose auth service is down (which refuses
+                # every login): it tries again, slowly, and buffers meanwhile; the rest of the fleet carries on.
+                if not self._stopping:
+                    self._retry_later(rt, REFUSED_RETRY_S, "refused")
                 return
             if not self._stopping:
                 # Its node may be the one that failed: the next attempt goes to the next node (one node: the same).

@@ -28,7 +28,7 @@ class LinkEvents(Protocol):
 
 
 class Link(Protocol):
-    #: True once the broker refused the login (unknown, wrong or revoked credential): retrying cannot help.
+    #: True once the broker refused the login (unknown, wrong or revoked credential, or its auth service down).
     refused: bool
 
     def open(self) -> None:

@@ -175,7 +175,7 @@ def sim(
         online = f"all {count}" if not refused else f"{count - refused} of {count}"
         console.print(f"{online} devices online, each with {identity}")
         if refused:
-            console.print(f"{refused} devices refused by the broker (credential unknown or revoked)")
+            console.print(f"{refused} devices refused by the broker (credential unknown or revoked); they keep trying")
         _show_progress(fleet, console, duration)
     except KeyboardInterrupt:
         interrupted = True

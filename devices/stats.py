@@ -26,7 +26,8 @@ class ProtocolStats:
     reconnects: int = 0
     commands: int = 0
     errors: int = 0
-    #: Devices the broker refused (credential unknown or revoked); they no longer try.
+    #: Devices the broker refused at their last login (credential unknown or revoked, or its auth service down);
+    #: they try again every few seconds.
     refused: int = 0
 
     def __add__(self, other: ProtocolStats) -> ProtocolStats:

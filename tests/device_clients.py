@@ -34,13 +34,16 @@ class MqttDevice:
         password: str = "",
         client_id: str | None = None,
         cert: DeviceCert | None = None,
+        clean_session: bool = True,
     ) -> None:
         self.connack: Any = None
         self.subacks: list[Any] = []
         self.messages: list[str] = []
         self.disconnected_at: float | None = None
+        #: Every disconnection it saw (paho's loop reconnects by itself after each).
+        self.disconnects = 0
         self.answered = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or user)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or user, clean_session=clean_session)
         if cert is None:
             self.client.username_pw_set(user, password)
         if settings.mqtt_tls:
@@ -60,6 +63,7 @@ class MqttDevice:
 
     def _on_disconnect(self, *_args: Any) -> None:
         self.disconnected_at = time.monotonic()
+        self.disconnects += 1
         self.answered.set()
 
     @property

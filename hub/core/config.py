@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     device_cert_dir: Path | None = None
     #: The native stack's plain (unencrypted) listeners, bound to loopback only; false: none at all.
     plain_listeners: bool = True
+    #: The native stack's nodes ask the broker auth service (hub/brokerauth) at every login, which refuses an
+    #: MQTT client id other than the login's own and device accounts over AMQP. False: passwords and
+    #: permissions only, as a broker configured without it (benchmarks compare the two; never on a network).
+    broker_auth: bool = True
     influx_url: str = "http://localhost:8086"
     influx_db: str = "telemetry"
     influx_token: str | None = None

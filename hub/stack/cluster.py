@@ -31,8 +31,11 @@ from hub.core.config import Settings
 from hub.core.contract import VHOST
 from hub.core.errors import StackError
 from hub.stack import processes
+from hub.stack.brokerauth import BrokerAuthService, operator_accounts
 from hub.stack.rabbitmq import RabbitNode, RabbitPorts, render_definitions
 from hub.stack.stack import (
+    BROKER_AUTH,
+    HOMES,
     READY_POLL_S,
     READY_TIMEOUT_S,
     ServiceStatus,
@@ -43,6 +46,9 @@ from hub.stack.stack import (
 
 #: Node i listens on every single-node port plus i times this (100 keeps 15672/15692 apart).
 NODE_PORT_OFFSET = 100
+#: Ports that are not a node's own listeners: the distribution port (each node its own, free), one epmd
+#: and one broker auth service for all nodes.
+SHARED_PORTS = ("dist", "epmd", "authz")
 CLUSTER_STATE_FILE = "cluster.json"
 CLUSTER_DIR = "cluster"
 RABBITMQ_QUEUES = Path("/usr/lib/rabbitmq/bin/rabbitmq-queues")
@@ -65,9 +71,10 @@ SYNC_POLL_S = 1.0
 
 
 def offset_ports(ports: RabbitPorts, index: int, dist: int, epmd: int) -> RabbitPorts:
-    """Node `index`: every listener `index * NODE_PORT_OFFSET` above node 0; its own dist port, the shared epmd."""
+    """Node `index`: every listener `index * NODE_PORT_OFFSET` above node 0; its own dist port, the shared epmd
+    and auth service."""
     shift = index * NODE_PORT_OFFSET
-    listeners = {name: value + shift for name, value in asdict(ports).items() if name not in ("dist", "epmd") and value}
+    listeners = {name: value + shift for name, value in asdict(ports).items() if name not in SHARED_PORTS and value}
     return replace(ports, **listeners, dist=dist, epmd=epmd)
 
 
@@ -175,9 +182,10 @@ class Cluster:
             started = time.monotonic()
             nodes = self._nodes(self._choose_ports())
             _rabbit, influx = self.base._nodes(nodes[0].ports)
+            authz = self._broker_auth(nodes[0].ports)
             for node in nodes:
                 self.base._refuse_busy_ports(node, None)
-            self.base._refuse_busy_ports(None, influx)
+            self.base._refuse_busy_ports(None, influx, authz=authz)
             self._prepare(nodes)
             pids: list[int] = [0] * len(nodes)
             try:
@@ -185,17 +193,26 @@ class Cluster:
                 influx_process = processes.start_detached(
                     influx.argv(), influx.environment(), influx.log_path, self.root
                 )
-                self._save_state(nodes, pids, influx.http_port, influx.rpc_port, influx_process.pid)
+                extra = {"influx_pid": influx_process.pid}
+                if self.settings.broker_auth:
+                    authz.prepare()
+                    authz_process = processes.start_detached(
+                        authz.argv(), authz.environment(), authz.log_path, self.root
+                    )
+                    extra["authz_pid"] = authz_process.pid
+                    self._save_state(nodes, pids, influx.http_port, influx.rpc_port, extra)
+                    # Every login asks the auth service, the nodes' own readiness probes included.
+                    self.base._wait_ready({BROKER_AUTH: (authz, authz_process)}, progress)
                 # Node 0 first: it boots alone and imports the definitions; the others then join it.
                 first = self._start(nodes[0])
                 pids[0] = first.pid
-                self._save_state(nodes, pids, influx.http_port, influx.rpc_port, influx_process.pid)
+                self._save_state(nodes, pids, influx.http_port, influx.rpc_port, extra)
                 progress(f"started node 0 (pid {first.pid}) and influxd (pid {influx_process.pid})")
                 self.base._wait_ready({"node 0": (nodes[0], first), "InfluxDB": (influx, influx_process)}, progress)
                 rest = {f"node {i}": (node, self._start(node)) for i, node in enumerate(nodes[1:], start=1)}
                 for i, (_node, process) in enumerate(rest.values(), start=1):
                     pids[i] = process.pid
-                self._save_state(nodes, pids, influx.http_port, influx.rpc_port, influx_process.pid)
+                self._save_state(nodes, pids, influx.http_port, influx.rpc_port, extra)
                 progress(f"started nodes 1-{len(nodes) - 1}; waiting until they join")
                 self.base._wait_ready(dict(rest), progress)
                 self._wait_members(nodes, progress)
@@ -271,6 +288,12 @@ class Cluster:
             RabbitNode(node_settings(self.settings, p), self.root / CLUSTER_DIR / f"rabbit-{i}", p, self.base.tls)
             for i, p in enumerate(ports)
         ]
+
+    def _broker_auth(self, ports: RabbitPorts) -> BrokerAuthService:
+        """The cluster's one auth service, under the cluster's folder, on the port every node's config names."""
+        return BrokerAuthService(
+            self.root / CLUSTER_DIR / HOMES[BROKER_AUTH], ports.authz, operator_accounts(self.settings)
+        )
 
     def _choose_ports(self) -> list[RabbitPorts]:
         if self._given_ports is not None:
@@ -425,6 +448,8 @@ class Cluster:
             if processes.stop(int(entry["pid"]), str(node.home))
         ]
         nodes[0].stop_epmd()
+        if processes.stop(int(state.get("authz_pid", 0)), str(self._broker_auth(nodes[0].ports).home)):
+            stopped.append(BROKER_AUTH)
         _rabbit, influx = self.base._nodes(nodes[0].ports, state["influx_http_port"], state["influx_rpc_port"])
         if processes.stop(state["influx_pid"], str(influx.home)):
             stopped.append("InfluxDB")
@@ -461,6 +486,16 @@ class Cluster:
                 {"HTTP": f"http://localhost:{influx.http_port}", "database": self.settings.influx_db},
             )
         )
+        if "authz_pid" in state:
+            authz = self._broker_auth(all_ports[0])
+            services.append(
+                ServiceStatus(
+                    BROKER_AUTH,
+                    int(state["authz_pid"]),
+                    processes.is_ours(int(state["authz_pid"]), str(authz.home)),
+                    {"HTTP": f"{authz.url}/health"},
+                )
+            )
         return ClusterStatus(
             self.root,
             services,
@@ -501,7 +536,7 @@ class Cluster:
         )
 
     def _save_state(
-        self, nodes: list[RabbitNode], pids: list[int], influx_http: int, influx_rpc: int, influx_pid: int
+        self, nodes: list[RabbitNode], pids: list[int], influx_http: int, influx_rpc: int, extra_pids: dict[str, int]
     ) -> None:
         state = {
             "nodes": [
@@ -510,7 +545,7 @@ class Cluster:
             ],
             "influx_http_port": influx_http,
             "influx_rpc_port": influx_rpc,
-            "influx_pid": influx_pid,
+            **extra_pids,
         }
         self.state_path.write_text(json.dumps(state, indent=2))
 
@@ -564,7 +599,7 @@ def cluster_on_free_ports(settings: Settings, nodes: int = 3) -> list[RabbitPort
     for _ in range(1, nodes):
         listeners: dict[str, int] = {}
         for name, value in asdict(first).items():
-            if name == "epmd" or not value:
+            if name in ("epmd", "authz") or not value:
                 continue
             port = processes.free_port()
             while port in taken:

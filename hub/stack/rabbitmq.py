@@ -55,6 +55,8 @@ class RabbitPorts:
     amqps: int = 0
     mqtts: int = 0
     stomps: int = 0
+    #: The broker's authorisation service (hub/brokerauth) on loopback: one per stack, every node asks it.
+    authz: int = 0
 
 
 #: A readiness check of one listener: connect with these settings to host:port, or raise.
@@ -106,6 +108,20 @@ def render_config(ports: RabbitPorts, definitions_path: Path, listeners: Listene
         if count != 1:
             raise StackError(f"rabbitmq/rabbitmq.conf must set {key} exactly once")
     return text
+
+
+#: The authorisation service's address in rabbitmq/advanced.config (compose's service name and port).
+ADVANCED_CONFIG_AUTHZ = "http://brokerauth:8099"
+#: The node's advanced.config with IOT_BROKER_AUTH=false: nothing beyond rabbitmq.conf (internal logins only).
+NO_ADVANCED_CONFIG = "[].\n"
+
+
+def render_advanced_config(authz_port: int) -> str:
+    """rabbitmq/advanced.config with the authorisation service on this machine's loopback at `authz_port`."""
+    text = (RABBITMQ_CONFIG_DIR / "advanced.config").read_text()
+    if ADVANCED_CONFIG_AUTHZ not in text:
+        raise StackError(f"rabbitmq/advanced.config must name the authorisation service as {ADVANCED_CONFIG_AUTHZ}")
+    return text.replace(ADVANCED_CONFIG_AUTHZ, f"http://{HTTP_ADDRESS}:{authz_port}")
 
 
 def _literal(text: str) -> Callable[[re.Match[str]], str]:
@@ -199,6 +215,10 @@ class RabbitNode:
         plain_on = loopback_addresses() if self.settings.plain_listeners else ()
         listeners = Listeners(plain_on, ensure_dev_tls(self.tls.folder))
         (self.home / "rabbitmq.conf").write_text(render_config(self.ports, definitions, listeners))
+        if self.settings.broker_auth and not self.ports.authz:
+            raise StackError("the node has no broker auth service port (a stack started before it existed?)")
+        advanced = render_advanced_config(self.ports.authz) if self.settings.broker_auth else NO_ADVANCED_CONFIG
+        (self.home / "advanced.config").write_text(advanced)
         # A copy, fresh at every start: the node (and rabbitmq-plugins) may rewrite its plugins
         # file, e.g. from ENABLED_PLUGINS in rabbitmq-env.conf, and must never write into rabbitmq/.
         self.plugins_path.write_text((RABBITMQ_CONFIG_DIR / "enabled_plugins").read_text())

@@ -10,13 +10,14 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from hub.core.config import DEFAULT_AMQP_PORT, DEV_TLS_DIR, Settings, load_settings
 from hub.core.errors import StackError
 from hub.stack import processes
+from hub.stack.brokerauth import BrokerAuthService, operator_accounts
 from hub.stack.certs import TlsFiles
 from hub.stack.influx import InfluxNode
 from hub.stack.packages import ensure_packages
@@ -28,6 +29,15 @@ READY_POLL_S = 0.5
 #: How long the ports of a server that has just died may take to be released before a restart.
 PORT_RELEASE_WAIT_S = 15.0
 STATE_FILE = "stack.json"
+#: The stack's processes by name, in the order `up` starts them: the broker asks the auth service at every login.
+INFLUXDB, BROKER_AUTH, RABBITMQ = "InfluxDB", "broker auth", "RabbitMQ"
+#: Where stack.json keeps each process's pid.
+STATE_PIDS = {INFLUXDB: "influx_pid", BROKER_AUTH: "authz_pid", RABBITMQ: "rabbit_pid"}
+#: The folder under the stack's root of each process (its data, logs; what recognises it as ours).
+HOMES = {INFLUXDB: "influxdb", BROKER_AUTH: "brokerauth", RABBITMQ: "rabbitmq"}
+
+#: What `up` starts and waits for.
+Server = RabbitNode | InfluxNode | BrokerAuthService
 
 
 @dataclass
@@ -105,36 +115,50 @@ class Stack:
                 progress(f"installed Debian packages: {' '.join(installed)}")
             if state is None:
                 rabbit, influx = self._nodes(self._choose_ports())
-                missing = {"InfluxDB", "RabbitMQ"}
+                missing = {INFLUXDB, BROKER_AUTH, RABBITMQ}
             else:
-                rabbit, influx = self._nodes(
-                    RabbitPorts(**state["rabbit_ports"]), state["influx_http_port"], state["influx_rpc_port"]
+                ports = RabbitPorts(**state["rabbit_ports"])
+                if not ports.authz:
+                    ports = replace(ports, authz=processes.free_port())
+                rabbit, influx = self._nodes(ports, state["influx_http_port"], state["influx_rpc_port"])
+                missing = {s.name for s in current.services if not s.running} | (
+                    set() if any(s.name == BROKER_AUTH for s in current.services) else {BROKER_AUTH}
                 )
-                missing = {s.name for s in current.services if not s.running}
+            if not self.settings.broker_auth:
+                missing.discard(BROKER_AUTH)
+            if state is not None:
                 kept = ", ".join(s.name for s in current.services if s.running)
                 progress(f"{' and '.join(sorted(missing))} not running: starting it again ({kept} left as it is)")
+            authz = self._broker_auth(rabbit.ports)
             self._refuse_busy_ports(
-                rabbit if "RabbitMQ" in missing else None,
-                influx if "InfluxDB" in missing else None,
+                rabbit if RABBITMQ in missing else None,
+                influx if INFLUXDB in missing else None,
                 release_wait_s=0.0 if state is None else PORT_RELEASE_WAIT_S,
+                authz=authz if BROKER_AUTH in missing else None,
             )
             started = time.monotonic()
-            pending: dict[str, tuple[RabbitNode | InfluxNode, subprocess.Popen[bytes]]] = {}
-            pids = {"InfluxDB": state["influx_pid"] if state else 0, "RabbitMQ": state["rabbit_pid"] if state else 0}
-            for name, node in (("InfluxDB", influx), ("RabbitMQ", rabbit)):
-                if name in missing:
+            pending: dict[str, tuple[Server, subprocess.Popen[bytes]]] = {}
+            pids = {name: state.get(STATE_PIDS[name], 0) if state else 0 for name in STATE_PIDS}
+            if not self.settings.broker_auth and not pids[BROKER_AUTH]:
+                del pids[BROKER_AUTH]
+            try:
+                for name, node in ((INFLUXDB, influx), (BROKER_AUTH, authz), (RABBITMQ, rabbit)):
+                    if name not in missing:
+                        continue
+                    if name == RABBITMQ and BROKER_AUTH in pending:
+                        # The node's first logins (its own probes, the hub) already ask the service.
+                        self._wait_ready({BROKER_AUTH: pending.pop(BROKER_AUTH)}, progress)
                     node.prepare()
                     process = processes.start_detached(node.argv(), node.environment(), node.log_path, self.root)
                     pending[name] = (node, process)
                     pids[name] = process.pid
-            self._save_state(rabbit, influx, pids["RabbitMQ"], pids["InfluxDB"])
-            progress(
-                " and ".join(f"started {'influxd' if n == 'InfluxDB' else n} (pid {pids[n]})" for n in pending)
-                + "; waiting until they answer"
-            )
-            try:
+                    self._save_state(rabbit, influx, pids)
+                progress(
+                    " and ".join(f"started {'influxd' if n == INFLUXDB else n} (pid {pids[n]})" for n in pending)
+                    + "; waiting until they answer"
+                )
                 self._wait_ready(pending, progress)
-                if "InfluxDB" in missing:
+                if INFLUXDB in missing:
                     influx.create_database(self.settings.influx_db)
             except BaseException:
                 if state is None:
@@ -156,6 +180,13 @@ class Stack:
     def status(self) -> StackStatus:
         return self._status_unlocked()
 
+    def broker_auth(self) -> BrokerAuthService | None:
+        """The running stack's broker auth service (None: no stack here, or one without it)."""
+        state = self._load_state()
+        if state is None or "authz_pid" not in state:
+            return None
+        return self._broker_auth(RabbitPorts(**state["rabbit_ports"]))
+
     def kill(self, name: str, sig: signal.Signals = signal.SIGTERM) -> bool:
         """Stop one server ("RabbitMQ" or "InfluxDB") with `sig` and wait until it is gone; `up()` starts it again.
 
@@ -165,8 +196,7 @@ class Stack:
         with self._lock():
             for service in self._status_unlocked().services:
                 if service.name == name:
-                    home = self.root / ("rabbitmq" if name == "RabbitMQ" else "influxdb")
-                    return processes.stop(service.pid, str(home), first=sig)
+                    return processes.stop(service.pid, str(self.root / HOMES[name]), first=sig)
         raise StackError(f"no server {name!r} in the stack at {self.root}")
 
     # --- internals -----------------------------------------------------------------------------
@@ -181,6 +211,9 @@ class Stack:
             influx_rpc or processes.free_port(),
         )
         return rabbit, influx
+
+    def _broker_auth(self, ports: RabbitPorts) -> BrokerAuthService:
+        return BrokerAuthService(self.root / HOMES[BROKER_AUTH], ports.authz, operator_accounts(self.settings))
 
     def _choose_ports(self) -> RabbitPorts:
         s = self.settings
@@ -197,10 +230,15 @@ class Stack:
             prometheus=s.rabbitmq_prometheus_port,
             dist=processes.free_port(),
             epmd=processes.free_port(),
+            authz=processes.free_port(),
         )
 
     def _refuse_busy_ports(
-        self, rabbit: RabbitNode | None, influx: InfluxNode | None, release_wait_s: float = 0.0
+        self,
+        rabbit: RabbitNode | None,
+        influx: InfluxNode | None,
+        release_wait_s: float = 0.0,
+        authz: BrokerAuthService | None = None,
     ) -> None:
         """Refuse to start a server whose ports another program holds (None: that server is not started).
 
@@ -224,6 +262,8 @@ class Stack:
             )
         if influx is not None:
             wanted["IOT_INFLUX_URL (InfluxDB port)"] = influx.http_port
+        if authz is not None:
+            wanted["the broker auth service (a free port chosen at the first `up`)"] = authz.port
         deadline = time.monotonic() + release_wait_s
         while True:
             busy = [f"{port} ({name})" for name, port in wanted.items() if processes.port_open("127.0.0.1", port)]
@@ -239,7 +279,7 @@ class Stack:
 
     def _wait_ready(
         self,
-        pending: dict[str, tuple[RabbitNode | InfluxNode, subprocess.Popen[bytes]]],
+        pending: dict[str, tuple[Server, subprocess.Popen[bytes]]],
         progress: Callable[[str], None],
     ) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -263,7 +303,7 @@ class Stack:
                 time.sleep(READY_POLL_S)
 
     @staticmethod
-    def _rabbit_log_hint(node: RabbitNode | InfluxNode) -> str:
+    def _rabbit_log_hint(node: Server) -> str:
         if isinstance(node, RabbitNode):
             logs = sorted((node.home / "log").glob("*.log"))
             if logs:
@@ -279,10 +319,12 @@ class Stack:
         )
         stopped = []
         if processes.stop(state["rabbit_pid"], str(rabbit.home)):
-            stopped.append("RabbitMQ")
+            stopped.append(RABBITMQ)
         rabbit.stop_epmd()
+        if processes.stop(state.get("authz_pid", 0), str(self.root / HOMES[BROKER_AUTH])):
+            stopped.append(BROKER_AUTH)
         if processes.stop(state["influx_pid"], str(influx.home)):
-            stopped.append("InfluxDB")
+            stopped.append(INFLUXDB)
         self.state_path.unlink(missing_ok=True)
         return stopped
 
@@ -325,18 +367,26 @@ class Stack:
                     },
                 ),
                 ServiceStatus(
-                    "InfluxDB",
+                    INFLUXDB,
                     state["influx_pid"],
                     processes.is_ours(state["influx_pid"], str(influx.home)),
                     {"HTTP": f"http://{host}:{influx.http_port}", "database": self.settings.influx_db},
                 ),
+                *self._broker_auth_status(state, ports),
             ],
         )
 
-    def _save_state(self, rabbit: RabbitNode, influx: InfluxNode, rabbit_pid: int, influx_pid: int) -> None:
+    def _broker_auth_status(self, state: dict[str, Any], ports: RabbitPorts) -> list[ServiceStatus]:
+        """The auth service's line (none in the state of a stack started before it existed: `up` adds it)."""
+        if "authz_pid" not in state:
+            return []
+        authz = self._broker_auth(ports)
+        running = processes.is_ours(state["authz_pid"], str(authz.home))
+        return [ServiceStatus(BROKER_AUTH, state["authz_pid"], running, {"HTTP": f"{authz.url}/health"})]
+
+    def _save_state(self, rabbit: RabbitNode, influx: InfluxNode, pids: dict[str, int]) -> None:
         state = {
-            "rabbit_pid": rabbit_pid,
-            "influx_pid": influx_pid,
+            **{STATE_PIDS[name]: pid for name, pid in pids.items()},
             "rabbit_ports": asdict(rabbit.ports),
             "influx_http_port": influx.http_port,
             "influx_rpc_port": influx.rpc_port,

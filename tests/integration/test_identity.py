@@ -18,6 +18,7 @@ from hub.control.identity import impostors, provision, revoke
 from hub.core.config import Settings
 from hub.core.contract import EXCHANGE, command_key, mqtt_topic, telemetry_key
 from hub.core.errors import InvalidIdentifier
+from hub.stack.stack import Stack, settings_on_free_ports
 from tests.device_clients import MqttDevice, StompDevice, connect_device, gone, publish, refused
 from tests.support import (
     REPO,
@@ -115,8 +116,24 @@ def test_over_mqtt_a_device_with_another_client_id_cannot_take_commands(stack: S
     assert not device.subacks, "its session queue is named by the client id, which must be its own"
 
 
-def test_a_device_under_another_s_client_id_is_found_and_closed(stack: Settings, pair: dict[str, str]) -> None:
-    (a, a_secret), (b, _) = pair.items()
+@pytest.fixture(scope="module")
+def unguarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A stack of its own whose broker asks no auth service (IOT_BROKER_AUTH=false): there an MQTT client
+    id is not checked, as on a broker configured without the service, which `hub impostors` audits."""
+    settings = settings_on_free_ports(tmp_path_factory.mktemp("unguarded")).model_copy(update={"broker_auth": False})
+    the_stack = Stack(settings)
+    try:
+        the_stack.up()
+        yield settings
+    finally:
+        the_stack.down()
+
+
+def test_a_device_under_another_s_client_id_is_found_and_closed(unguarded: Settings) -> None:
+    stack = unguarded
+    nonce = uuid.uuid4().hex[:8]
+    issued = provision(stack, [f"id-{nonce}-a", f"id-{nonce}-b"]).issued
+    (a, a_secret), (b, _) = ((device, credential.password) for device, credential in issued.items())
     impostor = MqttDevice(stack, a, a_secret, client_id=b)
     try:
         # The management API lists a connection once its first statistics are emitted (seconds).

@@ -193,7 +193,7 @@ def test_down_stops_exactly_the_processes_its_stack_started(stack: Settings, tmp
     other = Stack(settings_on_free_ports(tmp_path / "other"))
     status = other.up()
     pids = {s.name: s.pid for s in status.services}
-    assert other.down() == ["RabbitMQ", "InfluxDB"]
+    assert other.down() == ["RabbitMQ", "broker auth", "InfluxDB"]
     for service in status.services:
         assert not is_ours(pids[service.name], str(tmp_path / "other"))
     assert Stack(stack).status().running, "stopping one stack must not touch another"

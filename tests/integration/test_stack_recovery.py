@@ -27,7 +27,8 @@ def test_stack_up_starts_again_only_the_server_that_died(tmp_path: Path) -> None
         assert again.running and not again.already_running
         assert after["RabbitMQ"] == pids["RabbitMQ"], "the running broker is left alone"
         assert after["InfluxDB"] != pids["InfluxDB"]
-        assert any("InfluxDB not running: starting it again (RabbitMQ left as it is)" in line for line in said)
+        expected = "InfluxDB not running: starting it again (RabbitMQ, broker auth left as it is)"
+        assert any(expected in line for line in said), said
         client = InfluxHttp(settings.influx_url, settings.influx_db)
         try:
             [[databases]] = client.query("SHOW DATABASES")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from hub.core.config import format_addresses, load_settings, parse_addresses
@@ -48,14 +50,15 @@ def test_amqp_url_may_list_every_node_and_the_first_gives_the_account() -> None:
         load_settings(amqp_url="amqp://hub:pw@n0/iot,http://n1")
 
 
-def test_node_i_listens_on_every_port_plus_i_times_the_offset_and_shares_epmd() -> None:
-    node2 = offset_ports(NODE0, 2, dist=30001, epmd=NODE0.epmd)
+def test_node_i_listens_on_every_port_plus_i_times_the_offset_and_shares_epmd_and_the_auth_service() -> None:
+    node2 = offset_ports(replace(NODE0, authz=30100), 2, dist=30001, epmd=NODE0.epmd)
+    assert node2.authz == 30100
     assert node2.amqp == 5672 + 2 * NODE_PORT_OFFSET
     assert node2.mqtts == 8883 + 2 * NODE_PORT_OFFSET
     assert node2.management == 15672 + 2 * NODE_PORT_OFFSET
     assert (node2.dist, node2.epmd) == (30001, 4369)
     ports = [offset_ports(NODE0, i, dist=30000 + i, epmd=4369) for i in range(3)]
-    listeners = [value for p in ports for name, value in vars(p).items() if name != "epmd"]
+    listeners = [value for p in ports for name, value in vars(p).items() if name not in ("epmd", "authz")]
     assert len(listeners) == len(set(listeners)), "no two listeners of the three nodes share a port"
 
 

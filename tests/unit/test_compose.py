@@ -11,6 +11,7 @@ import yaml
 
 from hub.stack.certs import CA_CERT_FILE, COMPOSE_TLS_DIR, SERVER_CERT_FILE, SERVER_KEY_FILE
 from hub.stack.cluster import NODE_PORT_OFFSET
+from hub.stack.rabbitmq import ADVANCED_CONFIG_AUTHZ
 from tests.support import REPO
 
 CONTRACT_PORTS = {
@@ -168,3 +169,17 @@ def test_cluster_nodes_share_a_cookie_and_find_each_other_by_classic_config(comp
         assert set(re.findall(r"(?m)^cluster_formation\.classic_config\.nodes\.\d+ = (\S+)$", conf)) == names
         listeners = dict(re.findall(r"(?m)^(\S+\.port|\S+\.default) = (\d+)$", conf))
         assert {int(port) for port in listeners.values()} == set(_bindings(services[name]))
+
+
+def test_every_node_asks_the_broker_auth_service_which_compose_runs_unpublished(compose: dict[str, Any]) -> None:
+    service = compose["services"]["brokerauth"]
+    assert not service.get("ports"), "the auth service answers the broker only"
+    host, port = ADVANCED_CONFIG_AUTHZ.removeprefix("http://").split(":")
+    assert host == "brokerauth"
+    command = service["command"]
+    assert command[command.index("--port") + 1] == port
+    assert ("./hub", "/app/hub") in _bind_mounts(service)
+    for name in ("rabbitmq", "rabbitmq-1", "rabbitmq-2"):
+        node = compose["services"][name]
+        assert ("./rabbitmq/advanced.config", "/etc/rabbitmq/advanced.config") in _bind_mounts(node), name
+        assert node["depends_on"]["brokerauth"]["condition"] == "service_healthy", name

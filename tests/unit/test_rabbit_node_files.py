@@ -8,7 +8,9 @@ from hub.core.config import load_settings
 from hub.stack.certs import TlsFiles
 from hub.stack.rabbitmq import RABBITMQ_CONFIG_DIR, RabbitNode, RabbitPorts
 
-PORTS = RabbitPorts(amqp=5672, mqtt=1883, stomp=61613, management=15672, prometheus=15692, dist=25672, epmd=4369)
+PORTS = RabbitPorts(
+    amqp=5672, mqtt=1883, stomp=61613, management=15672, prometheus=15692, dist=25672, epmd=4369, authz=15680
+)
 
 
 def test_the_node_reads_a_copy_of_the_repository_plugins_file_in_its_own_home(tmp_path: Path) -> None:
