@@ -18,6 +18,7 @@ from hub.core.config import DEFAULT_AMQP_PORT, DEV_TLS_DIR, Settings, load_setti
 from hub.core.errors import StackError
 from hub.stack import processes
 from hub.stack.certs import TlsFiles
+from hub.stack.folders import private_folder
 from hub.stack.influx import InfluxNode
 from hub.stack.packages import ensure_packages
 from hub.stack.rabbitmq import RabbitNode, RabbitPorts, read_log_tail
@@ -28,6 +29,9 @@ READY_POLL_S = 0.5
 #: How long the ports of a server that has just died may take to be released before a restart.
 PORT_RELEASE_WAIT_S = 15.0
 STATE_FILE = "stack.json"
+#: The servers' homes (data, logs, configuration) in the stack folder.
+RABBITMQ_DIR = "rabbitmq"
+INFLUXDB_DIR = "influxdb"
 
 
 @dataclass
@@ -91,9 +95,11 @@ class Stack:
         """Start both servers and wait until they really answer.
 
         A running stack is left alone; a partly running one gets its missing server started
-        again on the ports it had, and the running one is left alone.
+        again on the ports it had, and the running one is left alone. The stack folder is
+        made private (mode 0700) even if an older version left it open, and each server's
+        folders as it starts.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_folder(self.root)
         with self._lock():
             current = self._status_unlocked()
             if current.running:
@@ -121,6 +127,10 @@ class Stack:
             started = time.monotonic()
             pending: dict[str, tuple[RabbitNode | InfluxNode, subprocess.Popen[bytes]]] = {}
             pids = {"InfluxDB": state["influx_pid"] if state else 0, "RabbitMQ": state["rabbit_pid"] if state else 0}
+            if "RabbitMQ" in missing and state is not None:
+                # An epmd left by the node that died keeps the address it was started with: the
+                # new node starts its own, as configured now (epmd refuses while a node is registered).
+                rabbit.stop_epmd()
             for name, node in (("InfluxDB", influx), ("RabbitMQ", rabbit)):
                 if name in missing:
                     node.prepare()
@@ -156,6 +166,11 @@ class Stack:
     def status(self) -> StackStatus:
         return self._status_unlocked()
 
+    def server_pids(self) -> list[int]:
+        """Every running process of the stack's servers: the RabbitMQ node with its epmd and helpers, and
+        influxd (see `hub.stack.sockets` for what they listen on)."""
+        return processes.all_ours(self.root / RABBITMQ_DIR, self.root / INFLUXDB_DIR)
+
     def kill(self, name: str, sig: signal.Signals = signal.SIGTERM) -> bool:
         """Stop one server ("RabbitMQ" or "InfluxDB") with `sig` and wait until it is gone; `up()` starts it again.
 
@@ -165,7 +180,7 @@ class Stack:
         with self._lock():
             for service in self._status_unlocked().services:
                 if service.name == name:
-                    home = self.root / ("rabbitmq" if name == "RabbitMQ" else "influxdb")
+                    home = self.root / (RABBITMQ_DIR if name == "RabbitMQ" else INFLUXDB_DIR)
                     return processes.stop(service.pid, str(home), first=sig)
         raise StackError(f"no server {name!r} in the stack at {self.root}")
 
@@ -174,9 +189,9 @@ class Stack:
     def _nodes(
         self, ports: RabbitPorts, influx_http: int | None = None, influx_rpc: int | None = None
     ) -> tuple[RabbitNode, InfluxNode]:
-        rabbit = RabbitNode(self.settings, self.root / "rabbitmq", ports, self.tls)
+        rabbit = RabbitNode(self.settings, self.root / RABBITMQ_DIR, ports, self.tls)
         influx = InfluxNode(
-            self.root / "influxdb",
+            self.root / INFLUXDB_DIR,
             influx_http or self.settings.influx_port,
             influx_rpc or processes.free_port(),
         )
