@@ -20,6 +20,8 @@ from hub.core.errors import ConfigError
 DEVICE_CERT_SUFFIX = ".pem"
 DEVICE_KEY_SUFFIX = ".key"
 CERT_DIR_CA_FILE = "ca.pem"
+#: The oldest TLS a client speaks, as the broker (rabbitmq/rabbitmq.conf `ssl_options.versions`).
+MINIMUM_TLS_VERSION = ssl.TLSVersion.TLSv1_2
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ def client_context(ca_file: Path | None, cert_file: Path | None = None, key_file
     if ca_file is not None and not ca_file.is_file():
         raise ConfigError(f"IOT_TLS_CA: no CA file at {ca_file}")
     context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    # Python's default since 3.10, pinned here: the broker accepts nothing older either.
+    context.minimum_version = MINIMUM_TLS_VERSION
     if cert_file is not None:
         context.load_cert_chain(cert_file, key_file)
     return context

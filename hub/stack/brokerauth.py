@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hub.brokerauth.policy import HEALTH_PATH
 from hub.core.config import PROJECT_ROOT, Settings
+from hub.stack.folders import private_folder
 
 #: Seconds a readiness or counts request may take.
 PROBE_TIMEOUT_S = 2.0
@@ -38,7 +39,7 @@ class BrokerAuthService:
         return self.home / "brokerauth.log"
 
     def prepare(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
+        private_folder(self.home)
 
     def argv(self) -> list[str]:
         return [

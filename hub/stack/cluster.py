@@ -32,10 +32,12 @@ from hub.core.contract import VHOST
 from hub.core.errors import StackError
 from hub.stack import processes
 from hub.stack.brokerauth import BrokerAuthService, operator_accounts
+from hub.stack.folders import private_folder
 from hub.stack.rabbitmq import RabbitNode, RabbitPorts, render_definitions
 from hub.stack.stack import (
     BROKER_AUTH,
     HOMES,
+    INFLUXDB_DIR,
     READY_POLL_S,
     READY_TIMEOUT_S,
     ServiceStatus,
@@ -167,7 +169,7 @@ class Cluster:
 
     def up(self, progress: Callable[[str], None] = lambda _msg: None) -> ClusterStatus:
         """Start every node and influxd, wait until the cluster has all its nodes, grow the quorum queues."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_folder(self.root)
         with self.base._lock():
             current = self._status_unlocked()
             if current.services and any(s.running for s in current.services):
@@ -275,6 +277,16 @@ class Cluster:
             self._wait_quorum_online(node, [n.node_name for n in nodes], progress)
             return time.monotonic() - stopped_at
 
+    def server_pids(self) -> list[int]:
+        """Every running process of the cluster's servers: each node with its helpers, their epmd, influxd and
+        the broker auth service."""
+        state = self._load_state()
+        if state is None:
+            return []
+        nodes = self._nodes([RabbitPorts(**entry["ports"]) for entry in state["nodes"]])
+        authz = self._broker_auth(nodes[0].ports).home
+        return processes.all_ours(*(node.home for node in nodes), self.root / INFLUXDB_DIR, authz)
+
     def node(self, index: int) -> RabbitNode:
         state = self._load_state()
         if state is None:
@@ -305,9 +317,8 @@ class Cluster:
         return [offset_ports(first, i, processes.free_port(), epmd) for i in range(self.count)]
 
     def _prepare(self, nodes: list[RabbitNode]) -> None:
-        cookie_file = self.root / CLUSTER_DIR / "cookie"
+        cookie_file = private_folder(self.root / CLUSTER_DIR) / "cookie"
         if not cookie_file.exists():
-            cookie_file.parent.mkdir(parents=True, exist_ok=True)
             cookie_file.write_text(os.urandom(COOKIE_LENGTH).hex()[:COOKIE_LENGTH].upper())
             cookie_file.chmod(0o400)
         config = cluster_config([node.node_name for node in nodes])

@@ -12,6 +12,7 @@ from pathlib import Path
 from hub.clients.influx import InfluxHttp, server_version
 from hub.core.config import PROJECT_ROOT
 from hub.core.errors import StackError, StorageUnavailable
+from hub.stack.folders import private_folder
 from hub.stack.packages import INFLUXD
 
 INFLUX_CONFIG = PROJECT_ROOT / "influxdb" / "influxdb.conf"
@@ -32,8 +33,10 @@ class InfluxNode:
         return self.home / "influxd.log"
 
     def prepare(self) -> None:
+        """The data folders, private (also those made before)."""
+        private_folder(self.home)
         for sub in ("meta", "data", "wal"):
-            (self.home / sub).mkdir(parents=True, exist_ok=True)
+            private_folder(self.home / sub)
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INFLUXDB_")}

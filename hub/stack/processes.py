@@ -55,6 +55,15 @@ def is_ours(pid: int, marker: str) -> bool:
     return marker in _proc_text(pid, "cmdline") or marker in _proc_text(pid, "environ")
 
 
+def all_ours(*homes: Path) -> list[int]:
+    """Every live process whose command line or environment mentions one of `homes` (the servers' data
+    folders): a server, what it started, and a daemon that has left its process tree (the node's epmd).
+    """
+    markers = [f"{home}{os.sep}" for home in homes]
+    pids = sorted(int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    return [pid for pid in pids if any(is_ours(pid, marker) for marker in markers)]
+
+
 def stop(pid: int, marker: str, grace_s: float = STOP_GRACE_S, first: signal.Signals = signal.SIGTERM) -> bool:
     """`first` (SIGTERM) to the process group of `pid` if ours, SIGKILL after `grace_s`. True if it was running."""
     if not is_ours(pid, marker):

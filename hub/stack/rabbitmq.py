@@ -1,7 +1,9 @@
 """A project-local RabbitMQ node built from the files in `rabbitmq/`.
 
 The node gets its own name, Erlang cookie, epmd and distribution ports, so it never meets
-the system's RabbitMQ nor another stack (the test harness runs beside a developer's).
+the system's RabbitMQ nor another stack (the test harness runs beside a developer's). Its
+epmd and distribution listener, and those of the CLI tools run against it, are on loopback:
+the nodes of a local cluster meet there, and nothing else needs them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from hub.core.errors import StackError
 from hub.core.tls import settings_context
 from hub.runtime import topology
 from hub.stack.certs import TlsFiles, ensure_dev_tls
+from hub.stack.folders import private_folder
 from hub.stack.packages import RABBITMQ_SERVER
 from hub.stack.processes import port_open
 
@@ -73,6 +76,16 @@ class Listeners:
 
 #: Where the native node's management API and Prometheus endpoint listen (plain HTTP: loopback only).
 HTTP_ADDRESS = "127.0.0.1"
+#: Where epmd and Erlang distribution listen: whoever reaches them with the cookie owns the node,
+#: and the nodes of a local cluster (`stack up --nodes N`) meet on this machine. epmd adds ::1 itself.
+DIST_ADDRESS = "127.0.0.1"
+#: The node's own folders under its home.
+NODE_FOLDERS = ("mnesia", "log", "home", "conf.d")
+
+
+def dist_erl_args(address: str = DIST_ADDRESS) -> str:
+    """`erl` arguments that bind an Erlang VM's distribution listener to the IPv4 `address` alone."""
+    return f"-kernel inet_dist_use_interface {{{address.replace('.', ',')}}}"
 
 
 def loopback_addresses() -> tuple[str, ...]:
@@ -207,8 +220,10 @@ class RabbitNode:
         return self.home / "server.log"
 
     def prepare(self) -> None:
-        for sub in ("mnesia", "log", "home", "conf.d"):
-            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        """The node's files, fresh from `rabbitmq/` and the settings; its folders private (also those made before)."""
+        private_folder(self.home)
+        for sub in NODE_FOLDERS:
+            private_folder(self.home / sub)
         definitions = self.home / "definitions.json"
         definitions.write_text(json.dumps(render_definitions(self.settings), indent=2))
         definitions.chmod(0o600)
@@ -244,6 +259,11 @@ class RabbitNode:
             RABBITMQ_PID_FILE=str(self.home / "rabbitmq.pid"),
             RABBITMQ_DIST_PORT=str(self.ports.dist),
             ERL_EPMD_PORT=str(self.ports.epmd),
+            # The node starts its epmd with this environment, and epmd reads its address from it.
+            ERL_EPMD_ADDRESS=DIST_ADDRESS,
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=dist_erl_args(),
+            # rabbitmqctl and the other CLI tools are distributed nodes too, listening while they run.
+            RABBITMQ_CTL_ERL_ARGS=dist_erl_args(),
         )
         return env
 

@@ -19,6 +19,7 @@ from hub.core.errors import StackError
 from hub.stack import processes
 from hub.stack.brokerauth import BrokerAuthService, operator_accounts
 from hub.stack.certs import TlsFiles
+from hub.stack.folders import private_folder
 from hub.stack.influx import InfluxNode
 from hub.stack.packages import ensure_packages
 from hub.stack.rabbitmq import RabbitNode, RabbitPorts, read_log_tail
@@ -38,6 +39,9 @@ HOMES = {INFLUXDB: "influxdb", BROKER_AUTH: "brokerauth", RABBITMQ: "rabbitmq"}
 
 #: What `up` starts and waits for.
 Server = RabbitNode | InfluxNode | BrokerAuthService
+#: The servers' homes (data, logs, configuration) in the stack folder.
+RABBITMQ_DIR = HOMES[RABBITMQ]
+INFLUXDB_DIR = HOMES[INFLUXDB]
 
 
 @dataclass
@@ -101,9 +105,11 @@ class Stack:
         """Start both servers and wait until they really answer.
 
         A running stack is left alone; a partly running one gets its missing server started
-        again on the ports it had, and the running one is left alone.
+        again on the ports it had, and the running one is left alone. The stack folder is
+        made private (mode 0700) even if an older version left it open, and each server's
+        folders as it starts.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_folder(self.root)
         with self._lock():
             current = self._status_unlocked()
             if current.running:
@@ -141,6 +147,10 @@ class Stack:
             pids = {name: state.get(STATE_PIDS[name], 0) if state else 0 for name in STATE_PIDS}
             if not self.settings.broker_auth and not pids[BROKER_AUTH]:
                 del pids[BROKER_AUTH]
+            if RABBITMQ in missing and state is not None:
+                # An epmd left by the node that died keeps the address it was started with: the
+                # new node starts its own, as configured now (epmd refuses while a node is registered).
+                rabbit.stop_epmd()
             try:
                 for name, node in ((INFLUXDB, influx), (BROKER_AUTH, authz), (RABBITMQ, rabbit)):
                     if name not in missing:
@@ -187,6 +197,11 @@ class Stack:
             return None
         return self._broker_auth(RabbitPorts(**state["rabbit_ports"]))
 
+    def server_pids(self) -> list[int]:
+        """Every running process of the stack's servers: the RabbitMQ node with its epmd and helpers,
+        influxd and the broker auth service (see `hub.stack.sockets` for what they listen on)."""
+        return processes.all_ours(*(self.root / home for home in HOMES.values()))
+
     def kill(self, name: str, sig: signal.Signals = signal.SIGTERM) -> bool:
         """Stop one server ("RabbitMQ" or "InfluxDB") with `sig` and wait until it is gone; `up()` starts it again.
 
@@ -204,9 +219,9 @@ class Stack:
     def _nodes(
         self, ports: RabbitPorts, influx_http: int | None = None, influx_rpc: int | None = None
     ) -> tuple[RabbitNode, InfluxNode]:
-        rabbit = RabbitNode(self.settings, self.root / "rabbitmq", ports, self.tls)
+        rabbit = RabbitNode(self.settings, self.root / RABBITMQ_DIR, ports, self.tls)
         influx = InfluxNode(
-            self.root / "influxdb",
+            self.root / INFLUXDB_DIR,
             influx_http or self.settings.influx_port,
             influx_rpc or processes.free_port(),
         )

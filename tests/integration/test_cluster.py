@@ -24,6 +24,7 @@ from devices.fleet import Fleet
 from hub.core.config import Settings
 from hub.stack.cluster import Cluster, ClusterStatus, client_settings, started_on_free_ports
 from hub.stack.processes import is_ours
+from hub.stack.sockets import exposed, listening_sockets
 from tests.integration.drills import (
     DEVICES,
     INTERVAL_S,
@@ -97,6 +98,17 @@ def test_the_cluster_has_every_node_and_three_replicas_of_every_quorum_queue(
     text = " ".join(shown.stdout.split())
     assert all(node in text for node in nodes) and "hub.telemetry.0" in text
     assert f"export IOT_MQTT_ADDRESSES='{settings.mqtt_addresses}'" in text
+
+
+def test_the_cluster_is_reachable_beyond_loopback_only_on_its_tls_listeners(cluster: tuple[Cluster, Settings]) -> None:
+    """The nodes meet over loopback: their distribution ports and shared epmd listen there, as influxd does."""
+    the_cluster, _settings = cluster
+    sockets = listening_sockets(the_cluster.server_pids())
+    assert len({s.pid for s in sockets if s.process == "beam.smp"}) == NODES, [str(s) for s in sockets]
+    assert {"epmd", "influxd"} <= {s.process for s in sockets}
+    ports = [the_cluster.node(i).ports for i in range(NODES)]
+    tls_ports = {port for p in ports for port in (p.amqps, p.mqtts, p.stomps)}
+    assert {s.port for s in exposed(sockets)} == tls_ports, [str(s) for s in exposed(sockets)]
 
 
 def test_tls_clients_use_the_cluster_as_plain_ones_do(cluster: tuple[Cluster, Settings], tmp_path: Path) -> None:

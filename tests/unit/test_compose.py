@@ -79,6 +79,34 @@ def test_plain_listeners_are_published_on_loopback_only_and_tls_everywhere(compo
         assert re.search(rf"(?m)^{re.escape(key)}\.default = {port}$", conf), key
 
 
+CHRONOGRAF_PORT = 8888
+
+
+def _open_to_the_network() -> set[int]:
+    """What may be published beyond the host's loopback: every node's TLS listeners, and Chronograf."""
+    tls = {port + index * NODE_PORT_OFFSET for port in TLS_PORTS for index in range(len(CLUSTER_NODES))}
+    return tls | {CHRONOGRAF_PORT}
+
+
+def test_only_tls_listeners_and_chronograf_are_published_beyond_loopback(compose: dict[str, Any]) -> None:
+    allowed = _open_to_the_network()
+    for name, service in compose["services"].items():
+        for port, address in _bindings(service).items():
+            if address != "127.0.0.1":
+                assert port in allowed, f"{name} publishes {port} on {address or 'every interface'}"
+
+
+def test_the_http_apis_are_published_on_loopback_only(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for index, name in enumerate(CLUSTER_NODES):
+        shift = index * NODE_PORT_OFFSET
+        bindings = _bindings(services[name])
+        # management API (it carries the admin password) and Prometheus endpoint: plain HTTP
+        assert bindings[15672 + shift] == bindings[15692 + shift] == "127.0.0.1", name
+    assert _bindings(services["influxdb"]) == {8086: "127.0.0.1"}
+    assert _bindings(services["chronograf"]) == {CHRONOGRAF_PORT: ""}
+
+
 def test_rabbitmq_reads_the_certificates_stack_certs_makes(compose: dict[str, Any]) -> None:
     mounts = {source: target for source, target in _bind_mounts(compose["services"]["rabbitmq"])}
     folder = mounts[f"./{COMPOSE_TLS_DIR}"]
