@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import msgspec
 from rich.console import Console
+from rich.text import Text
 
 from hub.control.identity import checked_devices
 from hub.control.identity import impostors as impostors_of
@@ -19,6 +20,7 @@ from hub.control.identity import revoke as revoke_devices
 from hub.core.config import load_settings
 from hub.core.credentials import forget_credentials, merge_credentials
 from hub.core.errors import ConfigError
+from hub.core.printable import printable
 from hub.stack.certs import stack_ca, write_device_cert
 
 #: `hub impostors`'s exit code when it found some (0: none), so a cron job or a probe can alert on it.
@@ -152,7 +154,9 @@ def impostors(close: bool) -> None:
     found = impostors_of(settings, close=close)
     for impostor in found:
         action = "closed" if close else "connected"
-        console.print(f"{impostor.user}: {action} under client id {impostor.client_id!r} ({impostor.connection})")
+        # The client id is the client's own choice: shown escaped, never read as markup.
+        line = f"{impostor.user}: {action} under client id {impostor.client_id!r} ({impostor.connection})"
+        console.print(Text(printable(line)))
     console.print(f"{len(found)} impostor connection(s)" + (" closed" if close and found else ""))
     if found:
         sys.exit(IMPOSTORS_FOUND)

@@ -15,6 +15,7 @@ from rich.text import Text
 from hub.clients.management import management_url
 from hub.core.config import DEV_AMQP_URL, AmqpParts, Settings
 from hub.core.exit_codes import ExitCode
+from hub.core.printable import printable
 from hub.demo.activity import Snapshot
 from hub.demo.scenario import CommandResult
 
@@ -39,6 +40,11 @@ def where_to_look(settings: Settings, docker: bool, logs: Path, metrics_port: in
     if docker:
         lines.insert(3, f"Chronograf   {CHRONOGRAF_URL}  (dashboards over InfluxDB)")
     return lines
+
+
+def _cell(value: object) -> Text:
+    """What InfluxDB holds, shown as text: no markup read in it, no control character left."""
+    return Text(printable(str(value)))
 
 
 def _clock(at_ms: Any) -> str:
@@ -74,10 +80,7 @@ def render(
         rtt = row.get("rtt_ms")
         recorded.add_row(
             _clock(row.get("time")),
-            str(row.get("device", "")),
-            str(row.get("command", "")),
-            str(row.get("status", "")),
-            str(row.get("origin", "")),
+            *(_cell(row.get(column, "")) for column in ("device", "command", "status", "origin")),
             f"{rtt:.1f}" if isinstance(rtt, int | float) else "",
         )
     alert_table = Table(title="latest alerts (InfluxDB `alerts`)", title_justify="left", expand=True)
@@ -85,10 +88,7 @@ def render(
         alert_table.add_column(column)
     for row in snapshot.recent_alerts:
         alert_table.add_row(
-            _clock(row.get("time")),
-            str(row.get("severity", "")),
-            str(row.get("device", "")),
-            str(row.get("message", "")),
+            _clock(row.get("time")), *(_cell(row.get(column, "")) for column in ("severity", "device", "message"))
         )
     parts: list[Any] = [head, figures, sent, recorded, alert_table]
     if error:
