@@ -23,7 +23,7 @@ DEV_HUB_PASSWORD = AmqpParts.parse(DEV_AMQP_URL).password
 CHRONOGRAF_URL = "http://localhost:8888"
 
 
-def where_to_look(settings: Settings, docker: bool, logs: Path, metrics_port: int = 0) -> list[str]:
+def where_to_look(settings: Settings, docker: bool, logs: Path, metrics_port: int | None = None) -> list[str]:
     user = settings.amqp.user
     password = DEV_HUB_PASSWORD if settings.amqp.password == DEV_HUB_PASSWORD else "the one in IOT_AMQP_URL"
     query = "SELECT * FROM thermostat WHERE time > now() - 1m"
