@@ -72,7 +72,7 @@ def render(
         sent.add_column(column)
     for result in results[-8:]:
         style = "green" if result.ok else "yellow" if result.exit_code == ExitCode.DEVICE_REFUSED else "red"
-        sent.add_row(result.command.shown, Text(result.summary(), style=style), result.command.why)
+        sent.add_row(result.command.shown, Text(printable(result.summary()), style=style), result.command.why)
     recorded = Table(title="commands recorded by the hub (InfluxDB `commands`)", title_justify="left", expand=True)
     for column in ("time", "device", "command", "status", "origin", "rtt ms"):
         recorded.add_column(column)

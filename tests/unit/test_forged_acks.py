@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
+from pika.spec import Basic, BasicProperties
+
 from hub.clients.influx import Series
-from hub.core.contract import Ack, Command
+from hub.control.send import CommandSender
+from hub.core.config import load_settings
+from hub.core.contract import Ack, Command, encode
 from hub.outputs.lineprotocol import point_line
 from hub.services.commands.ledger import MAX_PENDING, ORPHAN_ACK_GRACE_MS, CommandLedger, Recorded
 from hub.services.commands.recorded import settled_from_series
@@ -86,3 +92,18 @@ def test_a_command_let_go_past_the_pending_bound_is_still_answered_once() -> Non
     late = ledger.on_ack(_ack("dev-a", "c-0"), at_ms=1050, token=10**6)
     assert statuses(late) == ["ok"] and late.released == [10**6], "its delivery was released when it was let go"
     assert ledger.on_ack(_ack("dev-a", "c-0"), at_ms=1060, token=10**6 + 1) == Recorded(released=[10**6 + 1])
+
+
+def test_hub_send_takes_an_ack_only_from_the_device_it_sent_the_command_to() -> None:
+    sender = CommandSender(load_settings())
+    sender._expected = {"c-1": "dev-a"}
+
+    def deliver(routing_key: str, device: str) -> None:
+        ack = encode(Ack(id="c-1", device=device, status="ok", ts=1))
+        sender._on_ack(cast(Any, None), Basic.Deliver(routing_key=routing_key), BasicProperties(), ack)
+
+    deliver("acks.dev-b", "dev-b")
+    deliver("acks.dev-b", "dev-a")  # a body that claims to be dev-a, on dev-b's routing key
+    assert sender._acks == {}
+    deliver("acks.dev-a", "dev-a")
+    assert sender._acks["c-1"][0].device == "dev-a"

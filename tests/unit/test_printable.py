@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+import hub.dashboard
 from hub.cli.control import _state_text, _text
 from hub.control.tail import as_json_line, describe
 from hub.core.contract import Ack, Presence, encode
@@ -77,3 +79,9 @@ def test_a_table_cell_from_device_data_is_neither_markup_nor_a_control_sequence(
     assert "\x1b" not in shown
     assert "[bold red]loud[/]" in shown, "markup in device text is shown, not obeyed"
     assert "note\\x1b=" in shown and '"\\u001b[2J"' in shown
+
+
+def test_the_dashboard_page_puts_values_in_as_text_never_as_html() -> None:
+    script = (Path(hub.dashboard.__file__).parent / "static" / "app.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in script.replace("No libraries and no innerHTML", ""), sink
