@@ -6,6 +6,7 @@ hub (`python -m hub run --only commands`), the real CLI."""
 from __future__ import annotations
 
 import json
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,10 @@ def channel(stack: Settings) -> Iterator[BlockingChannel]:
     channel.confirm_delivery()
     yield channel
     connection.close()
+
+
+def logged(log_dir: Path, line: str) -> bool:
+    return any(line in log.read_text() for log in log_dir.glob("hub-*.log"))
 
 
 def dead_letters_from_now(channel: BlockingChannel) -> str:
@@ -170,3 +175,35 @@ def test_a_genuine_ack_after_a_hub_restart_is_recorded_and_repeating_it_after_an
     assert lifecycle(stack, command.id) == [(device_id, "ok"), (device_id, "sent")], "one outcome"
     record = shown_by_cli(stack, device_id)[command.id]
     assert record["status"] == "ok" and record["detail"] == "after the restart"
+
+
+def test_a_standby_that_takes_over_does_not_refuse_a_repeated_ack_of_what_the_active_hub_recorded(
+    stack: Settings, tmp_path: Path, channel: BlockingChannel
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    device_id = "takeover-acker"
+    device = mqtt_device(stack, device_id)
+    marker = f"marker-{uuid.uuid4().hex}"
+    try:
+        with hub_process(stack, first, "--only", "commands") as active:
+            wait_until(lambda: logged(first, "service=commands event=active"))
+            with hub_process(stack, second, "--only", "commands"):
+                wait_until(lambda: logged(second, "service=commands event=standby"))
+                command = send_command(channel, device_id)
+                answer(device, device_id, command.id, detail="to the first hub")
+                wait_until(lambda: lifecycle(stack, command.id) == [(device_id, "ok"), (device_id, "sent")])
+                active.send_signal(signal.SIGTERM)
+                active.wait(30)
+                wait_until(lambda: logged(second, "service=commands event=active"), 30)
+                dead = dead_letters_from_now(channel)
+                answer(device, device_id, command.id, detail="said again")
+                answer(device, device_id, marker)
+                letters = letters_until(channel, dead, marker)
+    finally:
+        device.loop_stop()
+        device.disconnect()
+    refused_ids = [json.loads(body)["id"] for key, body, _props in letters if key == ack_key(device_id)]
+    assert refused_ids == [marker], "the new active hub learnt what the old one settled"
+    assert lifecycle(stack, command.id) == [(device_id, "ok"), (device_id, "sent")]

@@ -107,3 +107,12 @@ def test_hub_send_takes_an_ack_only_from_the_device_it_sent_the_command_to() -> 
     assert sender._acks == {}
     deliver("acks.dev-a", "dev-a")
     assert sender._acks["c-1"][0].device == "dev-a"
+
+
+def test_an_early_ack_of_a_command_another_hub_settled_is_released_once_that_is_learnt() -> None:
+    """A standby made active: the repeat of an ack the other hub recorded waits, then the seed says it is settled."""
+    ledger = CommandLedger()
+    assert ledger.on_ack(_ack("dev-a"), at_ms=0, token=5) == Recorded()
+    ledger.seed([("c-1", "dev-a")])
+    assert ledger.timed_out(ORPHAN_ACK_GRACE_MS + 1) == Recorded(released=[5])
+    assert ledger.held_tokens() == []

@@ -25,8 +25,9 @@ hands it over at once), so an ack whose command is unknown is held (its delivery
 `ORPHAN_ACK_GRACE_MS`: when the command arrives both are recorded and only then are both
 deliveries acked; still unknown after the grace, the ack is refused. Settled commands
 (answered, timed out, or let go) are remembered, newest `MAX_SETTLED`, so a repeated or late
-ack is settled without a second outcome; a restarted hub seeds that memory from what
-`commands` recorded (`recorded.py`).
+ack is settled without a second outcome. The service seeds that memory from what `commands`
+recorded (`recorded.py`) whenever it (re)connects and when it takes over from another hub, so a
+restart or a failover does not turn a repeated ack into a refused one.
 """
 
 from __future__ import annotations
@@ -162,7 +163,8 @@ class CommandLedger:
         self.max_settled = max_settled
 
     def seed(self, settled: list[Key]) -> None:
-        """Remember commands a previous hub settled, so their repeated or late acks are settled, not refused."""
+        """Remember commands another hub (or this one before a restart) settled, so their repeated or
+        late acks are settled, not refused; early acks of them are released when their grace ends."""
         for key in settled:
             self._settle(key, Settled())
 
@@ -233,7 +235,12 @@ class CommandLedger:
             self._settle(key, Settled())
         grace = f"none seen within {ORPHAN_ACK_GRACE_MS / 1000:g} s"
         for key in [key for key, acks in self.early.items() if now > acks[0].at_ms + ORPHAN_ACK_GRACE_MS]:
-            recorded.extend(self._orphaned(key, grace))
+            if key in self.settled:  # settled by another hub, learnt since (`seed`): a repeat, not a forgery
+                acks = self.early.pop(key)
+                self.early_count -= len(acks)
+                recorded.released.extend(e.token for e in acks if e.token)
+            else:
+                recorded.extend(self._orphaned(key, grace))
         return recorded
 
     def held_tokens(self) -> list[int]:

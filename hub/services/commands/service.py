@@ -15,8 +15,8 @@ from hub.core.errors import InvalidIdentifier, InvalidMessage
 from hub.core.points import Point
 from hub.runtime import topology
 from hub.runtime.batch import Batch
-from hub.runtime.consumer import Delivery
-from hub.runtime.service import Service
+from hub.runtime.consumer import Consumer, Delivery
+from hub.runtime.service import ROLE_STANDBY, Service
 from hub.services.commands.ledger import ORIGINS, TIMEOUT_CHECK_S, CommandLedger, Recorded
 from hub.services.commands.recorded import settled_commands
 
@@ -44,10 +44,16 @@ class CommandsService(Service):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ledger = CommandLedger()
-        self.ledger.seed(settled_commands(self.settings))
+        #: The monitor found this process standby: on becoming active it learns what the other settled.
+        self.was_standby = False
         #: Ack deliveries handed to the ledger and not yet settled by it, by tag: a held one may be refused later.
         self.acks: dict[int, Delivery] = {}
         self.next_check = 0
+
+    def on_start(self, consumer: Consumer) -> None:
+        super().on_start(consumer)
+        # At every (re)connect: what was settled, by this hub or another, while it was not consuming.
+        self.ledger.seed(settled_commands(self.settings))
 
     def new_outbox(self) -> Batch:
         return TaggedBatch()
@@ -107,6 +113,11 @@ class CommandsService(Service):
         self.acks.clear()
 
     def tick(self, idle: bool = False) -> None:
+        if self.role == ROLE_STANDBY:
+            self.was_standby = True
+        elif self.was_standby:  # the broker made this standby active: learn what the active hub settled
+            self.was_standby = False
+            self.ledger.seed(settled_commands(self.settings))
         now = now_ms()
         if now >= self.next_check:
             self.next_check = now + int(TIMEOUT_CHECK_S * 1000)
