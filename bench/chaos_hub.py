@@ -24,7 +24,7 @@ def hub_environment(settings: Settings) -> dict[str, str]:
     for name, value in settings.model_dump().items():
         if value is not None:
             environment[f"IOT_{name.upper()}"] = str(value)
-    environment.update(IOT_METRICS_PORT="0", IOT_RULES_FILE=str(REPO / "rules.yaml"))
+    environment.update(IOT_METRICS_PORT="off", IOT_RULES_FILE=str(REPO / "rules.yaml"))
     return environment
 
 

@@ -139,7 +139,7 @@ def hub_end_to_end(
         IOT_AMQP_URL=settings.amqp_url,
         IOT_INFLUX_URL=settings.influx_url,
         IOT_TLS_CA=str(settings.tls_ca_file),
-        IOT_METRICS_PORT="0",
+        IOT_METRICS_PORT="off",
         IOT_RULES_FILE=str(REPO / "rules.yaml"),
     )
     with open(log, "wb") as out:

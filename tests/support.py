@@ -144,7 +144,7 @@ def settings_environment(settings: Settings, **extra: str) -> dict[str, str]:
     for name, value in settings.model_dump().items():
         if value is not None:
             environment[f"IOT_{name.upper()}"] = str(value)
-    environment.update(IOT_METRICS_PORT="0", IOT_RULES_FILE=str(REPO / "rules.yaml"))
+    environment.update(IOT_METRICS_PORT="off", IOT_RULES_FILE=str(REPO / "rules.yaml"))
     environment.update(extra)
     return environment
 

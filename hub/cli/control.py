@@ -1,4 +1,9 @@
-"""`python -m hub send|devices|tail`: actuate devices, see the fleet, watch the exchange."""
+"""`python -m hub send|devices|tail|commands`: actuate devices, see the fleet, watch the exchange.
+
+What a device wrote (an ack's detail and state, a status's fw, a body, a topic word) is printed
+only through `hub.core.printable` (its control characters escaped) and, in tables and lines, as
+a `rich.text.Text`, so neither the terminal nor rich's markup acts on it.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from hub.core.contract import now_ms, require_identifier
 from hub.core.errors import ConfigError
 from hub.core.exit_codes import DEVICES_EXIT_CODES_HELP, EXIT_CODES_HELP, TAIL_EXIT_CODES_HELP, ExitCode
 from hub.core.models import CommandSpec, DeviceModels, default_models, load_models
+from hub.core.printable import printable, printable_json
 
 #: Tables are laid out for this width when the output is not a terminal (a pipe, a file, CI).
 PIPE_WIDTH = 200
@@ -44,6 +50,11 @@ _STATUS_STYLE = {
 def _console(stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     return Console(file=stream, width=None if stream.isatty() else PIPE_WIDTH, highlight=False)
+
+
+def _text(value: object, style: str = "") -> Text:
+    """A table cell or a piece of a line from data: no markup read in it, no control character left."""
+    return Text(printable(str(value)), style=style)
 
 
 def _amqp_option(func: Any) -> Any:
@@ -171,7 +182,7 @@ def send(
                 outcomes = sender.send(devices, command, args, timeout_s, on_outcome=progress)
     if as_json:
         payload: Any = [o.as_json() for o in outcomes] if many else outcomes[0].as_json()
-        click.echo(json.dumps(payload, ensure_ascii=False))
+        click.echo(printable_json(payload))
     elif many:
         _print_summary(outcomes, command)
     else:
@@ -198,34 +209,45 @@ class _NoTargets(ConfigError):
 
 def _print_outcome(outcome: Outcome, args: dict[str, Any]) -> None:
     call = " ".join([outcome.command, *(f"{k}={json.dumps(v)}" for k, v in args.items())])
+    who = _text(f" {outcome.device} {call}: ")
     if outcome.status == "ok":
         out = _console()
-        out.print(f"[green]✓[/] {outcome.device} {call}: [green]ok[/] in {outcome.rtt_ms:.1f} ms")
+        out.print(Text.assemble(("✓", "green"), who, ("ok", "green"), f" in {outcome.rtt_ms:.1f} ms"))
         if outcome.state:
-            out.print(f"  state: {_state_text(outcome.state)}")
+            out.print(Text.assemble("  state: ", _state_text(outcome.state)))
         return
     err = _console(stderr=True)
     if outcome.status == "unknown_device":
         err.print(
-            f"[red]✗[/] {outcome.device} {call}: unknown device: nothing listens for its commands and the fleet "
-            "has never seen it; check the name with `python -m hub devices`"
+            Text.assemble(
+                ("✗", "red"),
+                who,
+                "unknown device: nothing listens for its commands and the fleet has never seen it; "
+                "check the name with `python -m hub devices`",
+            )
         )
         return
     if outcome.status == "timeout":
         err.print(
-            f"[red]✗[/] {outcome.device} {call}: timeout: {outcome.detail}; see `python -m hub devices`, "
-            "or retry with a longer --timeout"
+            Text.assemble(
+                ("✗", "red"),
+                who,
+                "timeout: ",
+                _text(outcome.detail),
+                "; see `python -m hub devices`, or retry with a longer --timeout",
+            )
         )
         return
     rtt = f" in {outcome.rtt_ms:.1f} ms" if outcome.rtt_ms is not None else ""
-    detail = f": {outcome.detail}" if outcome.detail else ""
-    err.print(f"[red]✗[/] {outcome.device} {call}: device answered [yellow]{outcome.status}[/]{rtt}{detail}")
+    detail = Text.assemble(": ", _text(outcome.detail)) if outcome.detail else ""
+    err.print(Text.assemble(("✗", "red"), who, "device answered ", (outcome.status, "yellow"), rtt, detail))
     if outcome.state:
-        err.print(f"  state: {_state_text(outcome.state)}")
+        err.print(Text.assemble("  state: ", _state_text(outcome.state)))
 
 
-def _state_text(state: dict[str, Any]) -> str:
-    return " ".join(f"{k}={json.dumps(v)}" for k, v in state.items())
+def _state_text(state: dict[str, Any]) -> Text:
+    """A device's state after a command (keys and values its own), as `key=json` pairs."""
+    return _text(" ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in state.items()))
 
 
 def _print_summary(outcomes: Sequence[Outcome], command: str) -> None:
@@ -234,8 +256,8 @@ def _print_summary(outcomes: Sequence[Outcome], command: str) -> None:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for o in outcomes:
         rtt = f"{o.rtt_ms:.1f}" if o.rtt_ms is not None else "-"
-        info = _state_text(o.state) if o.status == "ok" else (o.detail or _state_text(o.state))
-        table.add_row(o.device, Text(o.status, style=_STATUS_STYLE[o.status]), rtt, info)
+        info = _state_text(o.state) if o.status == "ok" or not o.detail else _text(o.detail)
+        table.add_row(_text(o.device), Text(o.status, style=_STATUS_STYLE[o.status]), rtt, info)
     counts = Counter(o.status for o in outcomes)
     rtts = [o.rtt_ms for o in outcomes if o.rtt_ms is not None]
     line = ", ".join(f"{n} {status}" for status, n in counts.most_common())
@@ -274,7 +296,7 @@ def devices(site: str | None, kind: str | None, state: StateFilter, as_json: boo
     fleet = read_fleet(settings)
     chosen = select(fleet, site=_validated(site, "site"), kind=_validated(kind, "kind"), state=state)
     if as_json:
-        click.echo(json.dumps([view.as_json() for view in chosen], ensure_ascii=False))
+        click.echo(printable_json([view.as_json() for view in chosen]))
         return
     out = _console()
     if not fleet:
@@ -318,11 +340,12 @@ def _fleet_table(views: Sequence[DeviceView], now: int, models: DeviceModels) ->
         else:
             state = Text(view.state, style="green" if view.online else "red")
         if not view.online and view.reason:
-            state.append(f" ({view.reason})", style="dim")
+            state.append(_text(f" ({view.reason})", style="dim"))
         readings = " ".join(
             _reading_text(name, value, models.unit(name, view.kind)) for name, value in view.readings.items()
         )
-        table.add_row(view.device, view.kind, view.site, view.protocol, state, _ago(view.last_seen, now), readings)
+        cells = (view.device, view.kind, view.site, view.protocol)
+        table.add_row(*map(_text, cells), state, _ago(view.last_seen, now), _text(readings))
     return table
 
 
@@ -351,7 +374,7 @@ def commands(device: str | None, limit: int, since_s: int, as_json: bool, influx
     settings = load_settings(influx_url=influx_url)
     history = read_history(settings, limit, _validated(device, "device"), since_s)
     if as_json:
-        click.echo(json.dumps([record.as_json() for record in history], ensure_ascii=False))
+        click.echo(printable_json([record.as_json() for record in history]))
         return
     out = _console()
     if not history:
@@ -365,9 +388,8 @@ def commands(device: str | None, limit: int, since_s: int, as_json: bool, influx
         rtt = f"{record.rtt_ms:.1f}" if record.rtt_ms is not None else "-"
         sent = _ago(record.sent_at, now) if record.sent_at is not None else "?"
         style = _STATUS_STYLE.get(record.status, "yellow")
-        table.add_row(
-            sent, record.device, record.command, record.origin, Text(record.status, style=style), rtt, record.detail
-        )
+        cells = (record.device, record.command, record.origin)
+        table.add_row(sent, *map(_text, cells), _text(record.status, style), rtt, _text(record.detail))
     out.print(table)
 
 
@@ -410,7 +432,7 @@ def tail(
             line = describe(routing_key, body, props.app_id, models)
             clock = datetime.fromtimestamp(received / 1000).strftime("%H:%M:%S.%f")[:-3]
             text = Text(f"{clock} ", style="dim")
-            text.append(routing_key, style=f"bold {line.style}")
+            text.append(printable(routing_key), style=f"bold {line.style}")
             text.append("  ")
             text.append(line.text, style=line.style)
             out.print(text)

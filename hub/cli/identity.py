@@ -11,14 +11,16 @@ from pathlib import Path
 import click
 import msgspec
 from rich.console import Console
+from rich.text import Text
 
 from hub.control.identity import checked_devices
 from hub.control.identity import impostors as impostors_of
 from hub.control.identity import provision as provision_devices
 from hub.control.identity import revoke as revoke_devices
 from hub.core.config import load_settings
-from hub.core.credentials import forget_credentials, merge_credentials
+from hub.core.credentials import check_writable, forget_credentials, merge_credentials
 from hub.core.errors import ConfigError
+from hub.core.printable import printable
 from hub.stack.certs import stack_ca, write_device_cert
 
 #: `hub impostors`'s exit code when it found some (0: none), so a cron job or a probe can alert on it.
@@ -74,6 +76,8 @@ def provision(devices: tuple[str, ...], out: Path | None, rotate: bool, cert: bo
     settings = load_settings()
     console = _console()
     started = time.monotonic()
+    if out is not None:  # a secret is shown once: before any account exists, make sure it can be kept
+        check_writable(out)
     if cert_dir is not None:
         # Everything that can refuse the call does so before any account exists.
         wanted = checked_devices(devices)
@@ -93,12 +97,17 @@ def provision(devices: tuple[str, ...], out: Path | None, rotate: bool, cert: bo
         console.print(f"certificates written to {cert_dir} (DEVICE.pem, DEVICE.key mode 0600, ca.pem)")
     if not result.issued:
         return
-    if out is not None:
-        merge_credentials(out, result.issued)
-        console.print(f"credentials written to {out} (mode 0600)")
-    else:
-        document = {device: msgspec.structs.asdict(c) for device, c in result.issued.items()}
+    document = {device: msgspec.structs.asdict(c) for device, c in result.issued.items()}
+    if out is None:
         click.echo(json.dumps(document, indent=2))
+        return
+    try:
+        merge_credentials(out, result.issued)
+    except (ConfigError, OSError) as exc:  # changed since the check: the secrets must not be lost
+        click.echo(json.dumps(document, indent=2))
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise ConfigError(f"could not write {out} ({reason}): the credentials are printed above instead") from None
+    console.print(f"credentials written to {out} (mode 0600)")
 
 
 def _writable_folder(folder: Path) -> None:
@@ -152,7 +161,9 @@ def impostors(close: bool) -> None:
     found = impostors_of(settings, close=close)
     for impostor in found:
         action = "closed" if close else "connected"
-        console.print(f"{impostor.user}: {action} under client id {impostor.client_id!r} ({impostor.connection})")
+        # The client id is the client's own choice: shown escaped, never read as markup.
+        line = f"{impostor.user}: {action} under client id {impostor.client_id!r} ({impostor.connection})"
+        console.print(Text(printable(line)))
     console.print(f"{len(found)} impostor connection(s)" + (" closed" if close and found else ""))
     if found:
         sys.exit(IMPOSTORS_FOUND)

@@ -42,7 +42,12 @@ LOG_FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 @click.option("--influx-db", help="Database (1.x) or bucket (v2) [IOT_INFLUX_DB]")
 @click.option("--influx-api", type=click.Choice(["auto", "v1", "v2"]), help="Write API [IOT_INFLUX_API]")
 @click.option("--rules-file", type=click.Path(path_type=Path), help="Rules file (YAML) [IOT_RULES_FILE]")
-@click.option("--metrics-port", type=int, help="Port of /metrics and /health, 0 = off [IOT_METRICS_PORT]")
+@click.option(
+    "--metrics-port",
+    metavar="PORT|off",
+    help="Port of /metrics and /health on 127.0.0.1; 0 = any free port (logged), e.g. for a standby hub on the"
+    " same machine; off = none. A port already taken is an error [IOT_METRICS_PORT, default 9108]",
+)
 @click.option(
     "--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
 )
@@ -54,7 +59,7 @@ def run(
     influx_db: str | None,
     influx_api: str | None,
     rules_file: Path | None,
-    metrics_port: int | None,
+    metrics_port: str | None,
     log_level: str,
 ) -> None:
     """Run the hub: store readings in InfluxDB, track presence, apply rules, record command outcomes.

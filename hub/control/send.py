@@ -142,7 +142,8 @@ class CommandSender:
         self._channel: BlockingChannel | None = None
         self._queue = ""
         self._bound: set[str] = set()
-        self._expected: set[str] = set()
+        #: Command id -> the device it went to: only that device's ack answers it.
+        self._expected: dict[str, str] = {}
         self._acks: dict[str, tuple[Ack, float]] = {}
 
     def __enter__(self) -> CommandSender:
@@ -214,7 +215,7 @@ class CommandSender:
                     offline.add(device)
                     continue
                 body = build_command(command, args, remaining)
-                self._expected.add(body.id)
+                self._expected[body.id] = device
                 sent_at = time.monotonic()
                 try:
                     self._publish(channel, device, body, remaining)
@@ -295,14 +296,17 @@ class CommandSender:
         except (pika.exceptions.AMQPError, OSError) as exc:
             raise BrokerUnavailable(f"lost the connection to RabbitMQ: {exc or type(exc).__name__}") from None
 
-    def _on_ack(self, _channel: BlockingChannel, _method: Basic.Deliver, _props: BasicProperties, body: bytes) -> None:
+    def _on_ack(self, _channel: BlockingChannel, method: Basic.Deliver, _props: BasicProperties, body: bytes) -> None:
         received_at = time.monotonic()
         try:
             ack = decode(body, Ack)
         except InvalidMessage:
             return  # not ours to judge: the hub dead-letters invalid acks from its own queue
-        if ack.id in self._expected:
-            self._expected.discard(ack.id)
+        # Only the addressee answers, on its own routing key (the broker lets a device publish only
+        # there): another device's ack for this id is the hub's to dead-letter, not an outcome.
+        device = self._expected.get(ack.id)
+        if device is not None and ack.device == device and method.routing_key == ack_key(device):
+            del self._expected[ack.id]
             self._acks[ack.id] = (ack, received_at)
 
 

@@ -1,7 +1,8 @@
 """`tail`: what crosses exchange `iot`, one readable line per message.
 
 `describe()` is the plain core (routing key + body -> a short text and a style); `Tail` only
-binds an exclusive, auto-delete queue and hands each delivery to a callback.
+binds an exclusive, auto-delete queue and hands each delivery to a callback. What a device
+wrote reaches the terminal only through `hub.core.printable`: its control characters escaped.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from hub.core.contract import (
 )
 from hub.core.errors import BrokerUnavailable, ConfigError, InvalidMessage
 from hub.core.models import DeviceModels, default_models
+from hub.core.printable import printable, printable_json
 
 #: A slow terminal must not make the broker hoard messages for us: past this many waiting,
 #: the oldest are dropped (tail is a viewer, not a consumer of record).
@@ -81,8 +83,14 @@ def _pairs(values: dict[str, Any], unit: Callable[[str], str] | None = None) -> 
 def describe(routing_key: str, body: bytes, app_id: str | None = None, models: DeviceModels | None = None) -> Line:
     """A compact, readable text for a message and the style that says what kind it is.
 
-    Units come from `models` (the shipped device models when not given).
+    Units come from `models` (the shipped device models when not given). The text is `printable`:
+    whatever the body holds, no control character of it reaches a terminal.
     """
+    line = _describe(routing_key, body, app_id, models)
+    return Line(printable(line.text), line.style)
+
+
+def _describe(routing_key: str, body: bytes, app_id: str | None, models: DeviceModels | None) -> Line:
     family = routing_key.split(".", 1)[0]
     try:
         if family == "telemetry":
@@ -123,13 +131,13 @@ def _preview(body: bytes) -> str:
 
 
 def as_json_line(routing_key: str, body: bytes, app_id: str | None, received_ms: int) -> str:
-    """One JSON object per message, the body parsed when it is JSON, else as text."""
+    """One JSON object per message, the body parsed when it is JSON, else as text (`printable_json`)."""
     try:
         parsed: Any = json.loads(body)
     except ValueError:
         parsed = body.decode("utf-8", errors="replace")
     record = {"time": received_ms, "routing_key": routing_key, "app_id": app_id, "body": parsed}
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    return printable_json(record)
 
 
 Handler = Callable[[str, bytes, BasicProperties], None]

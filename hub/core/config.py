@@ -3,13 +3,21 @@
 Every value comes from an `IOT_*` environment variable, else from its development default
 (the contract's table in ARCHITECTURE.md); command-line flags override both by passing
 keyword arguments to `load_settings`. Nothing else in the project reads the environment.
+
+A value that cannot work (a port out of range, a URL whose port is not a number) is an error
+naming its variable; an `IOT_*` variable that is no setting (a typo) is ignored with a warning
+naming the nearest one.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from pydantic import ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,12 +42,22 @@ DEV_CA_FILE = "ca.pem"
 #: The IANA ports of AMQP and of AMQP over TLS (what an amqp:// or amqps:// URL without a port means).
 DEFAULT_AMQP_PORT = 5672
 DEFAULT_AMQPS_PORT = 5671
+#: The highest TCP port.
+MAX_PORT = 65_535
+#: IOT_METRICS_PORT (`hub run --metrics-port`) of a hub without /metrics and /health.
+METRICS_OFF = "off"
+#: The prefix of every setting's environment variable.
+ENV_PREFIX = "IOT_"
+
+log = logging.getLogger(__name__)
+#: Unknown IOT_* names already warned about in this process (settings are loaded more than once).
+_warned: set[str] = set()
 
 
 class Settings(BaseSettings):
     """All settings of the hub, the simulator and the native stack."""
 
-    model_config = SettingsConfigDict(env_prefix="IOT_", frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
     amqp_url: str = DEV_AMQP_URL
     mqtt_host: str = "localhost"
@@ -97,8 +115,9 @@ class Settings(BaseSettings):
     outputs: str = "influxdb"
     #: The file the `jsonl` output appends points to (one JSON object a line).
     jsonl_path: Path = Path("points.jsonl")
-    #: Port of the hub's /metrics (Prometheus) and /health endpoint; 0 turns it off.
-    metrics_port: int = 9108
+    #: Port of the hub's /metrics (Prometheus) and /health endpoint on 127.0.0.1: 0 takes any free
+    #: port (logged), e.g. for a standby hub on the same machine; None (`off`) serves none.
+    metrics_port: int | None = 9108
     #: /health/ready answers 503 when a hub queue this process consumes holds more messages than
     #: this (ready in RabbitMQ plus delivered to this process and not yet acked).
     ready_max_backlog: int = 10_000
@@ -124,8 +143,49 @@ class Settings(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _amqp_url_parses(cls, value: str) -> str:
-        if not all(urlsplit(url.strip()).scheme in ("amqp", "amqps") for url in value.split(",")):
-            raise ValueError("must look like amqp://user:password@host:port/vhost (or several, comma-separated)")
+        for url in value.split(","):
+            parts = urlsplit(url.strip())
+            if parts.scheme not in ("amqp", "amqps"):
+                raise ValueError("must look like amqp://user:password@host:port/vhost (or several, comma-separated)")
+            _require_url_port(parts)
+        return value
+
+    @field_validator("influx_url")
+    @classmethod
+    def _influx_url_parses(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must look like http://host:port (or https://)")
+        _require_url_port(parts)
+        return value
+
+    @field_validator(
+        "mqtt_port",
+        "stomp_port",
+        "amqps_port",
+        "mqtts_port",
+        "stomps_port",
+        "management_port",
+        "rabbitmq_prometheus_port",
+    )
+    @classmethod
+    def _port_in_range(cls, value: int) -> int:
+        if not 1 <= value <= MAX_PORT:
+            raise ValueError(f"must be a port from 1 to {MAX_PORT} (got {value})")
+        return value
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _metrics_port_or_off(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == METRICS_OFF:
+            return None
+        return value
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _metrics_port_in_range(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= MAX_PORT:
+            raise ValueError(f"must be a port from 1 to {MAX_PORT}, 0 (any free port) or {METRICS_OFF} (got {value})")
         return value
 
     @field_validator("mqtt_addresses", "stomp_addresses")
@@ -239,6 +299,35 @@ class AmqpParts:
         )
 
 
+def _require_url_port(parts: SplitResult) -> None:
+    """A URL's port, when it has one, is a number from 1 to 65535."""
+    # The error does not quote the URL: it may hold a password.
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port is None:
+        return
+    if not 1 <= port <= MAX_PORT:
+        raise ValueError(f"the port after the host must be a number from 1 to {MAX_PORT}")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """The IOT_* names in `environ` that are no setting, each with the nearest setting's name (or None)."""
+    known = [f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields]
+    unknown = sorted(name for name in environ if name.upper().startswith(ENV_PREFIX) and name.upper() not in known)
+    return [(name, next(iter(difflib.get_close_matches(name.upper(), known, n=1)), None)) for name in unknown]
+
+
+def warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """One warning per IOT_* name that is no setting (a typo is otherwise silently ignored), once per process."""
+    for name, nearest in unknown_variables(environ):
+        if name not in _warned:
+            _warned.add(name)
+            hint = f"; did you mean {nearest}?" if nearest else ""
+            log.warning("%s is not a setting and is ignored%s", name, hint)
+
+
 def parse_addresses(value: str) -> list[tuple[str, int]]:
     """`host:port,host:port` (IPv6 hosts in brackets) as (host, port) pairs; "" is none."""
     addresses = []
@@ -273,6 +362,7 @@ def over_tls(settings: Settings) -> Settings:
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment, with every non-None keyword (a CLI flag) on top."""
     given = {key: value for key, value in overrides.items() if value is not None}
+    warn_unknown_variables(os.environ)
     try:
         return Settings(**given)
     except ValidationError as exc:

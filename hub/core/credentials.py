@@ -61,6 +61,24 @@ def merge_credentials(path: Path, new: Mapping[str, Credential]) -> dict[str, Cr
     return merged
 
 
+def check_writable(path: Path) -> None:
+    """A `ConfigError` now if `merge_credentials(path, ...)` would fail: the file is not a credentials
+    file, cannot be read, or its folder cannot take a new file. For callers that must not create
+    anything (a device account whose secret is shown once) before they know they can keep it."""
+    if path.is_dir():
+        raise ConfigError(f"cannot write the credentials file {path}: it is a folder")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ConfigError(f"cannot write the credentials file {path}: {path.parent} is not a folder")
+    read_credentials(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, probe = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the credentials file {path}: {exc.strerror}") from None
+    os.close(descriptor)
+    Path(probe).unlink()
+
+
 def forget_credentials(path: Path, devices: list[str]) -> None:
     """Drop `devices` from the file at `path`, if it holds them (after a revoke their secrets are worthless)."""
     held = read_credentials(path)

@@ -25,6 +25,7 @@ from hub.core.config import Settings
 from hub.core.contract import now_ms
 from hub.core.errors import HubError, InvalidIdentifier, StorageUnavailable
 from hub.core.models import load_models
+from hub.core.printable import printable_values
 from hub.dashboard import queries
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,9 @@ class Handler(BaseHTTPRequestHandler):
             log.exception("dashboard request failed: %s", url.path)
             self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error; see the dashboard's log"})
         else:
-            self._json(HTTPStatus.OK, body)
+            # The page shows strings as text (never as HTML); control characters and bidi
+            # overrides a device wrote are escaped here, as in the terminal.
+            self._json(HTTPStatus.OK, printable_values(body))
 
     def _static(self, name: str) -> None:
         data = (STATIC / name).read_bytes()

@@ -22,7 +22,7 @@ import click
 from rich.console import Console
 from rich.live import Live
 
-from hub.core.config import PROJECT_ROOT, Settings, load_settings
+from hub.core.config import METRICS_OFF, PROJECT_ROOT, Settings, load_settings
 from hub.core.contract import now_ms
 from hub.core.credentials import read_credentials
 from hub.core.errors import HubError, StackError, StorageUnavailable
@@ -102,10 +102,12 @@ class Demo:
     def _start(self) -> None:
         self.stack.up()
         env = dict(os.environ, PYTHONUNBUFFERED="1", IOT_STACK_DIR=str(stack_root(self.settings)))
-        if self.metrics_port and port_open("127.0.0.1", self.metrics_port):
+        if self.metrics_port == 0:  # any free port: the demo picks it, to say where
+            self.metrics_port = free_port()
+        elif self.metrics_port is not None and port_open("127.0.0.1", self.metrics_port):
             taken, self.metrics_port = self.metrics_port, free_port()
             self.console.print(f"port {taken} (IOT_METRICS_PORT) is taken: the hub's metrics go to {self.metrics_port}")
-        env["IOT_METRICS_PORT"] = str(self.metrics_port)
+        env["IOT_METRICS_PORT"] = METRICS_OFF if self.metrics_port is None else str(self.metrics_port)
         self._spawn("hub", [sys.executable, "-m", "hub", "run"], env)
         self._wait_for(
             "waiting for the hub to consume its queues", lambda: hub_consuming(self.settings), HUB_READY_TIMEOUT_S

@@ -15,6 +15,7 @@ from rich.text import Text
 from hub.clients.management import management_url
 from hub.core.config import DEV_AMQP_URL, AmqpParts, Settings
 from hub.core.exit_codes import ExitCode
+from hub.core.printable import printable
 from hub.demo.activity import Snapshot
 from hub.demo.scenario import CommandResult
 
@@ -22,7 +23,7 @@ DEV_HUB_PASSWORD = AmqpParts.parse(DEV_AMQP_URL).password
 CHRONOGRAF_URL = "http://localhost:8888"
 
 
-def where_to_look(settings: Settings, docker: bool, logs: Path, metrics_port: int = 0) -> list[str]:
+def where_to_look(settings: Settings, docker: bool, logs: Path, metrics_port: int | None = None) -> list[str]:
     user = settings.amqp.user
     password = DEV_HUB_PASSWORD if settings.amqp.password == DEV_HUB_PASSWORD else "the one in IOT_AMQP_URL"
     query = "SELECT * FROM thermostat WHERE time > now() - 1m"
@@ -39,6 +40,11 @@ def where_to_look(settings: Settings, docker: bool, logs: Path, metrics_port: in
     if docker:
         lines.insert(3, f"Chronograf   {CHRONOGRAF_URL}  (dashboards over InfluxDB)")
     return lines
+
+
+def _cell(value: object) -> Text:
+    """What InfluxDB holds, shown as text: no markup read in it, no control character left."""
+    return Text(printable(str(value)))
 
 
 def _clock(at_ms: Any) -> str:
@@ -66,7 +72,7 @@ def render(
         sent.add_column(column)
     for result in results[-8:]:
         style = "green" if result.ok else "yellow" if result.exit_code == ExitCode.DEVICE_REFUSED else "red"
-        sent.add_row(result.command.shown, Text(result.summary(), style=style), result.command.why)
+        sent.add_row(result.command.shown, Text(printable(result.summary()), style=style), result.command.why)
     recorded = Table(title="commands recorded by the hub (InfluxDB `commands`)", title_justify="left", expand=True)
     for column in ("time", "device", "command", "status", "origin", "rtt ms"):
         recorded.add_column(column)
@@ -74,10 +80,7 @@ def render(
         rtt = row.get("rtt_ms")
         recorded.add_row(
             _clock(row.get("time")),
-            str(row.get("device", "")),
-            str(row.get("command", "")),
-            str(row.get("status", "")),
-            str(row.get("origin", "")),
+            *(_cell(row.get(column, "")) for column in ("device", "command", "status", "origin")),
             f"{rtt:.1f}" if isinstance(rtt, int | float) else "",
         )
     alert_table = Table(title="latest alerts (InfluxDB `alerts`)", title_justify="left", expand=True)
@@ -85,10 +88,7 @@ def render(
         alert_table.add_column(column)
     for row in snapshot.recent_alerts:
         alert_table.add_row(
-            _clock(row.get("time")),
-            str(row.get("severity", "")),
-            str(row.get("device", "")),
-            str(row.get("message", "")),
+            _clock(row.get("time")), *(_cell(row.get(column, "")) for column in ("severity", "device", "message"))
         )
     parts: list[Any] = [head, figures, sent, recorded, alert_table]
     if error:

@@ -13,6 +13,7 @@ queue (consumer lag, `hub_queue_depth`) over its own short broker connection, an
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import socket
@@ -31,7 +32,7 @@ from hub.clients.influx import server_version
 from hub.clients.management import read_consumer_activity
 from hub.core.config import Settings
 from hub.core.contract import now_ms
-from hub.core.errors import BrokerUnavailable, HubError
+from hub.core.errors import BrokerUnavailable, ConfigError, HubError
 from hub.core.points import Point
 from hub.outputs.fanout import OutputSet
 from hub.runtime.consumer import instance_name
@@ -301,7 +302,10 @@ class Monitor:
             outputs.close()
 
     def serve_http(self, port: int) -> None:
-        """Serve /metrics, /health, /health/live and /health/ready on `port` in a daemon thread."""
+        """Serve /metrics, /health, /health/live and /health/ready on `port` (0: any free one) in a daemon thread.
+
+        A port another program holds (a second hub on this machine) is a `ConfigError` naming it.
+        """
         settings = self.settings
         monitor = self
 
@@ -329,9 +333,23 @@ class Monitor:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        try:
+            self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"port {port} for /metrics and /health is taken (another hub on this machine?): give this hub"
+                    " another with --metrics-port or IOT_METRICS_PORT, 0 for any free port, or off"
+                ) from None
+            raise ConfigError(
+                f"cannot listen on port {port} for /metrics and /health ({exc.strerror}): see --metrics-port"
+                " or IOT_METRICS_PORT"
+            ) from None
         threading.Thread(target=self.server.serve_forever, name="http", daemon=True).start()
-        log.info("service=monitor event=http_listening port=%d paths=/metrics,/health,/health/live,/health/ready", port)
+        log.info(
+            "service=monitor event=http_listening port=%d paths=/metrics,/health,/health/live,/health/ready",
+            self.server.server_address[1],
+        )
 
     def close(self) -> None:
         if self.server is not None:

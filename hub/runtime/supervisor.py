@@ -40,7 +40,7 @@ def run_hub(
     services = build(stop)
     names = [s.name for s in services]
     monitor = Monitor(settings, services, stop)
-    if settings.metrics_port:
+    if settings.metrics_port is not None:
         monitor.serve_http(settings.metrics_port)
     failures: list[BaseException] = []
 

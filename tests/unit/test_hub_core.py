@@ -315,34 +315,39 @@ def test_an_ack_that_overtakes_its_command_is_held_then_recorded_with_the_comman
     assert ledger.timed_out(10**9) == Recorded(), "a command whose ack was seen never times out"
 
 
-def test_an_early_ack_unmatched_after_the_grace_is_unknown_and_its_late_command_never_times_out() -> None:
+def test_an_early_ack_unmatched_after_the_grace_is_refused_and_never_recorded() -> None:
     ledger = CommandLedger()
     ledger.on_ack(Ack(id="c-1", device="dev-1", status="error", detail="bad args", ts=1030), at_ms=2000, token=9)
+    assert ledger.timed_out(2000 + ORPHAN_ACK_GRACE_MS) == Recorded(), "still within the grace"
     expired = ledger.timed_out(2001 + ORPHAN_ACK_GRACE_MS)
-    [line] = lines(expired)
-    assert line.startswith("commands,command=unknown,device=dev-1,origin=cli,status=error ")
-    assert 'detail="bad args"' in line and line.endswith(" 2000")
-    assert expired.released == [9]
-    assert ledger.timed_out(10**9) == Recorded(), "recorded once"
-    [sent] = lines(ledger.on_command("dev-1", _command(ts=1000, expires=11_000), "cli", at_ms=2_000_000))
-    assert ",status=sent " in sent
-    assert ledger.timed_out(10**9) == Recorded()
+    assert expired.points == [] and expired.released == []
+    [refused] = expired.refused
+    assert (refused.token, refused.reason) == (9, "unknown_command")
+    assert "no command c-1 was sent to dev-1" in refused.detail
+    assert ledger.held_tokens() == [] and ledger.timed_out(10**9) == Recorded(), "refused once"
 
 
-def test_early_acks_are_bounded_the_oldest_recorded_as_unknown_and_a_duplicate_is_not_held_twice() -> None:
+def test_early_acks_are_bounded_and_the_oldest_are_refused_first() -> None:
     ledger = CommandLedger(max_early_acks=2)
     for index in range(2):
         early = Ack(id=f"c-{index}", device="dev-1", status="ok", ts=1)
         assert ledger.on_ack(early, at_ms=10, token=index + 1) == Recorded()
     evicted = ledger.on_ack(Ack(id="c-2", device="dev-1", status="ok", ts=1), at_ms=11, token=3)
-    assert [line.split(" ")[0] for line in lines(evicted)] == [
-        "commands,command=unknown,device=dev-1,origin=cli,status=ok"
-    ]
-    assert evicted.released == [1]
-    duplicate = ledger.on_ack(Ack(id="c-2", device="dev-1", status="ok", ts=1), at_ms=12, token=4)
-    assert duplicate.released == [4] and len(lines(duplicate)) == 1
+    assert evicted.points == [] and [r.token for r in evicted.refused] == [1]
     assert sorted(ledger.held_tokens()) == [2, 3]
     assert COMMANDS.prefetch > MAX_EARLY_ACKS, "held deliveries must never fill the prefetch window"
+
+
+def test_an_early_ack_said_twice_is_held_with_the_first_and_recorded_once() -> None:
+    ledger = CommandLedger()
+    for token in (1, 2):
+        assert ledger.on_ack(Ack(id="c-1", device="dev-1", status="ok", ts=1030), at_ms=1042, token=token) == Recorded()
+    both = ledger.on_command("dev-1", _command(), "cli", at_ms=1050, token=3)
+    assert [line.split(" ")[0] for line in lines(both)] == [
+        "commands,command=ping,device=dev-1,origin=cli,status=sent",
+        "commands,command=ping,device=dev-1,origin=cli,status=ok",
+    ], "one outcome, however often the device said it"
+    assert sorted(both.released) == [1, 2, 3] and ledger.held_tokens() == []
 
 
 def test_a_commands_delivery_is_held_until_its_outcome_is_recorded() -> None:

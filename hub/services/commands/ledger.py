@@ -10,15 +10,24 @@ point, and records of different commands never share a timestamp because the hub
 one burst. `CommandLedger` is the pure part.
 
 A command's delivery stays unacked until its outcome is recorded, so a hub that stops (even
-SIGKILLed) loses no pending command: the broker hands it over again, before its ack. A command
-the hub first sees after its expiry (it was away) still waits `LATE_COMMAND_GRACE_MS` for its
-ack to come through the backlog before it counts as a timeout.
+SIGKILLed) loses no pending command: the broker hands it over again, before its ack. That
+queue is the hub's durable record of what was sent and is still open: a hub restarted between
+a command and its ack sees the command again and records the ack. A command the hub first sees
+after its expiry (it was away) still waits `LATE_COMMAND_GRACE_MS` for its ack to come through
+the backlog before it counts as a timeout.
 
-An ack can reach the queue before its own command: the command goes through the quorum
-queue's consensus while a device's classic subscription queue hands it over at once. Such an
-early ack is held (its delivery unacked) for `ORPHAN_ACK_GRACE_MS`; when the command arrives
-both are recorded, and only then are both deliveries acked. An ack still unmatched after the
-grace is recorded as command `unknown`.
+Only the truth is recorded. A command is known by its id and the device it was sent to, and an
+ack answers the command of its own id and device only: an ack for an id the hub never saw
+sent, or for a command sent to another device, is refused (dead-lettered, reason
+`unknown_command`), never recorded. An ack can reach the queue before its own command (the
+command goes through the quorum queue's consensus while a device's classic subscription queue
+hands it over at once), so an ack whose command is unknown is held (its delivery unacked) for
+`ORPHAN_ACK_GRACE_MS`: when the command arrives both are recorded and only then are both
+deliveries acked; still unknown after the grace, the ack is refused. Settled commands
+(answered, timed out, or let go) are remembered, newest `MAX_SETTLED`, so a repeated or late
+ack is settled without a second outcome. The service seeds that memory from what `commands`
+recorded (`recorded.py`) whenever it (re)connects and when it takes over from another hub, so a
+restart or a failover does not turn a repeated ack into a refused one.
 """
 
 from __future__ import annotations
@@ -38,20 +47,21 @@ ORIGINS = ("cli", "rule")
 #: A command first seen after its expiry (the hub was away) waits this long for its ack.
 LATE_COMMAND_GRACE_MS = 5_000
 #: Pending commands held at most (their deliveries stay unacked and count against the queue's
-#: prefetch); beyond it the oldest is let go and its ack, if it ever comes, counts as `unknown`.
+#: prefetch); beyond it the oldest is let go: it no longer times out, and its ack, if it comes,
+#: is still recorded (while the id is remembered among the settled).
 MAX_PENDING = topology.COMMANDS.prefetch // 2
-#: An ack whose command has not been seen yet waits this long for it before it counts as `unknown`.
+#: An ack whose command has not been seen yet waits this long for it before it is refused.
 ORPHAN_ACK_GRACE_MS = 5_000
-#: Early acks held at most (the oldest is recorded as `unknown` first). Held deliveries stay
-#: unacked and count against the queue's prefetch, so this stays well below it.
+#: Early acks held at most (the oldest id's are refused first). Held deliveries stay unacked and
+#: count against the queue's prefetch, so this stays well below it.
 MAX_EARLY_ACKS = topology.COMMANDS.prefetch // 4
-#: Ids of acks already recorded as `unknown`, remembered so their late command never times out.
-MAX_ANSWERED = 10_000
+#: Settled command ids remembered (with their device), newest first kept: a repeated or late ack
+#: of one of them is settled without a second outcome.
+MAX_SETTLED = 10_000
 #: The detail of a `timeout`.
 NO_ACK = "no ack by expires"
-#: Command name and origin recorded for an ack whose command the hub never saw.
-UNKNOWN_COMMAND = "unknown"
-UNKNOWN_ORIGIN = "cli"
+#: The dead-letter reason of an ack that answers no command sent to its device.
+UNKNOWN_COMMAND_REASON = "unknown_command"
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,19 @@ class Sent:
         return max(self.command.expires, self.seen_at_ms + LATE_COMMAND_GRACE_MS) + TIMEOUT_GRACE_MS
 
 
+#: A command as the ledger knows it: its id and the device it was sent to. An ack answers the
+#: command of its own id and device only, so another device cannot answer it.
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A command the ledger is done with."""
+
+    #: A command let go before its outcome (`MAX_PENDING`): its ack is still recorded, once.
+    let_go: Sent | None = None
+
+
 @dataclass(frozen=True)
 class EarlyAck:
     ack: Ack
@@ -78,13 +101,24 @@ class EarlyAck:
     token: int
 
 
+@dataclass(frozen=True)
+class Refused:
+    """An ack delivery to dead-letter instead of recording: it answers no command sent to its device."""
+
+    token: int
+    reason: str
+    detail: str
+
+
 @dataclass
 class Recorded:
-    """The points one event produces, and the held tokens those points now account for."""
+    """The points one event produces, the held tokens those points now account for, and the refused ones."""
 
     points: list[Point] = field(default_factory=list)
     #: Tokens of acks whose point is in `points`: settle them once `points` are written.
     released: list[int] = field(default_factory=list)
+    #: Ack deliveries to dead-letter (then settle), each with its reason.
+    refused: list[Refused] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.released = [token for token in self.released if token]
@@ -96,6 +130,7 @@ class Recorded:
     def extend(self, other: Recorded) -> None:
         self.points.extend(other.points)
         self.released.extend(other.released)
+        self.refused.extend(other.refused)
 
 
 def outcome_point(
@@ -115,97 +150,130 @@ def outcome_point(
 
 
 class CommandLedger:
-    """Commands waiting for their ack, acks waiting for their command, and the points each event produces."""
+    """Commands waiting for their ack, acks waiting for their command, and what each event produces."""
 
-    def __init__(self, max_early_acks: int = MAX_EARLY_ACKS) -> None:
-        self.pending: dict[str, Sent] = {}
-        self.early: dict[str, EarlyAck] = {}
-        self.answered: dict[str, None] = {}
-        #: Ids of commands recorded as `timeout`: an ack that comes later is settled, not recorded again.
-        self.given_up: dict[str, None] = {}
+    def __init__(self, max_early_acks: int = MAX_EARLY_ACKS, max_settled: int = MAX_SETTLED) -> None:
+        self.pending: dict[Key, Sent] = {}
+        #: Acks whose command has not been seen yet, in the order they came (repeats of one together).
+        self.early: dict[Key, list[EarlyAck]] = {}
+        self.early_count = 0
+        #: Commands whose outcome is recorded, that timed out, or were let go.
+        self.settled: dict[Key, Settled] = {}
         self.max_early_acks = max_early_acks
+        self.max_settled = max_settled
+
+    def seed(self, settled: list[Key]) -> None:
+        """Remember commands another hub (or this one before a restart) settled, so their repeated or
+        late acks are settled, not refused; early acks of them are released when their grace ends."""
+        for key in settled:
+            self._settle(key, Settled())
 
     def on_command(self, device: str, command: Command, origin: str, at_ms: int, token: int = 0) -> Recorded:
         """Record `sent`; the command's delivery (`token`) is held until its outcome is recorded."""
-        COMMAND_OUTCOMES.labels("sent").inc()
+        key = (command.id, device)
+        recorded = Recorded([outcome_point(device, command.command, "sent", origin, command.id, command.ts)])
+        early = self.early.pop(key, [])
+        self.early_count -= len(early)
+        if key in self.settled:  # again after its outcome (a redelivery): nothing more to wait for
+            recorded.release(token)
+            for repeated in early:
+                recorded.release(repeated.token)
+            return recorded
         sent = Sent(device, command, origin, token, at_ms)
-        sent_point = outcome_point(device, command.command, "sent", origin, command.id, command.ts)
-        early = self.early.pop(command.id, None)
-        if early is not None:  # its ack came first: the whole lifecycle at once
-            return Recorded([sent_point, self._outcome(sent, early.ack)], [early.token, token])
-        if command.id in self.answered:  # its ack was recorded as unknown already: it must not time out
-            del self.answered[command.id]
-            return Recorded([sent_point], [token])
-        recorded = Recorded([sent_point])
-        previous = self.pending.pop(command.id, None)
+        if early:  # its ack came first: the whole lifecycle at once
+            recorded.extend(self._answer(sent, early[0]))
+            for repeated in early[1:]:
+                recorded.release(repeated.token)
+            return recorded
+        previous = self.pending.pop(key, None)
         if previous is not None:  # the same command twice: one lifecycle, when it was first seen
             sent = Sent(device, command, origin, token, previous.seen_at_ms)
             recorded.release(previous.token)
         elif len(self.pending) >= MAX_PENDING:
-            recorded.release(self.pending.pop(next(iter(self.pending))).token)
-        self.pending[command.id] = sent
+            oldest_key, oldest = next(iter(self.pending.items()))
+            del self.pending[oldest_key]
+            recorded.release(oldest.token)
+            self._settle(oldest_key, Settled(let_go=Sent(oldest.device, oldest.command, oldest.origin)))
+        COMMAND_OUTCOMES.labels("sent").inc()
+        self.pending[key] = sent
         return recorded
 
     def on_ack(self, ack: Ack, at_ms: int, token: int = 0) -> Recorded:
-        """Record the ack, or hold it (nothing recorded, `token` not released) until its command comes."""
-        COMMAND_OUTCOMES.labels(ack.status).inc()
-        sent = self.pending.pop(ack.id, None)
+        """Record the ack, or hold it (nothing returned, `token` not released) until its command comes.
+
+        An ack for another device's command, or for none the hub saw, is refused once the grace is over.
+        """
+        key = (ack.id, ack.device)
+        early = EarlyAck(ack, at_ms, token)
+        sent = self.pending.pop(key, None)
         if sent is not None:
-            return Recorded([self._outcome(sent, ack)], [sent.token, token])
-        if ack.id in self.given_up:  # its outcome is `timeout` already: one lifecycle per command
-            return Recorded([], [token])
-        if ack.id in self.early:  # a second ack for the same command: no command to wait for twice
-            return self._unknown(EarlyAck(ack, at_ms, token))
+            return self._answer(sent, early)
+        settled = self.settled.get(key)
+        if settled is not None:
+            if settled.let_go is not None:  # let go before its outcome: this is it
+                return self._answer(settled.let_go, early)
+            return Recorded(released=[token])  # repeated, or after its timeout: one lifecycle per command
         recorded = Recorded()
-        if len(self.early) >= self.max_early_acks:
-            recorded.extend(self._unknown(self.early.pop(next(iter(self.early)))))
-        self.early[ack.id] = EarlyAck(ack, at_ms, token)
+        if self.early_count >= self.max_early_acks:
+            recorded.extend(self._orphaned(next(iter(self.early)), f"more than {self.max_early_acks} acks wait"))
+        self.early.setdefault(key, []).append(early)
+        self.early_count += 1
         return recorded
 
     def timed_out(self, now: int) -> Recorded:
-        """Commands past their expiry (`timeout`) and early acks past their grace (`unknown`)."""
+        """Commands past their expiry (`timeout`) and early acks past their grace (refused)."""
         recorded = Recorded()
-        late = [s for s in self.pending.values() if now > s.deadline_ms]
-        for sent in late:
-            del self.pending[sent.command.id]
+        late = [(key, s) for key, s in self.pending.items() if now > s.deadline_ms]
+        for key, sent in late:
+            del self.pending[key]
             COMMAND_OUTCOMES.labels("timeout").inc()
             command = sent.command
             recorded.points.append(
                 outcome_point(sent.device, command.command, "timeout", sent.origin, command.id, command.expires, NO_ACK)
             )
             recorded.release(sent.token)
-            if len(self.given_up) >= MAX_ANSWERED:
-                self.given_up.pop(next(iter(self.given_up)))
-            self.given_up[command.id] = None
-        orphans = [e for e in self.early.values() if now > e.at_ms + ORPHAN_ACK_GRACE_MS]
-        for early in orphans:
-            del self.early[early.ack.id]
-            recorded.extend(self._unknown(early))
+            self._settle(key, Settled())
+        grace = f"none seen within {ORPHAN_ACK_GRACE_MS / 1000:g} s"
+        for key in [key for key, acks in self.early.items() if now > acks[0].at_ms + ORPHAN_ACK_GRACE_MS]:
+            if key in self.settled:  # settled by another hub, learnt since (`seed`): a repeat, not a forgery
+                acks = self.early.pop(key)
+                self.early_count -= len(acks)
+                recorded.released.extend(e.token for e in acks if e.token)
+            else:
+                recorded.extend(self._orphaned(key, grace))
         return recorded
 
     def held_tokens(self) -> list[int]:
         """Deliveries held unacked: early acks and pending commands."""
-        return [e.token for e in self.early.values() if e.token] + [s.token for s in self.pending.values() if s.token]
+        held = [e.token for acks in self.early.values() for e in acks if e.token]
+        return held + [s.token for s in self.pending.values() if s.token]
 
     def forget_held(self) -> None:
         """Drop what was held (its deliveries were not acked: the broker sends them all again)."""
         self.early.clear()
+        self.early_count = 0
         self.pending.clear()
 
-    def _outcome(self, sent: Sent, ack: Ack) -> Point:
-        """Stamped with the device's ack time (never before `sent`); the round trip is ack.ts - command.ts."""
-        command = sent.command
+    def _answer(self, sent: Sent, early: EarlyAck) -> Recorded:
+        """The outcome of `sent`, stamped with the ack's time (never before `sent`); rtt: ack.ts - command.ts."""
+        ack, command = early.ack, sent.command
+        COMMAND_OUTCOMES.labels(ack.status).inc()
         rtt = max(0, ack.ts - command.ts)
         ts = max(ack.ts, command.ts)
-        return outcome_point(ack.device, command.command, ack.status, sent.origin, ack.id, ts, ack.detail, rtt)
+        point = outcome_point(ack.device, command.command, ack.status, sent.origin, ack.id, ts, ack.detail, rtt)
+        self._settle((command.id, sent.device), Settled())
+        return Recorded([point], [sent.token, early.token])
 
-    def _unknown(self, early: EarlyAck) -> Recorded:
-        """Sent before this hub started, already timed out, or never seen within the grace."""
-        ack = early.ack
-        if len(self.answered) >= MAX_ANSWERED:
-            self.answered.pop(next(iter(self.answered)))
-        self.answered[ack.id] = None
-        unknown = outcome_point(
-            ack.device, UNKNOWN_COMMAND, ack.status, UNKNOWN_ORIGIN, ack.id, early.at_ms, ack.detail
-        )
-        return Recorded([unknown], [early.token])
+    def _orphaned(self, key: Key, why: str) -> Recorded:
+        """Refuse every ack held for `key`: no such command was seen sent to that device."""
+        acks = self.early.pop(key)
+        self.early_count -= len(acks)
+        command_id, device = key
+        detail = f"no command {command_id} was sent to {device} ({why})"
+        return Recorded(refused=[Refused(e.token, UNKNOWN_COMMAND_REASON, detail) for e in acks])
+
+    def _settle(self, key: Key, settled: Settled) -> None:
+        self.settled.pop(key, None)
+        if len(self.settled) >= self.max_settled:
+            del self.settled[next(iter(self.settled))]
+        self.settled[key] = settled

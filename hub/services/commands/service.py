@@ -1,4 +1,9 @@
-"""The commands service: queue `hub.commands` (`commands.#`, `acks.#`) -> the `commands` lifecycle."""
+"""The commands service: queue `hub.commands` (`commands.#`, `acks.#`) -> the `commands` lifecycle.
+
+The ledger decides; this service carries it out: points into the outbox, deliveries settled once
+their points are written, and the acks the ledger refuses dead-lettered (`unknown_command`),
+including those it held a while, whose deliveries it keeps until then.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,10 @@ from hub.core.errors import InvalidIdentifier, InvalidMessage
 from hub.core.points import Point
 from hub.runtime import topology
 from hub.runtime.batch import Batch
-from hub.runtime.consumer import Delivery
-from hub.runtime.service import Service
+from hub.runtime.consumer import Consumer, Delivery
+from hub.runtime.service import ROLE_STANDBY, Service
 from hub.services.commands.ledger import ORIGINS, TIMEOUT_CHECK_S, CommandLedger, Recorded
+from hub.services.commands.recorded import settled_commands
 
 
 @dataclass
@@ -38,7 +44,16 @@ class CommandsService(Service):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ledger = CommandLedger()
+        #: The monitor found this process standby: on becoming active it learns what the other settled.
+        self.was_standby = False
+        #: Ack deliveries handed to the ledger and not yet settled by it, by tag: a held one may be refused later.
+        self.acks: dict[int, Delivery] = {}
         self.next_check = 0
+
+    def on_start(self, consumer: Consumer) -> None:
+        super().on_start(consumer)
+        # At every (re)connect: what was settled, by this hub or another, while it was not consuming.
+        self.ledger.seed(settled_commands(self.settings))
 
     def new_outbox(self) -> Batch:
         return TaggedBatch()
@@ -58,15 +73,23 @@ class CommandsService(Service):
             ack = decode(delivery.body, Ack)
             if ack.device != device:
                 raise InvalidMessage("routing_mismatch", f"ack from {ack.device} routed as {delivery.routing_key}")
+            self.acks[delivery.tag] = delivery
             recorded = self.ledger.on_ack(ack, now, token=delivery.tag)
         self._add(recorded)
 
     def _add(self, recorded: Recorded) -> None:
-        """Points first (tag 0: they settle nothing by themselves), then each released delivery once."""
+        """Points first (tag 0: they settle nothing by themselves), then each released delivery once,
+        then each refused one, dead-lettered (its confirm awaited before the batch's ack)."""
         for point in recorded.points:
             self.outbox.add(0, point)
         for tag in recorded.released:
+            self.acks.pop(tag, None)
             self.outbox.add(tag)
+        for refused in recorded.refused:
+            delivery = self.acks.pop(refused.token, None)
+            if delivery is not None:
+                self.dead_letter(delivery, refused.reason, refused.detail)
+                self.outbox.add(delivery.tag)
 
     def settle(self, batch: Batch) -> None:
         """Ack what `batch` covers, but never a held early ack or a delivery of the next batch.
@@ -87,8 +110,14 @@ class CommandsService(Service):
     def on_connection_lost(self) -> None:
         super().on_connection_lost()
         self.ledger.forget_held()
+        self.acks.clear()
 
     def tick(self, idle: bool = False) -> None:
+        if self.role == ROLE_STANDBY:
+            self.was_standby = True
+        elif self.was_standby:  # the broker made this standby active: learn what the active hub settled
+            self.was_standby = False
+            self.ledger.seed(settled_commands(self.settings))
         now = now_ms()
         if now >= self.next_check:
             self.next_check = now + int(TIMEOUT_CHECK_S * 1000)
