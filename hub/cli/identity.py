@@ -148,7 +148,8 @@ def impostors(close: bool) -> None:
     """List device accounts connected over MQTT under another device's client id.
 
     Such a client gets no commands and publishes only as itself, but its CONNECT takes over the
-    session of the device whose id it uses, which the broker cannot refuse. Exit code 0 when none
+    session of the device whose id it uses. The stack's broker auth service refuses it at login;
+    this is the audit for a broker that runs without it. Exit code 0 when none
     is connected, 1 when some are (after closing them, with --close); `hub revoke` the account if
     its credential is stolen. Uses the admin account, like `provision`.
 

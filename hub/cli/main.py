@@ -18,6 +18,7 @@ SUBCOMMANDS = [
     ("hub.cli.identity", "provision"),
     ("hub.cli.identity", "revoke"),
     ("hub.cli.identity", "impostors"),
+    ("hub.cli.audit", "audit"),
     ("hub.demo.app", "demo"),
     ("hub.cli.run", "run"),
     ("hub.dashboard.cli", "dashboard"),

@@ -259,6 +259,16 @@ class ManagementAdmin:
         connections = self._call("GET", "connections?columns=name,user,protocol,client_properties")
         return [c for c in connections or [] if isinstance(c, dict) and str(c.get("protocol", "")).startswith("MQTT")]
 
+    def users(self) -> list[dict[str, Any]]:
+        """Every account: name and tags."""
+        users = self._call("GET", "users?columns=name,tags")
+        return [u for u in users or [] if isinstance(u, dict)]
+
+    def permissions(self) -> list[dict[str, Any]]:
+        """Every account's vhost permissions (user, vhost, configure, write, read)."""
+        permissions = self._call("GET", "permissions")
+        return [p for p in permissions or [] if isinstance(p, dict)]
+
     def topic_permissions(self) -> list[dict[str, Any]]:
         """Every account's topic permissions (user, vhost, exchange, write, read)."""
         permissions = self._call("GET", "topic-permissions")

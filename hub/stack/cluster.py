@@ -287,6 +287,18 @@ class Cluster:
         authz = self._broker_auth(nodes[0].ports).home
         return processes.all_ours(*(node.home for node in nodes), self.root / INFLUXDB_DIR, authz)
 
+    def node_ports(self) -> list[RabbitPorts]:
+        """Every node's ports, by index (empty: no cluster here)."""
+        state = self._load_state()
+        return [RabbitPorts(**entry["ports"]) for entry in state["nodes"]] if state is not None else []
+
+    def broker_auth(self) -> BrokerAuthService | None:
+        """The cluster's broker auth service (None: no cluster here, or one without it)."""
+        state = self._load_state()
+        if state is None or "authz_pid" not in state:
+            return None
+        return self._broker_auth(RabbitPorts(**state["nodes"][0]["ports"]))
+
     def node(self, index: int) -> RabbitNode:
         state = self._load_state()
         if state is None:

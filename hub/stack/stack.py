@@ -190,6 +190,11 @@ class Stack:
     def status(self) -> StackStatus:
         return self._status_unlocked()
 
+    def node_ports(self) -> list[RabbitPorts]:
+        """The running node's ports, as a list like a cluster's (empty: no stack here)."""
+        state = self._load_state()
+        return [RabbitPorts(**state["rabbit_ports"])] if state is not None else []
+
     def broker_auth(self) -> BrokerAuthService | None:
         """The running stack's broker auth service (None: no stack here, or one without it)."""
         state = self._load_state()
