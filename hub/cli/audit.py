@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -27,6 +26,7 @@ from hub.control.security_audit import (
 )
 from hub.core.config import Settings, load_settings
 from hub.core.errors import HubError
+from hub.core.printable import printable, printable_json
 from hub.stack.brokerauth import operator_accounts
 from hub.stack.cluster import CLUSTER_STATE_FILE, Cluster
 from hub.stack.sockets import listening_sockets
@@ -86,10 +86,9 @@ def render(rows: list[Row]) -> Table:
     for column in ("check", "subject", "verdict", "detail"):
         table.add_column(column)
     for row in rows:
-        # Text, not markup: subjects and details carry account names and paths, which may hold brackets.
-        table.add_row(
-            Text(row.check), Text(row.subject), Text(row.verdict, VERDICT_STYLE[row.verdict]), Text(row.detail)
-        )
+        # Text, not markup, and escaped: subjects and details carry account names and paths.
+        verdict = Text(row.verdict, VERDICT_STYLE[row.verdict])
+        table.add_row(Text(row.check), Text(printable(row.subject)), verdict, Text(printable(row.detail)))
     return table
 
 
@@ -117,7 +116,7 @@ def audit(as_json: bool) -> None:
     rows = audit_rows(load_settings())
     if as_json:
         for row in rows:
-            click.echo(json.dumps(asdict(row)))
+            click.echo(printable_json(asdict(row)))
     else:
         Console(highlight=False, width=None if sys.stdout.isatty() else REPORT_WIDTH).print(render(rows))
     findings = sum(row.verdict == "finding" for row in rows)
