@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from ipaddress import ip_address
 
 import click
 from rich.console import Console
@@ -47,12 +49,24 @@ def _guarded(check: str, probe: Callable[[], list[Row]]) -> list[Row]:
         return [Row(check, "could not check", "finding", str(exc))]
 
 
-def audit_rows(settings: Settings) -> list[Row]:
-    """Every check, against the stack in IOT_STACK_DIR when one runs here, else against the configured endpoints."""
+def machine_addresses() -> list[str]:
+    """This machine's own addresses beyond loopback, as its host name resolves (what a network dials)."""
+    try:
+        found = socket.getaddrinfo(socket.gethostname(), None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return []
+    return sorted({str(entry[4][0]) for entry in found if not ip_address(str(entry[4][0])).is_loopback})
+
+
+def audit_rows(settings: Settings, addresses: Sequence[str] = ()) -> list[Row]:
+    """Every check, against the stack in IOT_STACK_DIR when one runs here, else against the configured endpoints.
+
+    The TLS listeners are dialled at the configured host and at each of `addresses` (default: this
+    machine's own addresses beyond loopback)."""
     single = Stack(settings)
     here: Stack | Cluster = Cluster(settings) if (single.root / CLUSTER_STATE_FILE).exists() else single
     nodes = here.node_ports() if here.status().running else []
-    host = settings.amqp.host
+    dialled = list(dict.fromkeys([settings.amqp.host, *(addresses or machine_addresses())]))
     if nodes:
         tls_ports = {
             port: name for n in nodes for port, name in ((n.amqps, "AMQPS"), (n.mqtts, "MQTTS"), (n.stomps, "STOMPS"))
@@ -72,8 +86,8 @@ def audit_rows(settings: Settings) -> list[Row]:
         rows.append(Row("broker auth", "the broker's", "skipped", f"no stack runs in {settings.stack_path}"))
     operators = operator_accounts(settings)
     rows += configured_secret_rows(settings)
-    rows += _guarded("secrets", lambda: known_login_rows(settings, amqp_ports))
-    rows += tls_rows(host, tls_ports)
+    rows += _guarded("secrets", lambda: known_login_rows(settings, amqp_ports, dialled))
+    rows += tls_rows(dialled, tls_ports)
     rows += influx_rows(settings)
     rows += mode_rows(settings.stack_path)
     rows += _guarded("device accounts", lambda: account_rows(settings, operators))
@@ -94,7 +108,13 @@ def render(rows: list[Row]) -> Table:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per row instead of the table.")
-def audit(as_json: bool) -> None:
+@click.option(
+    "--address",
+    "addresses",
+    multiple=True,
+    help="Also dial the TLS listeners here (repeatable; default: this machine's addresses beyond loopback).",
+)
+def audit(as_json: bool, addresses: tuple[str, ...]) -> None:
     """Check a running deployment before a port is opened to a network: exit 1 on any finding.
 
     \b
@@ -113,7 +133,7 @@ def audit(as_json: bool) -> None:
     Example:
       python -m hub audit
     """
-    rows = audit_rows(load_settings())
+    rows = audit_rows(load_settings(), addresses)
     if as_json:
         for row in rows:
             click.echo(printable_json(asdict(row)))

@@ -274,6 +274,17 @@ class ManagementAdmin:
         permissions = self._call("GET", "topic-permissions")
         return [p for p in permissions or [] if isinstance(p, dict)]
 
+    def set_password(self, user: str, password: str) -> None:
+        """A new password for an existing account, its tags kept."""
+        path = f"users/{urllib.parse.quote(user, safe='')}"
+        current = self._call("GET", path)
+        tags = current.get("tags", []) if isinstance(current, dict) else []
+        self._call("PUT", path, {"password": password, "tags": ",".join(tags) if isinstance(tags, list) else tags})
+
+    def set_permissions(self, user: str, vhost: str, *, configure: str, write: str, read: str) -> None:
+        path = f"permissions/{urllib.parse.quote(vhost, safe='')}/{urllib.parse.quote(user, safe='')}"
+        self._call("PUT", path, {"configure": configure, "write": write, "read": read})
+
     def close_connection(self, name: str, reason: str) -> None:
         """Close one client connection; one already gone is no error."""
         path = f"connections/{urllib.parse.quote(name, safe='')}"

@@ -16,14 +16,16 @@ import urllib.error
 import urllib.request
 import warnings
 from base64 import b64encode
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
-from hub.clients.amqp import connect
+import pika
+import pika.exceptions
+
 from hub.clients.management import ManagementAdmin, management_url
 from hub.control.identity import impostors
 from hub.core.config import Settings
@@ -134,18 +136,18 @@ def handshake(host: str, port: int, version: ssl.TLSVersion) -> bool:
         return False
 
 
-def tls_rows(host: str, tls_ports: Mapping[int, str]) -> list[Row]:
+def tls_rows(addresses: Sequence[str], tls_ports: Mapping[int, str]) -> list[Row]:
     rows = []
-    for port, name in sorted(tls_ports.items()):
+    for (port, name), host in ((item, host) for item in sorted(tls_ports.items()) for host in addresses):
         accepted = [v for v in (*REFUSED_TLS, *OFFERED_TLS) if handshake(host, port, v)]
         offered = ", ".join(_version_name(v) for v in accepted) or "none"
-        old = [v for v in accepted if v in REFUSED_TLS]
-        if old:
-            rows.append(Row("TLS versions", f"{name} :{port}", "finding", f"offers {offered}: before 1.2 is broken"))
+        subject = f"{name} {host}:{port}"
+        if any(v in REFUSED_TLS for v in accepted):
+            rows.append(Row("TLS versions", subject, "finding", f"offers {offered}: before 1.2 is broken"))
         elif not accepted:
-            rows.append(Row("TLS versions", f"{name} :{port}", "finding", "no TLS handshake completes"))
+            rows.append(Row("TLS versions", subject, "finding", "no TLS handshake completes"))
         else:
-            rows.append(Row("TLS versions", f"{name} :{port}", "ok", f"offers {offered}"))
+            rows.append(Row("TLS versions", subject, "ok", f"offers {offered}"))
     return rows
 
 
@@ -171,25 +173,47 @@ def configured_secret_rows(settings: Settings) -> list[Row]:
     return rows
 
 
-def known_login_rows(settings: Settings, amqp_ports: Mapping[int, str]) -> list[Row]:
-    """Each published credential tried on every AMQP listener and the management API: none may log in."""
+def known_login_rows(settings: Settings, amqp_ports: Mapping[int, str], addresses: Sequence[str]) -> list[Row]:
+    """Each published credential tried on every AMQP listener (the TLS ones at each of `addresses`) and the
+    management API: none may log in."""
     rows = []
     for user, password in KNOWN_CREDENTIALS:
         worked = []
         for port, name in sorted(amqp_ports.items()):
-            scheme = "amqps" if name == "AMQPS" else "amqp"
-            url = f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{settings.amqp.host}:{port}/{VHOST}"
-            try:
-                connect(settings.model_copy(update={"amqp_url": url}), "hub audit").close()
-                worked.append(name)
-            except HubError:
-                pass
+            tls = name == "AMQPS"
+            for host in addresses if tls else [settings.amqp.host]:
+                if _amqp_login(host, port, tls, user, password):
+                    worked.append(f"{name} at {host}")
         if _management_login(settings, user, password):
             worked.append("management API")
         verdict: Verdict = "finding" if worked else "ok"
         detail = f"logs in on {', '.join(worked)}" if worked else "refused everywhere"
         rows.append(Row("secrets", f"{user}:{'*' * len(password)}", verdict, detail))
     return rows
+
+
+def _amqp_login(host: str, port: int, tls: bool, user: str, password: str) -> bool:
+    """True if `user` logs in to vhost `iot` at host:port (over TLS: whatever the certificate, the login is asked)."""
+    ssl_options = None
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        ssl_options = pika.SSLOptions(context, host)
+    parameters = pika.ConnectionParameters(
+        host,
+        port,
+        VHOST,
+        pika.PlainCredentials(user, password),
+        ssl_options=ssl_options,
+        connection_attempts=1,
+        socket_timeout=PROBE_TIMEOUT_S,
+        blocked_connection_timeout=PROBE_TIMEOUT_S,
+    )
+    try:
+        pika.BlockingConnection(parameters).close()
+    except pika.exceptions.AMQPError:
+        return False
+    return True
 
 
 def _management_login(settings: Settings, user: str, password: str) -> bool:

@@ -217,3 +217,23 @@ def test_the_cli_writes_secrets_once_to_a_0600_file_and_revoke_forgets_them(stac
     assert gone.returncode == 0 and "1 revoked" in gone.stderr, gone.stderr
     assert sorted(json.loads(out.read_text())) == sorted(devices[1:])
     revoke(stack, devices)
+
+
+def test_the_audit_finds_a_broker_without_its_auth_service_and_the_impostor_it_lets_in(unguarded: Settings) -> None:
+    stack = unguarded
+    nonce = uuid.uuid4().hex[:8]
+    issued = provision(stack, [f"id-{nonce}-a", f"id-{nonce}-b"]).issued
+    (a, a_secret), (b, _) = ((device, credential.password) for device, credential in issued.items())
+    impostor = MqttDevice(stack, a, a_secret, client_id=b)
+    try:
+        wait_until(lambda: [i for i in impostors(stack) if i.user == a], IMPOSTOR_LISTED_WITHIN_S, 0.5)
+        done = hub_cli(stack, "audit", "--json", timeout_s=120)
+    finally:
+        impostor.close()
+        revoke(stack, [a, b])
+    assert done.returncode == 1, done.stderr
+    found = [json.loads(line) for line in done.stdout.splitlines() if '"finding"' in line]
+    assert {(row["check"], row["subject"]) for row in found} >= {
+        ("broker auth", "the stack's service"),
+        ("impostors", a),
+    }
