@@ -3,6 +3,7 @@ stack, and whether the demo started it (then, and only then, the demo stops it a
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -12,7 +13,7 @@ from hub.core.config import PROJECT_ROOT, Settings, with_stack_secrets
 from hub.core.errors import StackError
 from hub.core.secrets import read_secrets
 from hub.stack import Stack
-from hub.stack.certs import ensure_compose_tls
+from hub.stack.certs import DOCKER_RABBITMQ_UID, ensure_compose_tls
 from hub.stack.compose import ensure_compose_secrets
 from hub.stack.stack import stack_root
 
@@ -51,7 +52,8 @@ class StackHandle:
                 ["docker", "compose", "ps", "-q"], capture_output=True, text=True, cwd=PROJECT_ROOT, check=False
             ).stdout.strip()
             ensure_compose_tls(PROJECT_ROOT)
-            ensure_compose_secrets(self.settings)
+            # As root, definitions.json goes to the image's rabbitmq user, as server.key does.
+            ensure_compose_secrets(self.settings, DOCKER_RABBITMQ_UID if os.geteuid() == 0 else None)
             self.settings = with_stack_secrets(self.settings, read_secrets(self.settings.secrets_path))
             self.console.print("a Docker engine answers: starting the stack with `docker compose up -d --wait`")
             done = subprocess.run(["docker", "compose", "up", "-d", "--wait"], cwd=PROJECT_ROOT, check=False)
