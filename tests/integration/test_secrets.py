@@ -287,3 +287,12 @@ def test_a_stack_from_before_secrets_is_refused_while_it_runs_and_migrated_by_it
         assert influx_request(now, "GET", "/query", {"q": "SHOW DATABASES"}, None, nobody)[0] == 401
     finally:
         Stack(old).down()
+
+
+def test_hub_audit_finds_no_published_secret_and_no_influxdb_without_a_login(stack: Settings) -> None:
+    """`python -m hub audit` with only the stack folder to go by: its secrets and InfluxDB checks pass."""
+    audited = hub_cli(without_passwords(stack), "audit", "--json", timeout_s=120)
+    rows = [json.loads(line) for line in audited.stdout.splitlines() if line.startswith("{")]
+    checked = [row for row in rows if row["check"] in ("secrets", "InfluxDB authentication")]
+    assert len(checked) >= 5, audited.stdout + audited.stderr
+    assert all(row["verdict"] == "ok" for row in checked), checked

@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 from hub.core.config import load_settings, with_stack_secrets
-from hub.core.secrets import generate_secrets
+from hub.core.secrets import SECRETS_FILE_NAME, ensure_secrets, generate_secrets
 from hub.stack.certs import TlsFiles
 from hub.stack.rabbitmq import NODE_FOLDERS, RABBITMQ_CONFIG_DIR, RabbitNode, RabbitPorts
 
@@ -27,6 +27,8 @@ def test_the_node_reads_a_copy_of_the_repository_plugins_file_in_its_own_home(tm
 
 
 def _node(tmp_path: Path) -> RabbitNode:
+    """A node of a stack under `tmp_path` that has its secrets (its definitions need the accounts' passwords)."""
+    ensure_secrets(tmp_path / SECRETS_FILE_NAME)
     return RabbitNode(load_settings(stack_dir=tmp_path), tmp_path / "rabbitmq", PORTS, TlsFiles(tmp_path / "tls"))
 
 
