@@ -204,7 +204,9 @@ def _print(status: StackStatus) -> None:
     console.print(
         f"accounts' passwords: {secrets} (mode 0600; the hub, the CLI and the simulator read them there)"
         if secrets.exists()
-        else f"no secrets file {secrets}: `python -m hub stack up` makes it"
+        else f"no secrets file {secrets}: `python -m hub stack up` makes it",
+        soft_wrap=True,
+        highlight=False,
     )
     if isinstance(status, ClusterStatus):
         _print_cluster(status)
