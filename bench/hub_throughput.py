@@ -348,6 +348,7 @@ def running_hub(settings: Settings, log: Path, metrics_port: int) -> Iterator[Ru
     env.update(
         IOT_AMQP_URL=settings.amqp_url,
         IOT_INFLUX_URL=settings.influx_url,
+        IOT_STACK_DIR=str(settings.stack_path),  # the stack's secrets: the hub's InfluxDB account
         IOT_MANAGEMENT_PORT=str(settings.management_port),
         IOT_PARTITIONS=str(settings.partitions),
         IOT_METRICS_PORT=str(metrics_port),
@@ -555,7 +556,9 @@ def steady_phase(
 
 def influx_ceiling(settings: Settings, devices: int, per_device: int) -> float:
     """InfluxDB's own rate: the batches are encoded before the clock starts, as only InfluxDB is measured."""
-    client = InfluxHttp(settings.influx_url, "bench_ceiling")
+    # A database of its own: only InfluxDB's admin may make it (and the admin may write to any).
+    admin = settings.influx_admin
+    client = InfluxHttp(settings.influx_url, "bench_ceiling", user=admin.user, password=admin.password)
     client.create_database()
     base_ts = now_ms() - 7_200_000
     points = [

@@ -138,6 +138,7 @@ def hub_end_to_end(
     env.update(
         IOT_AMQP_URL=settings.amqp_url,
         IOT_INFLUX_URL=settings.influx_url,
+        IOT_STACK_DIR=str(settings.stack_path),  # the stack's secrets: the hub's InfluxDB account
         IOT_TLS_CA=str(settings.tls_ca_file),
         IOT_METRICS_PORT="off",
         IOT_RULES_FILE=str(REPO / "rules.yaml"),

@@ -2,10 +2,12 @@
 
 The simulator provisions through `python -m hub provision --out FILE`, the same command a
 user runs, in a child process: it needs the admin account (IOT_ADMIN_USER, IOT_ADMIN_PASSWORD,
-development defaults on the development stack) and keeps the simulator free of the hub's
-management client. A device whose account exists but whose secret the file lacks is not
-rotated behind anyone's back: the error says how to. Certificate devices (`ensure_certificates`)
-are provisioned the same way, with `--cert --cert-dir FOLDER`, which also needs the stack's CA.
+else the stack's generated one) and keeps the simulator free of the hub's management client.
+A device whose account exists but whose secret the file lacks is not rotated behind anyone's
+back: the error says how to. A device whose secret the file holds and the broker refuses (the
+file was made on another broker) gets a new one (`reprovision_refused`): the file's is worthless.
+Certificate devices (`ensure_certificates`) are provisioned the same way, with
+`--cert --cert-dir FOLDER`, which also needs the stack's CA.
 """
 
 from __future__ import annotations
@@ -36,6 +38,23 @@ def ensure_credentials(path: Path, devices: list[str], console: Console) -> dict
     # Those left had an account already, whose secret only a rotation can bring back.
     lacking(devices, held, path, f"they exist on the broker: python -m hub provision --rotate --out {path} DEVICE...")
     return held
+
+
+def reprovision_refused(path: Path, refused: list[str], console: Console) -> dict[str, Credential]:
+    """New secrets in `path` for the `refused` devices, whose secrets there the broker refused; the whole file."""
+    console.print(
+        f"the broker refused {len(refused)} devices their credentials in {path} (made on another broker?): "
+        "provisioning them again"
+    )
+    try:
+        _provision("--rotate", "--out", str(path), *refused)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"the broker refused {len(refused)} devices their credentials in {path}, and giving them new ones "
+            f"failed ({exc}): delete {path} and start again with the broker's admin account at hand "
+            "(IOT_ADMIN_PASSWORD, or the stack's secrets file)"
+        ) from None
+    return read_credentials(path)
 
 
 def ensure_certificates(folder: Path, devices: list[str], console: Console) -> None:

@@ -248,6 +248,10 @@ class Fleet:
     def device(self, device_id: str) -> SimulatedDevice:
         return self._runtime(device_id).device
 
+    def refused_devices(self) -> list[str]:
+        """The devices the broker refused to log in (unknown, wrong or revoked credential), in fleet order."""
+        return [rt.device.device_id for rt in list(self._runtimes.values()) if rt.state == "refused"]
+
     def is_online(self, device_id: str) -> bool:
         return self._runtime(device_id).state == "online"
 

@@ -23,12 +23,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from devices.credentials import ensure_certificates, ensure_credentials
+from devices.credentials import ensure_certificates, ensure_credentials, reprovision_refused
 from devices.device import DEFAULT_SITE, ProtocolChoice, plan_fleet
 from devices.fleet import Fleet
 from devices.models import DEFAULT_KINDS
 from devices.stats import FleetStats, LagSummary
 from hub.core.config import format_addresses, load_settings
+from hub.core.credentials import Credential
+from hub.core.errors import BrokerUnavailable
 from hub.core.exit_codes import ExitCode
 from hub.core.limits import raise_open_files_limit
 from hub.core.models import load_models
@@ -150,17 +152,21 @@ def sim(
     else:
         held = ensure_credentials(settings.credentials_path, ids, console)
         identity = f"its own credential ({settings.credentials_path})"
-    fleet = Fleet(
-        settings,
-        count=count,
-        protocol=protocol,
-        interval_s=interval,
-        kinds=_parse_kinds(kinds),
-        site=site,
-        seed=seed,
-        fault_rate=fault_rate,
-        credentials=held,
-    )
+
+    def new_fleet(credentials: dict[str, Credential] | None) -> Fleet:
+        return Fleet(
+            settings,
+            count=count,
+            protocol=protocol,
+            interval_s=interval,
+            kinds=_parse_kinds(kinds),
+            site=site,
+            seed=seed,
+            fault_rate=fault_rate,
+            credentials=credentials,
+        )
+
+    fleet = new_fleet(held)
     console.print(
         f"starting {count} devices ({protocol}) at site {site}: "
         f"MQTT{'S' if settings.mqtt_tls else ''} {format_addresses(settings.mqtt_brokers)}, "
@@ -168,7 +174,12 @@ def sim(
     )
     interrupted = False
     try:
-        fleet.start()
+        turned_away = _start(fleet, password_logins=held is not None)
+        if turned_away:
+            # Credentials the broker never knew (the file was made on another broker): new ones, once.
+            fleet.close()
+            fleet = new_fleet(reprovision_refused(settings.credentials_path, turned_away, console))
+            fleet.start()
         # Everything made so far lives for the whole run: keep the collector from rescanning it (pauses).
         gc.freeze()
         refused = fleet.stats().total.refused
@@ -188,6 +199,18 @@ def sim(
     console.print(_summary_table(fleet.stats()))
     if interrupted:
         sys.exit(ExitCode.INTERRUPTED)
+
+
+def _start(fleet: Fleet, password_logins: bool) -> list[str]:
+    """Start the fleet; the devices the broker refused to log in with their password (none: all is well)."""
+    try:
+        fleet.start()
+    except BrokerUnavailable:
+        # Every device failed: by refusals alone, the credentials file is the one to blame.
+        if password_logins and fleet.refused_devices() and len(fleet.refused_devices()) == len(fleet.devices):
+            return fleet.refused_devices()
+        raise
+    return fleet.refused_devices() if password_logins else []
 
 
 def _show_progress(fleet: Fleet, console: Console, duration: float | None) -> None:

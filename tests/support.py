@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -29,7 +31,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from devices.device import plan_fleet
 from hub.clients.amqp import connect
 from hub.control.identity import provision_into
-from hub.core.config import Settings
+from hub.core.config import InfluxAccount, Settings
 from hub.core.contract import (
     EXCHANGE,
     VHOST,
@@ -102,11 +104,29 @@ def consume_for(
     return messages
 
 
+def influx_request(
+    settings: Settings, method: str, path: str, params: dict[str, str], body: bytes | None, account: InfluxAccount
+) -> tuple[int, bytes]:
+    """One HTTP request to the harness's InfluxDB as `account` (no user: no credentials); (status, body)."""
+    request = urllib.request.Request(
+        f"{settings.influx_url}{path}?{urllib.parse.urlencode(params)}", data=body, method=method
+    )
+    if account.user is not None:
+        token = base64.b64encode(f"{account.user}:{account.password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
 def influx_query(settings: Settings, query: str, epoch: str = "ms") -> list[dict[str, Any]]:
-    """Run InfluxQL against the harness's InfluxDB; returns the `series` of the first result."""
-    params = urllib.parse.urlencode({"db": settings.influx_db, "q": query, "epoch": epoch})
-    with urllib.request.urlopen(f"{settings.influx_url}/query?{params}", timeout=10) as response:
-        payload = json.loads(response.read())
+    """Run InfluxQL against the harness's InfluxDB as the reader; returns the `series` of the first result."""
+    params = {"db": settings.influx_db, "q": query, "epoch": epoch}
+    status, body = influx_request(settings, "GET", "/query", params, None, settings.influx_reader)
+    assert status == 200, f"InfluxDB answered {status} to {query!r}: {body[:300]!r}"
+    payload = json.loads(body)
     result = payload["results"][0]
     if "error" in result:
         raise AssertionError(f"InfluxQL error for {query!r}: {result['error']}")
@@ -333,10 +353,12 @@ def started_stack(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, S
     raise AssertionError("unreachable")
 
 
-def start_influxd(home: Path, port: int, rpc_port: int) -> tuple[InfluxNode, int]:
-    """An influxd of the test's own (to stop and start again), answering; returns it and its pid."""
+def start_influxd(settings: Settings, home: Path, port: int, rpc_port: int) -> tuple[InfluxNode, int]:
+    """An influxd of the test's own (to stop and start again), answering, with the accounts of
+    `settings` (those of the session's stack: its clients log in there too); returns it and its pid."""
     node = InfluxNode(home, port, rpc_port)
     node.prepare()
     process = start_detached(node.argv(), node.environment(), node.log_path, home)
     wait_until(lambda: not node.problems(), 60, 0.2)
+    node.ensure_accounts(settings)
     return node, process.pid

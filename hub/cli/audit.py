@@ -26,11 +26,11 @@ from hub.control.security_audit import (
     mode_rows,
     tls_rows,
 )
-from hub.core.config import Settings, load_settings
+from hub.core.config import CLUSTER_STATE_FILE, Settings, load_settings
 from hub.core.errors import HubError
 from hub.core.printable import printable, printable_json
 from hub.stack.brokerauth import operator_accounts
-from hub.stack.cluster import CLUSTER_STATE_FILE, Cluster
+from hub.stack.cluster import Cluster
 from hub.stack.sockets import listening_sockets
 from hub.stack.stack import Stack
 

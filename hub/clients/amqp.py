@@ -16,7 +16,7 @@ import ssl
 import pika
 import pika.exceptions
 
-from hub.core.config import AmqpParts, Settings
+from hub.core.config import AmqpParts, Settings, missing_secret
 from hub.core.errors import BrokerUnavailable
 from hub.core.tls import settings_context
 
@@ -45,9 +45,12 @@ def connection_parameters(
 
     `amqp`: one of the URLs of IOT_AMQP_URL (default: the first). `host` and `port` replace the
     URL's, for a check of one particular node. An amqps:// URL connects over TLS, verifying the
-    broker's certificate and host name (IOT_TLS_CA).
+    broker's certificate and host name (IOT_TLS_CA). A URL without a password (and no stack
+    secrets to take it from) is a ConfigError.
     """
     amqp = amqp or settings.amqp
+    if not amqp.password:
+        raise missing_secret(settings, f"the broker account {amqp.user!r}", "IOT_AMQP_URL (amqp://USER:PASSWORD@...)")
     host = host or amqp.host
     ssl_options = pika.SSLOptions(settings_context(settings), server_hostname=host) if amqp.tls else None
     return pika.ConnectionParameters(
@@ -97,7 +100,8 @@ def _connect_one(
         return pika.BlockingConnection(parameters)
     except pika.exceptions.ProbableAuthenticationError:
         raise BrokerUnavailable(
-            f"RabbitMQ at {where} refused user {amqp.user!r}: check the password in IOT_AMQP_URL"
+            f"RabbitMQ at {where} refused user {amqp.user!r}: check the password in IOT_AMQP_URL "
+            f"(unset: the stack's, in {settings.secrets_path})"
         ) from None
     except pika.exceptions.ProbableAccessDeniedError:
         raise BrokerUnavailable(

@@ -1,7 +1,8 @@
 """The one InfluxDB HTTP client: ping, writes, InfluxQL queries and CREATE DATABASE.
 
-The v1 output writes through it, the CLI's fleet view, the demo and the dashboard query
-through it, the monitor and the stack ping through it: auth (a token, or a user and password),
+The v1 output writes through it (the writer account), the CLI's fleet view, the demo and the
+dashboard query through it (the reader account), the monitor and the stack ping through it,
+the stack creates the database and the accounts through it (the admin): auth (a token, or a user and password),
 timeouts and the mapping of failures to `StorageUnavailable` (may pass: keep the data, retry)
 and `PointsRejected` (the points themselves are refused) are decided here once. InfluxDB 1.x
 speaks this API natively; 2.x and 3.x through their v1 compatibility endpoints.
@@ -12,13 +13,14 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import re
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.core.config import Settings
-from hub.core.errors import PointsRejected, StorageUnavailable
+from hub.core.config import InfluxAccount, Settings
+from hub.core.errors import NotPermitted, PointsRejected, StorageUnavailable
 
 #: How long one write or query may take before it counts as failed.
 REQUEST_TIMEOUT_S = 10.0
@@ -73,6 +75,7 @@ class InfluxHttp:
         self._host, self._port = parts.hostname or "localhost", parts.port
         self._https, self._base = parts.scheme == "https", parts.path.rstrip("/")
         self._headers: dict[str, str] = {}
+        self._user = None if token else user
         if token:
             self._headers["Authorization"] = f"Token {token}"
         elif user:
@@ -81,13 +84,16 @@ class InfluxHttp:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings, timeout_s: float = REQUEST_TIMEOUT_S) -> InfluxHttp:
+    def from_settings(
+        cls, settings: Settings, account: InfluxAccount, timeout_s: float = REQUEST_TIMEOUT_S
+    ) -> InfluxHttp:
+        """IOT_INFLUX_URL's database, logged in as `account` (`settings.influx_writer`, `.influx_reader`...)."""
         return cls(
             settings.influx_url,
             settings.influx_db,
-            user=settings.influx_user,
-            password=settings.influx_password,
-            token=settings.influx_token,
+            user=account.user,
+            password=account.password,
+            token=account.token,
             rp=settings.influx_rp,
             timeout_s=timeout_s,
         )
@@ -147,12 +153,32 @@ class InfluxHttp:
             raise StorageUnavailable(f"InfluxDB at {self.url} gave an empty answer to {statements[0]!r}")
         return results
 
-    def create_database(self) -> None:
-        """CREATE DATABASE is idempotent on 1.x; a user without the right gets its own error."""
-        status, body, _headers = self._request("POST", "/query", {"q": f'CREATE DATABASE "{self.db}"'})
-        if status != 200:
+    def create_database(self, if_permitted: bool = False) -> None:
+        """CREATE DATABASE is idempotent on 1.x; a user without the right gets its own error, or with
+        `if_permitted` nothing: the database is its admin's to make (the stack's makes it)."""
+        try:
+            self.administer(f'CREATE DATABASE "{self.db}"')
+        except NotPermitted:
+            if not if_permitted:
+                raise
+
+    def administer(self, statement: str) -> list[list[Series]]:
+        """One InfluxQL statement that changes the server (a database, a user, a grant), POSTed as 1.x wants it."""
+        status, body, _headers = self._request("POST", "/query", {"q": statement})
+        # A password in the statement stays out of every message.
+        shown = re.sub(r"'(?:[^'\\]|\\.)*'", "'…'", statement)
+        if status == 403:
+            raise NotPermitted(f"InfluxDB at {self.url}: user {self._user!r} may not {shown}")
+        if status == 401:
+            raise self._credentials_refused(status)
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = None
+        if status != 200 or not isinstance(payload, dict):
             detail = body.decode(errors="replace").strip()[:200]
-            raise StorageUnavailable(f"InfluxDB at {self.url}: CREATE DATABASE {self.db} answered {status}: {detail}")
+            raise StorageUnavailable(f"InfluxDB at {self.url}: {shown} answered {status}: {detail}")
+        return parse_response(payload)
 
     def close(self) -> None:
         with self._lock:
@@ -161,9 +187,10 @@ class InfluxHttp:
     # --- plumbing ------------------------------------------------------------------------------
 
     def _credentials_refused(self, status: int) -> StorageUnavailable:
+        who = f"user {self._user!r}" if self._user else "a client without credentials"
         return StorageUnavailable(
-            f"InfluxDB at {self.url} refused the credentials ({status}): "
-            "check IOT_INFLUX_TOKEN or IOT_INFLUX_USER/IOT_INFLUX_PASSWORD"
+            f"InfluxDB at {self.url} refused {who} ({status}): check IOT_INFLUX_TOKEN or IOT_INFLUX_USER/"
+            "IOT_INFLUX_PASSWORD (IOT_INFLUX_READER_* to read); unset, they are the stack's (its secrets.json)"
         )
 
     def _request(
@@ -199,8 +226,9 @@ class InfluxHttp:
 
 
 def query(settings: Settings, *statements: str) -> list[list[Series]]:
-    """One round of InfluxQL statements against IOT_INFLUX_URL/IOT_INFLUX_DB, on a short-lived connection."""
-    client = InfluxHttp.from_settings(settings)
+    """One round of InfluxQL statements against IOT_INFLUX_URL/IOT_INFLUX_DB as the reader, on a short-lived
+    connection."""
+    client = InfluxHttp.from_settings(settings, settings.influx_reader)
     try:
         return client.query(*statements)
     finally:

@@ -24,7 +24,7 @@ import urllib.request
 from collections.abc import Iterable
 from typing import Any
 
-from hub.core.config import Settings
+from hub.core.config import Settings, missing_secret
 from hub.core.contract import EXCHANGE
 from hub.core.errors import BrokerUnavailable
 
@@ -229,6 +229,8 @@ class ManagementAdmin:
     """The management HTTP API as the administrative account (IOT_ADMIN_USER / IOT_ADMIN_PASSWORD)."""
 
     def __init__(self, settings: Settings) -> None:
+        if not settings.admin_password:
+            raise missing_secret(settings, f"the broker's admin account {settings.admin_user!r}", "IOT_ADMIN_PASSWORD")
         self._base = f"{management_url(settings)}/api"
         self._user = settings.admin_user
         token = base64.b64encode(f"{settings.admin_user}:{settings.admin_password}".encode()).decode()
@@ -314,7 +316,7 @@ class ManagementAdmin:
             if exc.code == 401:
                 raise BrokerUnavailable(
                     f"the management API refused the admin account {self._user!r} "
-                    "(set IOT_ADMIN_USER and IOT_ADMIN_PASSWORD)"
+                    "(check IOT_ADMIN_USER and IOT_ADMIN_PASSWORD; unset: the stack's secrets file)"
                 ) from None
             detail = exc.read().decode(errors="replace")[:300]
             raise BrokerUnavailable(f"management API {method} /api/{path}: HTTP {exc.code} {detail}") from None

@@ -7,6 +7,10 @@ keyword arguments to `load_settings`. Nothing else in the project reads the envi
 A value that cannot work (a port out of range, a URL whose port is not a number) is an error
 naming its variable; an `IOT_*` variable that is no setting (a typo) is ignored with a warning
 naming the nearest one.
+
+No password has a default: an account's password the environment does not give comes from
+the stack's generated secrets (`<stack folder>/secrets.json`, see hub/core/secrets.py), which
+`load_settings` reads (`with_stack_secrets` is the rule, a pure function).
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import difflib
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
 
 from pydantic import ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,17 +30,29 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from hub.core.contract import VHOST
 from hub.core.errors import ConfigError
 from hub.core.partitions import MAX_PARTITIONS, parse_partitions
+from hub.core.secrets import (
+    ADMIN_USER,
+    HUB_USER,
+    INFLUX_ADMIN_USER,
+    INFLUX_READER_USER,
+    INFLUX_WRITER_USER,
+    SECRETS_FILE_NAME,
+    StackSecrets,
+    read_secrets,
+)
 
 #: The checkout (or installed tree) holding rabbitmq/, influxdb/, rules.yaml and the device models.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
-#: Development defaults: fine on a laptop and in tests, replaced through IOT_* in production.
-DEV_AMQP_URL = "amqp://hub:hub-dev-password@localhost:5672/iot"
-#: The administrative account only `python -m hub provision` / `revoke` use (management HTTP API).
-DEV_ADMIN_USER = "admin"
-DEV_ADMIN_PASSWORD = "admin-dev-password"
-#: Where the simulator keeps its devices' credentials, inside the stack folder, unless IOT_CREDENTIALS_FILE says.
+#: The hub's broker account on the stack: its password is the stack's generated one (no password in the URL).
+DEFAULT_AMQP_URL = f"amqp://{HUB_USER}@localhost:5672/iot"
+#: Where the simulator keeps its devices' credentials, in the folder of the broker they were made
+#: on (the stack folder, or its cluster folder), unless IOT_CREDENTIALS_FILE says.
 CREDENTIALS_FILE_NAME = "devices.json"
+#: `python -m hub stack up --nodes N` keeps its nodes' data under this folder of the stack folder,
+#: and its state in this file of the stack folder while it runs.
+CLUSTER_DIR = "cluster"
+CLUSTER_STATE_FILE = "cluster.json"
 #: The stack's development CA: `stack up` writes it to <stack folder>/tls/ca.pem.
 DEV_TLS_DIR = "tls"
 DEV_CA_FILE = "ca.pem"
@@ -59,7 +76,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
-    amqp_url: str = DEV_AMQP_URL
+    #: The hub's account; a URL without a password takes the stack's generated one.
+    amqp_url: str = DEFAULT_AMQP_URL
     mqtt_host: str = "localhost"
     mqtt_port: int = 1883
     stomp_host: str = "localhost"
@@ -69,8 +87,9 @@ class Settings(BaseSettings):
     mqtt_addresses: str = ""
     stomp_addresses: str = ""
     #: The broker's administrative account: provisioning and revoking device credentials only.
-    admin_user: str = DEV_ADMIN_USER
-    admin_password: str = DEV_ADMIN_PASSWORD
+    #: No password given: the stack's generated one.
+    admin_user: str = ADMIN_USER
+    admin_password: str | None = None
     #: The simulator's device credentials (JSON, 0600); unset: `devices.json` in the stack folder.
     credentials_file: Path | None = None
     #: The native stack's TLS listeners. A client uses TLS when IOT_AMQP_URL is amqps:// (its port
@@ -96,8 +115,16 @@ class Settings(BaseSettings):
     influx_db: str = "telemetry"
     influx_token: str | None = None
     influx_org: str | None = None
+    #: InfluxDB's accounts (1.x logins). The writer is the hub's; the reader is for the CLI, the
+    #: fleet view, the dashboards and the presence service's recovery (unset: the writer's when
+    #: IOT_INFLUX_USER or IOT_INFLUX_TOKEN is given); the admin is the stack's, which creates
+    #: the database and the other two. Unset: the stack's accounts with its generated passwords.
     influx_user: str | None = None
     influx_password: str | None = None
+    influx_reader_user: str | None = None
+    influx_reader_password: str | None = None
+    influx_admin_user: str | None = None
+    influx_admin_password: str | None = None
 
     #: Ports only the native stack binds (the broker's HTTP API and Prometheus endpoint).
     management_port: int = 15672
@@ -236,10 +263,39 @@ class Settings(BaseSettings):
 
     @property
     def credentials_path(self) -> Path:
-        """IOT_CREDENTIALS_FILE, else `devices.json` in the stack folder (relative to the project, as `hub stack`)."""
+        """IOT_CREDENTIALS_FILE, else `devices.json` beside the data of the broker the stack folder runs.
+
+        Device accounts live in one broker's data: the single node's (`devices.json` in the stack
+        folder) or, while `stack up --nodes N` runs there, the cluster's (`cluster/devices.json`).
+        A file made on one is worthless on the other.
+        """
         if self.credentials_file is not None:
             return self.credentials_file
+        if (self.stack_path / CLUSTER_STATE_FILE).exists():
+            return self.stack_path / CLUSTER_DIR / CREDENTIALS_FILE_NAME
         return self.stack_path / CREDENTIALS_FILE_NAME
+
+    @property
+    def secrets_path(self) -> Path:
+        """The stack's generated secrets (`secrets.json` in the stack folder)."""
+        return self.stack_path / SECRETS_FILE_NAME
+
+    @property
+    def influx_writer(self) -> InfluxAccount:
+        """The hub's InfluxDB account: IOT_INFLUX_TOKEN, else IOT_INFLUX_USER / IOT_INFLUX_PASSWORD."""
+        return InfluxAccount(self.influx_user, self.influx_password, self.influx_token)
+
+    @property
+    def influx_reader(self) -> InfluxAccount:
+        """The account that only reads: IOT_INFLUX_READER_USER, else the writer's (one account for both)."""
+        if self.influx_reader_user is None:
+            return self.influx_writer
+        return InfluxAccount(self.influx_reader_user, self.influx_reader_password, None)
+
+    @property
+    def influx_admin(self) -> InfluxAccount:
+        """The account the stack creates the database and the other accounts with."""
+        return InfluxAccount(self.influx_admin_user, self.influx_admin_password, None)
 
     @property
     def mqtt_connect_port(self) -> int:
@@ -274,8 +330,17 @@ class Settings(BaseSettings):
         return urlsplit(self.influx_url).hostname or "localhost"
 
 
+@dataclass(frozen=True)
+class InfluxAccount:
+    """How a client logs in to InfluxDB: a token (2.x), else a user and password, else not at all."""
+
+    user: str | None
+    password: str | None
+    token: str | None = None
+
+
 class AmqpParts:
-    """The pieces of an `amqp://user:password@host:port/vhost` URL."""
+    """The pieces of an `amqp://user:password@host:port/vhost` URL (no password: "")."""
 
     def __init__(self, host: str, port: int, user: str, password: str, vhost: str, tls: bool = False) -> None:
         self.host, self.port, self.user, self.password, self.vhost = host, port, user, password, vhost
@@ -292,8 +357,8 @@ class AmqpParts:
         return cls(
             host=parts.hostname or "localhost",
             port=parts.port or (DEFAULT_AMQPS_PORT if tls else DEFAULT_AMQP_PORT),
-            user=unquote(parts.username or "guest"),
-            password=unquote(parts.password or "guest"),
+            user=unquote(parts.username or HUB_USER),
+            password=unquote(parts.password or ""),
             vhost=vhost,
             tls=tls,
         )
@@ -359,15 +424,65 @@ def over_tls(settings: Settings) -> Settings:
     return settings.model_copy(update={"amqp_url": amqps_url, "mqtt_tls": True, "stomp_tls": True})
 
 
+def with_stack_secrets(settings: Settings, secrets: StackSecrets | None) -> Settings:
+    """`settings` with every password it does not give taken from the stack's `secrets` (None: as they are).
+
+    What the environment or a flag gives always wins: a URL of IOT_AMQP_URL with a password
+    keeps it, IOT_ADMIN_PASSWORD, IOT_INFLUX_* likewise. An unset account name is the stack's
+    (hub, admin; InfluxDB's admin, writer, reader), an unset password its generated one. InfluxDB
+    with IOT_INFLUX_TOKEN or IOT_INFLUX_USER given is someone else's: the writer and the reader
+    stay as given (the reader falls back to the writer, see `Settings.influx_reader`).
+    """
+    if secrets is None:
+        return settings
+    update: dict[str, Any] = {}
+    urls = [_with_password(url, secrets.hub_password) for url in settings.amqp_urls]
+    if urls != settings.amqp_urls:
+        update["amqp_url"] = ",".join(urls)
+    if settings.admin_password is None:
+        update["admin_password"] = secrets.admin_password
+    if settings.influx_token is None and settings.influx_user is None:
+        update["influx_user"] = INFLUX_WRITER_USER
+        update["influx_password"] = settings.influx_password or secrets.influx_writer_password
+        if settings.influx_reader_user is None:
+            update["influx_reader_user"] = INFLUX_READER_USER
+            update["influx_reader_password"] = settings.influx_reader_password or secrets.influx_reader_password
+    if settings.influx_admin_user is None:
+        update["influx_admin_user"] = INFLUX_ADMIN_USER
+    if settings.influx_admin_password is None:
+        update["influx_admin_password"] = secrets.influx_admin_password
+    return settings.model_copy(update=update) if update else settings
+
+
+def _with_password(url: str, password: str) -> str:
+    """`url` with the hub's user (unless it names one) and `password`, if it gives no password itself."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        return url
+    where = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or HUB_USER
+    return urlunsplit((parts.scheme, f"{quote(user, safe='')}:{quote(password, safe='')}@{where}", *parts[2:]))
+
+
+def missing_secret(settings: Settings, account: str, variables: str) -> ConfigError:
+    """The error for an account without a password: neither the environment nor the stack's secrets give one."""
+    return ConfigError(
+        f"no password for {account}: set {variables}, or start the stack once (`python -m hub stack up` "
+        f"generates {settings.secrets_path})"
+    )
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment, with every non-None keyword (a CLI flag) on top."""
+    """Settings from the environment, with every non-None keyword (a CLI flag) on top, and the
+    passwords neither gives from the stack's secrets file (when the stack folder has one)."""
     given = {key: value for key, value in overrides.items() if value is not None}
     warn_unknown_variables(os.environ)
     try:
-        return Settings(**given)
+        settings = Settings(**given)
     except ValidationError as exc:
         problems = "; ".join(
             f"IOT_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" if err["loc"] else err["msg"]
             for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None
+    return with_stack_secrets(settings, read_secrets(settings.secrets_path))

@@ -59,5 +59,9 @@ class StorageUnavailable(HubError):
     exit_code = 5
 
 
+class NotPermitted(StorageUnavailable):
+    """InfluxDB knows the account, which lacks the right to what it asked (e.g. the writer to drop a database)."""
+
+
 class PointsRejected(HubError):
     """An output's server refused the points themselves (e.g. a field type conflict); retrying cannot help."""

@@ -27,6 +27,7 @@ from hub.core.contract import now_ms
 from hub.core.credentials import read_credentials
 from hub.core.errors import HubError, StackError, StorageUnavailable
 from hub.core.exit_codes import ExitCode
+from hub.core.secrets import read_secrets
 from hub.demo.activity import RateWindow, Snapshot, read_activity
 from hub.demo.children import Child, start_child
 from hub.demo.readiness import (
@@ -101,6 +102,7 @@ class Demo:
 
     def _start(self) -> None:
         self.stack.up()
+        self.settings = self.stack.settings
         env = dict(os.environ, PYTHONUNBUFFERED="1", IOT_STACK_DIR=str(stack_root(self.settings)))
         if self.metrics_port == 0:  # any free port: the demo picks it, to say where
             self.metrics_port = free_port()
@@ -114,7 +116,8 @@ class Demo:
         )
         self.console.print(f"the hub consumes {', '.join(hub_queue_names(self.settings))}")
         self._spawn("simulator", [sys.executable, "-m", "devices.sim", "--count", str(self.count)], env)
-        for line in where_to_look(self.settings, self.stack.docker, self.logs, self.metrics_port):
+        secrets = read_secrets(self.settings.secrets_path)
+        for line in where_to_look(self.settings, secrets, self.stack.docker, self.logs, self.metrics_port):
             self.console.print(f"  {line}")
         try:
             self.snapshot = self._wait_for(
@@ -177,7 +180,9 @@ class Demo:
             self._say(final_report(self.snapshot, results, elapsed))
         self._say(self.stack.down(self.keep_stack))
         if not self.stack.started_by_us or self.keep_stack:
-            for line in where_to_look(self.settings, self.stack.docker, self.logs)[:4]:
+            for line in where_to_look(
+                self.settings, read_secrets(self.settings.secrets_path), self.stack.docker, self.logs
+            )[:5]:
                 self._say(f"  {line}")
 
     def _say(self, text: str) -> None:

@@ -3,15 +3,18 @@ stack, and whether the demo started it (then, and only then, the demo stops it a
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
 from rich.console import Console
 
-from hub.core.config import PROJECT_ROOT, Settings
+from hub.core.config import PROJECT_ROOT, Settings, with_stack_secrets
 from hub.core.errors import StackError
+from hub.core.secrets import read_secrets
 from hub.stack import Stack
-from hub.stack.certs import ensure_compose_tls
+from hub.stack.certs import DOCKER_RABBITMQ_UID, ensure_compose_tls
+from hub.stack.compose import ensure_compose_secrets
 from hub.stack.stack import stack_root
 
 DOCKER_PROBE_TIMEOUT_S = 10.0
@@ -30,7 +33,10 @@ def docker_engine_available() -> bool:
 
 
 class StackHandle:
-    """The stack the demo uses, and whether the demo is the one to stop it."""
+    """The stack the demo uses, and whether the demo is the one to stop it.
+
+    `settings` hold the stack's secrets once `up` returns (its first start makes them).
+    """
 
     def __init__(self, settings: Settings, console: Console) -> None:
         self.settings = settings
@@ -46,6 +52,9 @@ class StackHandle:
                 ["docker", "compose", "ps", "-q"], capture_output=True, text=True, cwd=PROJECT_ROOT, check=False
             ).stdout.strip()
             ensure_compose_tls(PROJECT_ROOT)
+            # As root, definitions.json goes to the image's rabbitmq user, as server.key does.
+            ensure_compose_secrets(self.settings, DOCKER_RABBITMQ_UID if os.geteuid() == 0 else None)
+            self.settings = with_stack_secrets(self.settings, read_secrets(self.settings.secrets_path))
             self.console.print("a Docker engine answers: starting the stack with `docker compose up -d --wait`")
             done = subprocess.run(["docker", "compose", "up", "-d", "--wait"], cwd=PROJECT_ROOT, check=False)
             if done.returncode != 0:
@@ -55,6 +64,7 @@ class StackHandle:
         stack = Stack(self.settings)
         with self.console.status("starting the native stack (RabbitMQ, InfluxDB)") as spinner:
             status = stack.up(progress=lambda message: spinner.update(message))
+        self.settings = stack.settings
         self.started_by_us = not status.already_running
         self.pids = {service.name: service.pid for service in status.services}
         pids = ", ".join(f"{name} pid {pid}" for name, pid in self.pids.items())

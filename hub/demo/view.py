@@ -13,32 +13,38 @@ from rich.table import Table
 from rich.text import Text
 
 from hub.clients.management import management_url
-from hub.core.config import DEV_AMQP_URL, AmqpParts, Settings
+from hub.core.config import Settings
 from hub.core.exit_codes import ExitCode
 from hub.core.printable import printable
+from hub.core.secrets import StackSecrets
 from hub.demo.activity import Snapshot
 from hub.demo.scenario import CommandResult
 
-DEV_HUB_PASSWORD = AmqpParts.parse(DEV_AMQP_URL).password
 CHRONOGRAF_URL = "http://localhost:8888"
 
 
-def where_to_look(settings: Settings, docker: bool, logs: Path, metrics_port: int | None = None) -> list[str]:
+def where_to_look(
+    settings: Settings, secrets: StackSecrets | None, docker: bool, logs: Path, metrics_port: int | None = None
+) -> list[str]:
+    """Where a person looks, and with which account; where a password lives, never the password itself."""
     user = settings.amqp.user
-    password = DEV_HUB_PASSWORD if settings.amqp.password == DEV_HUB_PASSWORD else "the one in IOT_AMQP_URL"
+    reader = settings.influx_reader.user or "(none)"
     query = "SELECT * FROM thermostat WHERE time > now() - 1m"
+    own = secrets is not None and settings.amqp.password == secrets.hub_password
+    hub_password = f"hub_password in {settings.secrets_path}" if own else "the one in IOT_AMQP_URL"
     lines = [
-        f"InfluxDB     {settings.influx_url}  database {settings.influx_db}, e.g.",
-        f"             curl -G {settings.influx_url}/query --data-urlencode db={settings.influx_db} "
+        f"InfluxDB     {settings.influx_url}  database {settings.influx_db}, user {reader} (reads only), e.g.",
+        f"             curl -u {reader} -G {settings.influx_url}/query --data-urlencode db={settings.influx_db} "
         f"--data-urlencode {shlex.quote('q=' + query)}",
-        f"RabbitMQ UI  {management_url(settings).replace('127.0.0.1', 'localhost')}/  user {user}, password {password}",
+        f"RabbitMQ UI  {management_url(settings).replace('127.0.0.1', 'localhost')}/  user {user}",
+        f"passwords    {hub_password}" + (", influx_reader_password beside it (mode 0600)" if own else ""),
         "the CLI      python -m hub devices · python -m hub tail 'alerts.#' · python -m hub send --help",
         f"logs         {logs}/hub.log, {logs}/sim.log",
     ]
     if metrics_port:
-        lines.insert(3, f"hub metrics  http://localhost:{metrics_port}/metrics  (Prometheus; /health too)")
+        lines.insert(4, f"hub metrics  http://localhost:{metrics_port}/metrics  (Prometheus; /health too)")
     if docker:
-        lines.insert(3, f"Chronograf   {CHRONOGRAF_URL}  (dashboards over InfluxDB)")
+        lines.insert(4, f"Chronograf   {CHRONOGRAF_URL}  (dashboards over InfluxDB)")
     return lines
 
 

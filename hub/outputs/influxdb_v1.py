@@ -16,8 +16,8 @@ class InfluxV1Output:
     name = "influxdb_v1"
 
     def __init__(self, settings: Settings) -> None:
-        self.client = InfluxHttp.from_settings(settings)
-        self.client.create_database()
+        self.client = InfluxHttp.from_settings(settings, settings.influx_writer)
+        self.client.create_database(if_permitted=True)
 
     def write(self, points: Sequence[Point]) -> None:
         self.client.write(lines_payload(points))

@@ -24,11 +24,12 @@ class InfluxV2Output:
         from influxdb_client.client.influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import SYNCHRONOUS
 
-        if not settings.influx_token and not settings.influx_user:
+        writer = settings.influx_writer
+        if not writer.token and not writer.user:
             raise ConfigError("InfluxDB 2.x/3.x needs IOT_INFLUX_TOKEN (and IOT_INFLUX_ORG)")
-        token = settings.influx_token
-        if token is None and settings.influx_user:
-            token = f"{settings.influx_user}:{settings.influx_password or ''}"
+        token = writer.token
+        if token is None and writer.user:
+            token = f"{writer.user}:{writer.password or ''}"
         self.bucket = settings.influx_db + (f"/{settings.influx_rp}" if settings.influx_rp else "")
         self.org = settings.influx_org or "-"
         self.client = InfluxDBClient(

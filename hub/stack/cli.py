@@ -11,10 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from hub.clients.management import read_hub_consumers
-from hub.core.config import Settings, load_settings
+from hub.core.config import CLUSTER_STATE_FILE, Settings, load_settings
 from hub.core.errors import StackError
+from hub.core.secrets import SECRETS_FILE_NAME, read_secrets
 from hub.stack.certs import DOCKER_RABBITMQ_UID, ensure_dev_tls
-from hub.stack.cluster import CLUSTER_STATE_FILE, Cluster, ClusterStatus
+from hub.stack.cluster import Cluster, ClusterStatus
+from hub.stack.compose import ensure_compose_secrets
 from hub.stack.migrate import migrate as run_migration
 from hub.stack.packages import ensure_packages
 from hub.stack.stack import Stack, StackStatus
@@ -67,7 +69,7 @@ def stack() -> None:
       IOT_MQTT_PORT=11883 python -m hub stack up
       python -m hub stack up --no-plain       # TLS listeners only
       python -m hub stack up --nodes 3        # a 3-node RabbitMQ cluster (node i: ports + i*100)
-      python -m hub stack certs               # the CA and certificate alone (docker compose)
+      python -m hub stack certs               # what docker compose mounts: certificates, secrets
       python -m hub stack status
       python -m hub stack migrate             # queues of an older hub, after `hub run` refused them
       python -m hub stack down
@@ -92,7 +94,9 @@ def stack() -> None:
 def up(nodes: int, **flags: object) -> None:
     """Install what is missing, start RabbitMQ and InfluxDB, wait until they answer.
 
-    The first start makes a development CA and the node's certificate under <stack dir>/tls/.
+    The first start makes a development CA and the node's certificate under <stack dir>/tls/,
+    and the accounts' passwords in <stack dir>/secrets.json (mode 0600), where the hub, the CLI
+    and the simulator find them (IOT_AMQP_URL, IOT_ADMIN_PASSWORD, IOT_INFLUX_* still win).
     """
     single = _settings(**flags)
     the_stack: Stack | Cluster = single if nodes == 1 else Cluster(single.settings, nodes)
@@ -137,11 +141,14 @@ def status(stack_dir: str | None) -> None:
     "needs root",
 )
 def certs(stack_dir: str | None, key_owner: int | None) -> None:
-    """Make the development CA and the node's certificate under <stack dir>/tls/ (once; `up` does it too).
+    """Make the development CA and the node's certificate under <stack dir>/tls/ (once; `up` does it too),
+    and the secrets docker compose reads under <stack dir>/compose/ (from <stack dir>/secrets.json, made once).
 
-    docker compose mounts .stack/tls/ of the checkout: run this first.
+    docker compose mounts .stack/tls/ and .stack/compose/ of the checkout: run this first.
     """
-    files = ensure_dev_tls(_settings(stack_dir=stack_dir).tls.folder)
+    settings = load_settings(stack_dir=stack_dir)
+    compose = ensure_compose_secrets(settings, key_owner)
+    files = ensure_dev_tls(Stack(settings).tls.folder)
     if key_owner is not None:
         try:
             os.chown(files.server_key, key_owner, -1)
@@ -151,6 +158,7 @@ def certs(stack_dir: str | None, key_owner: int | None) -> None:
                 f"{files.server_key}`"
             ) from None
     console.print(f"CA: {files.ca_cert}\nserver certificate: {files.server_cert}\nserver key: {files.server_key}")
+    console.print(f"secrets for docker compose (mode 0600): {compose.folder}/, from {settings.secrets_path}")
 
 
 @stack.command()
@@ -184,6 +192,7 @@ def _print(status: StackStatus) -> None:
     if not status.services:
         console.print(f"no stack under {status.root}")
         return
+    secrets = status.root / SECRETS_FILE_NAME
     table = Table(title=f"stack under {status.root}")
     for column in ("service", "pid", "state", "endpoints"):
         table.add_column(column)
@@ -192,6 +201,13 @@ def _print(status: StackStatus) -> None:
         endpoints = "\n".join(f"{k}: {v}" for k, v in service.endpoints.items())
         table.add_row(service.name, str(service.pid), state, endpoints)
     console.print(table)
+    console.print(
+        f"accounts' passwords: {secrets} (mode 0600; the hub, the CLI and the simulator read them there)"
+        if secrets.exists()
+        else f"no secrets file {secrets}: `python -m hub stack up` makes it",
+        soft_wrap=True,
+        highlight=False,
+    )
     if isinstance(status, ClusterStatus):
         _print_cluster(status)
 
@@ -218,5 +234,8 @@ def _print_cluster(status: ClusterStatus) -> None:
         queues.add_row(queue.name, queue.leader, "\n".join(queue.members))
     console.print(queues)
     console.print("clients reach every node with:")
+    held = read_secrets(status.root / SECRETS_FILE_NAME)
     for name, value in status.exports.items():
-        console.print(f"export {name}='{value}'", soft_wrap=True, highlight=False)
+        # The stack's own password stays in its file: a client without one in the URL reads it there.
+        shown = value.replace(f":{held.hub_password}@", "@") if held is not None else value
+        console.print(f"export {name}='{shown}'", soft_wrap=True, highlight=False)

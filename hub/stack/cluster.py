@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from hub.core.config import Settings
+from hub.core.config import CLUSTER_DIR, CLUSTER_STATE_FILE, Settings
 from hub.core.contract import VHOST
 from hub.core.errors import StackError
 from hub.stack import processes
@@ -51,8 +51,6 @@ NODE_PORT_OFFSET = 100
 #: Ports that are not a node's own listeners: the distribution port (each node its own, free), one epmd
 #: and one broker auth service for all nodes.
 SHARED_PORTS = ("dist", "epmd", "authz")
-CLUSTER_STATE_FILE = "cluster.json"
-CLUSTER_DIR = "cluster"
 RABBITMQ_QUEUES = Path("/usr/lib/rabbitmq/bin/rabbitmq-queues")
 RABBITMQCTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
 #: Seconds `restart_node` waits for the node's client connections to be gone before its SIGTERM.
@@ -172,6 +170,8 @@ class Cluster:
         private_folder(self.root)
         with self.base._lock():
             current = self._status_unlocked()
+            self.base.adopt_secrets(any(s.running for s in current.services), progress)
+            self.settings = self.base.settings
             if current.services and any(s.running for s in current.services):
                 current.already_running = current.running
                 if not current.running:
@@ -220,7 +220,7 @@ class Cluster:
                 self._wait_members(nodes, progress)
                 self._grow(nodes, progress)
                 self._mirror_device_sessions(nodes[0])
-                influx.create_database(self.settings.influx_db)
+                influx.ensure_accounts(self.settings)
             except BaseException:
                 self._stop_unlocked()
                 raise

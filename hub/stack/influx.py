@@ -1,17 +1,22 @@
-"""A project-local `influxd` (InfluxDB 1.x) using influxdb/influxdb.conf.
+"""A project-local `influxd` (InfluxDB 1.x) using influxdb/influxdb.conf, with logins.
 
-The directories and bind addresses are overridden with INFLUXDB_* variables, so the config
-file stays the same one docker compose mounts.
+The directories, bind addresses and authentication are set with INFLUXDB_* variables, so the
+config file stays the same one docker compose mounts (where the image's own INFLUXDB_*
+variables do the same). Authentication is on: a client without an account gets 401. The
+stack makes three accounts (`ensure_accounts`): an admin, a writer for the hub (WRITE on the
+database) and a reader for everything that only reads (READ).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from hub.clients.influx import InfluxHttp, server_version
-from hub.core.config import PROJECT_ROOT
-from hub.core.errors import StackError, StorageUnavailable
+from hub.core.config import PROJECT_ROOT, InfluxAccount, Settings, missing_secret
+from hub.core.errors import NotPermitted, StackError, StorageUnavailable
 from hub.stack.folders import private_folder
 from hub.stack.packages import INFLUXD
 
@@ -46,6 +51,7 @@ class InfluxNode:
             INFLUXDB_DATA_WAL_DIR=str(self.home / "wal"),
             INFLUXDB_HTTP_BIND_ADDRESS=f"127.0.0.1:{self.http_port}",
             INFLUXDB_BIND_ADDRESS=f"127.0.0.1:{self.rpc_port}",
+            INFLUXDB_HTTP_AUTH_ENABLED="true",
         )
         return env
 
@@ -55,11 +61,86 @@ class InfluxNode:
     def problems(self) -> list[str]:
         return [] if server_version(self.url) is not None else [f"{self.url}/ping does not answer"]
 
-    def create_database(self, name: str) -> None:
-        client = InfluxHttp(self.url, name)
+    def ensure_accounts(self, settings: Settings) -> None:
+        """The database and the accounts of `settings` (admin, writer, reader), made or given their passwords.
+
+        InfluxDB 1.x with authentication lets a client without credentials do one thing only, while
+        no admin exists: create one. So a new influxd, or one of a stack from before logins, gets
+        its admin that way; the admin then makes the database and the others. Safe to run at every start.
+        """
+        plan = account_plan(settings)
+        anonymous = InfluxHttp(self.url, settings.influx_db)
+        admin = InfluxHttp(self.url, settings.influx_db, user=plan.admin.user, password=plan.admin.password)
         try:
-            client.create_database()
+            # Refused (401) once an admin exists: it must be ours, which SHOW USERS tells.
+            with contextlib.suppress(StorageUnavailable):
+                anonymous.administer(create_user(plan.admin, admin=True))
+            try:
+                users = {row["user"] for series in admin.administer("SHOW USERS")[0] for row in series.rows}
+            except NotPermitted:
+                raise StackError(f"InfluxDB under {self.home}: {plan.admin.user!r} is no admin") from None
+            except StorageUnavailable as exc:
+                raise StackError(
+                    f"InfluxDB under {self.home} refused its admin {plan.admin.user!r} ({exc}): its password is "
+                    f"not the one in {settings.secrets_path} (nor IOT_INFLUX_ADMIN_PASSWORD). Restore that file, "
+                    "or start afresh with `python -m hub stack down --purge` (deletes the data)"
+                ) from None
+            admin.create_database()
+            for account, privilege in plan.grants:
+                if account.user in users:
+                    admin.administer(f"SET PASSWORD FOR {_identifier(account.user)} = {_string(account.password)}")
+                else:
+                    admin.administer(create_user(account))
+                admin.administer(
+                    f"GRANT {privilege} ON {_identifier(settings.influx_db)} TO {_identifier(account.user)}"
+                )
         except StorageUnavailable as exc:
             raise StackError(str(exc)) from exc
         finally:
-            client.close()
+            anonymous.close()
+            admin.close()
+
+
+@dataclass(frozen=True)
+class Login:
+    """An InfluxDB account with both its name and its password known."""
+
+    user: str
+    password: str
+
+
+@dataclass(frozen=True)
+class AccountPlan:
+    """The stack's InfluxDB accounts: the admin, and the others with the privilege each gets on the database."""
+
+    admin: Login
+    grants: list[tuple[Login, str]]
+
+
+def account_plan(settings: Settings) -> AccountPlan:
+    """Who gets which right: the writer WRITE, the reader READ (one account for both: ALL)."""
+    admin = _complete(settings, settings.influx_admin, "InfluxDB's admin account", "IOT_INFLUX_ADMIN_PASSWORD")
+    writer = _complete(settings, settings.influx_writer, "the hub's InfluxDB account", "IOT_INFLUX_PASSWORD")
+    reader = _complete(settings, settings.influx_reader, "InfluxDB's reader account", "IOT_INFLUX_READER_PASSWORD")
+    if reader.user == writer.user:
+        return AccountPlan(admin, [(writer, "ALL")])
+    return AccountPlan(admin, [(writer, "WRITE"), (reader, "READ")])
+
+
+def _complete(settings: Settings, account: InfluxAccount, what: str, variable: str) -> Login:
+    if not account.user or not account.password:
+        raise missing_secret(settings, what, variable)
+    return Login(account.user, account.password)
+
+
+def create_user(account: Login, admin: bool = False) -> str:
+    privileges = " WITH ALL PRIVILEGES" if admin else ""
+    return f"CREATE USER {_identifier(account.user)} WITH PASSWORD {_string(account.password)}{privileges}"
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from hub.clients.amqp import connect
 from hub.clients.management import password_hash
-from hub.core.config import PROJECT_ROOT, Settings, over_tls
+from hub.core.config import PROJECT_ROOT, Settings, missing_secret, over_tls
 from hub.core.contract import VHOST
 from hub.core.errors import StackError
 from hub.core.tls import settings_context
@@ -38,7 +38,8 @@ from hub.stack.processes import port_open
 RABBITMQ_CONFIG_DIR = PROJECT_ROOT / "rabbitmq"
 #: Seconds a readiness probe waits for the broker's answer.
 PROBE_TIMEOUT_S = 5.0
-#: The development users in rabbitmq/definitions.json, renamed and re-passworded from settings.
+#: The users of rabbitmq/definitions.json, renamed and given their passwords from settings. The
+#: file in the repository gives them none (an empty hash: no password logs in).
 DEFINITIONS_HUB_USER = "hub"
 DEFINITIONS_ADMIN_USER = "admin"
 #: The readiness probes log in with this made-up account: a refusal proves the listener answers.
@@ -149,9 +150,14 @@ def _plain_listener(key: str, port: int, addresses: tuple[str, ...]) -> str:
 
 
 def render_definitions(settings: Settings) -> dict[str, Any]:
-    """rabbitmq/definitions.json with the hub and admin users and passwords from settings."""
+    """rabbitmq/definitions.json with the hub and admin users and passwords from settings (IOT_*, else the
+    stack's secrets): the node imports them at every boot, so a changed password takes effect at its next start."""
     definitions: dict[str, Any] = json.loads((RABBITMQ_CONFIG_DIR / "definitions.json").read_text())
     amqp = settings.amqp
+    if not amqp.password:
+        raise missing_secret(settings, f"the hub's broker account {amqp.user!r}", "IOT_AMQP_URL")
+    if not settings.admin_password:
+        raise missing_secret(settings, f"the broker's admin account {settings.admin_user!r}", "IOT_ADMIN_PASSWORD")
     names = {DEFINITIONS_HUB_USER: amqp.user, DEFINITIONS_ADMIN_USER: settings.admin_user}
     passwords = {DEFINITIONS_HUB_USER: amqp.password, DEFINITIONS_ADMIN_USER: settings.admin_password}
     for user in definitions["users"]:

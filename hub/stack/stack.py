@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from hub.core.config import DEFAULT_AMQP_PORT, DEV_TLS_DIR, Settings, load_settings
+from hub.core.config import DEFAULT_AMQP_PORT, DEV_TLS_DIR, Settings, load_settings, with_stack_secrets
 from hub.core.errors import StackError
+from hub.core.secrets import HUB_USER, SECRETS_FILE_NAME, ensure_secrets
 from hub.stack import processes
 from hub.stack.brokerauth import BrokerAuthService, operator_accounts
 from hub.stack.certs import TlsFiles
@@ -43,6 +44,14 @@ Server = RabbitNode | InfluxNode | BrokerAuthService
 RABBITMQ_DIR = HOMES[RABBITMQ]
 INFLUXDB_DIR = HOMES[INFLUXDB]
 
+#: `up` refuses a stack that runs without a secrets file: it was started before the stack had
+#: secrets of its own, and its broker still takes the passwords the README once published.
+RUNNING_WITHOUT_SECRETS = (
+    "the stack under {root} runs without its own secrets (started before they existed, or {secrets} was "
+    "deleted), and its broker takes passwords that are not secret: run `python -m hub stack down`, then "
+    "`python -m hub stack up` (the data is kept; the accounts get generated passwords)"
+)
+
 
 @dataclass
 class ServiceStatus:
@@ -64,13 +73,15 @@ class StackStatus:
 
 
 def settings_on_free_ports(root: Path) -> Settings:
-    """Settings for a private stack under `root` with every port free right now (tests, benchmarks)."""
+    """Settings for a private stack under `root` with every port free right now (tests, benchmarks),
+    and the stack's secrets, made now, in them."""
     ports: set[int] = set()
     while len(ports) < 9:
         ports.add(processes.free_port())
     amqp, mqtt, stomp, management, prometheus, influx, amqps, mqtts, stomps = sorted(ports)
+    ensure_secrets(root / SECRETS_FILE_NAME)
     return load_settings(
-        amqp_url=f"amqp://hub:hub-dev-password@127.0.0.1:{amqp}/iot",
+        amqp_url=f"amqp://{HUB_USER}@127.0.0.1:{amqp}/iot",
         mqtt_host="127.0.0.1",
         mqtt_port=mqtt,
         stomp_host="127.0.0.1",
@@ -112,6 +123,7 @@ class Stack:
         private_folder(self.root)
         with self._lock():
             current = self._status_unlocked()
+            self.adopt_secrets(any(s.running for s in current.services), progress)
             if current.running:
                 current.already_running = True
                 return current
@@ -169,7 +181,7 @@ class Stack:
                 )
                 self._wait_ready(pending, progress)
                 if INFLUXDB in missing:
-                    influx.create_database(self.settings.influx_db)
+                    influx.ensure_accounts(self.settings)
             except BaseException:
                 if state is None:
                     self._stop_unlocked()
@@ -206,6 +218,24 @@ class Stack:
         """Every running process of the stack's servers: the RabbitMQ node with its epmd and helpers,
         influxd and the broker auth service (see `hub.stack.sockets` for what they listen on)."""
         return processes.all_ours(*(self.root / home for home in HOMES.values()))
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.root / SECRETS_FILE_NAME
+
+    def adopt_secrets(self, running: bool, progress: Callable[[str], None] = lambda _msg: None) -> None:
+        """The stack's secrets, made at its first start, into `self.settings` (IOT_* values still win).
+
+        A stack that runs without them (`running`) is refused: see RUNNING_WITHOUT_SECRETS.
+        One stopped, made before secrets existed, gets them now and is migrated as it starts:
+        the broker imports its users' new passwords at boot, and InfluxDB gets its accounts.
+        """
+        if running and not self.secrets_path.exists():
+            raise StackError(RUNNING_WITHOUT_SECRETS.format(root=self.root, secrets=self.secrets_path))
+        secrets, made = ensure_secrets(self.secrets_path)
+        if made:
+            progress(f"generated the stack's secrets into {self.secrets_path} (mode 0600)")
+        self.settings = with_stack_secrets(self.settings, secrets)
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGTERM) -> bool:
         """Stop one server ("RabbitMQ" or "InfluxDB") with `sig` and wait until it is gone; `up()` starts it again.

@@ -206,9 +206,7 @@ def test_send_to_an_unknown_device_exits_6_at_once(stack: Settings, fleet: Fleet
 
 def test_send_with_the_broker_unreachable_exits_4(stack: Settings) -> None:
     closed = free_port()
-    result = hub_cli(
-        stack, "send", "env-0001", "ping", IOT_AMQP_URL=f"amqp://hub:hub-dev-password@127.0.0.1:{closed}/iot"
-    )
+    result = hub_cli(stack, "send", "env-0001", "ping", IOT_AMQP_URL=f"amqp://hub@127.0.0.1:{closed}/iot")
     assert result.returncode == ExitCode.BROKER_UNREACHABLE
     assert f"cannot reach RabbitMQ at amqp://127.0.0.1:{closed}/iot" in result.stderr
     assert_one_clean_line(result.stderr)
@@ -364,7 +362,7 @@ def test_tail_stops_with_exit_0_on_ctrl_c(stack: Settings) -> None:
 
 def test_tail_with_the_broker_unreachable_exits_4(stack: Settings) -> None:
     closed = free_port()
-    result = hub_cli(stack, "tail", "--count", "1", IOT_AMQP_URL=f"amqp://hub:hub-dev-password@127.0.0.1:{closed}/iot")
+    result = hub_cli(stack, "tail", "--count", "1", IOT_AMQP_URL=f"amqp://hub@127.0.0.1:{closed}/iot")
     assert result.returncode == ExitCode.BROKER_UNREACHABLE
     assert "cannot reach RabbitMQ" in result.stderr
     assert_one_clean_line(result.stderr)

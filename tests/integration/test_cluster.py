@@ -20,8 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from devices.device import plan_fleet
 from devices.fleet import Fleet
-from hub.core.config import Settings
+from hub.core.config import CLUSTER_DIR, CREDENTIALS_FILE_NAME, Settings
+from hub.core.credentials import read_credentials
+from hub.core.secrets import read_secrets
 from hub.stack.cluster import Cluster, ClusterStatus, client_settings, started_on_free_ports
 from hub.stack.processes import is_ours
 from hub.stack.sockets import exposed, listening_sockets
@@ -98,6 +101,20 @@ def test_the_cluster_has_every_node_and_three_replicas_of_every_quorum_queue(
     text = " ".join(shown.stdout.split())
     assert all(node in text for node in nodes) and "hub.telemetry.0" in text
     assert f"export IOT_MQTT_ADDRESSES='{settings.mqtt_addresses}'" in text
+    # The URLs to export name the hub, not its password: clients read that in the stack's secrets file.
+    secrets = read_secrets(settings.secrets_path)
+    assert secrets is not None and secrets.hub_password not in shown.stdout
+    assert f"export IOT_AMQP_URL='amqp://hub@127.0.0.1:{settings.amqp.port}/iot," in text
+    assert str(settings.secrets_path) in text
+
+
+def test_the_clusters_device_credentials_are_its_own_not_the_single_nodes(cluster: tuple[Cluster, Settings]) -> None:
+    """The cluster's broker knows the devices provisioned on it: their file lives with its data."""
+    the_cluster, settings = cluster
+    own = the_cluster.root / CLUSTER_DIR / CREDENTIALS_FILE_NAME
+    assert settings.credentials_path == own
+    assert set(read_credentials(own)) >= {spec.device_id for spec in plan_fleet(DEVICES)}
+    assert not (the_cluster.root / CREDENTIALS_FILE_NAME).exists(), "the single node's file is left alone"
 
 
 def test_the_cluster_is_reachable_beyond_loopback_only_on_its_tls_listeners(cluster: tuple[Cluster, Settings]) -> None:

@@ -175,7 +175,7 @@ def test_readings_of_both_protocols_are_stored_exactly_once_across_a_hub_sigkill
 def test_every_reading_arrives_after_influxdb_is_stopped_and_restarted(stack: Settings, tmp_path: Path) -> None:
     home = tmp_path / "influxdb"
     port, rpc = free_port(), free_port()
-    node, pid = start_influxd(home, port, rpc)
+    node, pid = start_influxd(stack, home, port, rpc)
     own = stack.model_copy(update={"influx_url": node.url})
     base_ts = now_ms() - 20_000_000
     try:
@@ -187,7 +187,7 @@ def test_every_reading_arrives_after_influxdb_is_stopped_and_restarted(stack: Se
             publish_stomp(stack, "outage-s", 500, base_ts)
             wait_until(lambda: "event=write_failed" in hub_log(tmp_path) or hub.poll() is not None, 30)
             assert hub.poll() is None, "the hub keeps running while InfluxDB is down"
-            node, pid = start_influxd(home, port, rpc)
+            node, pid = start_influxd(stack, home, port, rpc)
             wait_until(lambda: count_stored(own, "environment", "outage-m") == 1000, 60)
             wait_until(lambda: count_stored(own, "environment", "outage-s") == 501, 60)
     finally:
@@ -567,7 +567,7 @@ def test_health_ready_is_503_with_a_backlog_reason_while_the_store_cannot_drain(
 ) -> None:
     home = tmp_path / "influxdb"
     influx_port, rpc, port = free_port(), free_port(), free_port()
-    node, pid = start_influxd(home, influx_port, rpc)
+    node, pid = start_influxd(stack, home, influx_port, rpc)
     own = stack.model_copy(update={"influx_url": node.url})
     ready_url = f"http://127.0.0.1:{port}/health/ready"
 
@@ -584,7 +584,7 @@ def test_health_ready_is_503_with_a_backlog_reason_while_the_store_cannot_drain(
             live = get_json(f"http://127.0.0.1:{port}/health/live")
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
                 metrics = response.read().decode()
-            node, pid = start_influxd(home, influx_port, rpc)  # the backlog drains, ready again
+            node, pid = start_influxd(stack, home, influx_port, rpc)  # the backlog drains, ready again
             wait_until(lambda: count_stored(own, "environment", "ready-backlog") == 50, 60)
             wait_until(lambda: get_json(ready_url)[0] == 200, 30)
     finally:

@@ -268,7 +268,7 @@ def test_an_influxdb_outage_marks_no_streaming_device_offline(stack: Settings, t
     """The whole hub runs; InfluxDB stops for 20 device intervals while the devices stream on."""
     home = tmp_path / "influxdb"
     port, rpc = free_port(), free_port()
-    node, pid = start_influxd(home, port, rpc)
+    node, pid = start_influxd(stack, home, port, rpc)
     own = stack.model_copy(update={"influx_url": node.url})
     devices = ("outage-pm", "outage-ps")
     streaming = threading.Event()
@@ -297,7 +297,7 @@ def test_an_influxdb_outage_marks_no_streaming_device_offline(stack: Settings, t
                 outage_ends = now_ms() + 20 * INTERVAL_MS
                 wait_until(lambda: now_ms() > outage_ends, 30)
                 assert hub.poll() is None
-                node, pid = start_influxd(home, port, rpc)
+                node, pid = start_influxd(stack, home, port, rpc)
                 wait_until(lambda: count_stored(own, devices[0]) >= sent[0] - 5, 30)  # the backlog is stored
                 for device in devices:
                     assert transitions(own, device) == [("online", "status")], "streaming all along: never silent"

@@ -78,7 +78,7 @@ def test_sigterm_while_influxdb_is_unreachable_exits_within_5_s_and_loses_nothin
 ) -> None:
     home = tmp_path / "influxdb"
     port, rpc = free_port(), free_port()
-    node, pid = start_influxd(home, port, rpc)
+    node, pid = start_influxd(stack, home, port, rpc)
     own = stack.model_copy(update={"influx_url": node.url})
     count = 500
     base_ts = now_ms() - 40_000_000

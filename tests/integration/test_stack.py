@@ -33,6 +33,7 @@ from tests.support import (
     bind_temporary_queue,
     collect,
     influx_query,
+    influx_request,
     mqtt_device,
     stomp_device,
     wait_until,
@@ -136,11 +137,8 @@ def test_amqp_command_reaches_an_mqtt_and_a_stomp_subscriber(stack: Settings) ->
 def test_a_point_written_to_influxdb_reads_back(stack: Settings) -> None:
     ts_ms = now_ms()
     line = f"environment,device=env-1,site=plant-a,protocol=mqtt temperature=21.5,seq=7i {ts_ms}"
-    request = urllib.request.Request(
-        f"{stack.influx_url}/write?db={stack.influx_db}&precision=ms", data=line.encode(), method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 204
+    params = {"db": stack.influx_db, "precision": "ms"}
+    assert influx_request(stack, "POST", "/write", params, line.encode(), stack.influx_writer)[0] == 204
     [series] = influx_query(stack, "SELECT temperature, seq FROM environment WHERE device = 'env-1'")
     assert series["values"] == [[ts_ms, 21.5, 7]]
 

@@ -29,7 +29,7 @@ def test_stack_up_starts_again_only_the_server_that_died(tmp_path: Path) -> None
         assert after["InfluxDB"] != pids["InfluxDB"]
         expected = "InfluxDB not running: starting it again (RabbitMQ, broker auth left as it is)"
         assert any(expected in line for line in said), said
-        client = InfluxHttp(settings.influx_url, settings.influx_db)
+        client = InfluxHttp.from_settings(settings, settings.influx_reader)
         try:
             [[databases]] = client.query("SHOW DATABASES")
             assert {"name": settings.influx_db} in databases.rows

@@ -27,6 +27,7 @@ from hub.brokerauth.policy import (
 )
 from hub.brokerauth.server import AuthService, serve
 from hub.core.config import load_settings
+from hub.core.secrets import SECRETS_FILE_NAME, ensure_secrets
 from hub.stack.brokerauth import operator_accounts
 from hub.stack.certs import TlsFiles
 from hub.stack.processes import free_port, port_open
@@ -106,6 +107,7 @@ def test_the_node_s_advanced_config_follows_iot_broker_auth(tmp_path: Path, enab
     ports = RabbitPorts(
         amqp=5672, mqtt=1883, stomp=61613, management=15672, prometheus=15692, dist=25672, epmd=4369, authz=15680
     )
+    ensure_secrets(tmp_path / SECRETS_FILE_NAME)  # the stack's: its definitions need the accounts' passwords
     settings = load_settings(stack_dir=tmp_path, broker_auth=enabled)
     node = RabbitNode(settings, tmp_path / "rabbitmq", ports, TlsFiles(tmp_path / "tls"))
     node.prepare()

@@ -9,8 +9,16 @@ from typing import Any
 import pytest
 import yaml
 
+from hub.core.config import load_settings
+from hub.core.secrets import SECRETS_FILE_MODE, read_secrets
 from hub.stack.certs import CA_CERT_FILE, COMPOSE_TLS_DIR, SERVER_CERT_FILE, SERVER_KEY_FILE
 from hub.stack.cluster import NODE_PORT_OFFSET
+from hub.stack.compose import (
+    CHRONOGRAF_PASSWORD_VARIABLE,
+    CHRONOGRAF_USER_VARIABLE,
+    COMPOSE_DIR,
+    ensure_compose_secrets,
+)
 from hub.stack.rabbitmq import ADVANCED_CONFIG_AUTHZ
 from tests.support import REPO
 
@@ -122,20 +130,26 @@ def test_every_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
         assert check.get("interval") and check.get("retries"), name
 
 
+#: What `python -m hub stack certs` makes under the checkout's .stack/ (never committed: secrets).
+MADE_BY_STACK_CERTS = f"./{COMPOSE_TLS_DIR.parent}/"
+COMPOSE_FILES = f"./{COMPOSE_TLS_DIR.parent / COMPOSE_DIR}"
+
+
 def test_every_mounted_file_exists(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         for source, _target in _bind_mounts(service):
-            if source == f"./{COMPOSE_TLS_DIR}":
-                continue  # made by `python -m hub stack certs`, never committed (the key is a secret)
+            if source.startswith(MADE_BY_STACK_CERTS):
+                continue  # made by `python -m hub stack certs`, never committed (keys and passwords)
             assert (REPO / source).exists(), f"{name} mounts {source}, which does not exist"
 
 
 def test_rabbitmq_uses_the_same_files_as_the_native_launcher(compose: dict[str, Any]) -> None:
     mounts = dict(_bind_mounts(compose["services"]["rabbitmq"]))
-    assert {"./rabbitmq/rabbitmq.conf", "./rabbitmq/enabled_plugins", "./rabbitmq/definitions.json"} <= set(mounts)
+    definitions = f"{COMPOSE_FILES}/definitions.json"  # rabbitmq/definitions.json, rendered with the secrets
+    assert {"./rabbitmq/rabbitmq.conf", "./rabbitmq/enabled_plugins", definitions} <= set(mounts)
     conf = (REPO / "rabbitmq" / "rabbitmq.conf").read_text()
     [definitions_path] = re.findall(r"(?m)^load_definitions\s*=\s*(\S+)$", conf)
-    assert mounts["./rabbitmq/definitions.json"] == definitions_path
+    assert mounts[definitions] == definitions_path
     assert mounts["./rabbitmq/enabled_plugins"] == "/etc/rabbitmq/enabled_plugins"
     plugins = (REPO / "rabbitmq" / "enabled_plugins").read_text()
     for plugin in (
@@ -159,6 +173,57 @@ def test_influxdb_and_chronograf_are_wired_together(compose: dict[str, Any]) -> 
     [source] = [json.loads(path.read_text()) for path in sources_dir.glob("*.src")]
     assert source["url"] == "http://influxdb:8086"
     assert source["telegraf"] == "telemetry"
+
+
+def test_no_password_in_the_repository_logs_in_to_the_compose_stack(compose: dict[str, Any]) -> None:
+    """The broker's users have no password hash in the repository; InfluxDB's accounts and
+    Chronograf's come from the files `stack certs` renders; InfluxDB's own file turns logins on."""
+    users = json.loads((REPO / "rabbitmq" / "definitions.json").read_text())["users"]
+    assert users and all(user["password_hash"] == "" for user in users)
+    assert re.search(r"(?m)^\[http\][^\[]*^\s*auth-enabled = true$", (REPO / "influxdb/influxdb.conf").read_text())
+    services = compose["services"]
+    assert services["influxdb"]["env_file"] == [f"{COMPOSE_FILES}/influxdb.env"]
+    assert services["chronograf"]["env_file"] == [f"{COMPOSE_FILES}/chronograf.env"]
+    for node in CLUSTER_NODES:
+        mounts = dict(_bind_mounts(services[node]))
+        assert mounts[f"{COMPOSE_FILES}/definitions.json"] == "/etc/rabbitmq/definitions.json"
+    assert "PASSWORD" not in json.dumps(services["influxdb"].get("environment", {})).upper()
+
+
+def _env_file(path: Any) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line)
+
+
+def test_stack_certs_renders_the_secrets_compose_reads(tmp_path: Any) -> None:
+    settings = load_settings(stack_dir=tmp_path)
+    files = ensure_compose_secrets(settings)
+    secrets = read_secrets(settings.secrets_path)
+    assert secrets is not None and files.folder == tmp_path / COMPOSE_DIR
+    for path in (files.definitions, files.influxdb_env, files.chronograf_env, settings.secrets_path):
+        assert path.stat().st_mode & 0o777 == SECRETS_FILE_MODE, path
+    influx = _env_file(files.influxdb_env)
+    assert influx == {
+        "INFLUXDB_HTTP_AUTH_ENABLED": "true",
+        "INFLUXDB_ADMIN_USER": "admin",
+        "INFLUXDB_ADMIN_PASSWORD": secrets.influx_admin_password,
+        "INFLUXDB_WRITE_USER": "writer",
+        "INFLUXDB_WRITE_USER_PASSWORD": secrets.influx_writer_password,
+        "INFLUXDB_READ_USER": "reader",
+        "INFLUXDB_READ_USER_PASSWORD": secrets.influx_reader_password,
+    }
+    chronograf = _env_file(files.chronograf_env)
+    assert chronograf == {
+        CHRONOGRAF_USER_VARIABLE: "reader",
+        CHRONOGRAF_PASSWORD_VARIABLE: secrets.influx_reader_password,
+    }
+    # Chronograf renders its resource files with its environment: the source logs in as the reader.
+    source = json.loads((REPO / "dashboards" / "influxdb.src").read_text())
+    assert source["username"] == f"{{{{ .{CHRONOGRAF_USER_VARIABLE} }}}}"
+    assert source["password"] == f"{{{{ .{CHRONOGRAF_PASSWORD_VARIABLE} }}}}"
+    users = {user["name"]: user["password_hash"] for user in json.loads(files.definitions.read_text())["users"]}
+    assert set(users) == {"hub", "admin"} and all(users.values())
+    again = ensure_compose_secrets(settings)
+    assert _env_file(again.influxdb_env) == influx, "the secrets are made once, then kept"
 
 
 def test_data_lives_in_named_volumes(compose: dict[str, Any]) -> None:

@@ -7,7 +7,8 @@ import re
 import stat
 from pathlib import Path
 
-from hub.core.config import load_settings
+from hub.core.config import load_settings, with_stack_secrets
+from hub.core.secrets import SECRETS_FILE_NAME, ensure_secrets, generate_secrets
 from hub.stack.certs import TlsFiles
 from hub.stack.rabbitmq import NODE_FOLDERS, RABBITMQ_CONFIG_DIR, RabbitNode, RabbitPorts
 
@@ -17,7 +18,8 @@ PORTS = RabbitPorts(
 
 
 def test_the_node_reads_a_copy_of_the_repository_plugins_file_in_its_own_home(tmp_path: Path) -> None:
-    node = RabbitNode(load_settings(stack_dir=tmp_path), tmp_path / "rabbitmq", PORTS, TlsFiles(tmp_path / "tls"))
+    settings = with_stack_secrets(load_settings(stack_dir=tmp_path), generate_secrets())
+    node = RabbitNode(settings, tmp_path / "rabbitmq", PORTS, TlsFiles(tmp_path / "tls"))
     node.prepare()
     plugins = Path(node.environment()["RABBITMQ_ENABLED_PLUGINS_FILE"])
     assert plugins.parent == tmp_path / "rabbitmq"
@@ -25,6 +27,8 @@ def test_the_node_reads_a_copy_of_the_repository_plugins_file_in_its_own_home(tm
 
 
 def _node(tmp_path: Path) -> RabbitNode:
+    """A node of a stack under `tmp_path` that has its secrets (its definitions need the accounts' passwords)."""
+    ensure_secrets(tmp_path / SECRETS_FILE_NAME)
     return RabbitNode(load_settings(stack_dir=tmp_path), tmp_path / "rabbitmq", PORTS, TlsFiles(tmp_path / "tls"))
 
 

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from hub.core.backoff import DEVICE_RECONNECT, HUB_RECONNECT, Backoff
-from hub.core.config import load_settings
+from hub.core.config import load_settings, with_stack_secrets
+from hub.core.secrets import generate_secrets
 from hub.runtime import topology
 from hub.runtime.consumer import SLEEP_SLICE_S, Consumer
 from hub.stack.rabbitmq import render_definitions
@@ -111,9 +112,10 @@ def test_every_hub_queue_has_one_active_consumer_and_standbys() -> None:
         assert topology.queue_arguments(queue).get("x-single-active-consumer") is True, queue.name
 
 
-def test_the_native_node_gets_as_many_partitions_as_iot_partitions_says() -> None:
+def test_the_native_node_gets_as_many_partitions_as_iot_partitions_says(tmp_path: Path) -> None:
+    settings = with_stack_secrets(load_settings(stack_dir=tmp_path), generate_secrets())
     for count in (1, 4, 7):
-        definitions = render_definitions(load_settings().model_copy(update={"partitions": count}))
+        definitions = render_definitions(settings.model_copy(update={"partitions": count}))
         partitions = [q["name"] for q in definitions["queues"] if q["name"].startswith(topology.PARTITION_PREFIX)]
         bound = [b["destination"] for b in definitions["bindings"] if b["source"] == topology.TELEMETRY_EXCHANGE]
         assert partitions == bound == [q.name for q in topology.partitions(count)]
