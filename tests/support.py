@@ -51,7 +51,7 @@ from hub.core.tls import settings_context
 from hub.services import service_names
 from hub.stack import Stack
 from hub.stack.influx import InfluxNode
-from hub.stack.processes import start_detached
+from hub.stack.processes import free_port, start_detached, stop
 from hub.stack.stack import settings_on_free_ports
 
 
@@ -362,3 +362,17 @@ def start_influxd(settings: Settings, home: Path, port: int, rpc_port: int) -> t
     wait_until(lambda: not node.problems(), 60, 0.2)
     node.ensure_accounts(settings)
     return node, process.pid
+
+
+def start_influxd_without_auth(home: Path) -> tuple[str, Callable[[], None]]:
+    """An influxd of the test's own as InfluxDB ships, without logins: its URL, and how to stop it."""
+    node = InfluxNode(home, free_port(), free_port())
+    node.prepare()
+    environment = {**node.environment(), "INFLUXDB_HTTP_AUTH_ENABLED": "false"}
+    process = start_detached(node.argv(), environment, node.log_path, home)
+    wait_until(lambda: not node.problems(), 60, 0.2)
+
+    def stop_it() -> None:
+        stop(process.pid, str(home))
+
+    return node.url, stop_it

@@ -65,7 +65,7 @@ def audit_rows(settings: Settings, addresses: Sequence[str] = ()) -> list[Row]:
     machine's own addresses beyond loopback)."""
     single = Stack(settings)
     here: Stack | Cluster = Cluster(settings) if (single.root / CLUSTER_STATE_FILE).exists() else single
-    nodes = here.node_ports() if here.status().running else []
+    nodes = here.node_ports() if any(s.running for s in here.status().services) else []
     dialled = list(dict.fromkeys([settings.amqp.host, *(addresses or machine_addresses())]))
     if nodes:
         tls_ports = {

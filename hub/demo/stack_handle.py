@@ -62,7 +62,7 @@ class StackHandle:
             self.started_by_us = not running
             return
         stack = Stack(self.settings)
-        with self.console.status("starting the native stack (RabbitMQ, InfluxDB)") as spinner:
+        with self.console.status("starting the native stack (RabbitMQ, its auth service, InfluxDB)") as spinner:
             status = stack.up(progress=lambda message: spinner.update(message))
         self.settings = stack.settings
         self.started_by_us = not status.already_running

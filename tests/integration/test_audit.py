@@ -21,7 +21,7 @@ from hub.control.identity import provision, revoke
 from hub.core.config import Settings
 from hub.core.contract import VHOST
 from hub.stack.stack import BROKER_AUTH, Stack
-from tests.support import hub_cli
+from tests.support import hub_cli, start_influxd_without_auth
 
 STAND_IN_ADDRESS = "127.0.0.2"
 
@@ -109,8 +109,6 @@ def test_the_auth_service_down_is_found_and_logins_are_refused_meanwhile(stack: 
 
 
 def test_an_influxdb_without_logins_is_found(stack: Settings, tmp_path: Path) -> None:
-    from tests.support import start_influxd_without_auth
-
     url, stop = start_influxd_without_auth(tmp_path)
     try:
         code, rows = audit(stack.model_copy(update={"influx_url": url}))

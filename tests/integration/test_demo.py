@@ -107,7 +107,7 @@ def test_make_demo_runs_the_main_job_and_leaves_no_process_behind(tmp_path: Path
     assert re.search(r"\$ iot-hub send \S+ self_destruct +-> +unsupported", out), out
 
     assert "stopped the simulator" in out and "stopped the hub" in out
-    assert "stopped the stack the demo started (RabbitMQ, InfluxDB)" in out
+    assert "stopped the stack the demo started (RabbitMQ, broker auth, InfluxDB)" in out
     assert f"InfluxDB     {settings.influx_url}" in out and "RabbitMQ UI  http://localhost:" in out
     assert f"hub metrics  http://localhost:{metrics_port}/metrics" in out
     wait_until(lambda: not any(_alive(pid) for pid in pids.values()), 10)
