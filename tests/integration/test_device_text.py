@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +18,7 @@ import paho.mqtt.client as mqtt
 from hub.clients.management import read_bindings, read_subscribed_devices
 from hub.core.config import Settings
 from hub.core.contract import Ack, Command, Presence, decode, encode, now_ms
-from tests.support import REPO, hub_cli, hub_process, mqtt_device, settings_environment, wait_until
+from tests.support import REPO, hub_cli, hub_process, influx_request, mqtt_device, settings_environment, wait_until
 
 #: What a hostile device writes: retitle the terminal, then rich markup.
 TITLE = "\x1b]0;pwned\x07"
@@ -108,13 +106,13 @@ def test_an_escape_sequence_from_a_device_reaches_every_cli_output_escaped(stack
 
 
 def test_the_fleet_table_shows_whatever_influxdb_holds_escaped(stack: Settings) -> None:
-    """Defence in depth: the hub stores only identifiers as tags, but anyone may write to InfluxDB."""
+    """Defence in depth: the hub stores only identifiers as tags, but whoever holds a write login may write
+    anything to InfluxDB."""
     tags = f"device=esc-influx,site=evil{TITLE},kind=esc_kind,protocol=mqtt"
     line = f'device_status,{tags} state="online",online=true'
-    params = urllib.parse.urlencode({"db": stack.influx_db, "precision": "ms"})
-    request = urllib.request.Request(f"{stack.influx_url}/write?{params}", data=f"{line} {now_ms()}".encode())
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 204
+    params = {"db": stack.influx_db, "precision": "ms"}
+    status, body = influx_request(stack, "POST", "/write", params, f"{line} {now_ms()}".encode(), stack.influx_writer)
+    assert status == 204, body
     table = hub_cli(stack, "devices", "--kind", "esc_kind")
     assert table.returncode == 0, table.stderr
     assert_escaped(table.stdout, "esc-influx", f"evil{SHOWN}")

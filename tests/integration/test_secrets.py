@@ -235,18 +235,24 @@ def _legacy_influxdb(home: Path, port: int) -> None:
     node.prepare()
     environment = {**node.environment(), "INFLUXDB_HTTP_AUTH_ENABLED": "false"}
     process = start_detached(node.argv(), environment, node.log_path, home)
+
+    def call(path: str, params: dict[str, str], body: bytes = b"") -> tuple[int, bytes]:
+        request = urllib.request.Request(f"{node.url}{path}?{urllib.parse.urlencode(params)}", data=body, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
     try:
         wait_until(lambda: not node.problems(), 60, 0.2)
-        for params, body in (
-            ({"q": 'CREATE DATABASE "telemetry"'}, None),
-            ({"db": "telemetry"}, b"environment,device=legacy-1,site=old,protocol=mqtt seq=1i 1700000000000000000"),
-        ):
-            path = "/query" if body is None else "/write"
-            request = urllib.request.Request(
-                f"{node.url}{path}?{urllib.parse.urlencode(params)}", data=body or b"", method="POST"
-            )
-            with urllib.request.urlopen(request, timeout=10) as response:
-                assert response.status in (200, 204)
+        assert process.poll() is None, "this influxd answers /ping, not another one on its port"
+        # /query answers 200 with the error in its body; the write needs the database to be there.
+        created = call("/query", {"q": 'CREATE DATABASE "telemetry"'})
+        assert created[0] == 200 and b'"error"' not in created[1], created
+        line = b"environment,device=legacy-1,site=old,protocol=mqtt seq=1i 1700000000000000000"
+        written = call("/write", {"db": "telemetry"}, line)
+        assert written[0] == 204, written
     finally:
         assert stop(process.pid, str(home))
 
