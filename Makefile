@@ -37,13 +37,14 @@ lint: $(VENV)/.installed
 
 ## Benchmarks (each starts its own stack on free ports; several minutes): the simulator's table,
 ## then the hub's, ending with one summary: each figure beside its ceiling and goal, date, machine, versions.
+## bench.record runs each one and writes the tables it printed, with the conditions, into docs/performance.md.
 bench: $(VENV)/.installed
-	$(PY) -m bench.sim_scale
-	$(PY) -m bench.tls_cost
-	$(PY) -m bench.chaos
-	$(PY) -m bench.fanout
-	$(PY) -m bench.cluster_compare
-	$(PY) -m bench.hub_throughput
+	$(PY) -m bench.record bench.sim_scale
+	$(PY) -m bench.record bench.tls_cost
+	$(PY) -m bench.record bench.chaos
+	$(PY) -m bench.record bench.fanout
+	$(PY) -m bench.record bench.cluster_compare
+	$(PY) -m bench.record bench.hub_throughput
 
 stack-up: $(VENV)/.installed
 	$(PY) -m hub stack up

@@ -1,4 +1,4 @@
-"""`python -m hub`: the command-line shell over the hub library (errors handled by `hub.shell`)."""
+"""`python -m hub`: the command-line shell over the hub library (errors become exit codes in `hub.core.program`)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The one configuration object.
 
 Every value comes from an `IOT_*` environment variable, else from its development default
-(the contract's table in ARCHITECTURE.md); command-line flags override both by passing
+(the table in docs/configuration.md); command-line flags override both by passing
 keyword arguments to `load_settings`. Nothing else in the project reads the environment.
 
 A value that cannot work (a port out of range, a URL whose port is not a number) is an error

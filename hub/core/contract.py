@@ -1,4 +1,4 @@
-"""The wire contract of ARCHITECTURE.md as code: identifiers, routing keys, topics and bodies.
+"""The wire contract of docs/contract.md as code: identifiers, routing keys, topics and bodies.
 
 A raw body becomes a typed, validated message here, once (`decode_reading` and friends); a
 `Reading` you hold is valid, and nothing downstream checks it again. Devices and the hub

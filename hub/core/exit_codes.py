@@ -1,6 +1,6 @@
 """The exit codes of `python -m hub send|devices|tail|demo`, one meaning each across the tool.
 
-2, 3, 4 and 5 are the codes of `hub.errors` (usage, stack, broker, InfluxDB), so a script
+2, 3, 4 and 5 are the codes of `hub.core.errors` (usage, stack, broker, InfluxDB), so a script
 reads the same number for the same trouble whichever command it ran.
 """
 

@@ -2,7 +2,7 @@
 shaping of the answers into the JSON the page draws (pure functions: no I/O here).
 
 Nothing a browser sends reaches InfluxQL as text: a time range is a key of `RANGES`, and a
-device name must pass `hub.contract.require_identifier` (no quotes, spaces or slashes), as
+device name must pass `hub.core.contract.require_identifier` (no quotes, spaces or slashes), as
 must a kind read back from the database before it becomes a measurement name.
 """
 

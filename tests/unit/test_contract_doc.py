@@ -1,8 +1,9 @@
 """docs/contract.md and the code agree: its tables and examples are read and checked against the code.
 
 No servers: the markdown is parsed (tables by the name of their first column, JSON examples by
-the label after ```json) and compared with `hub.core.contract`, `hub.core.config.Settings` and
-`hub.runtime.topology`. Every failure names the line of the document and both values.
+the label after ```json) and compared with `hub.core.contract` and `hub.runtime.topology`. Every
+failure names the line of the document and both values. The settings table lives in
+docs/configuration.md, checked by test_reference_docs.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import msgspec
 import pytest
 
 from hub.core import contract
-from hub.core.config import Settings
 from hub.core.errors import InvalidMessage
 from hub.runtime.topology import PARTITION_PREFIX, QUEUES, partition
 
@@ -333,54 +333,7 @@ def test_a_body_that_is_not_utf8_is_bad_json() -> None:
     assert refused.value.reason == "bad_json"
 
 
-# --- configuration and queues --------------------------------------------------------------------
-
-
-def _code_settings() -> dict[str, Any]:
-    prefix = Settings.model_config.get("env_prefix", "")
-    assert prefix == "IOT_", f"Settings read {prefix!r}* variables, the doc documents IOT_*"
-    return {f"IOT_{name.upper()}": field.default for name, field in Settings.model_fields.items()}
-
-
-def _documented_settings() -> tuple[Table, dict[str, str]]:
-    settings = table("variable")
-    default = settings.column("development default")
-    rows: dict[str, str] = {}
-    for row in settings.rows:
-        variable = one_code_span(row[0], settings.line)
-        assert variable not in rows, f"{where(settings.line)}: {variable} appears twice"
-        rows[variable] = row[default]
-    return settings, rows
-
-
-def test_every_setting_is_documented_and_every_documented_setting_exists() -> None:
-    settings, documented = _documented_settings()
-    code = _code_settings()
-    undocumented = sorted(set(code) - set(documented))
-    unknown = sorted(set(documented) - set(code))
-    assert not undocumented, f"{where(settings.line)}: Settings fields missing from the doc's table: {undocumented}"
-    assert not unknown, f"{where(settings.line)}: the doc's table names variables Settings does not have: {unknown}"
-
-
-def _documented_default(cell: str, line: int) -> str | None:
-    if cell == "unset":
-        return None
-    if cell == "empty":
-        return ""
-    return one_code_span(cell, line)
-
-
-def test_development_defaults_are_the_code_defaults() -> None:
-    settings, documented = _documented_settings()
-    problems = []
-    for variable, default in _code_settings().items():
-        if variable not in documented:
-            continue  # reported by the test above
-        in_doc = _documented_default(documented[variable], settings.line)
-        in_code = None if default is None else str(default)
-        if in_doc != in_code:
-            problems.append(f"{variable}: {in_doc!r} in the doc, {in_code!r} in the code")
-    assert not problems, f"{where(settings.line)}: development defaults differ:\n  " + "\n  ".join(problems)
+# --- queues ---------------------------------------------------------------------------------------
 
 
 def test_hub_queues_are_the_topology() -> None:
