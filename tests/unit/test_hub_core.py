@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hub.core.config import load_settings
@@ -402,8 +404,11 @@ def test_hub_stats_points_carry_the_service_counters() -> None:
 # --- writer choice ---------------------------------------------------------------------------------
 
 
-def test_a_token_selects_the_v2_api_and_v2_without_credentials_is_a_config_error() -> None:
-    settings = load_settings(influx_url="http://127.0.0.1:9", influx_token="t0ken", influx_org="acme")
+def test_a_token_selects_the_v2_api_and_v2_without_credentials_is_a_config_error(tmp_path: Path) -> None:
+    # A stack folder of its own, without secrets: the checkout's .stack would give InfluxDB credentials.
+    settings = load_settings(
+        influx_url="http://127.0.0.1:9", influx_token="t0ken", influx_org="acme", stack_dir=tmp_path
+    )
     writer = open_output(settings, "influxdb")
     try:
         assert isinstance(writer, InfluxV2Output)
@@ -411,7 +416,7 @@ def test_a_token_selects_the_v2_api_and_v2_without_credentials_is_a_config_error
     finally:
         writer.close()
     with pytest.raises(ConfigError, match="IOT_INFLUX_TOKEN"):
-        open_output(load_settings(influx_url="http://127.0.0.1:9", influx_api="v2"), "influxdb")
+        open_output(load_settings(influx_url="http://127.0.0.1:9", influx_api="v2", stack_dir=tmp_path), "influxdb")
 
 
 def test_the_fast_reading_line_equals_the_general_escaping_one() -> None:
