@@ -256,6 +256,16 @@ class ManagementAdmin:
             if isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("user"), str)
         ]
 
+    def connections_named(self, prefix: str) -> list[str]:
+        """The broker's names of the client connections whose client named them `prefix`... (the hub's
+        are `iot-hub <role> <host>-<pid>`, see `hub.clients.amqp`)."""
+        connections = self._call("GET", "connections?columns=name,user_provided_name")
+        return [
+            c["name"]
+            for c in connections or []
+            if isinstance(c, dict) and str(c.get("user_provided_name", "")).startswith(prefix) and "name" in c
+        ]
+
     def mqtt_connections(self) -> list[dict[str, Any]]:
         """Every MQTT connection: name, user and `client_properties` (which hold its client id)."""
         connections = self._call("GET", "connections?columns=name,user,protocol,client_properties")
