@@ -22,10 +22,10 @@ import pytest
 
 from devices.device import plan_fleet
 from devices.fleet import Fleet
-from hub.core.config import CLUSTER_DIR, CREDENTIALS_FILE_NAME, Settings
+from hub.core.config import CLUSTER_DIR, CREDENTIALS_FILE_NAME, AmqpParts, Settings, over_tls
 from hub.core.credentials import read_credentials
 from hub.core.secrets import read_secrets
-from hub.stack.cluster import Cluster, ClusterStatus, client_settings, started_on_free_ports
+from hub.stack.cluster import Cluster, ClusterStatus, started_on_free_ports
 from hub.stack.processes import is_ours
 from hub.stack.sockets import exposed, listening_sockets
 from tests.integration.drills import (
@@ -133,19 +133,8 @@ def test_tls_clients_use_the_cluster_as_plain_ones_do(cluster: tuple[Cluster, Se
     credential, spread over the three nodes' TLS listeners; every reading stored once."""
     the_cluster, settings = cluster
     ports = [the_cluster.node(i).ports for i in range(NODES)]
-    first = settings.amqp_url.split(",")[0].replace("amqp://", "amqps://", 1)
-    tls = settings.model_copy(
-        update={"amqp_url": first, "mqtt_tls": True, "stomp_tls": True, "tls_ca": the_cluster.base.tls.ca_cert}
-    )
-    clients = client_settings(tls, ports)  # what `stack up --nodes 3` prints with IOT_*_TLS set
-    tls = tls.model_copy(
-        update={
-            "amqp_url": clients["IOT_AMQP_URL"],
-            "mqtt_addresses": clients["IOT_MQTT_ADDRESSES"],
-            "stomp_addresses": clients["IOT_STOMP_ADDRESSES"],
-        }
-    )
-    assert all(url.startswith("amqps://") for url in tls.amqp_url.split(","))
+    tls = over_tls(settings, [p.tls for p in ports]).model_copy(update={"tls_ca": the_cluster.base.tls.ca_cert})
+    assert [(url.tls, url.port) for url in map(AmqpParts.parse, tls.amqp_urls)] == [(True, p.amqps) for p in ports]
     with (
         hub_process(tls, tmp_path),
         Fleet(tls, count=TLS_DEVICES, protocol="mixed", interval_s=INTERVAL_S, site=TLS_SITE, seed=7) as fleet,
