@@ -128,6 +128,9 @@ class Settings(BaseSettings):
 
     #: Ports only the native stack binds (the broker's HTTP API and Prometheus endpoint).
     management_port: int = 15672
+    #: A cluster's management HTTP APIs, `host:port,host:port`, tried in turn (a node that does not
+    #: answer is skipped); unset: each host of IOT_AMQP_URL on IOT_MANAGEMENT_PORT.
+    management_addresses: str = ""
     rabbitmq_prometheus_port: int = 15692
     #: Where `python -m hub stack` keeps data, logs and pid files (git-ignored).
     stack_dir: Path = Path(".stack")
@@ -215,7 +218,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a port from 1 to {MAX_PORT}, 0 (any free port) or {METRICS_OFF} (got {value})")
         return value
 
-    @field_validator("mqtt_addresses", "stomp_addresses")
+    @field_validator("mqtt_addresses", "stomp_addresses", "management_addresses")
     @classmethod
     def _addresses_parse(cls, value: str) -> str:
         parse_addresses(value)
@@ -260,6 +263,13 @@ class Settings(BaseSettings):
     def stomp_brokers(self) -> list[tuple[str, int]]:
         """Where STOMP clients connect, in order: IOT_STOMP_ADDRESSES, else IOT_STOMP_HOST on its (TLS) port."""
         return parse_addresses(self.stomp_addresses) or [(self.stomp_host, self.stomp_connect_port)]
+
+    @property
+    def management_apis(self) -> list[tuple[str, int]]:
+        """Where the broker's management HTTP API answers, in order: IOT_MANAGEMENT_ADDRESSES, else
+        each host of IOT_AMQP_URL (once) on IOT_MANAGEMENT_PORT."""
+        hosts = [AmqpParts.parse(url).host for url in self.amqp_urls]
+        return parse_addresses(self.management_addresses) or [(h, self.management_port) for h in dict.fromkeys(hosts)]
 
     @property
     def credentials_path(self) -> Path:

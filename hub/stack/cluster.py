@@ -94,6 +94,7 @@ def node_settings(settings: Settings, ports: RabbitPorts) -> Settings:
             "stomp_port": ports.stomp,
             "mqtt_addresses": "",
             "stomp_addresses": "",
+            "management_addresses": "",
             "amqps_port": ports.amqps,
             "mqtts_port": ports.mqtts,
             "stomps_port": ports.stomps,
@@ -112,6 +113,7 @@ def client_settings(settings: Settings, all_ports: list[RabbitPorts]) -> dict[st
         "IOT_MQTT_ADDRESSES": ",".join(f"127.0.0.1:{p.mqtts if tls_m else p.mqtt}" for p in all_ports),
         "IOT_STOMP_ADDRESSES": ",".join(f"127.0.0.1:{p.stomps if tls_s else p.stomp}" for p in all_ports),
         "IOT_MANAGEMENT_PORT": str(all_ports[0].management),
+        "IOT_MANAGEMENT_ADDRESSES": ",".join(f"127.0.0.1:{p.management}" for p in all_ports),
     }
 
 
@@ -608,6 +610,7 @@ def started_on_free_ports(
                 "amqp_url": exports["IOT_AMQP_URL"],
                 "mqtt_addresses": exports["IOT_MQTT_ADDRESSES"],
                 "stomp_addresses": exports["IOT_STOMP_ADDRESSES"],
+                "management_addresses": exports["IOT_MANAGEMENT_ADDRESSES"],
             }
         )
         return clients, cluster, status.ready_s

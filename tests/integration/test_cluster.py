@@ -10,13 +10,17 @@ seq), every command acked or reported failed and recorded, the hubs alive, the d
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +30,7 @@ from hub.core.config import CLUSTER_DIR, CREDENTIALS_FILE_NAME, AmqpParts, Setti
 from hub.core.credentials import read_credentials
 from hub.core.secrets import read_secrets
 from hub.stack.cluster import Cluster, ClusterStatus, started_on_free_ports
-from hub.stack.processes import is_ours
+from hub.stack.processes import free_port, is_ours
 from hub.stack.sockets import exposed, listening_sockets
 from tests.integration.drills import (
     DEVICES,
@@ -48,6 +52,8 @@ LOAD_AFTER_S = 6.0
 COMMAND_LEAD_S = 1.0
 #: The TLS check's devices (both protocols), its site, and how long they publish.
 TLS_DEVICES, TLS_SITE, TLS_LOAD_S = 4, "cluster-tls", 3.0
+#: The issue's bound: /health/ready is 200 again this soon after the first node is SIGKILLed.
+HEALTH_BACK_WITHIN_S = 15.0
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +73,21 @@ def load(cluster: tuple[Cluster, Settings], tmp_path_factory: pytest.TempPathFac
     _the_cluster, settings = cluster
     with steady_load(settings, tmp_path_factory.mktemp("hubs")) as the_load:
         yield the_load
+
+
+def sigkill_node(the_cluster: Cluster, index: int) -> None:
+    pid, home = the_cluster.node_pids()[index], str(the_cluster.node(index).home)
+    os.killpg(pid, signal.SIGKILL)
+    wait_until(lambda: not is_ours(pid, home), 15)
+
+
+def ready_report(port: int) -> tuple[int, dict[str, Any]]:
+    """A hub's /health/ready: its status and its JSON report."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def test_the_cluster_has_every_node_and_three_replicas_of_every_quorum_queue(
@@ -225,9 +246,7 @@ def test_a_node_killed_under_load_loses_no_reading_and_nothing_needs_a_restart(
         leaders = {q.name: q.leader for q in the_cluster.status().queues}
         names = [the_cluster.node(i).node_name for i in range(NODES)]
         victim = names.index(leaders["hub.telemetry.0"])
-        pid, home = the_cluster.node_pids()[victim], str(the_cluster.node(victim).home)
-        os.killpg(pid, signal.SIGKILL)
-        wait_until(lambda: not is_ours(pid, home), 15)
+        sigkill_node(the_cluster, victim)
         time.sleep(LOAD_AFTER_S)
     made = check_window(load)
     outcomes = commands.check()
@@ -243,3 +262,38 @@ def test_a_node_killed_under_load_loses_no_reading_and_nothing_needs_a_restart(
     survivors = [f"RabbitMQ node {i}" for i in range(NODES) if i != victim]
     assert the_cluster.down() == [*survivors, "InfluxDB"]
     assert not the_cluster.status().services
+
+
+def test_health_roles_and_depths_follow_the_cluster_when_its_first_node_is_sigkilled(
+    cluster: tuple[Cluster, Settings], tmp_path: Path
+) -> None:
+    """Two hubs: the active one knows the first node alone and goes with it; the standby, which knows
+    every node, is promoted. Within 15 s its /health/ready is 200 again, with every queue's depth
+    and its new role, read from the nodes that remain."""
+    the_cluster, settings = cluster
+    assert the_cluster.status().running
+    first_only = settings.model_copy(update={"amqp_url": settings.amqp_urls[0]})
+    ports = free_port(), free_port()
+    with (
+        hub_process(first_only, tmp_path, IOT_METRICS_PORT=str(ports[0])),
+        hub_process(settings, tmp_path, IOT_METRICS_PORT=str(ports[1])),
+    ):
+
+        def standby_ready() -> bool:
+            status, report = ready_report(ports[1])
+            return status == 200 and report["queues"].get("hub.commands", {}).get("role") == "standby"
+
+        wait_until(standby_ready, 30, 0.5)
+        sigkill_node(the_cluster, 0)
+        killed = time.monotonic()
+
+        def promoted_and_ready() -> dict[str, Any] | None:
+            status, report = ready_report(ports[1])
+            queues = report["queues"]
+            depths = all(q["ready"] is not None for q in queues.values())
+            return report if status == 200 and depths and queues["hub.commands"].get("role") == "active" else None
+
+        report = wait_until(promoted_and_ready, HEALTH_BACK_WITHIN_S, 0.5)
+        back_s = time.monotonic() - killed
+    assert set(report["queues"]) >= {"hub.commands", "hub.presence", "hub.telemetry.0"}
+    print(f"first node SIGKILLed: the promoted standby ready, with depths and its role, after {back_s:.1f} s")

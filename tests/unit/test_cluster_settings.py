@@ -75,6 +75,20 @@ def test_the_printed_settings_name_every_node() -> None:
     assert exports["IOT_AMQP_URL"].split(",")[2] == "amqp://hub:pw@127.0.0.1:5872/iot"
     assert exports["IOT_MQTT_ADDRESSES"] == "127.0.0.1:1883,127.0.0.1:1983,127.0.0.1:2083"
     assert exports["IOT_STOMP_ADDRESSES"] == "127.0.0.1:61613,127.0.0.1:61713,127.0.0.1:61813"
+    assert exports["IOT_MANAGEMENT_ADDRESSES"] == "127.0.0.1:15672,127.0.0.1:15772,127.0.0.1:15872"
+
+
+def test_the_management_api_is_every_node_s_in_turn() -> None:
+    assert load_settings(amqp_url="amqp://hub:pw@broker:5672/iot").management_apis == [("broker", 15672)]
+    machines = load_settings(amqp_url="amqp://hub:pw@n0:5672/iot,amqp://hub:pw@n1:5672/iot", management_port=15999)
+    assert machines.management_apis == [("n0", 15999), ("n1", 15999)], "each host of IOT_AMQP_URL"
+    one_host = load_settings(
+        amqp_url="amqp://hub:pw@127.0.0.1:5672/iot,amqp://hub:pw@127.0.0.1:5772/iot",
+        management_addresses="127.0.0.1:15672,127.0.0.1:15772",
+    )
+    assert one_host.management_apis == [("127.0.0.1", 15672), ("127.0.0.1", 15772)]
+    with pytest.raises(ConfigError, match="IOT_MANAGEMENT_ADDRESSES"):
+        load_settings(management_addresses="127.0.0.1")
 
 
 def test_over_tls_moves_every_node_of_a_cluster_on_one_host_to_its_own_tls_listeners() -> None:
