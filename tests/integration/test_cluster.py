@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pika
 import pytest
 
 from devices.device import plan_fleet
@@ -43,7 +44,7 @@ from tests.integration.drills import (
     stored_seqs,
     wait_for_active,
 )
-from tests.support import REPO, fleet_credentials, hub_process, settings_environment, wait_until
+from tests.support import REPO, amqp_connection, fleet_credentials, hub_process, settings_environment, wait_until
 
 NODES = 3
 #: Seconds of load after a drill's fault before its window closes.
@@ -52,6 +53,8 @@ LOAD_AFTER_S = 6.0
 COMMAND_LEAD_S = 1.0
 #: The TLS check's devices (both protocols), its site, and how long they publish.
 TLS_DEVICES, TLS_SITE, TLS_LOAD_S = 4, "cluster-tls", 3.0
+#: A durable queue and the persistent message in it that must outlive a node loss and a restart.
+SURVIVOR_QUEUE, SURVIVOR_BODY = "hub.test-survivor", b"kept through a node loss and a restart"
 #: The issue's bound: /health/ready is 200 again this soon after the first node is SIGKILLed.
 HEALTH_BACK_WITHIN_S = 15.0
 
@@ -73,6 +76,18 @@ def load(cluster: tuple[Cluster, Settings], tmp_path_factory: pytest.TempPathFac
     _the_cluster, settings = cluster
     with steady_load(settings, tmp_path_factory.mktemp("hubs")) as the_load:
         yield the_load
+
+
+def leave_a_survivor(settings: Settings) -> None:
+    """A quorum queue (a replica on every node) holding one persistent message the broker confirmed."""
+    connection = amqp_connection(settings)
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.queue_declare(SURVIVOR_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+        channel.basic_publish("", SURVIVOR_QUEUE, SURVIVOR_BODY, pika.BasicProperties(delivery_mode=2))
+    finally:
+        connection.close()
 
 
 def sigkill_node(the_cluster: Cluster, index: int) -> None:
@@ -246,6 +261,7 @@ def test_a_node_killed_under_load_loses_no_reading_and_nothing_needs_a_restart(
         leaders = {q.name: q.leader for q in the_cluster.status().queues}
         names = [the_cluster.node(i).node_name for i in range(NODES)]
         victim = names.index(leaders["hub.telemetry.0"])
+        leave_a_survivor(load.settings)  # what the cluster must still hold once started again
         sigkill_node(the_cluster, victim)
         time.sleep(LOAD_AFTER_S)
     made = check_window(load)
@@ -262,6 +278,35 @@ def test_a_node_killed_under_load_loses_no_reading_and_nothing_needs_a_restart(
     survivors = [f"RabbitMQ node {i}" for i in range(NODES) if i != victim]
     assert the_cluster.down() == [*survivors, "InfluxDB"]
     assert not the_cluster.status().services
+
+
+def test_a_cluster_stopped_after_a_node_loss_starts_again_with_its_data(cluster: tuple[Cluster, Settings]) -> None:
+    """`stack up --nodes 3` on the data the node-loss drill left: a node SIGKILLed under load, then `stack down`.
+
+    Every node waits for the peers it last saw, so the nodes start together; the cluster has all
+    of them again, the definitions' quorum queues a replica on each, and the message left before
+    the loss is still there."""
+    the_cluster, settings = cluster
+    if the_cluster.status().services:  # run on its own: the drill's ending, without its load
+        leave_a_survivor(settings)
+        sigkill_node(the_cluster, 1)
+        the_cluster.down()
+    began = time.monotonic()
+    status = the_cluster.up(lambda what: print(f"  +{time.monotonic() - began:5.1f} s {what}"))
+    assert status.running
+    names = {the_cluster.node(i).node_name for i in range(NODES)}
+    queues = {q.name: q for q in status.queues}
+    assert {"hub.commands", "hub.presence", "hub.telemetry.0", "iot.dead-letter", SURVIVOR_QUEUE} <= set(queues)
+    assert all(set(q.members) == names for q in queues.values()), [(q.name, q.members) for q in queues.values()]
+    connection = amqp_connection(settings)
+    try:
+        channel = connection.channel()
+        method, _properties, body = channel.basic_get(SURVIVOR_QUEUE, auto_ack=True)
+        assert method is not None and body == SURVIVOR_BODY
+        channel.queue_delete(SURVIVOR_QUEUE)
+    finally:
+        connection.close()
+    print(f"cluster restart after a node loss: ready in {status.ready_s:.1f} s")
 
 
 def test_health_roles_and_depths_follow_the_cluster_when_its_first_node_is_sigkilled(
