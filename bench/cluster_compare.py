@@ -60,6 +60,7 @@ from hub.control.identity import provision_into
 from hub.core.config import Settings
 from hub.core.contract import now_ms
 from hub.core.limits import raise_open_files_limit
+from hub.core.signals import interrupt_on_stop_signals
 from hub.stack import Stack
 from hub.stack.cluster import started_on_free_ports
 from hub.stack.processes import free_port
@@ -469,6 +470,8 @@ def loss_table(loss: NodeLoss, up_s: float) -> Table:
 
 
 def main() -> None:
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks below: the stack stops with the benchmark.
+    interrupt_on_stop_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a small load (about 3 minutes)")
     args = parser.parse_args()

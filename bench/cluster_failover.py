@@ -37,6 +37,7 @@ from hub.clients.management import read_published_counts
 from hub.control.identity import provision_into
 from hub.core.config import Settings
 from hub.core.contract import now_ms
+from hub.core.signals import interrupt_on_stop_signals
 from hub.stack.cluster import Cluster, started_on_free_ports
 from hub.stack.processes import free_port
 
@@ -186,6 +187,8 @@ def run(args: argparse.Namespace, root: Path) -> None:
 
 
 def main() -> None:
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks below: the stack stops with the benchmark.
+    interrupt_on_stop_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=60)
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between a device's readings")

@@ -14,12 +14,10 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import signal
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 import click
 from rich.console import Console
@@ -33,6 +31,7 @@ from hub.clients.management import read_broker_version
 from hub.control.identity import provision_into
 from hub.core.config import Settings
 from hub.core.limits import raise_open_files_limit
+from hub.core.signals import interrupt_on_stop_signals
 from hub.stack.stack import BROKER_AUTH, RABBITMQ, Stack, settings_on_free_ports
 
 DEVICES = 10_000
@@ -66,10 +65,6 @@ class Phase:
 
 def _pid(stack: Stack, name: str) -> int:
     return next(s.pid for s in stack.status().services if s.name == name)
-
-
-def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run_phase(settings: Settings, broker_auth: bool, devices: int, live: Live) -> Phase:
@@ -145,7 +140,8 @@ def report(phases: list[Phase], title: str) -> Table:
 @click.option("--devices", default=DEVICES, show_default=True, help="MQTT devices that connect in each phase.")
 @click.option("--rounds", default=ROUNDS, show_default=True, help="Pairs of phases: check on, then off.")
 def main(devices: int, rounds: int) -> None:
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks below: the stack stops with the benchmark.
+    interrupt_on_stop_signals()
     raise_open_files_limit()
     console = Console(width=None if os.isatty(1) else 160)
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())

@@ -62,6 +62,7 @@ from bench.tls_cost import broker_pid
 from hub.clients.management import read_broker_version
 from hub.core.config import Settings
 from hub.core.contract import EXCHANGE, Reading, decode, encode, mqtt_topic, now_ms
+from hub.core.signals import interrupt_on_stop_signals
 from hub.stack import Stack
 from hub.stack.processes import free_port
 from hub.stack.stack import settings_on_free_ports
@@ -484,6 +485,8 @@ def _load() -> str:
 
 
 def main() -> None:
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks below: the stack stops with the benchmark.
+    interrupt_on_stop_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_PHASE_S:.0f} s phases (about 2 minutes)")
     parser.add_argument("--phase-s", type=float, default=None, help=f"seconds measured per phase ({PHASE_S:.0f})")

@@ -72,6 +72,7 @@ from hub.control.identity import device_definitions, new_secret, provision_into
 from hub.core.config import Settings
 from hub.core.contract import DEAD_LETTER_QUEUE, Reading, encode, mqtt_topic, now_ms
 from hub.core.credentials import Credential, merge_credentials, read_credentials
+from hub.core.signals import interrupt_on_stop_signals
 from hub.core.tls import settings_context
 from hub.outputs.lineprotocol import lines_payload
 from hub.runtime.batch import BATCH_MAX_POINTS
@@ -744,6 +745,8 @@ def command_leg_rows(steady: Steady) -> list[tuple[str, list[float], list[float]
 
 
 def main() -> None:
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks below: the stack stops with the benchmark.
+    interrupt_on_stop_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readings", type=int, default=60_000, help="readings per flat-out phase")
     parser.add_argument("--devices", type=int, default=200)

@@ -41,6 +41,7 @@ from hub.control.identity import provision_into
 from hub.core.config import Settings
 from hub.core.contract import VHOST, Reading, encode, mqtt_topic, now_ms, stomp_destination
 from hub.core.limits import raise_open_files_limit
+from hub.core.signals import interrupt_on_stop_signals
 from hub.stack import Stack
 from hub.stack.stack import settings_on_free_ports
 
@@ -453,6 +454,8 @@ def main(
     connect_wait: float,
     baselines: bool,
 ) -> None:
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks below: the stack stops with the benchmark.
+    interrupt_on_stop_signals()
     if scale:
         devices = devices or SCALE_DEVICES
         interval = interval or SCALE_INTERVAL_S

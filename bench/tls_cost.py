@@ -47,6 +47,7 @@ from devices.fleet import Fleet
 from hub.control.identity import provision_into
 from hub.core.config import Settings, over_tls
 from hub.core.contract import encode, mqtt_topic, now_ms
+from hub.core.signals import interrupt_on_stop_signals
 from hub.stack import Stack
 from hub.stack.stack import settings_on_free_ports
 
@@ -217,6 +218,8 @@ def report(
 
 
 def main() -> None:
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks below: the stack stops with the benchmark.
+    interrupt_on_stop_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=1000, help="simulated devices that connect")
     parser.add_argument("--readings", type=int, default=30_000, help="readings per end-to-end phase")

@@ -14,7 +14,6 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from types import FrameType
 
 import click
 from rich import box
@@ -35,6 +34,7 @@ from hub.core.exit_codes import ExitCode
 from hub.core.limits import raise_open_files_limit
 from hub.core.models import load_models
 from hub.core.program import run_command
+from hub.core.signals import raise_interrupt
 
 #: How often the progress line is redrawn.
 PROGRESS_REFRESH_S = 0.5
@@ -289,14 +289,10 @@ def _summary_table(stats: FleetStats) -> Table:
     return table
 
 
-def _raise_keyboard_interrupt(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main() -> None:
     # stomp.py logs every lost connection with a traceback; the progress line counts them instead.
     logging.getLogger("stomp.py").setLevel(logging.CRITICAL)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)  # SIGINT: `run_command`
     raise_open_files_limit()  # one descriptor per device connection
     run_command(sim)
 

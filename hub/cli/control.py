@@ -7,7 +7,6 @@ a `rich.text.Text`, so neither the terminal nor rich's markup acts on it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import statistics
 import sys
@@ -34,6 +33,7 @@ from hub.core.errors import ConfigError
 from hub.core.exit_codes import DEVICES_EXIT_CODES_HELP, EXIT_CODES_HELP, TAIL_EXIT_CODES_HELP, ExitCode
 from hub.core.models import CommandSpec, DeviceModels, default_models, load_models
 from hub.core.printable import printable, printable_json
+from hub.core.signals import stop_requested
 
 #: Tables are laid out for this width when the output is not a terminal (a pipe, a file, CI).
 PIPE_WIDTH = 200
@@ -167,7 +167,8 @@ def send(
     else:
         devices = _select_targets(settings, _validated(site, "site"), _validated(kind, "kind"), state)
     err = _console(stderr=True)
-    with CommandSender(settings, origin="cli") as sender:
+    # Ctrl-C (or SIGTERM) ends the wait for acks between two reads; the connection closes cleanly (exit 130).
+    with stop_requested() as stop, CommandSender(settings, origin="cli", stop=stop) as sender:
         if len(devices) == 1:
             outcomes = sender.send(devices, command, args, timeout_s)
         else:
@@ -438,11 +439,11 @@ def tail(
             out.print(text)
         out.file.flush()
 
-    with Tail(settings, patterns) as tailer:
+    # Ctrl-C (or SIGTERM) ends the loop between two reads and the connection closes cleanly (exit 0).
+    with stop_requested() as stop, Tail(settings, patterns) as tailer:
         started = time.monotonic()
-        with contextlib.suppress(KeyboardInterrupt):  # a Ctrl-C right after the first line also ends with 0
-            if not as_json:
-                err.print(f"[dim]tailing {' '.join(tailer.patterns)} on exchange iot; Ctrl-C stops[/]")
-            tailer.follow(show, max_count=max_count, seconds=seconds)
+        if not as_json:
+            err.print(f"[dim]tailing {' '.join(tailer.patterns)} on exchange iot; Ctrl-C stops[/]")
+        tailer.follow(show, max_count=max_count, seconds=seconds, stop=stop)
         if not as_json:
             err.print(f"[dim]{tailer.count} messages in {time.monotonic() - started:.1f} s[/]")

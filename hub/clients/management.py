@@ -10,6 +10,9 @@ there to hear it. The management API lists those bindings.
 
 It also counts the consumers of a queue: the demo waits until the hub consumes each of its
 queues, which rabbitmq/definitions.json declares long before the hub runs.
+
+A cluster's nodes each serve the whole cluster's API: a call goes to the node that answered the
+last one and, when that node does not answer, to the next (`Settings.management_apis`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from hub.core.config import Settings, missing_secret
@@ -53,20 +56,66 @@ def subscribed_devices(bindings: Iterable[dict[str, Any]]) -> set[str]:
     return devices
 
 
+#: The API that answered last, per list of them: the next call asks it first, so a node that went
+#: away costs one failed attempt, not one per call.
+_answered: dict[tuple[str, ...], str] = {}
+
+
+def management_urls(settings: Settings) -> list[str]:
+    """Every management API of IOT_MANAGEMENT_ADDRESSES (else of IOT_AMQP_URL's hosts), in order."""
+    return [
+        f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}" for host, port in settings.management_apis
+    ]
+
+
 def management_url(settings: Settings) -> str:
-    return f"http://{settings.amqp.host}:{settings.management_port}"
+    """The management API a call asks first (the one that answered last)."""
+    return in_turn(management_urls(settings))[0]
+
+
+def in_turn(urls: list[str]) -> list[str]:
+    """`urls` in the order a call tries them: the one that answered last first, then the others in order."""
+    last = _answered.get(tuple(urls))
+    return [last, *(url for url in urls if url != last)] if last in urls else list(urls)
+
+
+def ask_in_turn(urls: list[str], request: Callable[[str], urllib.request.Request], timeout_s: float) -> bytes:
+    """The body of the first answer to `request(base URL)` from `urls` (see `in_turn`).
+
+    An HTTP error below 500 is an answer (raised as it is: every node would say the same); a
+    connection refused, a time-out or a 5xx (a node stopping) sends the request to the next
+    node. Raises the last node's error when none answers.
+    """
+    failure: OSError | None = None
+    for base in in_turn(urls):
+        try:
+            with urllib.request.urlopen(request(base), timeout=timeout_s) as response:
+                body: bytes = response.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:
+                _answered[tuple(urls)] = base
+                raise
+            failure = exc
+        except OSError as exc:  # URLError, a refused connection or a time-out: this node does not answer
+            failure = exc
+        else:
+            _answered[tuple(urls)] = base
+            return body
+    assert failure is not None, "no management API to ask"
+    raise failure
 
 
 def _management_get(settings: Settings, path: str) -> Any:
     """A JSON document from the management API as the hub user, or None when it cannot be had."""
     amqp = settings.amqp
-    request = urllib.request.Request(f"{management_url(settings)}/api/{path}")
     token = base64.b64encode(f"{amqp.user}:{amqp.password}".encode()).decode()
-    request.add_header("Authorization", f"Basic {token}")
+
+    def request(base: str) -> urllib.request.Request:
+        return urllib.request.Request(f"{base}/api/{path}", headers={"Authorization": f"Basic {token}"})
+
     try:
-        with urllib.request.urlopen(request, timeout=MANAGEMENT_TIMEOUT_S) as response:
-            return json.loads(response.read())
-    except (OSError, ValueError, urllib.error.URLError):
+        return json.loads(ask_in_turn(management_urls(settings), request, MANAGEMENT_TIMEOUT_S))
+    except (OSError, ValueError):
         return None
 
 
@@ -231,7 +280,7 @@ class ManagementAdmin:
     def __init__(self, settings: Settings) -> None:
         if not settings.admin_password:
             raise missing_secret(settings, f"the broker's admin account {settings.admin_user!r}", "IOT_ADMIN_PASSWORD")
-        self._base = f"{management_url(settings)}/api"
+        self._urls = management_urls(settings)
         self._user = settings.admin_user
         token = base64.b64encode(f"{settings.admin_user}:{settings.admin_password}".encode()).decode()
         self._authorization = f"Basic {token}"
@@ -254,6 +303,16 @@ class ManagementAdmin:
             (c["name"], c["user"])
             for c in connections
             if isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("user"), str)
+        ]
+
+    def connections_named(self, prefix: str) -> list[str]:
+        """The broker's names of the client connections whose client named them `prefix`... (the hub's
+        are `iot-hub <role> <host>-<pid>`, see `hub.clients.amqp`)."""
+        connections = self._call("GET", "connections?columns=name,user_provided_name")
+        return [
+            c["name"]
+            for c in connections or []
+            if isinstance(c, dict) and str(c.get("user_provided_name", "")).startswith(prefix) and "name" in c
         ]
 
     def mqtt_connections(self) -> list[dict[str, Any]]:
@@ -301,15 +360,19 @@ class ManagementAdmin:
         missing_ok: bool = False,
     ) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"{self._base}/{path}", data=data, method=method)
-        request.add_header("Authorization", self._authorization)
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        for name, value in (headers or {}).items():
-            request.add_header(name, value)
+
+        def request(base: str) -> urllib.request.Request:
+            request = urllib.request.Request(f"{base}/api/{path}", data=data, method=method)
+            request.add_header("Authorization", self._authorization)
+            if data is not None:
+                request.add_header("Content-Type", "application/json")
+            for name, value in (headers or {}).items():
+                request.add_header(name, value)
+            return request
+
         try:
-            with urllib.request.urlopen(request, timeout=ADMIN_TIMEOUT_S) as response:
-                payload = response.read()
+            # Every call here is idempotent (PUT, DELETE, definitions, bulk delete): the next node may take it.
+            payload = ask_in_turn(self._urls, request, ADMIN_TIMEOUT_S)
         except urllib.error.HTTPError as exc:
             if exc.code == 404 and missing_ok:
                 return None
@@ -320,6 +383,7 @@ class ManagementAdmin:
                 ) from None
             detail = exc.read().decode(errors="replace")[:300]
             raise BrokerUnavailable(f"management API {method} /api/{path}: HTTP {exc.code} {detail}") from None
-        except (OSError, urllib.error.URLError) as exc:
-            raise BrokerUnavailable(f"management API at {self._base} not reachable: {exc}") from None
+        except OSError as exc:
+            where = ", ".join(self._urls)
+            raise BrokerUnavailable(f"management API at {where} not reachable: {exc}") from None
         return json.loads(payload) if payload else None

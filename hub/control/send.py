@@ -9,6 +9,7 @@ that). No AMQP `expiration`: it would expire the hub's record of the command too
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -132,12 +133,15 @@ def build_command(command: str, args: dict[str, Scalar], timeout_s: float, at_ms
 class CommandSender:
     """One AMQP connection that sends commands and collects their acks; a context manager.
 
-    `origin` becomes the AMQP `app_id` ("cli" or "rule"), which the hub records.
+    `origin` becomes the AMQP `app_id` ("cli" or "rule"), which the hub records. `stop`, once
+    set, ends a wait for acks with KeyboardInterrupt, raised between two reads from the broker
+    (never inside pika: see `hub.core.signals`), so the connection still closes cleanly.
     """
 
-    def __init__(self, settings: Settings, origin: Origin = "cli") -> None:
+    def __init__(self, settings: Settings, origin: Origin = "cli", stop: threading.Event | None = None) -> None:
         self.settings = settings
         self.origin = origin
+        self._stop = stop
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._queue = ""
@@ -287,6 +291,8 @@ class CommandSender:
     def _wait(self, seconds: float) -> None:
         connection = self._connection
         assert connection is not None
+        if self._stop is not None and self._stop.is_set():
+            raise KeyboardInterrupt("stop requested")
         self._guard(lambda: connection.process_data_events(time_limit=seconds))
 
     @staticmethod

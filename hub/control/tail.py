@@ -8,6 +8,7 @@ wrote reaches the terminal only through `hub.core.printable`: its control charac
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -181,8 +182,15 @@ class Tail:
         close_quietly(self._connection)
         self._connection = None
 
-    def follow(self, handler: Handler, max_count: int | None = None, seconds: float | None = None) -> int:
-        """Hand each message to `handler` until `max_count` messages or `seconds` passed (or forever)."""
+    def follow(
+        self,
+        handler: Handler,
+        max_count: int | None = None,
+        seconds: float | None = None,
+        stop: threading.Event | None = None,
+    ) -> int:
+        """Hand each message to `handler` until `max_count` messages, `seconds` passed or `stop` is set
+        (looked at every `POLL_S`, between two reads from the broker: see `hub.core.signals`)."""
         connection = self._connection
         if connection is None:
             raise RuntimeError("Tail is used outside its `with` block")
@@ -191,6 +199,8 @@ class Tail:
         deadline = None if seconds is None else time.monotonic() + seconds
         while max_count is None or self.count < max_count:
             if deadline is not None and time.monotonic() >= deadline:
+                break
+            if stop is not None and stop.is_set():
                 break
             try:
                 connection.process_data_events(time_limit=POLL_S)

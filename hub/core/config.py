@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -128,6 +128,9 @@ class Settings(BaseSettings):
 
     #: Ports only the native stack binds (the broker's HTTP API and Prometheus endpoint).
     management_port: int = 15672
+    #: A cluster's management HTTP APIs, `host:port,host:port`, tried in turn (a node that does not
+    #: answer is skipped); unset: each host of IOT_AMQP_URL on IOT_MANAGEMENT_PORT.
+    management_addresses: str = ""
     rabbitmq_prometheus_port: int = 15692
     #: Where `python -m hub stack` keeps data, logs and pid files (git-ignored).
     stack_dir: Path = Path(".stack")
@@ -215,7 +218,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a port from 1 to {MAX_PORT}, 0 (any free port) or {METRICS_OFF} (got {value})")
         return value
 
-    @field_validator("mqtt_addresses", "stomp_addresses")
+    @field_validator("mqtt_addresses", "stomp_addresses", "management_addresses")
     @classmethod
     def _addresses_parse(cls, value: str) -> str:
         parse_addresses(value)
@@ -260,6 +263,13 @@ class Settings(BaseSettings):
     def stomp_brokers(self) -> list[tuple[str, int]]:
         """Where STOMP clients connect, in order: IOT_STOMP_ADDRESSES, else IOT_STOMP_HOST on its (TLS) port."""
         return parse_addresses(self.stomp_addresses) or [(self.stomp_host, self.stomp_connect_port)]
+
+    @property
+    def management_apis(self) -> list[tuple[str, int]]:
+        """Where the broker's management HTTP API answers, in order: IOT_MANAGEMENT_ADDRESSES, else
+        each host of IOT_AMQP_URL (once) on IOT_MANAGEMENT_PORT."""
+        hosts = [AmqpParts.parse(url).host for url in self.amqp_urls]
+        return parse_addresses(self.management_addresses) or [(h, self.management_port) for h in dict.fromkeys(hosts)]
 
     @property
     def credentials_path(self) -> Path:
@@ -411,17 +421,70 @@ def format_addresses(addresses: list[tuple[str, int]]) -> str:
     return ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in addresses)
 
 
-def over_tls(settings: Settings) -> Settings:
-    """The same settings with every client on the TLS listeners: amqps:// on IOT_AMQPS_PORT, MQTTS, STOMP+TLS."""
-    parts = urlsplit(settings.amqp_url)
-    netloc = parts.netloc.rsplit("@", 1)
+@dataclass(frozen=True)
+class TlsPorts:
+    """One broker node's TLS listeners: AMQPS, MQTTS and STOMP over TLS."""
+
+    amqps: int
+    mqtts: int
+    stomps: int
+
+
+def over_tls(settings: Settings, nodes: Sequence[TlsPorts] = ()) -> Settings:
+    """The same settings with every client on the TLS listeners: AMQPS, MQTTS and STOMP over TLS.
+
+    Each URL of IOT_AMQP_URL becomes amqps:// on the same host (account, password and vhost
+    kept), at its node's AMQPS port; one already amqps:// is kept as it is (its port is its
+    node's TLS one). Each address of IOT_MQTT_ADDRESSES / IOT_STOMP_ADDRESSES moves to its node's
+    MQTTS / STOMPS port likewise; IOT_MQTT_TLS and IOT_STOMP_TLS are set.
+
+    A node's TLS ports: without `nodes`, IOT_AMQPS_PORT, IOT_MQTTS_PORT and IOT_STOMPS_PORT, the
+    same for every node (one node, or a cluster of machines that each listen on the usual ports).
+    Nodes sharing a host (`stack up --nodes N` on one machine) each have their own: `nodes`
+    gives them, one per URL and in the order of IOT_AMQP_URL (and of the address lists, as
+    `stack up --nodes N` prints them). Several nodes on one host without `nodes`, or `nodes` not
+    one per URL, is a `ConfigError`: every client would otherwise land on one node's ports.
+    """
+    urls = settings.amqp_urls
+    if nodes and len(nodes) != len(urls):
+        raise ConfigError(f"over TLS: {len(urls)} URLs in IOT_AMQP_URL but the TLS ports of {len(nodes)} nodes")
+    hosts = [urlsplit(url).hostname or "localhost" for url in urls]
+    if not nodes and len(set(hosts)) < len(hosts):
+        raise ConfigError(
+            "over TLS: several nodes of IOT_AMQP_URL share a host, so each has its own TLS ports: give them"
+        )
+    ports = list(nodes) or [TlsPorts(settings.amqps_port, settings.mqtts_port, settings.stomps_port)] * len(urls)
+    update: dict[str, Any] = {
+        "amqp_url": ",".join(_amqps_url(url, node.amqps) for url, node in zip(urls, ports, strict=True)),
+        "mqtt_tls": True,
+        "stomp_tls": True,
+    }
+    if settings.mqtt_addresses:
+        update["mqtt_addresses"] = _on_ports(settings.mqtt_addresses, [n.mqtts for n in ports], "IOT_MQTT_ADDRESSES")
+    if settings.stomp_addresses:
+        update["stomp_addresses"] = _on_ports(
+            settings.stomp_addresses, [n.stomps for n in ports], "IOT_STOMP_ADDRESSES"
+        )
+    return settings.model_copy(update=update)
+
+
+def _on_ports(addresses: str, ports: list[int], variable: str) -> str:
+    """`host:port,...` with the i-th host on `ports[i]` (one address per node)."""
+    parsed = parse_addresses(addresses)
+    if len(parsed) != len(ports):
+        raise ConfigError(f"over TLS: {variable} names {len(parsed)} nodes, IOT_AMQP_URL {len(ports)}")
+    return format_addresses([(host, port) for (host, _plain), port in zip(parsed, ports, strict=True)])
+
+
+def _amqps_url(url: str, amqps_port: int) -> str:
+    """`url` as amqps:// on the same host at `amqps_port` (an amqps:// URL as it is)."""
+    parts = urlsplit(url)
+    if parts.scheme == "amqps":
+        return url
+    userinfo, _, _where = parts.netloc.rpartition("@")
     host = parts.hostname or "localhost"
-    where = f"[{host}]" if ":" in host else host
-    address = f"{where}:{settings.amqps_port}"
-    amqps_url = urlunsplit(
-        ("amqps", f"{netloc[0]}@{address}" if len(netloc) == 2 else address, parts.path, parts.query, "")
-    )
-    return settings.model_copy(update={"amqp_url": amqps_url, "mqtt_tls": True, "stomp_tls": True})
+    address = f"[{host}]:{amqps_port}" if ":" in host else f"{host}:{amqps_port}"
+    return urlunsplit(("amqps", f"{userinfo}@{address}" if userinfo else address, parts.path, parts.query, ""))
 
 
 def with_stack_secrets(settings: Settings, secrets: StackSecrets | None) -> Settings:

@@ -2,11 +2,13 @@
 
 Every `HubError` becomes one line on stderr and its class's exit code; Ctrl-C (and SIGTERM,
 where the program turns it into KeyboardInterrupt) ends with `ExitCode.INTERRUPTED`. No tracebacks
-for users.
+for users. Ctrl-C raises KeyboardInterrupt even in a program started with SIGINT ignored (see
+`hub.core.signals`); a command that must stop more gently installs its own handler on top.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import NoReturn
 
@@ -14,9 +16,12 @@ import click
 
 from hub.core.errors import HubError
 from hub.core.exit_codes import ExitCode
+from hub.core.signals import raise_interrupt
 
 
 def run_command(command: click.Command) -> NoReturn:
+    # Not left to Python: it makes SIGINT a KeyboardInterrupt only where SIGINT was not ignored at start.
+    signal.signal(signal.SIGINT, raise_interrupt)
     try:
         returned = command.main(standalone_mode=False)
     except click.exceptions.Abort:

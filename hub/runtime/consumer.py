@@ -132,6 +132,8 @@ class Consumer:
         self._acked_singly: set[int] = set()
         #: With several queues: per queue, its unacked delivery tags in order (acked `multiple` only).
         self._unacked: dict[str, deque[int]] = {q.name: deque() for q in queues} if len(queues) > 1 else {}
+        #: Starts over once a connection consumes: the first retry after each outage comes soon.
+        self.backoff = Backoff(HUB_RECONNECT)
 
     # --- what handlers use -----------------------------------------------------------------------
 
@@ -218,11 +220,9 @@ class Consumer:
 
     def run(self) -> None:
         """Consume until `stop` is set; reconnect with backoff after any broker or storage outage."""
-        backoff = Backoff(HUB_RECONNECT)
         while not self.stop.is_set():
             try:
                 self._connect_and_consume()
-                backoff.reset()
             except TRANSIENT_ERRORS as exc:
                 log.warning("service=%s event=disconnected error=%r", self.name, exc)
             except HubError:
@@ -234,7 +234,7 @@ class Consumer:
                 self.handler.on_connection_lost()
                 self._close()
             if not self.stop.is_set():
-                delay = backoff.next_delay_s()
+                delay = self.backoff.next_delay_s()
                 log.info("service=%s event=reconnecting in_s=%.1f", self.name, delay)
                 self.stop.wait(delay)
 
@@ -257,6 +257,7 @@ class Consumer:
             self.consumer_tags[queue.name] = tag
             self._queue_by_tag[tag] = queue.name
         self.handler.on_connected(True)
+        self.backoff.reset()
         log.info(
             "service=%s event=consuming queues=%s prefetch=%s",
             self.name,

@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from hub.clients.amqp import close_quietly, connect
 from hub.clients.influx import server_version
 from hub.clients.management import read_consumer_activity
-from hub.core.config import Settings
+from hub.core.config import AmqpParts, Settings
 from hub.core.contract import now_ms
 from hub.core.errors import BrokerUnavailable, ConfigError, HubError
 from hub.core.points import Point
@@ -49,6 +49,8 @@ DEPTH_INTERVAL_S = 2.0
 DEPTH_CACHE_S = 1.0
 #: How long /health waits for each dependency.
 PROBE_TIMEOUT_S = 2.0
+#: Connections the monitor tries for one reading of the depths: the kept one, then a new one.
+DEPTH_READ_ATTEMPTS = 2
 #: A service's role by its consumer's `activity_status` in the management API (not listed: unknown).
 ROLE_BY_ACTIVITY = {"single_active": ROLE_ACTIVE, "up": ROLE_ACTIVE, "waiting": ROLE_STANDBY}
 
@@ -83,12 +85,22 @@ def stats_points(instance: str, stats: Sequence[ServiceStats], depths: dict[str,
     return points
 
 
+def broker_nodes(settings: Settings) -> str:
+    """Every node of IOT_AMQP_URL as the reports name them: `amqp://host:port`, comma-separated."""
+    nodes = [AmqpParts.parse(url) for url in settings.amqp_urls]
+    return ", ".join(f"{'amqps' if n.tls else 'amqp'}://{n.host}:{n.port}" for n in nodes)
+
+
 def broker_reachable(settings: Settings) -> bool:
-    try:
-        with socket.create_connection((settings.amqp.host, settings.amqp.port), timeout=PROBE_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
+    """Whether a node of IOT_AMQP_URL accepts a connection: a cluster is reachable while one of its nodes is."""
+    for url in settings.amqp_urls:
+        node = AmqpParts.parse(url)
+        try:
+            with socket.create_connection((node.host, node.port), timeout=PROBE_TIMEOUT_S):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def health_report(settings: Settings) -> tuple[bool, dict[str, Any]]:
@@ -96,7 +108,7 @@ def health_report(settings: Settings) -> tuple[bool, dict[str, Any]]:
     influx_version = server_version(settings.influx_url)
     report = {
         "status": "ok" if broker and influx_version is not None else "unavailable",
-        "rabbitmq": {"reachable": broker, "url": f"amqp://{settings.amqp.host}:{settings.amqp.port}"},
+        "rabbitmq": {"reachable": broker, "url": broker_nodes(settings)},
         "influxdb": {"reachable": influx_version is not None, "url": settings.influx_url, "version": influx_version},
     }
     return broker and influx_version is not None, report
@@ -136,7 +148,7 @@ def ready_report(
 ) -> tuple[bool, dict[str, Any]]:
     """The /health/ready verdict: (ready, JSON report with one reason per problem). Pure."""
     reasons: list[str] = []
-    broker_url = f"amqp://{settings.amqp.host}:{settings.amqp.port}"
+    broker_url = broker_nodes(settings)
     if not facts.broker_reachable:
         reasons.append(f"rabbitmq: unreachable at {broker_url}")
     if facts.influx_version is None:
@@ -235,22 +247,28 @@ class Monitor:
 
     def _read_depths(self) -> dict[str, int]:
         """Passive declares on one kept connection (reopened after a failure): read every
-        DEPTH_INTERVAL_S, a connection each time would be broker churn. Called under `_depths_lock`."""
-        depths: dict[str, int] = {}
-        try:
-            if self._connection is None or not self._connection.is_open:
-                self._connection = connect(self.settings, "monitor")
-            for name in (q.name for s in self.services for q in s.queues):
-                channel = self._connection.channel()
-                try:
-                    depths[name] = channel.queue_declare(name, passive=True).method.message_count
-                    channel.close()
-                except pika.exceptions.ChannelClosedByBroker:
-                    continue  # not declared yet
-                QUEUE_DEPTH.labels(name).set(depths[name])
-        except (BrokerUnavailable, pika.exceptions.AMQPError, OSError):
-            close_quietly(self._connection)
-            self._connection = None
+        DEPTH_INTERVAL_S, a connection each time would be broker churn. Called under `_depths_lock`.
+
+        A kept connection that fails (its cluster node went away) is replaced at once by one to
+        another node (`connect` skips a node that does not answer), and the depths read again."""
+        for _attempt in range(DEPTH_READ_ATTEMPTS):
+            depths: dict[str, int] = {}
+            try:
+                if self._connection is None or not self._connection.is_open:
+                    self._connection = connect(self.settings, "monitor")
+                for name in (q.name for s in self.services for q in s.queues):
+                    channel = self._connection.channel()
+                    try:
+                        depths[name] = channel.queue_declare(name, passive=True).method.message_count
+                        channel.close()
+                    except pika.exceptions.ChannelClosedByBroker:
+                        continue  # not declared yet
+                    QUEUE_DEPTH.labels(name).set(depths[name])
+                break
+            except (BrokerUnavailable, pika.exceptions.AMQPError, OSError):
+                close_quietly(self._connection)
+                self._connection = None
+        else:
             return depths
         for s in self.services:
             for queue in s.queues:

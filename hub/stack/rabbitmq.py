@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from hub.clients.amqp import connect
 from hub.clients.management import password_hash
-from hub.core.config import PROJECT_ROOT, Settings, missing_secret, over_tls
+from hub.core.config import PROJECT_ROOT, Settings, TlsPorts, missing_secret, over_tls
 from hub.core.contract import VHOST
 from hub.core.errors import StackError
 from hub.core.tls import settings_context
@@ -61,6 +61,11 @@ class RabbitPorts:
     stomps: int = 0
     #: The broker's authorisation service (hub/brokerauth) on loopback: one per stack, every node asks it.
     authz: int = 0
+
+    @property
+    def tls(self) -> TlsPorts:
+        """This node's TLS listeners (what `over_tls` moves its clients to)."""
+        return TlsPorts(self.amqps, self.mqtts, self.stomps)
 
 
 #: A readiness check of one listener: connect with these settings to host:port, or raise.

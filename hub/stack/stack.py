@@ -331,8 +331,9 @@ class Stack:
         self,
         pending: dict[str, tuple[Server, subprocess.Popen[bytes]]],
         progress: Callable[[str], None],
+        timeout_s: float = READY_TIMEOUT_S,
     ) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         while pending:
             for name, (node, process) in list(pending.items()):
                 if process.poll() is not None:
@@ -346,7 +347,7 @@ class Stack:
                     del pending[name]
                 elif time.monotonic() > deadline:
                     raise StackError(
-                        f"{name} not ready after {READY_TIMEOUT_S:.0f} s ({'; '.join(problems)}); "
+                        f"{name} not ready after {timeout_s:.0f} s ({'; '.join(problems)}); "
                         f"see {node.log_path}" + self._rabbit_log_hint(node)
                     )
             if pending:

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -343,7 +343,17 @@ def test_tail_json_prints_one_object_per_message(stack: Settings, fleet: Fleet) 
         assert record["body"]["site"] == SITE
 
 
-def test_tail_stops_with_exit_0_on_ctrl_c(stack: Settings) -> None:
+def ignore_sigint() -> None:
+    """What a shell does for each background job of a script: the program starts with SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+#: How a CLI program may start: as from a terminal, or as a background job of a script (`make test &`).
+SIGINT_AT_START = pytest.mark.parametrize("preexec", [None, ignore_sigint], ids=["sigint-default", "sigint-ignored"])
+
+
+@SIGINT_AT_START
+def test_tail_stops_with_exit_0_on_ctrl_c(stack: Settings, preexec: Callable[[], None] | None) -> None:
     tail = subprocess.Popen(
         [sys.executable, "-m", "hub", "tail", "alerts.#"],
         cwd=REPO,
@@ -351,12 +361,44 @@ def test_tail_stops_with_exit_0_on_ctrl_c(stack: Settings) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=preexec,
     )
     assert tail.stderr is not None
     assert "tailing alerts.#" in tail.stderr.readline()
     tail.send_signal(signal.SIGINT)
     _, err = tail.communicate(timeout=15)
     assert tail.returncode == 0
+    assert "Traceback" not in err
+
+
+@SIGINT_AT_START
+def test_send_waiting_for_an_ack_stops_with_exit_130_on_ctrl_c(
+    stack: Settings, preexec: Callable[[], None] | None
+) -> None:
+    """Ctrl-C while `send` waits for a silent subscriber's ack ends it at once, not at its --timeout."""
+    connection = amqp_connection(stack)
+    channel = connection.channel()
+    queue = channel.queue_declare("", exclusive=True).method.queue
+    channel.queue_bind(queue, EXCHANGE, routing_key=command_key("ghost-0002"))
+    sender = subprocess.Popen(
+        [sys.executable, "-m", "hub", "send", "ghost-0002", "ping", "--timeout", "600"],
+        cwd=REPO,
+        env=settings_environment(stack),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=preexec,
+    )
+    try:
+        assert len(collect(connection, channel, queue, 1, timeout_s=30)) == 1, "the command went out"
+        sender.send_signal(signal.SIGINT)
+        _, err = sender.communicate(timeout=15)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.communicate()
+        connection.close()
+    assert sender.returncode == ExitCode.INTERRUPTED
     assert "Traceback" not in err
 
 

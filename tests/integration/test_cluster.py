@@ -10,23 +10,28 @@ seq), every command acked or reported failed and recorded, the hubs alive, the d
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pika
 import pytest
 
 from devices.device import plan_fleet
 from devices.fleet import Fleet
-from hub.core.config import CLUSTER_DIR, CREDENTIALS_FILE_NAME, Settings
+from hub.core.config import CLUSTER_DIR, CREDENTIALS_FILE_NAME, AmqpParts, Settings, over_tls
 from hub.core.credentials import read_credentials
 from hub.core.secrets import read_secrets
-from hub.stack.cluster import Cluster, ClusterStatus, client_settings, started_on_free_ports
-from hub.stack.processes import is_ours
+from hub.stack.cluster import Cluster, ClusterStatus, started_on_free_ports
+from hub.stack.processes import free_port, is_ours
 from hub.stack.sockets import exposed, listening_sockets
 from tests.integration.drills import (
     DEVICES,
@@ -39,7 +44,7 @@ from tests.integration.drills import (
     stored_seqs,
     wait_for_active,
 )
-from tests.support import REPO, fleet_credentials, hub_process, settings_environment, wait_until
+from tests.support import REPO, amqp_connection, fleet_credentials, hub_process, settings_environment, wait_until
 
 NODES = 3
 #: Seconds of load after a drill's fault before its window closes.
@@ -48,6 +53,10 @@ LOAD_AFTER_S = 6.0
 COMMAND_LEAD_S = 1.0
 #: The TLS check's devices (both protocols), its site, and how long they publish.
 TLS_DEVICES, TLS_SITE, TLS_LOAD_S = 4, "cluster-tls", 3.0
+#: A durable queue and the persistent message in it that must outlive a node loss and a restart.
+SURVIVOR_QUEUE, SURVIVOR_BODY = "hub.test-survivor", b"kept through a node loss and a restart"
+#: The issue's bound: /health/ready is 200 again this soon after the first node is SIGKILLed.
+HEALTH_BACK_WITHIN_S = 15.0
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +76,33 @@ def load(cluster: tuple[Cluster, Settings], tmp_path_factory: pytest.TempPathFac
     _the_cluster, settings = cluster
     with steady_load(settings, tmp_path_factory.mktemp("hubs")) as the_load:
         yield the_load
+
+
+def leave_a_survivor(settings: Settings) -> None:
+    """A quorum queue (a replica on every node) holding one persistent message the broker confirmed."""
+    connection = amqp_connection(settings)
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.queue_declare(SURVIVOR_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+        channel.basic_publish("", SURVIVOR_QUEUE, SURVIVOR_BODY, pika.BasicProperties(delivery_mode=2))
+    finally:
+        connection.close()
+
+
+def sigkill_node(the_cluster: Cluster, index: int) -> None:
+    pid, home = the_cluster.node_pids()[index], str(the_cluster.node(index).home)
+    os.killpg(pid, signal.SIGKILL)
+    wait_until(lambda: not is_ours(pid, home), 15)
+
+
+def ready_report(port: int) -> tuple[int, dict[str, Any]]:
+    """A hub's /health/ready: its status and its JSON report."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def test_the_cluster_has_every_node_and_three_replicas_of_every_quorum_queue(
@@ -133,19 +169,8 @@ def test_tls_clients_use_the_cluster_as_plain_ones_do(cluster: tuple[Cluster, Se
     credential, spread over the three nodes' TLS listeners; every reading stored once."""
     the_cluster, settings = cluster
     ports = [the_cluster.node(i).ports for i in range(NODES)]
-    first = settings.amqp_url.split(",")[0].replace("amqp://", "amqps://", 1)
-    tls = settings.model_copy(
-        update={"amqp_url": first, "mqtt_tls": True, "stomp_tls": True, "tls_ca": the_cluster.base.tls.ca_cert}
-    )
-    clients = client_settings(tls, ports)  # what `stack up --nodes 3` prints with IOT_*_TLS set
-    tls = tls.model_copy(
-        update={
-            "amqp_url": clients["IOT_AMQP_URL"],
-            "mqtt_addresses": clients["IOT_MQTT_ADDRESSES"],
-            "stomp_addresses": clients["IOT_STOMP_ADDRESSES"],
-        }
-    )
-    assert all(url.startswith("amqps://") for url in tls.amqp_url.split(","))
+    tls = over_tls(settings, [p.tls for p in ports]).model_copy(update={"tls_ca": the_cluster.base.tls.ca_cert})
+    assert [(url.tls, url.port) for url in map(AmqpParts.parse, tls.amqp_urls)] == [(True, p.amqps) for p in ports]
     with (
         hub_process(tls, tmp_path),
         Fleet(tls, count=TLS_DEVICES, protocol="mixed", interval_s=INTERVAL_S, site=TLS_SITE, seed=7) as fleet,
@@ -236,9 +261,8 @@ def test_a_node_killed_under_load_loses_no_reading_and_nothing_needs_a_restart(
         leaders = {q.name: q.leader for q in the_cluster.status().queues}
         names = [the_cluster.node(i).node_name for i in range(NODES)]
         victim = names.index(leaders["hub.telemetry.0"])
-        pid, home = the_cluster.node_pids()[victim], str(the_cluster.node(victim).home)
-        os.killpg(pid, signal.SIGKILL)
-        wait_until(lambda: not is_ours(pid, home), 15)
+        leave_a_survivor(load.settings)  # what the cluster must still hold once started again
+        sigkill_node(the_cluster, victim)
         time.sleep(LOAD_AFTER_S)
     made = check_window(load)
     outcomes = commands.check()
@@ -254,3 +278,67 @@ def test_a_node_killed_under_load_loses_no_reading_and_nothing_needs_a_restart(
     survivors = [f"RabbitMQ node {i}" for i in range(NODES) if i != victim]
     assert the_cluster.down() == [*survivors, "broker auth", "InfluxDB"]
     assert not the_cluster.status().services
+
+
+def test_a_cluster_stopped_after_a_node_loss_starts_again_with_its_data(cluster: tuple[Cluster, Settings]) -> None:
+    """`stack up --nodes 3` on the data the node-loss drill left: a node SIGKILLed under load, then `stack down`.
+
+    Every node waits for the peers it last saw, so the nodes start together; the cluster has all
+    of them again, the definitions' quorum queues a replica on each, and the message left before
+    the loss is still there."""
+    the_cluster, settings = cluster
+    if the_cluster.status().services:  # run on its own: the drill's ending, without its load
+        leave_a_survivor(settings)
+        sigkill_node(the_cluster, 1)
+        the_cluster.down()
+    began = time.monotonic()
+    status = the_cluster.up(lambda what: print(f"  +{time.monotonic() - began:5.1f} s {what}"))
+    assert status.running
+    names = {the_cluster.node(i).node_name for i in range(NODES)}
+    queues = {q.name: q for q in status.queues}
+    assert {"hub.commands", "hub.presence", "hub.telemetry.0", "iot.dead-letter", SURVIVOR_QUEUE} <= set(queues)
+    assert all(set(q.members) == names for q in queues.values()), [(q.name, q.members) for q in queues.values()]
+    connection = amqp_connection(settings)
+    try:
+        channel = connection.channel()
+        method, _properties, body = channel.basic_get(SURVIVOR_QUEUE, auto_ack=True)
+        assert method is not None and body == SURVIVOR_BODY
+        channel.queue_delete(SURVIVOR_QUEUE)
+    finally:
+        connection.close()
+    print(f"cluster restart after a node loss: ready in {status.ready_s:.1f} s")
+
+
+def test_health_roles_and_depths_follow_the_cluster_when_its_first_node_is_sigkilled(
+    cluster: tuple[Cluster, Settings], tmp_path: Path
+) -> None:
+    """Two hubs: the active one knows the first node alone and goes with it; the standby, which knows
+    every node, is promoted. Within 15 s its /health/ready is 200 again, with every queue's depth
+    and its new role, read from the nodes that remain."""
+    the_cluster, settings = cluster
+    assert the_cluster.status().running
+    first_only = settings.model_copy(update={"amqp_url": settings.amqp_urls[0]})
+    ports = free_port(), free_port()
+    with (
+        hub_process(first_only, tmp_path, IOT_METRICS_PORT=str(ports[0])),
+        hub_process(settings, tmp_path, IOT_METRICS_PORT=str(ports[1])),
+    ):
+
+        def standby_ready() -> bool:
+            status, report = ready_report(ports[1])
+            return status == 200 and report["queues"].get("hub.commands", {}).get("role") == "standby"
+
+        wait_until(standby_ready, 30, 0.5)
+        sigkill_node(the_cluster, 0)
+        killed = time.monotonic()
+
+        def promoted_and_ready() -> dict[str, Any] | None:
+            status, report = ready_report(ports[1])
+            queues = report["queues"]
+            depths = all(q["ready"] is not None for q in queues.values())
+            return report if status == 200 and depths and queues["hub.commands"].get("role") == "active" else None
+
+        report = wait_until(promoted_and_ready, HEALTH_BACK_WITHIN_S, 0.5)
+        back_s = time.monotonic() - killed
+    assert set(report["queues"]) >= {"hub.commands", "hub.presence", "hub.telemetry.0"}
+    print(f"first node SIGKILLed: the promoted standby ready, with depths and its role, after {back_s:.1f} s")

@@ -48,6 +48,13 @@ def test_unreachable_dependencies_are_named() -> None:
     assert report["rabbitmq"]["reachable"] is False and report["influxdb"]["version"] is None  # type: ignore[index]
 
 
+def test_an_unreachable_cluster_names_every_node() -> None:
+    cluster = Settings(amqp_url="amqp://hub:pw@n0:5672/iot,amqps://hub:pw@n1:5671/iot")
+    ok, report = ready_report(facts(broker_reachable=False, store_idle_s=0.0), cluster, 100, 60.0)
+    assert not ok
+    assert report["reasons"] == ["rabbitmq: unreachable at amqp://n0:5672, amqps://n1:5671"]
+
+
 def test_backlog_counts_ready_and_held_messages_above_the_limit_only() -> None:
     at_limit = {P0: QueueFacts(ready=60, held=40)}
     assert judge(facts(queues=at_limit, store_idle_s=0.0))[0]
