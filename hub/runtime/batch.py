@@ -43,6 +43,29 @@ class Batch:
     #: Deliveries covered (points plus settled ones), for counting.
     deliveries: int = 0
     opened_at: float | None = None
+    #: The deliveries this batch settles (acked once it is written, dead-lettered ones included).
+    settled: list[Any] = field(default_factory=list)
+    #: Lowest delivery tag it settles (0 = none): a `multiple` ack must stop below a held one.
+    low_tag: int = 0
+    #: What its effects count (see `hub.runtime.handler.Event`), handed to the middleware once settled.
+    events: list[tuple[str, ...]] = field(default_factory=list)
+    #: The device timestamp (ms) of the oldest record it holds (0 = none): how long a reading waits.
+    oldest_record_ms: int = 0
+    #: The reason of each delivery it dead-letters, counted once it is settled.
+    dead_lettered: list[str] = field(default_factory=list)
+
+    def open(self, now: float) -> None:
+        if self.opened_at is None:
+            self.opened_at = now
+
+    def settle(self, tag: int, delivery: Any) -> None:
+        """Settle `delivery` (tag `tag`) with this batch: acked once it is written."""
+        self.settled.append(delivery)
+        self.deliveries += 1
+        if tag > self.last_tag:
+            self.last_tag = tag
+        if not self.low_tag or tag < self.low_tag:
+            self.low_tag = tag
 
     def add(self, tag: int, point: Point | None = None, now: float | None = None, source: Any = None) -> None:
         """Record delivery `tag`: with a point to write, or None for a delivery settled elsewhere.
@@ -91,3 +114,8 @@ class Batch:
         self.last_tag = 0
         self.deliveries = 0
         self.opened_at = None
+        self.settled = []
+        self.low_tag = 0
+        self.events = []
+        self.oldest_record_ms = 0
+        self.dead_lettered = []

@@ -27,8 +27,8 @@ from hub.core.errors import InvalidMessage
 from hub.outputs.fanout import OutputSet, Refusal, RetryHook
 from hub.runtime import topology
 from hub.runtime.batch import Batch
-from hub.runtime.consumer import Consumer, Delivery
 from hub.runtime.deadletter import INTERNAL_REASON, dead_letter_properties, internal_detail
+from hub.runtime.legacy_consumer import Consumer, Delivery
 from hub.runtime.metrics import ServiceStats
 from hub.runtime.middleware import Middleware, default_middleware
 

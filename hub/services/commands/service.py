@@ -15,7 +15,7 @@ from hub.core.errors import InvalidIdentifier, InvalidMessage
 from hub.core.points import Point
 from hub.runtime import topology
 from hub.runtime.batch import Batch
-from hub.runtime.consumer import Consumer, Delivery
+from hub.runtime.legacy_consumer import Consumer, Delivery
 from hub.runtime.service import ROLE_STANDBY, Service
 from hub.services.commands.ledger import ORIGINS, TIMEOUT_CHECK_S, CommandLedger, Recorded
 from hub.services.commands.recorded import settled_commands

@@ -22,7 +22,7 @@ from pika.spec import Basic, BasicProperties
 from hub.core.contract import EXCHANGE, Presence, decode, is_identifier, now_ms
 from hub.core.errors import InvalidMessage
 from hub.runtime import topology
-from hub.runtime.consumer import Consumer, Delivery, protocol_of
+from hub.runtime.legacy_consumer import Consumer, Delivery, protocol_of
 from hub.runtime.service import ROLE_STANDBY, Service
 from hub.services.presence.recorded import recorded_states
 from hub.services.presence.signs import SignsFeed

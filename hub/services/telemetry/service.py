@@ -33,7 +33,7 @@ from hub.core.points import Point
 from hub.outputs.fanout import Refusal
 from hub.runtime import topology
 from hub.runtime.batch import Batch
-from hub.runtime.consumer import Consumer, Delivery, protocol_of
+from hub.runtime.legacy_consumer import Consumer, Delivery, protocol_of
 from hub.runtime.metrics import (
     ALERTS,
     OLDEST_UNSTORED_AGE,
