@@ -6,13 +6,12 @@ from typing import Any, cast
 
 from pika.spec import Basic, BasicProperties
 
-from hub.clients.influx import Series
 from hub.control.send import CommandSender
 from hub.core.config import load_settings
 from hub.core.contract import Ack, Command, encode
 from hub.outputs.lineprotocol import point_line
 from hub.services.commands.ledger import MAX_PENDING, ORPHAN_ACK_GRACE_MS, CommandLedger, Recorded
-from hub.services.commands.recorded import settled_from_series
+from hub.services.commands.recorded import settled_from_rows
 
 
 def _command(command_id: str = "c-1", ts: int = 1000, expires: int = 11_000) -> Command:
@@ -69,7 +68,7 @@ def test_a_repeated_ack_of_an_answered_command_is_settled_without_a_second_outco
 
 def test_a_restarted_ledger_seeded_with_what_was_recorded_settles_a_late_ack_instead_of_refusing_it() -> None:
     rows = [{"time": 2, "id": "c-2", "device": "dev-a"}, {"time": 1, "id": "c-1", "device": "dev-a"}]
-    settled = settled_from_series([Series("commands", {}, rows)])
+    settled = settled_from_rows(rows)
     assert settled == [("c-1", "dev-a"), ("c-2", "dev-a")], "oldest first: the ledger keeps the newest"
     ledger = CommandLedger()
     ledger.seed(settled)

@@ -13,6 +13,7 @@ from typing import Any
 from hub.core.contract import Ack, Command, decode, now_ms, require_identifier
 from hub.core.errors import InvalidIdentifier, InvalidMessage
 from hub.core.points import Point
+from hub.outputs.registry import open_reader
 from hub.runtime import topology
 from hub.runtime.batch import Batch
 from hub.runtime.legacy_consumer import Consumer, Delivery
@@ -49,11 +50,12 @@ class CommandsService(Service):
         #: Ack deliveries handed to the ledger and not yet settled by it, by tag: a held one may be refused later.
         self.acks: dict[int, Delivery] = {}
         self.next_check = 0
+        self.reader = open_reader(self.settings)
 
     def on_start(self, consumer: Consumer) -> None:
         super().on_start(consumer)
         # At every (re)connect: what was settled, by this hub or another, while it was not consuming.
-        self.ledger.seed(settled_commands(self.settings))
+        self.ledger.seed(settled_commands(self.reader))
 
     def new_outbox(self) -> Batch:
         return TaggedBatch()
@@ -117,7 +119,7 @@ class CommandsService(Service):
             self.was_standby = True
         elif self.was_standby:  # the broker made this standby active: learn what the active hub settled
             self.was_standby = False
-            self.ledger.seed(settled_commands(self.settings))
+            self.ledger.seed(settled_commands(self.reader))
         now = now_ms()
         if now >= self.next_check:
             self.next_check = now + int(TIMEOUT_CHECK_S * 1000)

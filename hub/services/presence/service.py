@@ -21,6 +21,7 @@ from pika.spec import Basic, BasicProperties
 
 from hub.core.contract import EXCHANGE, Presence, decode, is_identifier, now_ms
 from hub.core.errors import InvalidMessage
+from hub.outputs.registry import open_reader
 from hub.runtime import topology
 from hub.runtime.legacy_consumer import Consumer, Delivery, protocol_of
 from hub.runtime.service import ROLE_STANDBY, Service
@@ -73,7 +74,8 @@ class PresenceService(Service):
         #: The monitor found this process standby: on becoming active it takes over (`_take_over`).
         self.was_standby = False
         # Before any service thread runs: a sign of life fed by telemetry must find the recorded state.
-        self.tracker.seed(recorded_states(self.settings))
+        self.reader = open_reader(self.settings)
+        self.tracker.seed(recorded_states(self.reader))
 
     def on_start(self, consumer: Consumer) -> None:
         super().on_start(consumer)
@@ -103,7 +105,7 @@ class PresenceService(Service):
         """The broker made this standby active: start from what the active hub recorded, and
         count silence only from a grace period after now (the handover is not the devices' silence)."""
         self.was_standby = False
-        self.tracker.adopt(recorded_states(self.settings))
+        self.tracker.adopt(recorded_states(self.reader))
         self.tracker.heard_from_all(now_ms() + round(RECONNECT_GRACE_S * 1000))
         log.info("service=presence event=took_over devices=%d", len(self.tracker.devices))
 
