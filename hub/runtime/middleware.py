@@ -181,5 +181,6 @@ class WriteFailureLog(Middleware):
             )
 
 
-def default_middleware(stats: ServiceStats) -> list[Middleware]:
-    return [Prometheus(), Stats(stats), WriteFailureLog()]
+def default_middleware(stats: Stats | None = None) -> list[Middleware]:
+    """Prometheus, the `hub_stats` counts (`stats`, or a table of its own) and the write-failure log."""
+    return [Prometheus(), stats if stats is not None else Stats(), WriteFailureLog()]

@@ -35,16 +35,18 @@ from typing import Protocol
 import pika.exceptions
 
 from hub.core.backoff import HUB_RECONNECT, Backoff
+from hub.core.config import Settings
 from hub.core.contract import DEAD_LETTER_EXCHANGE, now_ms
 from hub.core.errors import BrokerUnavailable, HubError, InvalidMessage, StorageUnavailable
 from hub.outputs.fanout import OutputSet, Refusal
 from hub.runtime.batch import Batch
+from hub.runtime.consumer import Consumer
 from hub.runtime.deadletter import INTERNAL_REASON, dead_letter_properties, internal_detail
 from hub.runtime.delivery import Delivery
 from hub.runtime.handler import ROLE_UNKNOWN, Effects, Handler, Publish
-from hub.runtime.middleware import BatchReport, Middleware
+from hub.runtime.middleware import BatchReport, Middleware, default_middleware
 from hub.runtime.snapshot import STALL_S, Snapshot
-from hub.runtime.topology import Declaration
+from hub.runtime.topology import Declaration, HubQueue
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,19 @@ class Runner:
         self._retrying = False
         self._progressed_at = clock()
         self.snapshot = Snapshot(self.name, self._queue_names, progressed_at=self._progressed_at)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, handler: Handler, stop: threading.Event, middleware: Sequence[Middleware] | None = None
+    ) -> Runner:
+        """`handler` over its own broker connection and its own outputs, as IOT_* says."""
+        middleware = default_middleware() if middleware is None else middleware
+        return cls(handler, Consumer(settings, handler.name, stop), OutputSet(settings), middleware, stop)
+
+    @property
+    def queues(self) -> tuple[HubQueue, ...]:
+        """The hub queues it consumes (what its handler declared)."""
+        return self._declaration.queues
 
     # --- the loop ----------------------------------------------------------------------------------
 

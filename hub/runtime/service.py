@@ -30,7 +30,8 @@ from hub.runtime.batch import Batch
 from hub.runtime.deadletter import INTERNAL_REASON, dead_letter_properties, internal_detail
 from hub.runtime.legacy_consumer import Consumer, Delivery
 from hub.runtime.metrics import ServiceStats
-from hub.runtime.middleware import Middleware, default_middleware
+from hub.runtime.middleware import Middleware, Stats, default_middleware
+from hub.runtime.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class Service:
         self.settings = settings
         self.stop = stop
         self.stats = ServiceStats(self.name)
-        self.middleware = list(middleware) if middleware is not None else default_middleware(self.stats)
+        self.middleware = list(middleware) if middleware is not None else default_middleware(Stats(self.stats))
         self.outputs = outputs if outputs is not None else OutputSet(settings)
         self.consumer = Consumer(settings, self.name, self.queues, stop, self)
         #: Points this service caused and the deliveries they settle, written by `flush`.
@@ -67,6 +68,19 @@ class Service:
 
     def run(self) -> None:
         self.consumer.run()
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """What the monitor reads of a service not yet on the runner (goes with this class)."""
+        consumer = self.consumer
+        return Snapshot(
+            self.name,
+            tuple(q.name for q in self.queues),
+            connected=consumer.channel is not None,
+            consumer_tags=dict(consumer.consumer_tags),
+            held={q.name: consumer.held(q.name) for q in self.queues},
+            progressed_at=time.monotonic(),
+        )
 
     @property
     def queues(self) -> tuple[topology.HubQueue, ...]:

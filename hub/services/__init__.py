@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 
 from hub.core.config import Settings
-from hub.runtime.service import Service
+from hub.runtime.health import Unit
+from hub.runtime.middleware import Middleware
+from hub.runtime.runner import Runner
+from hub.runtime.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -36,25 +40,36 @@ def service_names(only: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(ALIASES.get(name, name) for name in only))
 
 
-def build_services(settings: Settings, names: tuple[str, ...], stop: threading.Event) -> list[Service]:
-    """The named services, sharing nothing but the stop event: each consumes what it needs itself."""
+def build_services(
+    settings: Settings, names: tuple[str, ...], stop: threading.Event, middleware: Sequence[Middleware]
+) -> list[Unit]:
+    """The named services, each with its runner, sharing nothing but the stop event and the middleware:
+    each consumes what it needs itself."""
     from hub.services.commands.service import CommandsService
     from hub.services.presence.service import PresenceService
     from hub.services.presence.signs import SignsFeed
     from hub.services.presence.tracker import PresenceTracker
     from hub.services.rules.loader import load_rules
-    from hub.services.telemetry.service import TelemetryService
+    from hub.services.telemetry.service import TelemetryHandler
 
     # Beside telemetry of every partition in this process, presence takes its signs of life from
     # it (no extra copy); with only some partitions it would miss the other devices' readings.
     every_partition = settings.hub_partition_ids == tuple(range(settings.partitions))
     feed = SignsFeed(PresenceTracker()) if "presence" in names and "telemetry" in names and every_partition else None
-    services: list[Service] = []
+    services: list[Unit] = []
     for name in names:
         if name == "telemetry":
-            services.append(TelemetryService(settings, stop, rules=load_rules(settings.rules_file), signs=feed))
+            handler = TelemetryHandler.from_settings(settings, load_rules(settings.rules_file), signs=feed)
+            telemetry = Runner.from_settings(settings, handler, stop, middleware)
+            if feed is not None:  # presence judges no silence while telemetry does not read
+                feed.source = _snapshot_of(telemetry)
+            services.append(telemetry)
         elif name == "presence":
-            services.append(PresenceService(settings, stop, feed=feed))
+            services.append(PresenceService(settings, stop, feed=feed, middleware=middleware))
         elif name == "commands":
-            services.append(CommandsService(settings, stop))
+            services.append(CommandsService(settings, stop, middleware=middleware))
     return services
+
+
+def _snapshot_of(runner: Runner) -> Callable[[], Snapshot]:
+    return lambda: runner.snapshot

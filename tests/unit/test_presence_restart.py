@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from hub.clients.influx import Series
 from hub.core.config import Settings
 from hub.core.contract import Presence
 from hub.runtime.service import ROLE_ACTIVE, ROLE_STANDBY
+from hub.runtime.snapshot import STALL_S, Snapshot
 from hub.services.presence.recorded import states_from_series
 from hub.services.presence.service import RECONNECT_GRACE_S, PresenceService
-from hub.services.presence.signs import STALL_S, SignsFeed
+from hub.services.presence.signs import SignsFeed
 from hub.services.presence.tracker import MIN_SILENCE_MS, OFFLINE_AFTER_INTERVALS, PresenceTracker
 
 INTERVAL_MS = 1000
@@ -85,20 +87,33 @@ def test_a_state_the_hub_heard_before_the_seed_is_kept() -> None:
     assert tracker.devices["d-1"].online
 
 
-def test_a_long_hold_of_the_feeding_service_is_not_silence_and_a_short_one_changes_nothing() -> None:
+def test_a_stall_of_the_feeding_runner_is_not_silence_and_a_short_write_changes_nothing() -> None:
+    tracker = PresenceTracker(min_silence_ms=0)
+    snapshot = Snapshot("telemetry", connected=True, reading_since_ms=0)
+    feed = SignsFeed(tracker, source=lambda: snapshot)
+    _online(tracker, "d-1", 0)
+    snapshot = replace(snapshot, writing_since=time.monotonic())
+    assert not feed.stalled() and tracker.silence_from_ms == 0, "a write of a few milliseconds"
+    snapshot = replace(snapshot, writing_since=time.monotonic() - STALL_S - 0.05)
+    assert feed.stalled(), "held up: silence is not judged meanwhile"
+    snapshot = replace(snapshot, retrying=True, writing_since=time.monotonic())
+    assert feed.stalled(), "a write retried: nothing is read"
+    snapshot = Snapshot("telemetry", connected=True, reading_since_ms=20_000)  # reading again since then
+    assert not feed.stalled()
+    assert tracker.silent(20_000 + ALLOWED_SILENCE_MS) == [], "counted again from the end of the stall"
+    assert [t.device for t in tracker.silent(20_000 + ALLOWED_SILENCE_MS + 1)] == ["d-1"]
+    snapshot = Snapshot("telemetry", connected=False, reading_since_ms=20_000)
+    assert feed.stalled(), "disconnected"
+
+
+def test_signs_wait_raw_until_presence_takes_them_in_its_own_thread() -> None:
     tracker = PresenceTracker(min_silence_ms=0)
     feed = SignsFeed(tracker)
-    _online(tracker, "d-1", 0)
-    feed.hold()
-    feed.release(500)
-    assert tracker.silence_from_ms == 0, "a write of a few milliseconds"
-    feed.hold()
-    time.sleep(STALL_S + 0.05)
-    assert feed.paused, "held up: silence is not judged meanwhile"
-    feed.release(20_000)
-    assert not feed.paused
-    assert tracker.silent(20_000 + ALLOWED_SILENCE_MS) == [], "counted again from the end of the hold"
-    assert [t.device for t in tracker.silent(20_000 + ALLOWED_SILENCE_MS + 1)] == ["d-1"]
+    feed.sign("d-2", "plant-a", "environment", "mqtt", device_ts=1000, at_ms=1000)
+    assert "d-2" not in tracker.devices, "not applied by the feeding thread"
+    [transition] = feed.take()
+    assert (transition.device, transition.reason, transition.online) == ("d-2", "telemetry", True)
+    assert feed.take() == [] and not feed.stalled(), "presence's own side queue never stalls"
 
 
 def test_a_device_reporting_every_fifth_of_a_second_is_silent_after_five_seconds_not_after_three_intervals() -> None:

@@ -137,7 +137,7 @@ class PresenceService(Service):
         for transition in taken:
             self.outbox.add(0, transition.point())
         now = now_ms()
-        if now >= self.next_check and not self.feed.paused:
+        if now >= self.next_check and not self.feed.stalled():
             self.next_check = now + SILENCE_CHECK_S * 1000
             for transition in self.tracker.silent(now):
                 self.outbox.add(0, transition.point())
