@@ -40,11 +40,7 @@ from hub.runtime.handler import ROLE_ACTIVE, ROLE_STANDBY, ROLE_UNKNOWN
 from hub.runtime.metrics import OLDEST_UNSTORED_AGE, QUEUE_DEPTH, QUEUE_HELD, ServiceStats
 from hub.runtime.middleware import Stats
 from hub.runtime.runner import Runner
-from hub.runtime.service import Service
 from hub.runtime.topology import PARTITION_PREFIX
-
-#: What the monitor watches: a runner (a service not yet on it is a `Service`, until it is ported).
-Unit = Runner | Service
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +189,7 @@ class Monitor:
     """Reads what the runners publish (`Snapshot`s) and the `hub_stats` counts (the `Stats`
     middleware), never a runner's own state; measures the broker and the outputs itself."""
 
-    def __init__(self, settings: Settings, services: Sequence[Unit], stats: Stats, stop: threading.Event) -> None:
+    def __init__(self, settings: Settings, services: Sequence[Runner], stats: Stats, stop: threading.Event) -> None:
         self.settings = settings
         self.services = services
         self.stats = stats

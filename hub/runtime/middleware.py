@@ -62,8 +62,6 @@ class Middleware:
 
     def after_disconnect(self, service: str) -> None: ...
 
-    def after_batch(self, service: str, deliveries: int, points: int, latency_s: float) -> None: ...
-
     def after_settle(self, service: str, report: BatchReport) -> None: ...
 
     def after_dead_letter(self, service: str, reason: str) -> None: ...
@@ -82,11 +80,6 @@ class Prometheus(Middleware):
 
     def after_disconnect(self, service: str) -> None:
         CONNECTED.labels(service).set(0)
-
-    def after_batch(self, service: str, deliveries: int, points: int, latency_s: float) -> None:
-        if points:
-            BATCH_SIZE.labels(service).observe(points)
-            BATCH_LATENCY.labels(service).observe(latency_s)
 
     def after_settle(self, service: str, report: BatchReport) -> None:
         if report.points:
@@ -119,16 +112,12 @@ class Prometheus(Middleware):
 class Stats(Middleware):
     """The cumulative counts of every service that the monitor writes as `hub_stats` points."""
 
-    def __init__(self, stats: ServiceStats | None = None) -> None:
-        #: With `stats`: every service's counts go to it (one middleware per service).
-        self._only = stats
+    def __init__(self) -> None:
         self._by_service: dict[str, ServiceStats] = {}
         self._lock = threading.Lock()
 
     def of(self, service: str) -> ServiceStats:
         """The counts of `service` (zero until it reports)."""
-        if self._only is not None:
-            return self._only
         with self._lock:
             stats = self._by_service.get(service)
             if stats is None:
@@ -138,14 +127,6 @@ class Stats(Middleware):
     def all(self) -> list[ServiceStats]:
         with self._lock:
             return list(self._by_service.values())
-
-    def after_batch(self, service: str, deliveries: int, points: int, latency_s: float) -> None:
-        stats = self.of(service)
-        with stats.lock:
-            stats.received += deliveries
-            stats.stored += points
-        if points:
-            stats.add_batch(latency_s)
 
     def after_settle(self, service: str, report: BatchReport) -> None:
         stats = self.of(service)

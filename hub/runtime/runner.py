@@ -103,9 +103,11 @@ class Runner:
         *,
         clock: Callable[[], float] = time.monotonic,
         wait: Callable[[float], object] | None = None,
+        hub_clock: Callable[[], int] = now_ms,
     ) -> None:
         """`clock`: the monotonic clock of batches and ticks; `wait`: how the reconnect backoff
-        waits (default: `stop.wait`). Tests pass a fake clock for both."""
+        waits (default: `stop.wait`); `hub_clock`: the epoch ms the handler's `tick` and
+        `on_consuming` are given. Tests pass fake clocks."""
         self.handler = handler
         self.name = handler.name
         self.transport = transport
@@ -114,6 +116,7 @@ class Runner:
         self.stop = stop
         self._clock = clock
         self._wait = wait or stop.wait
+        self._now_ms = hub_clock
         #: The role the monitor's thread found for this process on the handler's queues.
         self.role = ROLE_UNKNOWN
         self._declaration = handler.declaration
@@ -174,12 +177,12 @@ class Runner:
         declaration = self._declaration
         self.transport.connect(declaration)
         self.outputs.open()
-        self.handler.on_consuming(now_ms())
+        self.handler.on_consuming(self._now_ms())
         self.transport.consume(declaration, self._deliver, self._side)
         backoff.reset()  # connected: the next outage starts again from the shortest wait
         self._connected = True
         self._connects += 1
-        self._reading_since_ms = now_ms()
+        self._reading_since_ms = self._now_ms()
         for middleware in self.middleware:
             middleware.after_connect(self.name)
         log.info(
@@ -198,7 +201,7 @@ class Runner:
             now = clock()
             if now >= next_tick:
                 next_tick = now + TICK_INTERVAL_S
-                self._apply(handler.tick(now_ms(), self.role), None)
+                self._apply(handler.tick(self._now_ms(), self.role), None)
             if self._open.due(now, idle=self._delivered == seen):
                 self._flush()
         self._flush()  # a clean stop: what can be settled is
@@ -331,7 +334,7 @@ class Runner:
         self.transport.wait_for_confirms()  # what the batch published is durable before its ack
         self._settle(batch)
         latency = self._clock() - started
-        settled_at = now_ms()
+        settled_at = self._now_ms()
         if self._retrying or latency > STALL_S:
             self._reading_since_ms = settled_at
         self._writing, self._writing_since, self._retrying = None, 0.0, False

@@ -17,8 +17,9 @@ from prometheus_client import disable_created_metrics
 
 from hub.core.config import Settings
 from hub.core.errors import HubError
-from hub.runtime.health import Monitor, Unit
+from hub.runtime.health import Monitor
 from hub.runtime.middleware import Middleware, Stats, default_middleware
+from hub.runtime.runner import Runner
 
 log = logging.getLogger("hub")
 
@@ -32,7 +33,7 @@ STOP_GRACE_S = 4.0
 
 def run_hub(
     settings: Settings,
-    build: Callable[[threading.Event, Sequence[Middleware]], Sequence[Unit]],
+    build: Callable[[threading.Event, Sequence[Middleware]], Sequence[Runner]],
     on_ready: Callable[[], None] = lambda: None,
 ) -> None:
     """Run what `build` makes of the stop event and the hub's middleware (every signal of every

@@ -1,4 +1,5 @@
-"""The hub's services: telemetry, presence and commands, each consuming its own queues.
+"""The hub's services: telemetry, presence and commands, each a handler its runner drives over
+its own queues (`hub.runtime.runner`).
 
 - `telemetry`: each reading once, from its partition `hub.telemetry.<p>`: stored in the outputs
   (InfluxDB), batched, acked once written; per-device statistics and the rules of rules.yaml
@@ -14,7 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from hub.core.config import Settings
-from hub.runtime.health import Unit
+from hub.runtime.handler import Handler
 from hub.runtime.middleware import Middleware
 from hub.runtime.runner import Runner
 from hub.runtime.snapshot import Snapshot
@@ -42,11 +43,11 @@ def service_names(only: tuple[str, ...]) -> tuple[str, ...]:
 
 def build_services(
     settings: Settings, names: tuple[str, ...], stop: threading.Event, middleware: Sequence[Middleware]
-) -> list[Unit]:
-    """The named services, each with its runner, sharing nothing but the stop event and the middleware:
-    each consumes what it needs itself."""
-    from hub.services.commands.service import CommandsService
-    from hub.services.presence.service import PresenceService
+) -> list[Runner]:
+    """The named services, each a handler with its runner, sharing nothing but the stop event and
+    the middleware: each consumes what it needs over its own connection. No I/O happens here."""
+    from hub.services.commands.service import CommandsHandler
+    from hub.services.presence.service import PresenceHandler
     from hub.services.presence.signs import SignsFeed
     from hub.services.presence.tracker import PresenceTracker
     from hub.services.rules.loader import load_rules
@@ -56,19 +57,19 @@ def build_services(
     # it (no extra copy); with only some partitions it would miss the other devices' readings.
     every_partition = settings.hub_partition_ids == tuple(range(settings.partitions))
     feed = SignsFeed(PresenceTracker()) if "presence" in names and "telemetry" in names and every_partition else None
-    services: list[Unit] = []
+    handlers: list[Handler] = []
     for name in names:
         if name == "telemetry":
-            handler = TelemetryHandler.from_settings(settings, load_rules(settings.rules_file), signs=feed)
-            telemetry = Runner.from_settings(settings, handler, stop, middleware)
-            if feed is not None:  # presence judges no silence while telemetry does not read
-                feed.source = _snapshot_of(telemetry)
-            services.append(telemetry)
+            handlers.append(TelemetryHandler.from_settings(settings, load_rules(settings.rules_file), signs=feed))
         elif name == "presence":
-            services.append(PresenceService(settings, stop, feed=feed, middleware=middleware))
+            handlers.append(PresenceHandler.from_settings(settings, feed))
         elif name == "commands":
-            services.append(CommandsService(settings, stop, middleware=middleware))
-    return services
+            handlers.append(CommandsHandler.from_settings(settings))
+    runners = [Runner.from_settings(settings, handler, stop, middleware) for handler in handlers]
+    telemetry = next((runner for runner in runners if runner.name == "telemetry"), None)
+    if feed is not None and telemetry is not None:  # presence judges no silence while telemetry does not read
+        feed.source = _snapshot_of(telemetry)
+    return runners
 
 
 def _snapshot_of(runner: Runner) -> Callable[[], Snapshot]:
