@@ -71,7 +71,7 @@ from hub.clients.management import ManagementAdmin, read_broker_version
 from hub.control.identity import device_definitions, new_secret, provision_into
 from hub.core.config import Settings
 from hub.core.contract import DEAD_LETTER_QUEUE, Reading, encode, mqtt_topic, now_ms
-from hub.core.credentials import Credential, merge_credentials, read_credentials
+from hub.core.credentials import Credential, merge_credentials
 from hub.core.signals import interrupt_on_stop_signals
 from hub.core.tls import settings_context
 from hub.outputs.lineprotocol import lines_payload
@@ -141,17 +141,23 @@ def create_gateway(settings: Settings) -> None:
     merge_credentials(settings.credentials_path, credential)
 
 
-def login_as_gateway(client: mqtt.Client, settings: Settings) -> None:
-    client.username_pw_set(GATEWAY_USER, read_credentials(settings.credentials_path)[GATEWAY_USER].password)
+def login_as_own_gateway(client: mqtt.Client, settings: Settings, client_id: str) -> None:
+    """Log in as a gateway account named like the client id, made now (the broker's auth service
+    refuses an MQTT client id that is not its login's own, the gateway's included)."""
+    credential = {client_id: Credential(client_id, new_secret())}
+    definitions = device_definitions(credential)
+    definitions["topic_permissions"][0]["write"] = r"^telemetry\.[^.]+\.[^.]+\.[^.]+$"
+    ManagementAdmin(settings).import_definitions(definitions)
+    client.username_pw_set(client_id, credential[client_id].password)
 
 
 def mqtt_client(settings: Settings, client_id: str) -> mqtt.Client:
-    """A connected MQTT client logged in as the bench gateway, its network loop running (the bench's one login).
+    """A connected MQTT client logged in as a bench gateway, its network loop running (the bench's one login).
 
     Over MQTTS when the settings say IOT_MQTT_TLS, verifying the broker.
     """
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-    login_as_gateway(client, settings)
+    login_as_own_gateway(client, settings, client_id)
     if settings.mqtt_tls:
         client.tls_set_context(settings_context(settings))
     client.max_inflight_messages_set(MAX_INFLIGHT)

@@ -31,6 +31,8 @@ from rich.errors import MarkupError
 from rich.table import Table
 from rich.text import Text
 
+from hub.core.signals import interrupt_on_stop_signals
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "performance.md"
 #: The Debian packages whose versions a run is recorded with.
@@ -200,6 +202,7 @@ def record(module_name: str, args: list[str], doc: Path = DOC) -> int:
 
 
 def main() -> None:
+    interrupt_on_stop_signals()
     if len(sys.argv) < 2 or not sys.argv[1].startswith("bench.") or sys.argv[1] == "bench.record":
         print("usage: python -m bench.record bench.<name> [the bench's arguments]", file=sys.stderr)
         sys.exit(2)

@@ -84,4 +84,4 @@ def run(
         from hub.services.rules.loader import load_rules
 
         load_rules(settings.rules_file)  # a broken rules file is a clear error before anything starts
-    run_hub(settings, lambda stop: build_services(settings, names, stop))
+    run_hub(settings, lambda stop, middleware: build_services(settings, names, stop, middleware))

@@ -27,7 +27,10 @@ REQUEST_TIMEOUT_S = 10.0
 #: How long /ping may take (health checks, version probes).
 PING_TIMEOUT_S = 3.0
 DETAIL_MAX_CHARS = 500
-_HINT = "start the stack with `python -m hub stack up`, or point IOT_INFLUX_URL / --influx-url at your InfluxDB"
+#: What to do about an InfluxDB that does not answer (the end of the error's line).
+UNREACHABLE_HINT = (
+    "start the stack with `python -m hub stack up`, or point IOT_INFLUX_URL / --influx-url at your InfluxDB"
+)
 
 
 @dataclass(frozen=True)
@@ -217,7 +220,7 @@ class InfluxHttp:
             except (OSError, http.client.HTTPException) as exc:
                 self._drop()
                 reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
-                raise StorageUnavailable(f"cannot reach InfluxDB at {self.url} ({reason}): {_HINT}") from exc
+                raise StorageUnavailable(f"cannot reach InfluxDB at {self.url} ({reason}): {UNREACHABLE_HINT}") from exc
 
     def _drop(self) -> None:
         if self._connection is not None:

@@ -1,8 +1,9 @@
 """The fleet view: every device the hub has heard of, its presence and its latest readings.
 
-Read from what the hub writes to InfluxDB: the newest `device_status` point per device (its
-presence transitions) and the newest point per device in each kind's measurement (its readings).
-`build_fleet` is the plain-Python core; `read_fleet` only fetches.
+Read back from what the hub's outputs stored (through their reader, `hub.outputs.base.Reader`):
+the newest `device_status` point per device (its presence transitions) and the newest point per
+device in each kind's measurement (its readings). `build_fleet` is the plain-Python core;
+`read_fleet` only fetches.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from hub.clients.influx import Series, query
+from hub.clients.influx import Series
 from hub.core.config import Settings
-from hub.core.contract import is_identifier, now_ms
+from hub.core.contract import now_ms
+from hub.core.measurements import is_kind_measurement
+from hub.outputs.registry import open_reader
 
-STATUS_MEASUREMENT = "device_status"
-#: Measurements the hub writes that are not a device kind.
-NON_KIND_MEASUREMENTS = frozenset({STATUS_MEASUREMENT, "alerts", "commands", "hub_stats"})
 #: Columns of a reading point that are not readings.
 NON_READING_COLUMNS = frozenset({"time", "seq", "device", "site", "protocol", "kind"})
 #: A device that never sent a status message counts as online while its readings are this fresh.
@@ -138,18 +138,14 @@ def select(
 
 def kinds_from_measurements(names: Iterable[str]) -> list[str]:
     """The measurements that hold a device kind's readings."""
-    return sorted(name for name in names if name not in NON_KIND_MEASUREMENTS and is_identifier(name))
+    return sorted(name for name in names if is_kind_measurement(name))
 
 
 def read_fleet(settings: Settings) -> list[DeviceView]:
-    """The fleet as InfluxDB knows it now (`StorageUnavailable` if it cannot be asked)."""
-    [measurements] = query(settings, "SHOW MEASUREMENTS")
-    names = [str(row["name"]) for series in measurements for row in series.rows]
-    kinds = kinds_from_measurements(names)
-    newest = "GROUP BY device ORDER BY time DESC LIMIT 1"
-    statements = [f'SELECT * FROM "{STATUS_MEASUREMENT}" {newest}']
-    if kinds:
-        quoted = ",".join(f'"{kind}"' for kind in kinds)
-        statements.append(f"SELECT * FROM {quoted} {newest}")
-    results = query(settings, *statements)
-    return build_fleet(results[0], results[1] if kinds else [])
+    """The fleet as the outputs' store knows it now (`StorageUnavailable` if it cannot be asked,
+    `Unreadable` if it cannot be queried at all)."""
+    reader = open_reader(settings)
+    try:
+        return build_fleet(reader.device_states(), reader.newest_readings())
+    finally:
+        reader.close()

@@ -1,8 +1,8 @@
 """The command history: one row per command from what the hub recorded in `commands`.
 
 Every command has a `sent` point and, once it is settled, one outcome point (ok, error,
-unsupported, expired, timeout), joined here by the command's `id`. `build_history` is the plain
-core; `read_history` only fetches.
+unsupported, expired, timeout), joined here by the command's `id`, read back through the outputs'
+reader. `build_history` is the plain core; `read_history` only fetches.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from hub.clients.influx import Series, query
 from hub.core.config import Settings
 from hub.core.contract import require_identifier
+from hub.outputs.registry import open_reader
 
 #: How many commands the history shows unless told otherwise.
 DEFAULT_LIMIT = 20
@@ -77,15 +77,11 @@ def build_history(rows: Iterable[dict[str, Any]], limit: int = DEFAULT_LIMIT) ->
 def read_history(
     settings: Settings, limit: int = DEFAULT_LIMIT, device: str | None = None, since_s: int = 86_400
 ) -> list[CommandRecord]:
-    where = [f"time > now() - {int(since_s)}s"]
+    """The newest `limit` commands of the last `since_s`, read back through the outputs' reader."""
     if device is not None:
-        where.append(f"\"device\" = '{require_identifier(device, 'device')}'")
-    [series] = query(
-        settings,
-        f'SELECT * FROM "commands" WHERE {" AND ".join(where)} ORDER BY time DESC LIMIT {MAX_POINTS}',
-    )
-    return build_history(_rows(series), limit)
-
-
-def _rows(series: list[Series]) -> list[dict[str, Any]]:
-    return [row for one in series for row in one.rows]
+        require_identifier(device, "device")
+    reader = open_reader(settings)
+    try:
+        return build_history(reader.commands(since_s, device=device, limit=MAX_POINTS), limit)
+    finally:
+        reader.close()

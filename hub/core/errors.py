@@ -18,6 +18,11 @@ class ConfigError(HubError):
     exit_code = 2
 
 
+class Unreadable(ConfigError):
+    """The configured outputs cannot answer a read (recorded device states, the fleet, the command
+    history): e.g. only `jsonl`, which keeps points but cannot be queried."""
+
+
 class InvalidIdentifier(HubError, ValueError):
     """A site, kind or device name that may not become a topic level, routing key or tag."""
 

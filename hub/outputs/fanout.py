@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import NamedTuple
 
 from hub.core.backoff import OUTPUT_RETRY, Backoff
@@ -41,8 +42,9 @@ class Refusal(NamedTuple):
 class RunningOutput:
     """One output as the hub runs it: opened lazily, reopened after a failure, with its own backoff."""
 
-    def __init__(self, settings: Settings, name: str) -> None:
-        self.settings, self.name = settings, name
+    def __init__(self, name: str, opener: Callable[[], Output]) -> None:
+        self.name = name
+        self._opener = opener
         self.output: Output | None = None
         self.backoff = Backoff(OUTPUT_RETRY)
 
@@ -52,7 +54,7 @@ class RunningOutput:
 
     def open(self) -> Output:
         if self.output is None:
-            self.output = open_output(self.settings, self.name)
+            self.output = self._opener()
         return self.output
 
     def write(self, points: Sequence[Point]) -> None:
@@ -65,11 +67,24 @@ class RunningOutput:
             self.output = None
 
 
+def _given(output: Output) -> Callable[[], Output]:
+    return lambda: output
+
+
 class OutputSet:
     """The outputs of one service; `write` returns only when every one of them holds the batch."""
 
     def __init__(self, settings: Settings, names: Sequence[str] | None = None) -> None:
-        self.outputs = [RunningOutput(settings, name) for name in (names or output_names(settings))]
+        self.outputs = [
+            RunningOutput(name, partial(open_output, settings, name)) for name in (names or output_names(settings))
+        ]
+
+    @classmethod
+    def of(cls, *outputs: Output) -> OutputSet:
+        """These outputs, already open (tests, and outputs built by hand)."""
+        output_set = cls.__new__(cls)
+        output_set.outputs = [RunningOutput(output.name, _given(output)) for output in outputs]
+        return output_set
 
     def open(self) -> None:
         """Open every output now (fail early on a bad configuration or an unreachable server)."""

@@ -2,6 +2,7 @@
 
 For archiving, replaying into another system, or reading what the hub would store without a
 database. A batch is flushed and fsynced before `write` returns, so an acked reading is on disk.
+It cannot be queried: its reader says so (`Unreadable`) to whatever asks.
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 import msgspec
 
+from hub.clients.influx import Series
 from hub.core.config import Settings
-from hub.core.errors import StorageUnavailable
+from hub.core.errors import StorageUnavailable, Unreadable
 from hub.core.points import Point
+from hub.outputs.base import MAX_COMMAND_ROWS
 
 _encoder = msgspec.json.Encoder()
 
@@ -49,3 +53,32 @@ class JsonLinesOutput:
 
     def close(self) -> None:
         pass
+
+
+class JsonLinesReader:
+    """A file of points is no database: every read is `Unreadable`, naming what to configure."""
+
+    name = "jsonl"
+
+    def __init__(self, settings: Settings) -> None:
+        self.path = Path(settings.jsonl_path)
+
+    def device_states(self) -> list[Series]:
+        self._unreadable("the devices' recorded states")
+
+    def newest_readings(self) -> list[Series]:
+        self._unreadable("the fleet")
+
+    def commands(
+        self, since_s: int, *, device: str | None = None, outcomes_only: bool = False, limit: int = MAX_COMMAND_ROWS
+    ) -> list[dict[str, Any]]:
+        self._unreadable("the command history")
+
+    def close(self) -> None:
+        pass
+
+    def _unreadable(self, what: str) -> NoReturn:
+        raise Unreadable(
+            f"{what} cannot be read back from the jsonl output ({self.path}): it keeps points but answers no"
+            " query; add influxdb to IOT_OUTPUTS (e.g. IOT_OUTPUTS=influxdb,jsonl) to read them"
+        )

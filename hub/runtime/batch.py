@@ -1,9 +1,10 @@
 """When a batch is due and what acks it: the outbox's decisions, without I/O.
 
-Deliveries on one channel arrive in delivery-tag order, and every delivery a service has seen
-is in the open batch: with its points to write, or dead-lettered (published, its confirm awaited
-before the ack). So once the batch is written and the dead-letters confirmed, one
-`basic_ack(highest_tag, multiple=True)` settles exactly everything seen so far.
+Deliveries on one channel arrive in delivery-tag order, and every delivery a runner has seen is
+in the open batch (with its points to write, or dead-lettered: published, its confirm awaited
+before the ack) or held by its handler. So once the batch is written and what it published is
+confirmed, one `basic_ack(highest_tag, multiple=True)` settles exactly what it covers, unless a
+held delivery lies below that tag (see `Runner._settle`).
 
 A batch is due when it is full, when its oldest entry has waited `FLUSH_INTERVAL_S`, or, once it
 is `LINGER_S` old and holds points, as soon as the deliveries pause (`idle`: none came for
@@ -32,32 +33,46 @@ IDLE_GAP_S = 0.001
 
 @dataclass
 class Batch:
+    """What one write covers: its points, the deliveries it settles, and when it is due."""
+
     max_points: int = BATCH_MAX_POINTS
     flush_interval_s: float = FLUSH_INTERVAL_S
     linger_s: float = LINGER_S
     points: list[Point] = field(default_factory=list)
-    #: Per point, what to dead-letter if an output refuses it (None: nothing, e.g. the hub's own points).
+    #: Per point, the delivery to dead-letter if an output refuses it (None: nothing, e.g. an alert).
     sources: list[Any] = field(default_factory=list)
-    #: Highest delivery tag covered by this batch (0 = nothing to ack).
+    #: Highest and lowest delivery tag it settles (0 = none): a `multiple` ack must stop below a held one.
     last_tag: int = 0
-    #: Deliveries covered (points plus settled ones), for counting.
+    low_tag: int = 0
+    #: Deliveries it settles (acked once it is written, dead-lettered ones included).
     deliveries: int = 0
+    settled: list[Any] = field(default_factory=list)
     opened_at: float | None = None
+    #: What its effects count (see `hub.runtime.handler.Event`), handed to the middleware once settled.
+    events: list[tuple[str, ...]] = field(default_factory=list)
+    #: The device timestamp (ms) of the oldest record it holds (0 = none): how long a reading waits.
+    oldest_record_ms: int = 0
+    #: The reason of each delivery it dead-letters, counted once it is settled.
+    dead_lettered: list[str] = field(default_factory=list)
 
-    def add(self, tag: int, point: Point | None = None, now: float | None = None, source: Any = None) -> None:
-        """Record delivery `tag`: with a point to write, or None for a delivery settled elsewhere.
-
-        Tag 0 adds a point that settles no delivery (e.g. a presence timeout the clock found).
-        """
+    def open(self, now: float | None = None) -> None:
+        """Start its clock (at the first thing it holds)."""
         if self.opened_at is None:
             self.opened_at = time.monotonic() if now is None else now
-        if point is not None:
-            self.points.append(point)
-            self.sources.append(source)
-        if tag:
-            if tag > self.last_tag:
-                self.last_tag = tag
-            self.deliveries += 1
+
+    def write(self, point: Point, source: Any = None) -> None:
+        """A point to write; `source`: the delivery it stands for (dead-lettered if an output refuses it)."""
+        self.points.append(point)
+        self.sources.append(source)
+
+    def settle(self, tag: int, delivery: Any) -> None:
+        """Settle `delivery` (tag `tag`) with this batch: acked once it is written."""
+        self.settled.append(delivery)
+        self.deliveries += 1
+        if tag > self.last_tag:
+            self.last_tag = tag
+        if not self.low_tag or tag < self.low_tag:
+            self.low_tag = tag
 
     @property
     def empty(self) -> bool:
@@ -84,10 +99,3 @@ class Batch:
         age = (time.monotonic() if now is None else now) - self.opened_at
         until_due = max(0.0, self.flush_interval_s - age)
         return min(until_due, max(IDLE_GAP_S, self.linger_s - age)) if self.points else until_due
-
-    def reset(self) -> None:
-        self.points = []
-        self.sources = []
-        self.last_tag = 0
-        self.deliveries = 0
-        self.opened_at = None

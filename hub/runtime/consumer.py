@@ -1,13 +1,12 @@
-"""The AMQP side of a service: connect, declare, prefetch, deliver, ack, publish, reconnect.
+"""The broker side of a runner, over pika: connect, declare, consume, ack, publish with confirms.
 
-A `Consumer` owns one connection with two channels: one consuming one or more queues (each with
-its own prefetch window; delivery tags count per channel, so one `multiple` ack settles
+A `Consumer` owns one connection with up to three channels: one consuming the hub queues (each
+with its own prefetch window; delivery tags count per channel, so one `multiple` ack settles
 deliveries of every queue up to a tag), one publishing many messages and waiting for their
-confirms once (`hub.runtime.confirms`). It hands each delivery to its `Handler`. After each read
-from the broker it tells the handler whether anything arrived, so a batch can be written as soon
-as the deliveries stop coming instead of waiting for its timer. It acks only what the handler
-settles; a lost connection drops whatever was not acked, the broker redelivers it, and every
-effect downstream is idempotent. The handler decides; this module only moves bytes."""
+confirms once (`hub.runtime.confirms`), and, when a service has side queues, one consuming them
+without acks. It hands each delivery to the runner's callbacks while the runner waits (`serve`,
+`sleep`, `wait_for_confirms`). It decides nothing: the runner says what to ack and publish.
+"""
 
 from __future__ import annotations
 
@@ -17,34 +16,28 @@ import os
 import socket
 import threading
 import time
-from collections import deque
-from typing import NamedTuple, Protocol
+from collections.abc import Callable
 
 import pika
-import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
 from hub.clients.amqp import connect
-from hub.core.backoff import HUB_RECONNECT, Backoff
 from hub.core.config import Settings
-from hub.core.contract import Transport
-from hub.core.errors import BrokerUnavailable, HubError, StorageUnavailable
 from hub.runtime import topology
 from hub.runtime.confirms import ConfirmBatch
+from hub.runtime.delivery import MQTT_HEADER, STOMP_HEADER, Delivery, protocol_of
+from hub.runtime.handler import Publish
 
 log = logging.getLogger(__name__)
 
 #: Returned (unroutable) mandatory messages are logged the 1st, 10th and every this many times.
 UNROUTABLE_LOG_EVERY = 100
-#: Header RabbitMQ's MQTT plugin (3.10) puts on every message it publishes; STOMP ones never have it.
-MQTT_HEADER = "x-mqtt-publish-qos"
-#: Header every STOMP SEND frame of stomp.py (and most STOMP clients) carries, kept by the STOMP plugin.
-STOMP_HEADER = "content-length"
 #: A retry's wait (`Consumer.sleep`) looks at the stop event at least this often.
 SLEEP_SLICE_S = 0.1
-#: What may pass by itself: the consumer reconnects after these, anything else stops the service.
-TRANSIENT_ERRORS = (pika.exceptions.AMQPError, OSError, BrokerUnavailable, StorageUnavailable)
+
+OnDelivery = Callable[[Delivery], None]
+PikaCallback = Callable[[BlockingChannel, Basic.Deliver, BasicProperties, bytes], None]
 
 
 def instance_name() -> str:
@@ -52,123 +45,51 @@ def instance_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class Delivery(NamedTuple):
-    method: Basic.Deliver
-    properties: BasicProperties
-    body: bytes
-
-    @property
-    def tag(self) -> int:
-        return int(self.method.delivery_tag)
-
-    @property
-    def routing_key(self) -> str:
-        return str(self.method.routing_key)
-
-
-def protocol_of(properties: BasicProperties) -> Transport:
-    """How a delivery reached the exchange: the MQTT plugin sets `x-mqtt-publish-qos` on everything
-    it publishes, a STOMP frame carries its `content-length` into the headers, AMQP neither."""
-    headers = properties.headers
-    if headers is None:
-        return "amqp"
-    if MQTT_HEADER in headers:
-        return "mqtt"
-    return "stomp" if STOMP_HEADER in headers else "amqp"
-
-
-class Handler(Protocol):
-    """What a consumer drives; every call happens on the consumer's thread."""
-
-    def on_connect(self, connection: pika.BlockingConnection) -> None:
-        """After each connection, before the queues are declared: refuse a topology it cannot use."""
-
-    def on_start(self, consumer: Consumer) -> None:
-        """After each (re)connection, before consuming: open outputs, add subscriptions."""
-
-    def deliver(self, delivery: Delivery) -> None: ...
-
-    def tick(self, idle: bool) -> None:
-        """After each wait for input (`idle`: no delivery came during it): flush batches, fire timers."""
-
-    def next_tick_s(self) -> float:
-        """How long the consumer may wait for input before the next `tick` (it returns early on input)."""
-
-    def on_stop(self) -> None:
-        """On a clean stop while still connected: settle what can be settled."""
-
-    def on_connection_lost(self) -> None:
-        """Forget per-channel state (delivery tags): unacked deliveries come back."""
-
-    def on_connected(self, connected: bool) -> None: ...
-
-
 class Consumer:
-    """One connection that consumes `queues` on one channel for `handler` until `stop` is set."""
+    """One broker connection of one service (`name`), for its runner; `stop` cuts waits short."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        name: str,
-        queues: tuple[topology.HubQueue, ...],
-        stop: threading.Event,
-        handler: Handler,
-    ) -> None:
-        self.settings, self.name, self.queues, self.stop, self.handler = settings, name, queues, stop, handler
+    def __init__(self, settings: Settings, name: str, stop: threading.Event) -> None:
+        self.settings, self.name, self.stop = settings, name, stop
         self.connection: pika.BlockingConnection | None = None
         self.channel: BlockingChannel | None = None
         self.publisher: ConfirmBatch | None = None
-        #: Deliveries handed to the handler on this connection (tells `tick` whether any came).
-        self.delivered = 0
         #: Mandatory messages the broker returned as unroutable (see `publish`).
         self.unroutable = 0
         #: Queue -> the broker's name for this subscription to it while consuming (the management
         #: API lists it, with whether a single-active-consumer queue delivers to it or keeps it waiting).
         self.consumer_tags: dict[str, str] = {}
-        self._queue_by_tag: dict[str, str] = {}
-        # What `held` counts: delivery tags seen and acked on the current channel.
-        self._last_tag = 0
-        self._acked_through = 0
-        self._acked_singly: set[int] = set()
-        #: With several queues: per queue, its unacked delivery tags in order (acked `multiple` only).
-        self._unacked: dict[str, deque[int]] = {q.name: deque() for q in queues} if len(queues) > 1 else {}
-        #: Starts over once a connection consumes: the first retry after each outage comes soon.
-        self.backoff = Backoff(HUB_RECONNECT)
 
-    # --- what handlers use -----------------------------------------------------------------------
+    def connect(self, declaration: topology.Declaration) -> None:
+        # The instance in the name tells, in the management API, which hub is the active consumer.
+        self.connection = connect(self.settings, f"hub-{self.name} {instance_name()}")
+        if declaration.partitions is not None:
+            # Queues that would fill with nobody consuming them stop the hub.
+            topology.refuse_leftovers(self.connection, declaration.partitions)
+        self.channel = self.connection.channel()
+        for queue in (*declaration.declare_also, *declaration.queues):
+            topology.declare(self.channel, queue)
+        self.publisher = ConfirmBatch(self.connection, self._returned)
 
-    def ack_through(self, tag: int) -> None:
-        """Ack every delivery up to `tag` at once (`multiple`)."""
-        assert self.channel is not None
-        if tag:
-            self.channel.basic_ack(delivery_tag=tag, multiple=True)
-            if tag > self._acked_through:
-                self._acked_through = tag
-                self._acked_singly = {t for t in self._acked_singly if t > tag}
-            for tags in self._unacked.values():
-                while tags and tags[0] <= tag:
-                    tags.popleft()
+    def consume(self, declaration: topology.Declaration, on_delivery: OnDelivery, on_side: OnDelivery) -> None:
+        assert self.connection is not None and self.channel is not None
+        for queue in declaration.queues:
+            # Not global: the window applies to each consumer (each queue) started after it.
+            self.channel.basic_qos(prefetch_count=queue.prefetch)
+            self.consumer_tags[queue.name] = self.channel.basic_consume(
+                queue.name, _handing_to(on_delivery, queue.name)
+            )
+        if declaration.side:
+            side = self.connection.channel()
+            for side_queue in declaration.side:
+                name = side_queue.name
+                side.queue_declare(name, exclusive=True, auto_delete=True, arguments=dict(side_queue.arguments))
+                for pattern in side_queue.bindings:
+                    side.queue_bind(name, side_queue.exchange, routing_key=pattern)
+                side.basic_consume(name, _handing_to(on_side, name), auto_ack=True)
 
-    def ack(self, tag: int) -> None:
-        assert self.channel is not None
-        self.channel.basic_ack(delivery_tag=tag, multiple=False)
-        if tag > self._acked_through:
-            self._acked_singly.add(tag)
-
-    def queue_of(self, delivery: Delivery) -> str:
-        """The queue `delivery` came from."""
-        return self._queue_by_tag.get(str(delivery.method.consumer_tag), self.queues[0].name)
-
-    def held(self, queue: str | None = None) -> int:
-        """Deliveries this consumer has taken from its queues (or from `queue`) and not yet acked
-        (read from any thread); the broker counts them as unacked, not as ready.
-
-        Delivery tags count up from 1 on each channel, so the total is the highest tag seen
-        minus those acked; per queue, with several, the tags not acked yet are kept in order.
-        """
-        if queue is not None and self._unacked:
-            return len(self._unacked.get(queue, ()))
-        return max(0, self._last_tag - self._acked_through - len(self._acked_singly))
+    def serve(self, timeout_s: float) -> None:
+        assert self.connection is not None
+        self.connection.process_data_events(time_limit=timeout_s)
 
     def sleep(self, seconds: float) -> None:
         """Wait while still serving the connection (heartbeats, deliveries into the next batch).
@@ -186,24 +107,33 @@ class Consumer:
             else:
                 self.stop.wait(remaining)
 
-    def publish(
-        self, exchange: str, routing_key: str, body: bytes, properties: BasicProperties, *, mandatory: bool
-    ) -> None:
+    def ack(self, tag: int, multiple: bool) -> None:
+        assert self.channel is not None
+        self.channel.basic_ack(delivery_tag=tag, multiple=multiple)
+
+    def publish(self, message: Publish) -> None:
         """Publish without waiting: `wait_for_confirms` says when the broker holds the message.
 
-        `mandatory` is the caller's choice: a broadcast (alerts) nobody is bound to is normal and
-        silently dropped by the broker. A mandatory message the broker returns as unroutable is
-        logged and counted, never raised: a missing binding must not disconnect the service, whose
-        redelivered input would only be returned again. A broker nack raises in
-        `wait_for_confirms`: the message was not taken, so the input must not be acked.
+        A mandatory message the broker returns as unroutable is logged and counted, never raised:
+        a missing binding must not disconnect the service, whose redelivered input would only be
+        returned again. A broker nack raises in `wait_for_confirms`: the message was not taken,
+        so its input must not be acked.
         """
         assert self.publisher is not None
-        self.publisher.publish(exchange, routing_key, body, properties, mandatory=mandatory)
+        self.publisher.publish(
+            message.exchange, message.routing_key, message.body, message.properties, mandatory=message.mandatory
+        )
 
     def wait_for_confirms(self) -> None:
-        """Return once the broker confirmed every message published so far (raises on a nack)."""
         if self.publisher is not None:
             self.publisher.wait()
+
+    def close(self) -> None:
+        connection, self.connection, self.channel, self.publisher = self.connection, None, None, None
+        self.consumer_tags = {}
+        if connection is not None and connection.is_open:
+            with contextlib.suppress(Exception):  # a broken connection fails to close in many ways
+                connection.close()
 
     def _returned(self, exchange: str, routing_key: str) -> None:
         self.unroutable += 1
@@ -216,72 +146,12 @@ class Consumer:
                 self.unroutable,
             )
 
-    # --- the loop --------------------------------------------------------------------------------
 
-    def run(self) -> None:
-        """Consume until `stop` is set; reconnect with backoff after any broker or storage outage."""
-        while not self.stop.is_set():
-            try:
-                self._connect_and_consume()
-            except TRANSIENT_ERRORS as exc:
-                log.warning("service=%s event=disconnected error=%r", self.name, exc)
-            except HubError:
-                raise
-            except Exception:
-                log.exception("service=%s event=crashed", self.name)
-            finally:
-                self.handler.on_connected(False)
-                self.handler.on_connection_lost()
-                self._close()
-            if not self.stop.is_set():
-                delay = self.backoff.next_delay_s()
-                log.info("service=%s event=reconnecting in_s=%.1f", self.name, delay)
-                self.stop.wait(delay)
+def _handing_to(callback: OnDelivery, queue: str) -> PikaCallback:
+    def deliver(_channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes) -> None:
+        callback(Delivery(method, properties, body, queue))
 
-    def _connect_and_consume(self) -> None:
-        # The instance in the name tells, in the management API, which hub is the active consumer.
-        self.connection = connect(self.settings, f"hub-{self.name} {instance_name()}")
-        self._last_tag, self._acked_through, self._acked_singly = 0, 0, set()
-        for tags in self._unacked.values():
-            tags.clear()
-        self.handler.on_connect(self.connection)
-        self.channel = self.connection.channel()
-        for queue in self.queues:
-            topology.declare(self.channel, queue)
-        self.publisher = ConfirmBatch(self.connection, self._returned)
-        self.handler.on_start(self)
-        for queue in self.queues:
-            # Not global: the window applies to each consumer (each queue) started after it.
-            self.channel.basic_qos(prefetch_count=queue.prefetch)
-            tag = self.channel.basic_consume(queue.name, self._deliver)
-            self.consumer_tags[queue.name] = tag
-            self._queue_by_tag[tag] = queue.name
-        self.handler.on_connected(True)
-        self.backoff.reset()
-        log.info(
-            "service=%s event=consuming queues=%s prefetch=%s",
-            self.name,
-            ",".join(q.name for q in self.queues),
-            ",".join(str(q.prefetch) for q in self.queues),
-        )
-        while not self.stop.is_set():
-            seen = self.delivered
-            self.connection.process_data_events(time_limit=self.handler.next_tick_s())
-            self.handler.tick(idle=self.delivered == seen)
-        self.handler.on_stop()
+    return deliver
 
-    def _deliver(
-        self, _channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
-    ) -> None:
-        self._last_tag = method.delivery_tag
-        if self._unacked:
-            self._unacked[self._queue_by_tag[method.consumer_tag]].append(method.delivery_tag)
-        self.delivered += 1
-        self.handler.deliver(Delivery(method, properties, body))
 
-    def _close(self) -> None:
-        connection, self.connection, self.channel, self.publisher = self.connection, None, None, None
-        self.consumer_tags, self._queue_by_tag = {}, {}
-        if connection is not None and connection.is_open:
-            with contextlib.suppress(Exception):  # a broken connection fails to close in many ways
-                connection.close()
+__all__ = ["MQTT_HEADER", "STOMP_HEADER", "Consumer", "Delivery", "instance_name", "protocol_of"]

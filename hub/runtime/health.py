@@ -36,8 +36,11 @@ from hub.core.errors import BrokerUnavailable, ConfigError, HubError
 from hub.core.points import Point
 from hub.outputs.fanout import OutputSet
 from hub.runtime.consumer import instance_name
-from hub.runtime.metrics import QUEUE_DEPTH, QUEUE_HELD, ServiceStats
-from hub.runtime.service import ROLE_ACTIVE, ROLE_STANDBY, ROLE_UNKNOWN, Service
+from hub.runtime.handler import ROLE_ACTIVE, ROLE_STANDBY, ROLE_UNKNOWN
+from hub.runtime.metrics import OLDEST_UNSTORED_AGE, QUEUE_DEPTH, QUEUE_HELD, ServiceStats
+from hub.runtime.middleware import Stats
+from hub.runtime.runner import Runner
+from hub.runtime.topology import PARTITION_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -195,10 +198,13 @@ def ready_report(
 
 
 class Monitor:
-    def __init__(self, settings: Settings, services: Sequence[Service], stop: threading.Event) -> None:
+    """Reads what the runners publish (`Snapshot`s) and the `hub_stats` counts (the `Stats`
+    middleware), never a runner's own state; measures the broker and the outputs itself."""
+
+    def __init__(self, settings: Settings, services: Sequence[Runner], stats: Stats, stop: threading.Event) -> None:
         self.settings = settings
         self.services = services
-        self.stats = [s.stats for s in services]
+        self.stats = stats
         self.stop = stop
         self.instance = instance_name()
         self.server: ThreadingHTTPServer | None = None
@@ -208,28 +214,35 @@ class Monitor:
         self._connection: pika.BlockingConnection | None = None
         #: Queue -> role of this process's consumer on it (single-active-consumer queues only).
         self.roles: dict[str, str] = {}
+        OLDEST_UNSTORED_AGE.set_function(self.oldest_unstored_age_s)
+
+    def oldest_unstored_age_s(self) -> float:
+        """Age of the oldest reading waiting in an open batch or a retried write; 0 when none waits."""
+        waiting = [s.snapshot.unstored_since_ms for s in self.services if s.snapshot.unstored_since_ms]
+        return max(0.0, (now_ms() - min(waiting)) / 1000) if waiting else 0.0
 
     def read_roles(self) -> dict[str, str]:
         """Whether the broker delivers each single-active-consumer queue to this process
-        ("active") or keeps it waiting ("standby"); logs every change. Pika has no callback for
-        it, the management API lists it per consumer tag. Unchanged when the API cannot say."""
+        ("active") or keeps it waiting ("standby"); logs every change and tells each runner its
+        role. Pika has no callback for it, the management API lists it per consumer tag (which
+        each runner's snapshot carries). Unchanged when the API cannot say."""
         watched = [s for s in self.services if any(q.single_active for q in s.queues)]
         activity = read_consumer_activity(self.settings) if watched else None
         if activity is None:
             return self.roles
         roles: dict[str, str] = {}
         for s in watched:
+            tags = s.snapshot.consumer_tags
             mine = {}
             for queue in (q for q in s.queues if q.single_active):
-                tag = s.consumer.consumer_tags.get(queue.name, "")
-                mine[queue.name] = ROLE_BY_ACTIVITY.get(activity.get(tag, ""), ROLE_UNKNOWN)
+                mine[queue.name] = ROLE_BY_ACTIVITY.get(activity.get(tags.get(queue.name, ""), ""), ROLE_UNKNOWN)
             role = service_role(mine)
             active = [q for q, r in mine.items() if r == ROLE_ACTIVE]
             before = {q: self.roles.get(q, ROLE_UNKNOWN) for q in mine}
             if role != ROLE_UNKNOWN and (mine != before):
                 log.info("service=%s event=%s queues=%s", s.name, role, ",".join(active) if active else ",".join(mine))
             roles.update(mine)
-            s.on_role(role)
+            s.role = role
         self.roles = roles
         return roles
 
@@ -271,8 +284,9 @@ class Monitor:
         else:
             return depths
         for s in self.services:
+            held = s.snapshot.held
             for queue in s.queues:
-                QUEUE_HELD.labels(queue.name).set(s.consumer.held(queue.name))
+                QUEUE_HELD.labels(queue.name).set(held.get(queue.name, 0))
         return depths
 
     def service_depths(self, depths: dict[str, int]) -> dict[str, int]:
@@ -289,10 +303,12 @@ class Monitor:
         depths = self.queue_depths(DEPTH_CACHE_S) if broker else {}
         queues = {}
         for s in self.services:
+            held = s.snapshot.held
             for queue in s.queues:
-                queues[queue.name] = QueueFacts(depths.get(queue.name), s.consumer.held(queue.name))
-        store = next((s for s in self.services if s.idle_s() is not None), None)
-        idle = store.idle_s() if store is not None else None
+                queues[queue.name] = QueueFacts(depths.get(queue.name), held.get(queue.name, 0))
+        # The store: the runner of the telemetry partitions, if one runs here.
+        store = next((s for s in self.services if any(q.name.startswith(PARTITION_PREFIX) for q in s.queues)), None)
+        idle = time.monotonic() - store.snapshot.progressed_at if store is not None else None
         store_queues = tuple(q.name for q in store.queues) if store is not None else ()
         return ReadyFacts(broker, influx_version, queues, store_queues, idle, dict(self.roles))
 
@@ -310,7 +326,8 @@ class Monitor:
                     self.read_roles()
                     if time.monotonic() >= next_stats:
                         next_stats += STATS_INTERVAL_S
-                        points = stats_points(self.instance, self.stats, self.service_depths(depths), now_ms())
+                        counts = [self.stats.of(s.name) for s in self.services]
+                        points = stats_points(self.instance, counts, self.service_depths(depths), now_ms())
                         outputs.write_once(points)
                 except HubError as exc:
                     log.warning("service=monitor event=stats_not_written error=%r", exc)

@@ -51,6 +51,16 @@ READING_AGE = Gauge("hub_reading_age_seconds", "Age of the newest reading in the
 CONNECTED = Gauge("hub_broker_connected", "1 while the service holds a broker connection", ["service"])
 
 
+#: The counters a handler's events feed (`hub.runtime.handler.Event`: a name, then its label values).
+EVENT_COUNTERS: dict[str, Counter] = {
+    "alert": ALERTS,
+    "rule_command": RULE_COMMANDS,
+    "flagged": READINGS_FLAGGED,
+    "transition": PRESENCE_TRANSITIONS,
+    "command_outcome": COMMAND_OUTCOMES,
+}
+
+
 class BatchHistogram:
     """A Prometheus histogram fed a batch of values at a time.
 

@@ -18,7 +18,8 @@ from prometheus_client import disable_created_metrics
 from hub.core.config import Settings
 from hub.core.errors import HubError
 from hub.runtime.health import Monitor
-from hub.runtime.service import Service
+from hub.runtime.middleware import Middleware, Stats, default_middleware
+from hub.runtime.runner import Runner
 
 log = logging.getLogger("hub")
 
@@ -32,14 +33,17 @@ STOP_GRACE_S = 4.0
 
 def run_hub(
     settings: Settings,
-    build: Callable[[threading.Event], Sequence[Service]],
+    build: Callable[[threading.Event, Sequence[Middleware]], Sequence[Runner]],
     on_ready: Callable[[], None] = lambda: None,
 ) -> None:
+    """Run what `build` makes of the stop event and the hub's middleware (every signal of every
+    runner to Prometheus, `hub_stats` and the log), each in its thread, with the monitor."""
     disable_created_metrics()  # type: ignore[no-untyped-call]
     stop = threading.Event()
-    services = build(stop)
+    stats = Stats()
+    services = build(stop, default_middleware(stats))
     names = [s.name for s in services]
-    monitor = Monitor(settings, services, stop)
+    monitor = Monitor(settings, services, stats, stop)
     if settings.metrics_port is not None:
         monitor.serve_http(settings.metrics_port)
     failures: list[BaseException] = []

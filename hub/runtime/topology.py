@@ -72,6 +72,39 @@ class HubQueue:
     exchange: str = EXCHANGE
 
 
+@dataclass(frozen=True)
+class SideQueue:
+    """A queue of one hub process alone, beside a service's hub queues: exclusive (gone with its
+    connection), non-durable, consumed without acks. For copies of messages only a recent one of
+    which matters (presence's signs of life), never for anything that must not be lost."""
+
+    name: str
+    bindings: tuple[str, ...]
+    arguments: tuple[tuple[str, Any], ...] = ()
+    exchange: str = EXCHANGE
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What a service's runner declares and consumes on each connect, in this order.
+
+    `partitions`: the number of telemetry partitions (IOT_PARTITIONS) a service that consumes some
+    of them expects: leftover telemetry queues beyond it stop the hub (`refuse_leftovers`).
+    `declare_also`: queues declared but not consumed here (every partition, so the hash ring is
+    whole whichever process starts first). `queues`: consumed with acks, each with its prefetch.
+    `side`: side queues, consumed without acks on a channel of their own.
+    """
+
+    queues: tuple[HubQueue, ...]
+    side: tuple[SideQueue, ...] = ()
+    declare_also: tuple[HubQueue, ...] = ()
+    partitions: int | None = None
+
+    @property
+    def queue_names(self) -> tuple[str, ...]:
+        return tuple(queue.name for queue in self.queues)
+
+
 def partition(p: int) -> HubQueue:
     """Telemetry partition `p`: a share of the devices, all their readings, one consumer at a time."""
     return HubQueue(

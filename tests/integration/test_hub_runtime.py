@@ -29,9 +29,12 @@ from hub.core.contract import (
     stomp_destination,
 )
 from hub.runtime import topology
-from hub.runtime.consumer import Delivery
 from hub.runtime.deadletter import DEAD_LETTER_DETAIL_HEADER, DEAD_LETTER_QUEUE_HEADER
-from hub.services.telemetry.service import TelemetryService
+from hub.runtime.delivery import Delivery
+from hub.runtime.handler import Effects
+from hub.runtime.middleware import Stats
+from hub.runtime.runner import Runner
+from hub.services.telemetry.service import TelemetryHandler
 from hub.stack.processes import free_port, stop
 from tests.support import (
     REPO,
@@ -133,13 +136,13 @@ def test_the_rules_service_alone_writes_no_device_status(stack: Settings, tmp_pa
     assert log.count("event=consuming") == 1, "store and rules are one service"
 
 
-class _StoreWithABug(TelemetryService):
+class _StoreWithABug(TelemetryHandler):
     """The telemetry service, with a bug that only one message triggers."""
 
-    def handle(self, delivery: Delivery) -> None:
+    def handle(self, delivery: Delivery) -> Effects:
         if b'"seq":13,' in delivery.body:
             raise ZeroDivisionError("a bug in the hub, not in the message")
-        super().handle(delivery)
+        return super().handle(delivery)
 
 
 def dead_letter_queue(channel: BlockingChannel) -> str:
@@ -177,12 +180,15 @@ def test_a_burst_of_invalid_messages_amid_valid_ones_is_dead_lettered_once_each_
         )
         expected[device] = reason
     stop = threading.Event()
-    service = TelemetryService(stack, stop, rules=[])
+    stats = Stats()
+    service = Runner.from_settings(stack, TelemetryHandler.from_settings(stack, rules=[]), stop, [stats])
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
     try:
         wait_until(lambda: count_stored(stack, "burst-ok") == valid, 30)
-        wait_until(lambda: service.consumer.held() == 0 and service.stats.dead_lettered == len(expected), 15)
+        wait_until(
+            lambda: service.snapshot.held_total == 0 and stats.of("telemetry").dead_lettered == len(expected), 15
+        )
     finally:
         stop.set()
         thread.join(30)
@@ -208,12 +214,12 @@ def test_an_unexpected_error_dead_letters_that_message_alone_and_the_rest_are_st
     channel = connection.channel()
     dead = dead_letter_queue(channel)
     stop = threading.Event()
-    service = _StoreWithABug(stack, stop, rules=[])
+    stats = Stats()
+    service = Runner.from_settings(stack, _StoreWithABug.from_settings(stack, rules=[]), stop, [stats])
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
     try:
-        wait_until(lambda: service.consumer.channel is not None, 15)
-        first_connection = service.consumer.connection
+        wait_until(lambda: service.snapshot.connected, 15)
         base_ts = now_ms()
         for seq in range(30):
             r = reading("buggy", seq, base_ts)
@@ -225,8 +231,8 @@ def test_an_unexpected_error_dead_letters_that_message_alone_and_the_rest_are_st
         assert b'"seq":13,' in body
         assert properties.headers[DEAD_LETTER_REASON_HEADER] == "internal"
         assert properties.headers[DEAD_LETTER_DETAIL_HEADER].startswith("ZeroDivisionError: ")
-        assert service.consumer.connection is first_connection, "no reconnect, so no redelivery of the window"
-        assert service.stats.received == 30 and service.stats.dead_lettered == 1
+        assert service.snapshot.connects == 1, "no reconnect, so no redelivery of the window"
+        assert stats.of("telemetry").received == 30 and stats.of("telemetry").dead_lettered == 1
     finally:
         stop.set()
         thread.join(30)

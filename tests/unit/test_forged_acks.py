@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any, cast
 
 from pika.spec import Basic, BasicProperties
@@ -10,9 +12,14 @@ from hub.clients.influx import Series
 from hub.control.send import CommandSender
 from hub.core.config import load_settings
 from hub.core.contract import Ack, Command, encode
+from hub.outputs.fanout import OutputSet
 from hub.outputs.lineprotocol import point_line
+from hub.runtime.runner import Runner
+from hub.runtime.stub import FakeClock, MemoryOutput, StubConsumer
 from hub.services.commands.ledger import MAX_PENDING, ORPHAN_ACK_GRACE_MS, CommandLedger, Recorded
-from hub.services.commands.recorded import settled_from_series
+from hub.services.commands.recorded import settled_from_rows
+from hub.services.commands.service import CommandsHandler
+from tests.unit.test_runner import Spy
 
 
 def _command(command_id: str = "c-1", ts: int = 1000, expires: int = 11_000) -> Command:
@@ -69,7 +76,7 @@ def test_a_repeated_ack_of_an_answered_command_is_settled_without_a_second_outco
 
 def test_a_restarted_ledger_seeded_with_what_was_recorded_settles_a_late_ack_instead_of_refusing_it() -> None:
     rows = [{"time": 2, "id": "c-2", "device": "dev-a"}, {"time": 1, "id": "c-1", "device": "dev-a"}]
-    settled = settled_from_series([Series("commands", {}, rows)])
+    settled = settled_from_rows(rows)
     assert settled == [("c-1", "dev-a"), ("c-2", "dev-a")], "oldest first: the ledger keeps the newest"
     ledger = CommandLedger()
     ledger.seed(settled)
@@ -116,3 +123,94 @@ def test_an_early_ack_of_a_command_another_hub_settled_is_released_once_that_is_
     ledger.seed([("c-1", "dev-a")])
     assert ledger.timed_out(ORPHAN_ACK_GRACE_MS + 1) == Recorded(released=[5])
     assert ledger.held_tokens() == []
+
+
+# --- the commands handler on its runner, over the in-memory stub broker ----------------------------
+
+
+def _commands_rig(hub_ms: list[int]) -> tuple[StubConsumer, MemoryOutput, Spy, Runner]:
+    stop = threading.Event()
+    clock = FakeClock()
+    broker = StubConsumer(stop, clock)
+    output = MemoryOutput()
+    spy = Spy()
+
+    def hub_clock() -> int:
+        return hub_ms[0]
+
+    handler = CommandsHandler(CommandLedger(), _NothingSettled())
+    runner = Runner(
+        handler, broker, OutputSet.of(output), [spy], stop, clock=clock, wait=clock.advance, hub_clock=hub_clock
+    )
+    return broker, output, spy, runner
+
+
+class _NothingSettled:
+    name = "memory"
+
+    def device_states(self) -> list[Series]:
+        return []
+
+    def newest_readings(self) -> list[Series]:
+        return []
+
+    def commands(
+        self, since_s: int, *, device: str | None = None, outcomes_only: bool = False, limit: int = 0
+    ) -> list[dict[str, Any]]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def test_on_its_runner_a_forged_ack_is_dead_lettered_after_the_grace_and_the_command_stays_held() -> None:
+    now = time.time_ns() // 1_000_000
+    hub_ms = [now]
+    broker, output, _spy, runner = _commands_rig(hub_ms)
+    command = Command(id="c-1", command="ping", ts=now, expires=now + 60_000)
+    broker.put("hub.commands", "commands.dev-a", encode(command))
+    broker.put("hub.commands", "acks.dev-b", encode(_ack("dev-b", ts=now + 10)))
+
+    def after_the_grace() -> bool:
+        if broker.rounds == 20:
+            hub_ms[0] = now + ORPHAN_ACK_GRACE_MS + 1_500  # the next tick is past the forged ack's grace
+        return bool(broker.dead_letters) and len(broker.acked) == 1
+
+    broker.stop_when = after_the_grace
+    runner.run()
+    assert broker.dead_letters == [("acks.dev-b", "unknown_command")]
+    assert [m.routing_key for m in broker.acked] == ["acks.dev-b"], "refused, then settled"
+    assert [m.routing_key for m in broker.unacked.values()] == [], "the stop let the held command go back"
+    assert [m.routing_key for m in broker.ready["hub.commands"]] == ["commands.dev-a"], "unacked: it waits for its ack"
+    assert [p.tags["status"] for p in output.points] == ["sent"]
+
+
+def test_on_its_runner_a_command_and_its_ack_are_acked_together_once_both_are_recorded() -> None:
+    now = time.time_ns() // 1_000_000
+    broker, output, spy, runner = _commands_rig([now])
+    broker.put("hub.commands", "acks.dev-a", encode(_ack("dev-a", ts=now + 30)))  # the ack overtook its command
+    broker.put("hub.commands", "commands.dev-a", encode(Command(id="c-1", command="ping", ts=now, expires=now + 9_000)))
+    broker.stop_when = lambda: broker.idle
+    runner.run()
+    assert [p.tags["status"] for p in output.points] == ["sent", "ok"]
+    assert len(broker.acked) == 2 and broker.dead_letters == []
+    assert [event for report in spy.reports for event in report.events] == [
+        ("command_outcome", "sent"),
+        ("command_outcome", "ok"),
+    ]
+
+
+def test_on_its_runner_a_redelivered_command_is_recorded_again_but_counted_as_sent_once() -> None:
+    now = time.time_ns() // 1_000_000
+    broker, output, spy, runner = _commands_rig([now])
+    broker.put("hub.commands", "commands.dev-a", encode(Command(id="c-1", command="ping", ts=now, expires=now + 9_000)))
+
+    def drop_once_written() -> bool:
+        if output.points and broker.connects == 1:
+            broker.drop()  # the command is held, unacked: it comes again
+        return broker.connects == 2 and len(output.points) == 2
+
+    broker.stop_when = drop_once_written
+    runner.run()
+    assert [p.tags["status"] for p in output.points] == ["sent", "sent"], "the same point again: stored once"
+    assert [event for report in spy.reports for event in report.events] == [("command_outcome", "sent")]

@@ -87,21 +87,30 @@ def test_line_protocol_refuses_nan_and_pointless_points() -> None:
 # --- batching ------------------------------------------------------------------------------------
 
 
+def add(batch: Batch, tag: int, point: Point | None, now: float) -> None:
+    """What the runner does with a delivery's effects: open the batch, write its point, settle it."""
+    batch.open(now)
+    if point is not None:
+        batch.write(point)
+    if tag:
+        batch.settle(tag, tag)
+
+
 def test_a_batch_is_due_when_full_or_when_its_oldest_point_waited_the_flush_interval() -> None:
     batch = Batch(max_points=3, flush_interval_s=FLUSH_INTERVAL_S)
     assert not batch.due(now=0.0)
-    batch.add(1, named("a"), now=10.0)
-    batch.add(2, named("b"), now=10.05)
+    add(batch, 1, named("a"), now=10.0)
+    add(batch, 2, named("b"), now=10.05)
     assert not batch.due(now=10.1)
     assert batch.due(now=10.0 + FLUSH_INTERVAL_S + 0.001)
-    batch.add(3, named("c"), now=10.1)
+    add(batch, 3, named("c"), now=10.1)
     assert batch.due(now=10.1), "full"
     assert BATCH_MAX_POINTS >= 1000
 
 
 def test_a_batch_is_due_once_it_lingered_and_the_deliveries_paused_but_not_while_they_keep_coming() -> None:
     batch = Batch(max_points=100)
-    batch.add(1, named("a"), now=10.0)
+    add(batch, 1, named("a"), now=10.0)
     assert not batch.due(now=10.0 + LINGER_S / 2, idle=True), "too young: more may come"
     assert batch.next_check_s(now=10.0 + LINGER_S / 2) == pytest.approx(LINGER_S / 2)
     assert not batch.due(now=10.0 + LINGER_S, idle=False), "deliveries still coming: keep batching"
@@ -110,7 +119,7 @@ def test_a_batch_is_due_once_it_lingered_and_the_deliveries_paused_but_not_while
     assert batch.next_check_s(now=10.0 + FLUSH_INTERVAL_S - 0.001) == pytest.approx(0.001)
     assert not Batch().due(now=10.0, idle=True), "an empty batch is never due"
     acks_only = Batch()
-    acks_only.add(1, None, now=10.0)
+    add(acks_only, 1, None, now=10.0)
     assert not acks_only.due(now=10.001 + LINGER_S, idle=True), "nothing to show: the timer acks it"
     assert acks_only.next_check_s(now=10.0 + LINGER_S) == pytest.approx(FLUSH_INTERVAL_S - LINGER_S)
 
@@ -118,16 +127,16 @@ def test_a_batch_is_due_once_it_lingered_and_the_deliveries_paused_but_not_while
 def test_a_batch_of_refused_deliveries_alone_is_full_at_max_points_deliveries() -> None:
     batch = Batch(max_points=3)
     for tag in (1, 2, 3):
-        batch.add(tag, None, now=0.0)
+        add(batch, tag, None, now=0.0)
     assert batch.due(now=0.0)
 
 
 def test_one_ack_covers_written_and_dead_lettered_deliveries_alike() -> None:
     batch = Batch()
-    batch.add(7, named("a"), now=0)
-    batch.add(8, None, now=0)  # dead-lettered with confirms: settled by the same ack
-    batch.add(9, named("b"), now=0)
-    batch.add(0, named("presence timeout"), now=0)  # a point that settles no delivery
+    add(batch, 7, named("a"), now=0)
+    add(batch, 8, None, now=0)  # dead-lettered with confirms: settled by the same ack
+    add(batch, 9, named("b"), now=0)
+    add(batch, 0, named("presence timeout"), now=0)  # a point that settles no delivery
     assert batch.last_tag == 9
     assert batch.deliveries == 3
     assert [p.measurement for p in batch.points] == ["a", "b", "presence timeout"]
@@ -135,7 +144,7 @@ def test_one_ack_covers_written_and_dead_lettered_deliveries_alike() -> None:
 
 def test_a_batch_of_only_timer_points_is_not_empty() -> None:
     batch = Batch()
-    batch.add(0, named("x"), now=0)
+    add(batch, 0, named("x"), now=0)
     assert not batch.empty and batch.last_tag == 0
 
 

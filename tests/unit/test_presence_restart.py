@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from pathlib import Path
+from dataclasses import replace
+from typing import Any
 
 from hub.clients.influx import Series
-from hub.core.config import Settings
-from hub.core.contract import Presence
-from hub.runtime.service import ROLE_ACTIVE, ROLE_STANDBY
+from hub.core.contract import Presence, now_ms
+from hub.runtime.handler import NOTHING, ROLE_ACTIVE, ROLE_STANDBY
+from hub.runtime.snapshot import STALL_S, Snapshot
 from hub.services.presence.recorded import states_from_series
-from hub.services.presence.service import RECONNECT_GRACE_S, PresenceService
-from hub.services.presence.signs import STALL_S, SignsFeed
+from hub.services.presence.service import RECONNECT_GRACE_S, PresenceHandler
+from hub.services.presence.signs import SignsFeed
 from hub.services.presence.tracker import MIN_SILENCE_MS, OFFLINE_AFTER_INTERVALS, PresenceTracker
 
 INTERVAL_MS = 1000
@@ -85,20 +85,33 @@ def test_a_state_the_hub_heard_before_the_seed_is_kept() -> None:
     assert tracker.devices["d-1"].online
 
 
-def test_a_long_hold_of_the_feeding_service_is_not_silence_and_a_short_one_changes_nothing() -> None:
+def test_a_stall_of_the_feeding_runner_is_not_silence_and_a_short_write_changes_nothing() -> None:
+    tracker = PresenceTracker(min_silence_ms=0)
+    snapshot = Snapshot("telemetry", connected=True, reading_since_ms=0)
+    feed = SignsFeed(tracker, source=lambda: snapshot)
+    _online(tracker, "d-1", 0)
+    snapshot = replace(snapshot, writing_since=time.monotonic())
+    assert not feed.stalled() and tracker.silence_from_ms == 0, "a write of a few milliseconds"
+    snapshot = replace(snapshot, writing_since=time.monotonic() - STALL_S - 0.05)
+    assert feed.stalled(), "held up: silence is not judged meanwhile"
+    snapshot = replace(snapshot, retrying=True, writing_since=time.monotonic())
+    assert feed.stalled(), "a write retried: nothing is read"
+    snapshot = Snapshot("telemetry", connected=True, reading_since_ms=20_000)  # reading again since then
+    assert not feed.stalled()
+    assert tracker.silent(20_000 + ALLOWED_SILENCE_MS) == [], "counted again from the end of the stall"
+    assert [t.device for t in tracker.silent(20_000 + ALLOWED_SILENCE_MS + 1)] == ["d-1"]
+    snapshot = Snapshot("telemetry", connected=False, reading_since_ms=20_000)
+    assert feed.stalled(), "disconnected"
+
+
+def test_signs_wait_raw_until_presence_takes_them_in_its_own_thread() -> None:
     tracker = PresenceTracker(min_silence_ms=0)
     feed = SignsFeed(tracker)
-    _online(tracker, "d-1", 0)
-    feed.hold()
-    feed.release(500)
-    assert tracker.silence_from_ms == 0, "a write of a few milliseconds"
-    feed.hold()
-    time.sleep(STALL_S + 0.05)
-    assert feed.paused, "held up: silence is not judged meanwhile"
-    feed.release(20_000)
-    assert not feed.paused
-    assert tracker.silent(20_000 + ALLOWED_SILENCE_MS) == [], "counted again from the end of the hold"
-    assert [t.device for t in tracker.silent(20_000 + ALLOWED_SILENCE_MS + 1)] == ["d-1"]
+    feed.sign("d-2", "plant-a", "environment", "mqtt", device_ts=1000, at_ms=1000)
+    assert "d-2" not in tracker.devices, "not applied by the feeding thread"
+    [transition] = feed.take()
+    assert (transition.device, transition.reason, transition.online) == ("d-2", "telemetry", True)
+    assert feed.take() == [] and not feed.stalled(), "presence's own side queue never stalls"
 
 
 def test_a_device_reporting_every_fifth_of_a_second_is_silent_after_five_seconds_not_after_three_intervals() -> None:
@@ -109,35 +122,61 @@ def test_a_device_reporting_every_fifth_of_a_second_is_silent_after_five_seconds
     assert [t.device for t in tracker.silent(200 + MIN_SILENCE_MS + 1)] == ["d-fast"]
 
 
-def _presence_service(tmp_path: Path) -> PresenceService:
-    settings = Settings(outputs="jsonl", jsonl_path=tmp_path / "points.jsonl")  # no device_status to read back
-    service = PresenceService(settings, threading.Event(), middleware=[])
-    _online(service.tracker, "env-standby", int(time.time() * 1000) - 60_000)  # silent for a minute
-    return service
+class _Recorded:
+    """A reader of what `device_status` recorded (the read side's protocol, in memory)."""
+
+    name = "memory"
+
+    def __init__(self, *series: Series) -> None:
+        self.series = list(series)
+        self.reads = 0
+
+    def device_states(self) -> list[Series]:
+        self.reads += 1
+        return self.series
+
+    def newest_readings(self) -> list[Series]:
+        return []
+
+    def commands(
+        self, since_s: int, *, device: str | None = None, outcomes_only: bool = False, limit: int = 0
+    ) -> list[dict[str, Any]]:
+        return []
+
+    def close(self) -> None:
+        pass
 
 
-def test_a_standby_presence_records_nothing_and_judges_no_silence(tmp_path: Path) -> None:
-    service = _presence_service(tmp_path)
-    service.on_role(ROLE_STANDBY)
-    service.next_check = 0.0
-    service.tick()
-    assert service.outbox.points == []
+def _presence(*recorded: Series) -> PresenceHandler:
+    handler = PresenceHandler(SignsFeed(PresenceTracker()), _Recorded(*recorded), own_signs=False)
+    _online(handler.tracker, "env-standby", now_ms() - 60_000)  # silent for a minute
+    return handler
 
 
-def test_a_standby_that_takes_over_counts_silence_only_from_a_grace_after_the_handover(tmp_path: Path) -> None:
-    service = _presence_service(tmp_path)
-    service.on_role(ROLE_STANDBY)
-    service.tick()
-    service.on_role(ROLE_ACTIVE)
-    service.next_check = 0.0
-    service.tick()
-    assert service.outbox.points == [] and not service.was_standby
-    later = int(time.time() * 1000) + round(RECONNECT_GRACE_S * 1000) + ALLOWED_SILENCE_MS + MIN_SILENCE_MS
-    assert [t.device for t in service.tracker.silent(later)] == ["env-standby"]
+def test_a_standby_presence_records_nothing_and_judges_no_silence() -> None:
+    assert _presence().tick(now_ms(), ROLE_STANDBY) is NOTHING
 
 
-def test_the_untouched_active_presence_still_finds_a_silent_device(tmp_path: Path) -> None:
-    service = _presence_service(tmp_path)
-    service.next_check = 0.0
-    service.tick()
-    assert [point.tags["device"] for point in service.outbox.points] == ["env-standby"]
+def test_a_standby_that_takes_over_counts_silence_only_from_a_grace_after_the_handover() -> None:
+    handler = _presence()
+    handler.tick(now_ms(), ROLE_STANDBY)
+    assert handler.tick(now_ms(), ROLE_ACTIVE) is NOTHING and not handler.was_standby
+    later = now_ms() + round(RECONNECT_GRACE_S * 1000) + ALLOWED_SILENCE_MS + MIN_SILENCE_MS
+    assert [t.device for t in handler.tracker.silent(later)] == ["env-standby"]
+
+
+def test_the_untouched_active_presence_still_finds_a_silent_device() -> None:
+    effects = _presence().tick(now_ms(), ROLE_ACTIVE)
+    assert [point.tags["device"] for point in effects.points] == ["env-standby"]
+    assert list(effects.events) == [("transition", "offline", "silent")]
+
+
+def test_presence_starts_from_what_was_recorded_before_it_takes_any_sign_of_life() -> None:
+    feed = SignsFeed(PresenceTracker())
+    reader = _Recorded(_recorded("d-on", "online", now_ms() - 5_000))
+    handler = PresenceHandler(feed, reader, own_signs=False)
+    feed.sign("d-on", "plant-a", "environment", "stomp", now_ms(), now_ms())  # telemetry, before presence consumes
+    handler.on_consuming(now_ms())
+    handler.on_consuming(now_ms())
+    assert reader.reads == 1, "recorded states are read once, at the first connect"
+    assert handler.tick(now_ms(), ROLE_ACTIVE) is NOTHING, "a device recorded online and streaming: nothing new"

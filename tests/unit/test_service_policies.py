@@ -80,7 +80,7 @@ def test_jitter_spreads_a_thousand_devices_first_retries_over_at_least_half_the_
 
 def test_a_retry_wait_ends_soon_after_the_stop_event_is_set() -> None:
     stop = threading.Event()
-    consumer = Consumer(load_settings(), "telemetry", topology.partitions(2), stop, handler=None)  # type: ignore[arg-type]
+    consumer = Consumer(load_settings(), "telemetry", stop)
     threading.Timer(0.2, stop.set).start()
     started = time.monotonic()
     consumer.sleep(10.0)  # not connected: waits on the stop event itself

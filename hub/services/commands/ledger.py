@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from hub.core.contract import Ack, Command
 from hub.core.points import FieldValue, Point
 from hub.runtime import topology
-from hub.runtime.metrics import COMMAND_OUTCOMES
 
 #: Acks may arrive this long after `expires` and still count (device clocks, broker queues).
 TIMEOUT_GRACE_MS = 2_000
@@ -119,6 +118,9 @@ class Recorded:
     released: list[int] = field(default_factory=list)
     #: Ack deliveries to dead-letter (then settle), each with its reason.
     refused: list[Refused] = field(default_factory=list)
+    #: The statuses first recorded by this event (`sent`, an answer's, `timeout`), for the metrics:
+    #: the ledger counts nothing itself.
+    outcomes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.released = [token for token in self.released if token]
@@ -131,6 +133,7 @@ class Recorded:
         self.points.extend(other.points)
         self.released.extend(other.released)
         self.refused.extend(other.refused)
+        self.outcomes.extend(other.outcomes)
 
 
 def outcome_point(
@@ -181,6 +184,7 @@ class CommandLedger:
             return recorded
         sent = Sent(device, command, origin, token, at_ms)
         if early:  # its ack came first: the whole lifecycle at once
+            recorded.outcomes.append("sent")
             recorded.extend(self._answer(sent, early[0]))
             for repeated in early[1:]:
                 recorded.release(repeated.token)
@@ -194,7 +198,8 @@ class CommandLedger:
             del self.pending[oldest_key]
             recorded.release(oldest.token)
             self._settle(oldest_key, Settled(let_go=Sent(oldest.device, oldest.command, oldest.origin)))
-        COMMAND_OUTCOMES.labels("sent").inc()
+        if previous is None:
+            recorded.outcomes.append("sent")
         self.pending[key] = sent
         return recorded
 
@@ -226,7 +231,7 @@ class CommandLedger:
         late = [(key, s) for key, s in self.pending.items() if now > s.deadline_ms]
         for key, sent in late:
             del self.pending[key]
-            COMMAND_OUTCOMES.labels("timeout").inc()
+            recorded.outcomes.append("timeout")
             command = sent.command
             recorded.points.append(
                 outcome_point(sent.device, command.command, "timeout", sent.origin, command.id, command.expires, NO_ACK)
@@ -257,12 +262,11 @@ class CommandLedger:
     def _answer(self, sent: Sent, early: EarlyAck) -> Recorded:
         """The outcome of `sent`, stamped with the ack's time (never before `sent`); rtt: ack.ts - command.ts."""
         ack, command = early.ack, sent.command
-        COMMAND_OUTCOMES.labels(ack.status).inc()
         rtt = max(0, ack.ts - command.ts)
         ts = max(ack.ts, command.ts)
         point = outcome_point(ack.device, command.command, ack.status, sent.origin, ack.id, ts, ack.detail, rtt)
         self._settle((command.id, sent.device), Settled())
-        return Recorded([point], [sent.token, early.token])
+        return Recorded([point], [sent.token, early.token], outcomes=[ack.status])
 
     def _orphaned(self, key: Key, why: str) -> Recorded:
         """Refuse every ack held for `key`: no such command was seen sent to that device."""

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
-from hub.clients.influx import Series, query
-from hub.core.config import Settings
 from hub.core.contract import is_identifier
-from hub.core.errors import StorageUnavailable
+from hub.core.errors import StorageUnavailable, Unreadable
+from hub.outputs.base import Reader
 from hub.services.commands.ledger import MAX_SETTLED, Key
 
 log = logging.getLogger(__name__)
@@ -23,29 +23,23 @@ log = logging.getLogger(__name__)
 #: comes within minutes; an hour leaves room for devices that buffer their acks offline.
 SETTLED_MEMORY_S = 3_600
 
-SETTLED_QUERY = (
-    f'SELECT "id", "device" FROM "commands" WHERE "status" != \'sent\' AND time > now() - {SETTLED_MEMORY_S}s '
-    f"ORDER BY time DESC LIMIT {MAX_SETTLED}"
-)
 
-
-def settled_from_series(series: Iterable[Series]) -> list[Key]:
-    """(command id, device) of each outcome row, oldest first (the ledger keeps the newest)."""
-    keys = [
-        (str(row.get("id") or ""), str(row.get("device") or one.tags.get("device") or ""))
-        for one in series
-        for row in one.rows
-    ]
+def settled_from_rows(rows: Iterable[dict[str, Any]]) -> list[Key]:
+    """(command id, device) of each outcome row given newest first, returned oldest first (the
+    ledger keeps the newest)."""
+    keys = [(str(row.get("id") or ""), str(row.get("device") or "")) for row in rows]
     return [(command_id, device) for command_id, device in reversed(keys) if command_id and is_identifier(device)]
 
 
-def settled_commands(settings: Settings) -> list[Key]:
-    """Commands settled in the last `SETTLED_MEMORY_S`, or none when InfluxDB is not an output or does not answer."""
-    if not any(name.strip().startswith("influxdb") for name in settings.outputs.split(",")):
-        return []
+def settled_commands(reader: Reader) -> list[Key]:
+    """Commands settled in the last `SETTLED_MEMORY_S`; none, said in one log line, when the outputs
+    cannot be read back (jsonl) or do not answer now."""
     try:
-        [series] = query(settings, SETTLED_QUERY)
+        rows = reader.commands(SETTLED_MEMORY_S, outcomes_only=True, limit=MAX_SETTLED)
+    except Unreadable as exc:
+        log.warning("service=commands event=no_settled_commands reason=unreadable detail=%r", str(exc))
+        return []
     except (StorageUnavailable, OSError) as exc:
         log.warning("service=commands event=no_settled_commands error=%r", exc)
         return []
-    return settled_from_series(series)
+    return settled_from_rows(rows)

@@ -11,15 +11,13 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from hub.clients.influx import Series, query
-from hub.core.config import Settings
+from hub.clients.influx import Series
 from hub.core.contract import is_identifier
-from hub.core.errors import StorageUnavailable
+from hub.core.errors import StorageUnavailable, Unreadable
+from hub.outputs.base import Reader
 from hub.services.presence.tracker import DevicePresence
 
 log = logging.getLogger(__name__)
-
-LAST_STATES_QUERY = 'SELECT * FROM "device_status" GROUP BY "device" ORDER BY time DESC LIMIT 1'
 
 
 def states_from_series(series: Iterable[Series]) -> list[DevicePresence]:
@@ -50,13 +48,13 @@ def states_from_series(series: Iterable[Series]) -> list[DevicePresence]:
     return [s for s in states if is_identifier(s.device)]
 
 
-def recorded_states(settings: Settings) -> list[DevicePresence]:
-    """The last recorded state of every device, or none when InfluxDB is not an output or does not answer."""
-    if not any(name.strip().startswith("influxdb") for name in settings.outputs.split(",")):
-        return []
+def recorded_states(reader: Reader) -> list[DevicePresence]:
+    """The last recorded state of every device; none, said in one log line, when the outputs cannot
+    be read back (jsonl) or do not answer now."""
     try:
-        [series] = query(settings, LAST_STATES_QUERY)
+        return states_from_series(reader.device_states())
+    except Unreadable as exc:
+        log.warning("service=presence event=no_recorded_states reason=unreadable detail=%r", str(exc))
     except (StorageUnavailable, OSError) as exc:
         log.warning("service=presence event=no_recorded_states error=%r", exc)
-        return []
-    return states_from_series(series)
+    return []

@@ -1,11 +1,17 @@
-"""The presence service: the one writer of `device_status`, from the devices' own evidence.
+"""The presence service's handler: the one writer of `device_status`, from the devices' own evidence.
 
 Status messages and MQTT last wills come from the durable quorum queue `hub.presence`, acked
 once their transitions are written. Signs of life (readings) come through a `SignsFeed`: from
-the telemetry service when it runs in the same process on every partition, else from a queue of presence's own
-(`hub.presence.signs.<host>-<pid>`): exclusive, non-durable, capped and consumed without acks,
-because only a recent sign of life matters, never a backlog of them. So presence is right
-whether it runs alone (`hub run --only presence`) or beside the other services.
+the telemetry service when it runs in the same process on every partition, else from a side
+queue of presence's own (`hub.presence.signs.<host>-<pid>`): exclusive, non-durable, capped and
+consumed without acks, because only a recent sign of life matters, never a backlog of them. So
+presence is right whether it runs alone (`hub run --only presence`) or beside the other services.
+
+The handler keeps the tracker; its runner writes the transitions it returns. When it first
+consumes, it starts from what `device_status` last recorded (through the outputs' reader), and
+silence counts only from a grace after each (re)connect: the time the hub (or the broker) was
+away is not the devices' silence. A standby (the broker keeps `hub.presence` for another hub)
+records nothing; when it becomes active it takes over from what the active hub recorded.
 """
 
 from __future__ import annotations
@@ -13,20 +19,20 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any
 
 import msgspec
-from pika.adapters.blocking_connection import BlockingChannel
-from pika.spec import Basic, BasicProperties
 
-from hub.core.contract import EXCHANGE, Presence, decode, is_identifier, now_ms
+from hub.core.config import Settings
+from hub.core.contract import Presence, decode, is_identifier, now_ms
 from hub.core.errors import InvalidMessage
+from hub.outputs.base import Reader
+from hub.outputs.registry import open_reader
 from hub.runtime import topology
-from hub.runtime.consumer import Consumer, Delivery, protocol_of
-from hub.runtime.service import ROLE_STANDBY, Service
+from hub.runtime.delivery import Delivery, protocol_of
+from hub.runtime.handler import NOTHING, ROLE_STANDBY, Effects, Event
 from hub.services.presence.recorded import recorded_states
 from hub.services.presence.signs import SignsFeed
-from hub.services.presence.tracker import PresenceTracker
+from hub.services.presence.tracker import PresenceTracker, Transition
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +44,7 @@ SILENCE_CHECK_S = 1.0
 #: and for what they buffered meanwhile to pass through the hub (`python -m bench.chaos`: 100
 #: devices at 500 readings/s took up to 6 s to be back, and seconds more for their backlog).
 RECONNECT_GRACE_S = 10.0
-#: Signs of life kept waiting at most; older ones are dropped first (only the newest matter).
+#: Signs of life kept waiting at most in presence's own side queue; older ones are dropped first.
 SIGNS_MAX_LENGTH = 10_000
 
 
@@ -51,92 +57,99 @@ class _Stamp(msgspec.Struct):
 _stamp_decoder = msgspec.json.Decoder(_Stamp)
 
 
-def signs_queue_name() -> str:
-    return f"hub.presence.signs.{socket.gethostname()}-{os.getpid()}"
+def signs_queue() -> topology.SideQueue:
+    """Presence's own copy of the readings' routing keys and stamps, when telemetry is not beside it."""
+    return topology.SideQueue(
+        f"hub.presence.signs.{socket.gethostname()}-{os.getpid()}",
+        ("telemetry.#",),
+        (("x-queue-type", "classic"), ("x-max-length", SIGNS_MAX_LENGTH), ("x-overflow", "drop-head")),
+    )
 
 
-def signs_queue_arguments() -> dict[str, Any]:
-    return {"x-queue-type": "classic", "x-max-length": SIGNS_MAX_LENGTH, "x-overflow": "drop-head"}
-
-
-class PresenceService(Service):
+class PresenceHandler:
     name = "presence"
-    queue = topology.PRESENCE
 
-    def __init__(self, *args: Any, feed: SignsFeed | None = None, **kwargs: Any) -> None:
-        """With `feed`, signs of life come from another service of this process; else from a queue of its own."""
-        super().__init__(*args, **kwargs)
-        self.own_signs = feed is None
-        self.feed = feed or SignsFeed(PresenceTracker())
-        self.tracker = self.feed.tracker
-        self.next_check = 0.0
-        #: The monitor found this process standby: on becoming active it takes over (`_take_over`).
+    def __init__(self, feed: SignsFeed, reader: Reader, own_signs: bool) -> None:
+        """`own_signs`: signs of life come from a side queue of presence's own, else from the
+        telemetry handler of this process through `feed`."""
+        self.feed = feed
+        self.tracker = feed.tracker
+        self.reader = reader
+        side = (signs_queue(),) if own_signs else ()
+        self.declaration = topology.Declaration((topology.PRESENCE,), side=side)
+        self._side_queue = side[0].name if side else ""
+        self.next_check = 0
+        #: The broker kept this process standby: on becoming active it takes over (`_take_over`).
         self.was_standby = False
-        # Before any service thread runs: a sign of life fed by telemetry must find the recorded state.
-        self.tracker.seed(recorded_states(self.settings))
+        self.seeded = False
+        #: Transitions found while handling a status (signs taken first), written at the next tick.
+        self._pending: list[Transition] = []
 
-    def on_start(self, consumer: Consumer) -> None:
-        super().on_start(consumer)
+    @classmethod
+    def from_settings(cls, settings: Settings, feed: SignsFeed | None = None) -> PresenceHandler:
+        """With `feed`, signs of life come from the telemetry of this process; else from a side queue."""
+        return cls(feed or SignsFeed(PresenceTracker()), open_reader(settings), own_signs=feed is None)
+
+    def on_consuming(self, now_ms: int) -> None:
+        if not self.seeded:  # before any sign is taken: one still streaming is not recorded online twice
+            self.tracker.seed(recorded_states(self.reader))
+            self.seeded = True
         # The time the hub was away (or the broker) is not the devices' silence.
-        self.tracker.heard_from_all(now_ms() + round(RECONNECT_GRACE_S * 1000))
-        if not self.own_signs:
-            return
-        assert consumer.connection is not None
-        signs = consumer.connection.channel()
-        queue = signs_queue_name()
-        signs.queue_declare(queue, exclusive=True, auto_delete=True, arguments=signs_queue_arguments())
-        signs.queue_bind(queue, EXCHANGE, routing_key="telemetry.#")
-        # Without acks: nothing is held for a write, so signs keep flowing while a write of this
-        # service is retried (InfluxDB down), and a storage outage never looks like silence.
-        signs.basic_consume(queue, self._sign_of_life, auto_ack=True)
+        self.tracker.heard_from_all(now_ms + round(RECONNECT_GRACE_S * 1000))
 
-    def handle(self, delivery: Delivery) -> None:
+    def handle(self, delivery: Delivery) -> Effects:
+        if delivery.queue == self._side_queue:
+            return self._sign_of_life(delivery)
+        # The signs read before this status come first (a last will is told by what preceded it).
+        self._pending.extend(self.feed.take())
         status = decode(delivery.body, Presence)
         if delivery.routing_key != status.routing_key:
             raise InvalidMessage(
                 "routing_mismatch", f"body says {status.routing_key}, routed as {delivery.routing_key}"
             )
         transition = self.tracker.on_status(status, now_ms())
-        self.outbox.add(delivery.tag, transition.point() if transition else None)
+        if transition is None:
+            return NOTHING
+        return Effects(points=(transition.point(),), events=(_event(transition),))
 
-    def _take_over(self) -> None:
-        """The broker made this standby active: start from what the active hub recorded, and
-        count silence only from a grace period after now (the handover is not the devices' silence)."""
-        self.was_standby = False
-        self.tracker.adopt(recorded_states(self.settings))
-        self.tracker.heard_from_all(now_ms() + round(RECONNECT_GRACE_S * 1000))
-        log.info("service=presence event=took_over devices=%d", len(self.tracker.devices))
-
-    def _sign_of_life(
-        self, _channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
-    ) -> None:
+    def _sign_of_life(self, delivery: Delivery) -> Effects:
         """A reading proves its device alive; one that breaks the contract proves nothing (telemetry refuses it)."""
-        parts = str(method.routing_key).split(".")
+        parts = delivery.routing_key.split(".")
         if len(parts) != 4 or not all(map(is_identifier, parts[1:])):
-            return
+            return NOTHING
         try:
-            device_ts = _stamp_decoder.decode(body).ts
+            device_ts = _stamp_decoder.decode(delivery.body).ts
         except msgspec.MsgspecError:
-            return
+            return NOTHING
         _prefix, site, kind, device = parts
-        self.feed.sign(device, site, kind, protocol_of(properties), device_ts, now_ms())
+        self.feed.sign(device, site, kind, protocol_of(delivery.properties), device_ts, now_ms())
+        return NOTHING
 
-    def tick(self, idle: bool = False) -> None:
-        taken = self.feed.take()
-        if self.role == ROLE_STANDBY:
+    def tick(self, now_ms: int, role: str) -> Effects:
+        taken, self._pending = [*self._pending, *self.feed.take()], []
+        if role == ROLE_STANDBY:
             # The active hub writes `device_status`: a standby that judged silence from the few
             # signs it sees (none, beside a standby telemetry) would record devices offline.
             self.was_standby = True
-            super().tick(idle)
-            return
+            return NOTHING
         if self.was_standby:
-            self._take_over()
+            self._take_over(now_ms)
             taken = []
-        for transition in taken:
-            self.outbox.add(0, transition.point())
-        now = now_ms()
-        if now >= self.next_check and not self.feed.paused:
-            self.next_check = now + SILENCE_CHECK_S * 1000
-            for transition in self.tracker.silent(now):
-                self.outbox.add(0, transition.point())
-        super().tick(idle)
+        if now_ms >= self.next_check and not self.feed.stalled():
+            self.next_check = now_ms + round(SILENCE_CHECK_S * 1000)
+            taken.extend(self.tracker.silent(now_ms))
+        if not taken:
+            return NOTHING
+        return Effects(points=[t.point() for t in taken], events=[_event(t) for t in taken])
+
+    def _take_over(self, now_ms: int) -> None:
+        """The broker made this standby active: start from what the active hub recorded, and
+        count silence only from a grace period after now (the handover is not the devices' silence)."""
+        self.was_standby = False
+        self.tracker.adopt(recorded_states(self.reader))
+        self.tracker.heard_from_all(now_ms + round(RECONNECT_GRACE_S * 1000))
+        log.info("service=presence event=took_over devices=%d", len(self.tracker.devices))
+
+
+def _event(transition: Transition) -> Event:
+    return ("transition", "online" if transition.online else "offline", transition.reason)

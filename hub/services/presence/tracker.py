@@ -20,13 +20,11 @@ not recorded online a second time.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hub.core.contract import Presence, Transport
 from hub.core.points import Point
-from hub.runtime.metrics import PRESENCE_TRANSITIONS
 
 #: A device is offline after this many of its intervals without a status or a reading...
 OFFLINE_AFTER_INTERVALS = 3
@@ -79,7 +77,7 @@ class Transition:
 
 
 class PresenceTracker:
-    """Device states; thread-safe (the presence service's status and telemetry consumers share it)."""
+    """Device states, kept by presence's thread alone (signs from other threads wait in a `SignsFeed`)."""
 
     def __init__(
         self, offline_after_intervals: int = OFFLINE_AFTER_INTERVALS, min_silence_ms: int = MIN_SILENCE_MS
@@ -87,13 +85,11 @@ class PresenceTracker:
         self.offline_after = offline_after_intervals
         self.min_silence_ms = min_silence_ms
         self.devices: dict[str, DevicePresence] = {}
-        self.lock = threading.Lock()
         #: Hub clock (ms) before which no device's silence is counted (see the module's docstring).
         self.silence_from_ms = 0
 
     def _transition(self, state: DevicePresence, online: bool, reason: str, ts: int) -> Transition:
         state.online = online
-        PRESENCE_TRANSITIONS.labels("online" if online else "offline", reason).inc()
         return Transition(
             state.device,
             state.site,
@@ -108,26 +104,25 @@ class PresenceTracker:
 
     def on_status(self, status: Presence, at_ms: int) -> Transition | None:
         online = status.state == "online"
-        with self.lock:
-            state = self.devices.get(status.device)
-            if state is None:
-                state = self.devices[status.device] = DevicePresence(
-                    status.device, status.site, status.kind, status.protocol, status.interval_ms, status.fw,
-                    not online, at_ms, status.ts,
-                )  # fmt: skip
-                last_will = False
-            else:
-                last_will = not online and status.protocol == "mqtt" and status.ts < state.last_device_ts
-            moved = (state.site, state.kind, state.protocol) != (status.site, status.kind, status.protocol)
-            state.site, state.kind, state.protocol = status.site, status.kind, status.protocol
-            state.interval_ms, state.fw = status.interval_ms, status.fw or state.fw
-            if online:
-                state.last_seen_ms = max(state.last_seen_ms, at_ms)
-            if not last_will:
-                state.last_device_ts = max(state.last_device_ts, status.ts)
-            if state.online == online and not (online and moved):
-                return None
-            return self._transition(state, online, "last_will" if last_will else "status", at_ms)
+        state = self.devices.get(status.device)
+        if state is None:
+            state = self.devices[status.device] = DevicePresence(
+                status.device, status.site, status.kind, status.protocol, status.interval_ms, status.fw,
+                not online, at_ms, status.ts,
+            )  # fmt: skip
+            last_will = False
+        else:
+            last_will = not online and status.protocol == "mqtt" and status.ts < state.last_device_ts
+        moved = (state.site, state.kind, state.protocol) != (status.site, status.kind, status.protocol)
+        state.site, state.kind, state.protocol = status.site, status.kind, status.protocol
+        state.interval_ms, state.fw = status.interval_ms, status.fw or state.fw
+        if online:
+            state.last_seen_ms = max(state.last_seen_ms, at_ms)
+        if not last_will:
+            state.last_device_ts = max(state.last_device_ts, status.ts)
+        if state.online == online and not (online and moved):
+            return None
+        return self._transition(state, online, "last_will" if last_will else "status", at_ms)
 
     def on_telemetry(
         self, device: str, site: str, kind: str, protocol: Transport, device_ts: int, at_ms: int
@@ -138,48 +133,43 @@ class PresenceTracker:
         drain independently, so after a backlog a reading can arrive after the device's own
         "offline" status, and must not bring a device back that has gone.
         """
-        with self.lock:
-            state = self.devices.get(device)
-            if state is not None and not state.online and device_ts <= state.last_device_ts:
-                return None
-            if state is None:
-                state = self.devices[device] = DevicePresence(
-                    device, site, kind, protocol, None, "", False, at_ms, device_ts
-                )
-            elif state.interval_ms is None and device_ts > state.last_device_ts:
-                state.interval_ms = device_ts - state.last_device_ts  # no status seen: estimate it
-            state.last_seen_ms = max(state.last_seen_ms, at_ms)
-            state.last_device_ts = max(state.last_device_ts, device_ts)
-            if state.online:
-                return None
-            return self._transition(state, True, "telemetry", at_ms)
+        state = self.devices.get(device)
+        if state is not None and not state.online and device_ts <= state.last_device_ts:
+            return None
+        if state is None:
+            state = self.devices[device] = DevicePresence(
+                device, site, kind, protocol, None, "", False, at_ms, device_ts
+            )
+        elif state.interval_ms is None and device_ts > state.last_device_ts:
+            state.interval_ms = device_ts - state.last_device_ts  # no status seen: estimate it
+        state.last_seen_ms = max(state.last_seen_ms, at_ms)
+        state.last_device_ts = max(state.last_device_ts, device_ts)
+        if state.online:
+            return None
+        return self._transition(state, True, "telemetry", at_ms)
 
     def silent(self, now: int) -> list[Transition]:
         """Offline transitions for every online device not heard from for its allowed silence."""
         found = []
-        with self.lock:
-            for state in self.devices.values():
-                if (
-                    state.online
-                    and state.interval_ms
-                    and now - max(state.last_seen_ms, self.silence_from_ms)
-                    > max(self.offline_after * state.interval_ms, self.min_silence_ms)
-                ):
-                    found.append(self._transition(state, False, "silent", now))
+        for state in self.devices.values():
+            if (
+                state.online
+                and state.interval_ms
+                and now - max(state.last_seen_ms, self.silence_from_ms)
+                > max(self.offline_after * state.interval_ms, self.min_silence_ms)
+            ):
+                found.append(self._transition(state, False, "silent", now))
         return found
 
     def heard_from_all(self, now: int) -> None:
         """Count every device as heard from at `now`: the time its signs could not reach us is not silence."""
-        with self.lock:
-            self.silence_from_ms = max(self.silence_from_ms, now)
+        self.silence_from_ms = max(self.silence_from_ms, now)
 
     def adopt(self, known: Iterable[DevicePresence]) -> None:
         """Take over from another hub: what `device_status` recorded replaces what a standby saw."""
-        with self.lock:
-            self.devices.update((state.device, state) for state in known)
+        self.devices.update((state.device, state) for state in known)
 
     def seed(self, known: Iterable[DevicePresence]) -> None:
         """Start from what `device_status` last recorded (a hub start); devices already heard from are kept."""
-        with self.lock:
-            for state in known:
-                self.devices.setdefault(state.device, state)
+        for state in known:
+            self.devices.setdefault(state.device, state)

@@ -2,25 +2,41 @@
 
 - a sensor of the wrong type (a boolean where a number is declared, or the reverse): dead-lettered
   as `sensor_type`, since InfluxDB would refuse the field's type anyway;
-- an undeclared kind or sensor: stored by default, counted, and logged once per (kind, sensor);
-  with IOT_UNKNOWN_SENSORS=dead_letter, dead-lettered as `unknown_kind` / `unknown_sensor`;
+- an undeclared kind or sensor: stored by default, flagged (counted), and logged once per (kind,
+  sensor); with IOT_UNKNOWN_SENSORS=dead_letter, dead-lettered as `unknown_kind` / `unknown_sensor`;
 - a value outside its plausible range: stored and flagged (devices do read out of range, and
-  that is data), and counted.
+  that is data).
+
+The judge counts nothing itself: a `Verdict` names its flags, and the service that applies it
+hands them on as events for the metrics (`hub_readings_flagged{reason}`).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Literal
 
 from hub.core.contract import Reading
 from hub.core.errors import InvalidMessage
 from hub.core.models import DeviceModels
-from hub.runtime.metrics import READINGS_FLAGGED
 
 log = logging.getLogger(__name__)
 
 UnknownSensors = Literal["store", "dead_letter"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A reading to store: the sensors to flag as out of range, and why it is flagged, if it is
+    (`out_of_range`, `unknown_kind`, `unknown_sensor`)."""
+
+    out_of_range: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
+
+
+#: A reading its model expects in every way (nearly all of them).
+CLEAN = Verdict()
 
 
 class ReadingJudge:
@@ -30,33 +46,39 @@ class ReadingJudge:
         #: (kind, sensor) pairs already logged as undeclared ("*" for a whole undeclared kind).
         self.logged: set[tuple[str, str]] = set()
 
-    def out_of_range(self, reading: Reading) -> tuple[str, ...]:
-        """The sensors to flag as out of range; raises `InvalidMessage` for a reading to refuse."""
+    def verdict(self, reading: Reading) -> Verdict:
+        """How to store `reading`; raises `InvalidMessage` for a reading to refuse."""
         check = self.models.check(reading)
         if check.clean:
-            return ()
+            return CLEAN
         if check.wrong_type:
             raise InvalidMessage(
                 "sensor_type",
                 f"{reading.kind} declares {', '.join(check.wrong_type)} with the other type (number vs boolean)",
             )
+        flags: tuple[str, ...] = ()
         if check.unknown_kind:
-            self._undeclared(reading.kind, ("*",), "unknown_kind", f"kind {reading.kind!r} is not in the models")
+            flags = self._undeclared(
+                reading.kind, ("*",), "unknown_kind", f"kind {reading.kind!r} is not in the models"
+            )
         elif check.unknown_sensors:
-            self._undeclared(
+            flags = self._undeclared(
                 reading.kind,
                 check.unknown_sensors,
                 "unknown_sensor",
                 f"{reading.kind} declares no {', '.join(check.unknown_sensors)}",
             )
         if check.out_of_range:
-            READINGS_FLAGGED.labels("out_of_range").inc()
-        return check.out_of_range
+            flags += ("out_of_range",)
+        return Verdict(check.out_of_range, flags)
 
-    def _undeclared(self, kind: str, sensors: tuple[str, ...], reason: str, detail: str) -> None:
+    def out_of_range(self, reading: Reading) -> tuple[str, ...]:
+        """The sensors to flag as out of range; raises `InvalidMessage` for a reading to refuse."""
+        return self.verdict(reading).out_of_range
+
+    def _undeclared(self, kind: str, sensors: tuple[str, ...], reason: str, detail: str) -> tuple[str, ...]:
         if self.unknown_sensors == "dead_letter":
             raise InvalidMessage(reason, detail)
-        READINGS_FLAGGED.labels(reason).inc()
         for sensor in sensors:
             if (kind, sensor) not in self.logged:
                 self.logged.add((kind, sensor))
@@ -67,3 +89,4 @@ class ReadingJudge:
                     kind,
                     sensor,
                 )
+        return (reason,)

@@ -4,6 +4,7 @@ dead-lettered reading fires no rule and leaves no trace in the rules' statistics
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hub.core.contract import Reading, Transport
@@ -13,6 +14,9 @@ from hub.services.rules.engine import Decision, Engine
 from hub.services.store.judge import ReadingJudge
 from hub.services.store.readings import reading_point
 
+#: The alert points of a reading no rule fired on (nearly every one).
+NO_POINTS: tuple[Point, ...] = ()
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -21,7 +25,9 @@ class Outcome:
     #: Alerts (and rule commands) to publish, in the rules' order.
     decisions: list[Decision]
     #: One `alerts` point per decision, written in the reading's batch.
-    alert_points: list[Point]
+    alert_points: Sequence[Point]
+    #: Why the reading is flagged, if it is (`Verdict.flags`): counted, stored all the same.
+    flags: tuple[str, ...] = ()
 
 
 class TelemetryStage:
@@ -33,10 +39,11 @@ class TelemetryStage:
 
     def process(self, reading: Reading, protocol: Transport, now_ms: int) -> Outcome:
         """Raises `InvalidMessage` for a reading the store refuses (then nothing else happened)."""
-        out_of_range = self.judge.out_of_range(reading)
+        verdict = self.judge.verdict(reading)
         decisions = self.engine.evaluate(reading, now_ms)
         return Outcome(
-            reading_point(reading, protocol, out_of_range),
+            reading_point(reading, protocol, verdict.out_of_range),
             decisions,
-            [alert_point(decision.alert) for decision in decisions],
+            [alert_point(decision.alert) for decision in decisions] if decisions else NO_POINTS,
+            verdict.flags,
         )

@@ -1,0 +1,20 @@
+"""The measurements the hub writes beside the devices' kinds (each kind is a measurement of its own)."""
+
+from __future__ import annotations
+
+from hub.core.contract import is_identifier
+
+#: Presence's transitions (one writer: the presence service).
+STATUS_MEASUREMENT = "device_status"
+#: The rules' alerts.
+ALERTS_MEASUREMENT = "alerts"
+#: Every command's lifecycle (`sent`, then one outcome).
+COMMANDS_MEASUREMENT = "commands"
+#: The monitor's statistics of each service.
+STATS_MEASUREMENT = "hub_stats"
+HUB_MEASUREMENTS = frozenset({STATUS_MEASUREMENT, ALERTS_MEASUREMENT, COMMANDS_MEASUREMENT, STATS_MEASUREMENT})
+
+
+def is_kind_measurement(name: str) -> bool:
+    """A measurement that holds a device kind's readings."""
+    return name not in HUB_MEASUREMENTS and is_identifier(name)
