@@ -45,6 +45,13 @@ def command_recorded(settings: Settings, command_id: str) -> bool:
     return bool(series)
 
 
+def both_hubs_listed(settings: Settings, active_pid: int, standby_pid: int) -> bool:
+    """`stack status` shows each hub by its instance, one delivered to and one waiting."""
+    status = hub_cli(settings, "stack", "status").stdout
+    named = f"-{active_pid} " in status and f"-{standby_pid} " in status
+    return named and "waiting" in status and "single_active" in status
+
+
 def test_the_standby_takes_over_telemetry_presence_and_commands_when_the_active_hub_is_sigkilled(
     stack: Settings, tmp_path: Path
 ) -> None:
@@ -75,9 +82,9 @@ def takeover_drill(stack: Settings, tmp_path: Path, device: str) -> float:
             with hub_process(stack, second, *ONLY, IOT_RULES_FILE=str(rules)) as standby:
                 wait_until(partial(logged, second, "service=telemetry event=standby"), 15)
                 wait_until(partial(logged, second, "service=commands event=standby"), 15)
-                status = hub_cli(stack, "stack", "status").stdout
-                assert f"-{active.pid} " in status and f"-{standby.pid} " in status  # each hub by instance
-                assert "waiting" in status and "single_active" in status
+                # The management API lists a consumer before it names its connection (both
+                # catch up on its statistics interval): poll until each hub shows by instance.
+                wait_until(partial(both_hubs_listed, stack, active.pid, standby.pid), 15)
                 publish_hot(f"{device}-1")
                 wait_until(partial(alerts_stored, stack, f"{device}-1"), 15)
 
