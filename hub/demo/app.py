@@ -28,6 +28,7 @@ from hub.core.credentials import read_credentials
 from hub.core.errors import HubError, StackError, StorageUnavailable
 from hub.core.exit_codes import ExitCode
 from hub.core.secrets import read_secrets
+from hub.core.signals import STOP_SIGNALS, handling, raise_interrupt
 from hub.demo.activity import RateWindow, Snapshot, read_activity
 from hub.demo.children import Child, start_child
 from hub.demo.readiness import (
@@ -38,7 +39,6 @@ from hub.demo.readiness import (
     wait_for,
 )
 from hub.demo.scenario import CommandRunner, plan_commands
-from hub.demo.signals import handling_stop_signals, raise_interrupt
 from hub.demo.stack_handle import StackHandle
 from hub.demo.view import final_report, plain_line, render, where_to_look
 from hub.stack.processes import free_port, port_open
@@ -51,6 +51,8 @@ REFRESH_S = 1.0
 PLAIN_REPORT_S = 5.0
 #: Line width when the output is not a terminal (CI logs, a pipe).
 PIPE_WIDTH = 160
+#: Ctrl-C, SIGTERM and a closed terminal (SIGHUP) all stop the demo the same clean way.
+DEMO_STOP_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)
 
 T = TypeVar("T")
 
@@ -83,7 +85,7 @@ class Demo:
 
     def run(self) -> int:
         exit_code = ExitCode.OK
-        with handling_stop_signals(raise_interrupt):
+        with handling(DEMO_STOP_SIGNALS, raise_interrupt):
             try:
                 self._start()
                 self._watch()
@@ -94,7 +96,7 @@ class Demo:
                 exit_code = _exit_code(exc.exit_code)
             finally:
                 # A second Ctrl-C while cleaning up must not leave half the children running.
-                with handling_stop_signals(signal.SIG_IGN):
+                with handling(DEMO_STOP_SIGNALS, signal.SIG_IGN):
                     self._stop()
         return int(exit_code)
 
