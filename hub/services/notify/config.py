@@ -168,22 +168,23 @@ def _split(message: str) -> tuple[str, list[str | int]]:
 
 
 def _line(node: yaml.Node | None, path: list[str | int]) -> int:
-    """The 1-based line of the deepest node along `path` (the entry itself if the field is missing)."""
+    """The 1-based line naming the deepest node along `path` (the entry itself if the field is missing)."""
     if node is None:
         return 1
     line = node.start_mark.line + 1
     for step in path:
         child: yaml.Node | None = None
+        named: yaml.Node | None = None
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 if key.value == step:
-                    child = value if not isinstance(value, yaml.ScalarNode) or value.value else key
+                    child, named = value, key  # the line is the key's: where the field is named
                     break
         elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
-            child = node.value[step]
-        if child is None:
+            child = named = node.value[step]
+        if child is None or named is None:
             break
-        node, line = child, child.start_mark.line + 1
+        node, line = child, named.start_mark.line + 1
     return line
 
 

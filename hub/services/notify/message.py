@@ -91,7 +91,7 @@ def decode_transition(body: bytes, routing_key: str) -> AlarmTransition:
         message = _decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise InvalidMessage("schema", str(exc)) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidMessage("bad_json", str(exc)) from None
     expected = alarm_routing_key(message.severity, message.site, message.kind, message.device)
     if routing_key != expected:
@@ -140,7 +140,7 @@ def decode_notification(body: bytes) -> Notification:
         return _notification.decode(body)
     except msgspec.ValidationError as exc:
         raise InvalidMessage("schema", str(exc)) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidMessage("bad_json", str(exc)) from None
 
 
