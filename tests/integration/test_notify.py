@@ -388,3 +388,38 @@ def test_ack_clear_and_escalation_each_produce_their_notification_once(
     [unacked] = pager.bodies()
     assert (unacked["notice"], unacked["transition"], unacked["severity"]) == ("unacked", "escalated", "critical")
     assert escalations("fired") == fired + 1
+
+
+@pytest.mark.parametrize("acked_meanwhile", [False, True], ids=["still-unacked", "acked-meanwhile"])
+def test_an_escalation_due_while_the_router_was_down_fires_once_unless_acked_meanwhile(
+    stack: Settings, tmp_path: Path, webhooks: list[Webhook], acked_meanwhile: bool
+) -> None:
+    hook, pager = Webhook(), Webhook()
+    webhooks.extend([hook, pager])
+    path = write_file(
+        tmp_path,
+        f'channels:\n  restart-hook: {{type: webhook, url: "{hook.url}"}}\n'
+        f'  restart-pager: {{type: webhook, url: "{pager.url}"}}\n'
+        'routes:\n  - match: "alarms.#"\n    to: [restart-hook]\n'
+        'escalate:\n  - match: "alarms.critical.#"\n    after: 1s\n    to: [restart-pager]\n',
+    )
+    alarm = unique("restart")
+    with notify_service(stack, path):
+        publish(stack, transition(alarm, "raised"))
+        wait_until(lambda: hook.accepted, 60)
+    # The router is gone, holding the raised transition: the broker takes it back.
+    if acked_meanwhile:
+        publish(stack, transition(alarm, "acked"))
+    waiting = 3 if acked_meanwhile else 2  # the raised transition, the ack, and the timer once due
+    wait_until(lambda: queue_state(stack, "hub.notify") == (waiting, 0), 60)
+    cancelled = escalations("cancelled")
+    with notify_service(stack, path):
+        wait_until(lambda: queue_state(stack, "hub.notify")[0] == 0, 60)
+        if acked_meanwhile:
+            wait_until(lambda: f"{alarm}/acked" in hook.accepted and escalations("cancelled") > cancelled, 60)
+        else:
+            wait_until(lambda: pager.accepted, 60)
+        wait_until(lambda: queue_state(stack, "hub.notify.restart-pager")[0] == 0, 30)
+    assert pager.accepted == ([] if acked_meanwhile else [f"{alarm}/unacked-1s"])
+    expected = {f"{alarm}/raised", f"{alarm}/acked"} if acked_meanwhile else {f"{alarm}/raised"}
+    assert set(hook.accepted) == expected  # the raised one may come twice (sent again by the next router), same key
