@@ -321,3 +321,17 @@ def test_delay_queues_move_their_messages_back_where_they_belong() -> None:
 def test_the_signature_is_the_hex_hmac_sha256_of_the_raw_body() -> None:
     body = b'{"alarm_id":"a1"}'
     assert signature("s3cret", body) == "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+
+
+def test_a_batch_as_large_as_the_prefetch_window_is_due_at_once() -> None:
+    """A worker's window is one delivery: its batch waits for no second one (no 0.2 s per notification)."""
+    from hub.runtime.batch import Batch
+
+    batch = Batch(max_deliveries=1)
+    batch.open(now=10.0)
+    batch.settle(1, object())
+    assert batch.due(now=10.0)
+    wide = Batch()
+    wide.open(now=10.0)
+    wide.settle(1, object())
+    assert not wide.due(now=10.0, idle=True), "acks alone wait for the timer when more may come"
