@@ -86,6 +86,7 @@ def run(
 
         load_rules(settings.rules_file)  # a broken rules file is a clear error before anything starts
     # A broken notification file likewise; no file: no notify service (unless --only names it).
-    if (load_notify(notify_path(settings.notify_file)) is not None and not only) or "notify" in names:
-        names = tuple(dict.fromkeys((*names, "notify")))
+    if not only or "notify" in names:
+        found = load_notify(notify_path(settings.notify_file)) is not None
+        names = names if "notify" in names or not found else (*names, "notify")
     run_hub(settings, lambda stop, middleware: build_services(settings, names, stop, middleware))

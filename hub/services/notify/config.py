@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 import yaml
@@ -84,7 +84,6 @@ class NotifyConfig:
     source: str = "notify.yaml"
 
 
-Section = Literal["channels", "routes", "escalate"]
 _SECTIONS = ("channels", "routes", "escalate")
 
 
