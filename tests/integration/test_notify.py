@@ -423,3 +423,25 @@ def test_an_escalation_due_while_the_router_was_down_fires_once_unless_acked_mea
     assert pager.accepted == ([] if acked_meanwhile else [f"{alarm}/unacked-1s"])
     expected = {f"{alarm}/raised", f"{alarm}/acked"} if acked_meanwhile else {f"{alarm}/raised"}
     assert set(hook.accepted) == expected  # the raised one may come twice (sent again by the next router), same key
+
+
+def test_hub_run_starts_the_notify_service_when_the_notification_file_exists(
+    stack: Settings, tmp_path: Path, webhooks: list[Webhook]
+) -> None:
+    hook = Webhook()
+    webhooks.append(hook)
+    path = write_file(
+        tmp_path,
+        f'channels:\n  run-hook: {{type: webhook, url: "{hook.url}"}}\n'
+        'routes:\n  - match: "alarms.#"\n    to: [run-hook]\n',
+    )
+    alarm = unique("run")
+    with hub_process(stack, tmp_path, IOT_NOTIFY_FILE=str(path), IOT_NOTIFY_WORKERS="1"):
+        publish(stack, transition(alarm, "raised", severity="info"))
+        wait_until(lambda: hook.accepted, 60)
+    [log] = tmp_path.glob("hub-*.log")
+    consuming = {
+        line.split("service=")[1].split()[0] for line in log.read_text().splitlines() if "event=consuming" in line
+    }
+    assert consuming == {"telemetry", "presence", "commands", "notify", "notify.run-hook.1"}
+    assert hook.accepted == [f"{alarm}/raised"]
