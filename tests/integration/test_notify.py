@@ -8,6 +8,7 @@ import email.policy
 import hashlib
 import hmac
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from hub.runtime.deadletter import DEAD_LETTER_DETAIL_HEADER, DEAD_LETTER_QUEUE_
 from hub.runtime.middleware import default_middleware
 from hub.runtime.runner import Runner
 from hub.services import build_services
+from hub.stack.certs import ensure_dev_tls
 from hub.stack.processes import free_port
 from tests.support import amqp_connection, collect, hub_cli, hub_process, wait_until
 
@@ -445,3 +447,30 @@ def test_hub_run_starts_the_notify_service_when_the_notification_file_exists(
     }
     assert consuming == {"telemetry", "presence", "commands", "notify", "notify.run-hook.1"}
     assert hook.accepted == [f"{alarm}/raised"]
+
+
+def test_email_with_starttls_is_sent_encrypted_and_a_server_demanding_it_refuses_plain(
+    stack: Settings, tmp_path: Path
+) -> None:
+    files = ensure_dev_tls(tmp_path / "tls", ["127.0.0.1"])
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(files.server_cert, files.server_key)
+    mailbox = Mailbox()
+    port = free_port()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port, tls_context=server_tls, require_starttls=True)
+    controller.start()
+    common = f"host: 127.0.0.1, port: {port}, from: hub@example.test, to: [oncall@example.test]"
+    path = write_file(
+        tmp_path,
+        f'channels:\n  tls-mail: {{type: email, {common}, starttls: true, ca_file: "{files.ca_cert}"}}\n'
+        f"  plain-mail: {{type: email, {common}, starttls: false}}\n",
+    )
+    try:
+        sent = hub_cli(stack, "notify", "test", "tls-mail", "--notify-file", str(path))
+        refused = hub_cli(stack, "notify", "test", "plain-mail", "--notify-file", str(path))
+    finally:
+        controller.stop()
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert len(mailbox.messages) == 1 and mailbox.messages[0]["Subject"].endswith(": test")
+    assert refused.returncode == 1
+    assert "530" in refused.stdout and "STARTTLS" in refused.stdout

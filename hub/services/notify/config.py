@@ -47,6 +47,9 @@ class EmailChannel(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag=
     to: list[str] = msgspec.field(default_factory=list)
     port: Annotated[int, msgspec.Meta(ge=1, le=65_535)] = SMTP_PORT
     starttls: bool = False
+    #: With `starttls`: the CA (PEM) the server's certificate is verified against instead of the
+    #: system's trust store (a relay with a private CA). Never unverified.
+    ca_file: str | None = None
 
     def __post_init__(self) -> None:
         if not self.to:

@@ -92,7 +92,7 @@ class EmailSender:
         try:
             with smtplib.SMTP(channel.host, channel.port, timeout=self.timeout_s) as smtp:
                 if channel.starttls:
-                    smtp.starttls(context=ssl.create_default_context())
+                    smtp.starttls(context=ssl.create_default_context(cafile=channel.ca_file))
                 refused = smtp.send_message(mail)
         except smtplib.SMTPRecipientsRefused as exc:
             return Answer(False, f"SMTP refused every recipient: {exc.recipients}", permanent=True)
