@@ -91,6 +91,13 @@ def notify_handlers(settings: Settings) -> list[Handler]:
     config = load_notify(path)
     if config is None:
         raise ConfigError(f"notification file {path} not found (IOT_NOTIFY_FILE): the notify service has nothing to do")
+    for name in config.placeholder_secrets():
+        log.warning(
+            "event=placeholder_secret channel=%s file=%s (the example's secret signs nothing a receiver should trust:"
+            " set your own)",
+            name,
+            path,
+        )
     retries = RetrySchedule(settings.notify_retry_delays_ms)
     handlers: list[Handler] = [NotifyRouter(config)]
     for channel_name, channel in config.channels.items():

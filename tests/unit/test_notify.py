@@ -102,6 +102,7 @@ def test_the_example_file_is_valid_and_holds_no_working_secret() -> None:
     assert config is not None and config.channels
     hook = config.channels["ops-hook"]
     assert isinstance(hook, WebhookChannel) and hook.secret == "change-me"
+    assert config.placeholder_secrets() == ["ops-hook"], "the hub warns about the example's secret"
 
 
 def test_no_file_means_no_notifications(tmp_path: Path) -> None:

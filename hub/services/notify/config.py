@@ -79,12 +79,24 @@ class Escalation(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return f"{self.match}@{self.after_ms}"
 
 
+#: Webhook secrets of examples (ours and the issue's): they work, so everyone knows them.
+PLACEHOLDER_SECRETS = frozenset({"change-me", "changeme", "secret"})
+
+
 @dataclass(frozen=True)
 class NotifyConfig:
     channels: dict[str, Channel]
     routes: tuple[Route, ...]
     escalate: tuple[Escalation, ...]
     source: str = "notify.yaml"
+
+    def placeholder_secrets(self) -> list[str]:
+        """Webhook channels signing with an example's secret (the hub warns at start)."""
+        return [
+            name
+            for name, channel in self.channels.items()
+            if isinstance(channel, WebhookChannel) and channel.secret in PLACEHOLDER_SECRETS
+        ]
 
 
 _SECTIONS = ("channels", "routes", "escalate")
