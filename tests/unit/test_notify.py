@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -13,7 +15,10 @@ from pika.spec import Basic, BasicProperties
 
 from hub.core.durations import duration_ms, durations_ms
 from hub.core.errors import ConfigError, InvalidMessage
+from hub.outputs.fanout import OutputSet
 from hub.runtime.delivery import Delivery
+from hub.runtime.runner import Runner
+from hub.runtime.stub import FakeClock, MemoryOutput, StubConsumer
 from hub.services.notify.config import EmailChannel, WebhookChannel, load_notify, parse_notify
 from hub.services.notify.message import AlarmTransition, Notification, notification
 from hub.services.notify.plan import NotifyPlan, RetrySchedule, channels_for
@@ -336,3 +341,41 @@ def test_a_batch_as_large_as_the_prefetch_window_is_due_at_once() -> None:
     wide.open(now=10.0)
     wide.settle(1, object())
     assert not wide.due(now=10.0, idle=True), "acks alone wait for the timer when more may come"
+
+
+# --- the router under its runner (StubConsumer: acks, holds, a lost connection) ----------------------
+
+
+def router_rig(until: Any) -> tuple[StubConsumer, Runner]:
+    stop = threading.Event()
+    clock = FakeClock()
+    broker = StubConsumer(stop, clock)
+    broker.stop_when = lambda: until(broker)
+    runner = Runner(NotifyRouter(parse_notify(ISSUE_FILE)), broker, OutputSet.of(MemoryOutput()), [], stop, clock=clock)
+    return broker, runner
+
+
+def test_the_router_holds_what_an_escalation_waits_on_across_a_lost_connection_and_fires_it_once() -> None:
+    phase = {"n": 0}
+
+    def until(broker: StubConsumer) -> bool:
+        held = [m.routing_key for m in broker.unacked.values()]
+        if phase["n"] == 0 and held == [key_of()] and not broker.ready["hub.notify"]:
+            phase["n"] = 1  # the raised transition is held, the warning one acked: the connection breaks
+            broker.drop()
+            return False
+        if phase["n"] == 1 and broker.connects == 2 and held == [key_of()]:
+            phase["n"] = 2  # held again after the reconnect: now its timer comes back
+            timer = next(p for p in broker.published if p.routing_key.startswith("hub.notify.escalate."))
+            broker.put("hub.notify", "hub.notify", timer.body, dict(timer.properties.headers or {}))
+            return False
+        return phase["n"] == 2 and broker.idle
+
+    broker, runner = router_rig(until)
+    broker.put("hub.notify", key_of(), transition("raised"))
+    broker.put("hub.notify", key_of("warning"), transition("raised", "warning", alarm="a2"))
+    runner.run()
+    assert phase["n"] == 2 and broker.idle
+    pages = [p for p in broker.published if p.routing_key == "hub.notify.oncall-mail"]
+    assert [json.loads(p.body)["key"] for p in pages] == ["a1/raised", "a1/raised", "a1/unacked-900s"]
+    assert [m.routing_key for m in broker.acked].count(key_of()) == 1
