@@ -21,6 +21,7 @@ SUBCOMMANDS = [
     ("hub.cli.audit", "audit"),
     ("hub.demo.app", "demo"),
     ("hub.cli.run", "run"),
+    ("hub.cli.notify", "notify"),
     ("hub.dashboard.cli", "dashboard"),
 ]
 

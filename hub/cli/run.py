@@ -17,6 +17,7 @@ import click
 from hub.core.config import PROJECT_ROOT, load_settings
 from hub.runtime.supervisor import run_hub
 from hub.services import ALIASES, SERVICES, build_services, service_names
+from hub.services.notify.config import load_notify, notify_path
 
 #: The rules file shipped at the root of the checkout, used when IOT_RULES_FILE is not found from here.
 DEFAULT_RULES = "rules.yaml"
@@ -29,8 +30,8 @@ LOG_FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
     "only",
     multiple=True,
     type=click.Choice(SERVICES + tuple(ALIASES)),
-    help="Run only this service (repeatable). Default: all of telemetry, presence, commands."
-    " `store` and `rules` are deprecated names of telemetry.",
+    help="Run only this service (repeatable). Default: all of telemetry, presence, commands, and notify when"
+    " the notification file exists [IOT_NOTIFY_FILE]. `store` and `rules` are deprecated names of telemetry.",
 )
 @click.option(
     "--partitions",
@@ -84,4 +85,8 @@ def run(
         from hub.services.rules.loader import load_rules
 
         load_rules(settings.rules_file)  # a broken rules file is a clear error before anything starts
+    # A broken notification file likewise; no file: no notify service (unless --only names it).
+    if not only or "notify" in names:
+        found = load_notify(notify_path(settings.notify_file)) is not None
+        names = names if "notify" in names or not found else (*names, "notify")
     run_hub(settings, lambda stop, middleware: build_services(settings, names, stop, middleware))

@@ -28,6 +28,7 @@ from pydantic import ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hub.core.contract import VHOST
+from hub.core.durations import durations_ms
 from hub.core.errors import ConfigError
 from hub.core.partitions import MAX_PARTITIONS, parse_partitions
 from hub.core.secrets import (
@@ -63,6 +64,8 @@ DEFAULT_AMQPS_PORT = 5671
 MAX_PORT = 65_535
 #: IOT_METRICS_PORT (`hub run --metrics-port`) of a hub without /metrics and /health.
 METRICS_OFF = "off"
+#: Delivery workers per channel and process, at most (each is a thread with its own connection).
+MAX_NOTIFY_WORKERS = 16
 #: The prefix of every setting's environment variable.
 ENV_PREFIX = "IOT_"
 
@@ -156,6 +159,16 @@ class Settings(BaseSettings):
     ready_max_reading_age_s: float = 60.0
     #: The rules file `python -m hub run` loads (YAML, see rules.yaml).
     rules_file: Path = Path("rules.yaml")
+    #: The notification file (channels, routes, escalations; see notify.example.yaml). No such
+    #: file: no notifications, and `hub run` starts no notify service.
+    notify_file: Path = Path("notify.yaml")
+    #: The waits between a notification's attempts (after the first fails, the second, ...), each
+    #: through a delay queue of the broker; after the last attempt it is dead-lettered.
+    notify_retry_delays: str = "10s,1m,5m,30m"
+    #: How long one attempt may take (an HTTP request, an SMTP session) before it counts as failed.
+    notify_timeout_s: float = 10.0
+    #: Delivery workers per channel in each `hub run` with the notify service (competing consumers).
+    notify_workers: int = 2
     #: Device models merged over the shipped hub/core/models.yaml: kinds added or replaced (YAML).
     models_file: Path | None = None
     #: What the store does with a reading that carries sensors its kind does not declare (or comes
@@ -223,6 +236,30 @@ class Settings(BaseSettings):
     def _addresses_parse(cls, value: str) -> str:
         parse_addresses(value)
         return value
+
+    @field_validator("notify_retry_delays")
+    @classmethod
+    def _delays_parse(cls, value: str) -> str:
+        durations_ms(value)
+        return value
+
+    @field_validator("notify_timeout_s")
+    @classmethod
+    def _timeout_positive(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError("must be more than 0 seconds")
+        return value
+
+    @field_validator("notify_workers")
+    @classmethod
+    def _workers_positive(cls, value: int) -> int:
+        if not 1 <= value <= MAX_NOTIFY_WORKERS:
+            raise ValueError(f"must be between 1 and {MAX_NOTIFY_WORKERS}")
+        return value
+
+    @property
+    def notify_retry_delays_ms(self) -> tuple[int, ...]:
+        return durations_ms(self.notify_retry_delays)
 
     @field_validator("partitions")
     @classmethod

@@ -36,6 +36,9 @@ class Batch:
     """What one write covers: its points, the deliveries it settles, and when it is due."""
 
     max_points: int = BATCH_MAX_POINTS
+    #: Deliveries that make it full: the broker sends no more than the prefetch windows allow, so
+    #: a batch holding that many waits for nothing (a notify worker's window is 1 delivery).
+    max_deliveries: int = BATCH_MAX_POINTS
     flush_interval_s: float = FLUSH_INTERVAL_S
     linger_s: float = LINGER_S
     points: list[Point] = field(default_factory=list)
@@ -79,8 +82,9 @@ class Batch:
         return self.deliveries == 0 and not self.points
 
     def full(self) -> bool:
-        """Enough points, or enough deliveries (a burst of refused ones writes no point)."""
-        return len(self.points) >= self.max_points or self.deliveries >= self.max_points
+        """Enough points, or enough deliveries (a burst of refused ones writes no point, a window
+        of prefetch 1 brings no second one)."""
+        return len(self.points) >= self.max_points or self.deliveries >= min(self.max_points, self.max_deliveries)
 
     def due(self, now: float | None = None, idle: bool = False) -> bool:
         """Full, or as old as `flush_interval_s`, or with points, `linger_s` old and `idle` (deliveries paused)."""

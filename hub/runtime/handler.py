@@ -16,6 +16,9 @@ batching, the outputs, publisher confirms, dead-lettering, settling and every me
 
 A handler does no broker or output I/O of its own: the runner does what `Effects` says, in order,
 and acks a delivery only after its points are written and what it published is confirmed.
+The notify service's delivery workers are the one handler with I/O of their own: the send to a
+receiver (a webhook POST, an SMTP session, each with a timeout) is their whole job, one delivery
+at a time; what follows from the answer is still `Effects` (`hub/services/notify/worker.py`).
 """
 
 from __future__ import annotations

@@ -26,6 +26,16 @@ ALERTS = Counter("hub_alerts", "Alerts raised by rules", ["severity", "rule"])
 RULE_COMMANDS = Counter("hub_rule_commands", "Commands sent by rule actions", ["command"])
 COMMAND_OUTCOMES = Counter("hub_command_outcomes", "Command lifecycle events recorded", ["status"])
 PRESENCE_TRANSITIONS = Counter("hub_presence_transitions", "Device online/offline transitions", ["state", "reason"])
+NOTIFICATIONS = Counter(
+    "hub_notifications",
+    "Notifications by channel and outcome: routed (queued for the channel), delivered, retried",
+    ["channel", "outcome"],
+)
+ESCALATIONS = Counter(
+    "hub_notify_escalations",
+    "Escalation timers: started, fired (still unacked), cancelled (acked or cleared)",
+    ["outcome"],
+)
 WRITE_RETRIES = Counter("hub_write_retries", "Output writes that failed and were retried", ["service"])
 BATCH_SIZE = Histogram(
     "hub_batch_points",
@@ -58,6 +68,8 @@ EVENT_COUNTERS: dict[str, Counter] = {
     "flagged": READINGS_FLAGGED,
     "transition": PRESENCE_TRANSITIONS,
     "command_outcome": COMMAND_OUTCOMES,
+    "notification": NOTIFICATIONS,
+    "escalation": ESCALATIONS,
 }
 
 

@@ -39,7 +39,7 @@ from hub.core.config import Settings
 from hub.core.contract import DEAD_LETTER_EXCHANGE, now_ms
 from hub.core.errors import BrokerUnavailable, HubError, InvalidMessage, StorageUnavailable
 from hub.outputs.fanout import OutputSet, Refusal
-from hub.runtime.batch import Batch
+from hub.runtime.batch import BATCH_MAX_POINTS, Batch
 from hub.runtime.consumer import Consumer
 from hub.runtime.deadletter import INTERNAL_REASON, dead_letter_properties, internal_detail
 from hub.runtime.delivery import Delivery
@@ -121,7 +121,10 @@ class Runner:
         self.role = ROLE_UNKNOWN
         self._declaration = handler.declaration
         self._queue_names = self._declaration.queue_names
-        self._open = Batch()
+        windows = [queue.prefetch for queue in self._declaration.queues]
+        #: The most deliveries the broker can have handed over unacked (no limit if a window is 0).
+        self._window = sum(windows) if windows and all(windows) else BATCH_MAX_POINTS
+        self._open = self._new_batch()
         self._writing: Batch | None = None
         #: Deliveries the handler holds, by tag: settled when it releases or refuses them.
         self._held: dict[int, Delivery] = {}
@@ -211,7 +214,7 @@ class Runner:
         self._connected = False
         for middleware in self.middleware:
             middleware.after_disconnect(self.name)
-        self._open = Batch()
+        self._open = self._new_batch()
         self._writing = None
         self._held.clear()
         for tags in self._unacked.values():
@@ -219,6 +222,9 @@ class Runner:
         self._writing_since, self._retrying = 0.0, False
         self.transport.close()
         self._publish()
+
+    def _new_batch(self) -> Batch:
+        return Batch(max_deliveries=self._window)
 
     # --- deliveries --------------------------------------------------------------------------------
 
@@ -319,7 +325,7 @@ class Runner:
         batch = self._open
         if batch.empty:
             return
-        self._open = Batch()
+        self._open = self._new_batch()
         self._writing = batch
         started = self._clock()
         self._writing_since = started

@@ -5,7 +5,9 @@ its own queues (`hub.runtime.runner`).
   (InfluxDB), batched, acked once written; per-device statistics and the rules of rules.yaml
   (alerts, rule commands); a sign of life for presence in the same process;
 - `presence`: online/offline transitions of every device into `device_status`;
-- `commands`: every command's lifecycle into `commands`.
+- `commands`: every command's lifecycle into `commands`;
+- `notify`: alarm transitions to the channels of the notification file (a router, and delivery
+  workers per channel); started by default only when that file exists.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from hub.runtime.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("telemetry", "presence", "commands")
+#: What `hub run` starts without `--only` (and `notify` when the notification file exists).
+DEFAULT_SERVICES = ("telemetry", "presence", "commands")
+SERVICES = (*DEFAULT_SERVICES, "notify")
 #: Names of the services telemetry replaced; `hub run --only store` still means telemetry.
 ALIASES = {"store": "telemetry", "rules": "telemetry"}
 
@@ -30,7 +34,7 @@ ALIASES = {"store": "telemetry", "rules": "telemetry"}
 def service_names(only: tuple[str, ...]) -> tuple[str, ...]:
     """The services `--only` names, aliases resolved (logged in one line as deprecated), in order; all if none."""
     if not only:
-        return SERVICES
+        return DEFAULT_SERVICES
     old = sorted({name for name in only if name in ALIASES})
     if old:
         log.warning(
@@ -65,11 +69,42 @@ def build_services(
             handlers.append(PresenceHandler.from_settings(settings, feed))
         elif name == "commands":
             handlers.append(CommandsHandler.from_settings(settings))
+        elif name == "notify":
+            handlers.extend(notify_handlers(settings))
     runners = [Runner.from_settings(settings, handler, stop, middleware) for handler in handlers]
     telemetry = next((runner for runner in runners if runner.name == "telemetry"), None)
     if feed is not None and telemetry is not None:  # presence judges no silence while telemetry does not read
         feed.source = _snapshot_of(telemetry)
     return runners
+
+
+def notify_handlers(settings: Settings) -> list[Handler]:
+    """The router and `IOT_NOTIFY_WORKERS` delivery workers per channel of the notification file."""
+    from hub.core.errors import ConfigError
+    from hub.services.notify.config import load_notify, notify_path
+    from hub.services.notify.plan import RetrySchedule
+    from hub.services.notify.router import NotifyRouter
+    from hub.services.notify.senders import sender_for
+    from hub.services.notify.worker import DeliveryWorker
+
+    path = notify_path(settings.notify_file)
+    config = load_notify(path)
+    if config is None:
+        raise ConfigError(f"notification file {path} not found (IOT_NOTIFY_FILE): the notify service has nothing to do")
+    for name in config.placeholder_secrets():
+        log.warning(
+            "event=placeholder_secret channel=%s file=%s (the example's secret signs nothing a receiver should trust:"
+            " set your own)",
+            name,
+            path,
+        )
+    retries = RetrySchedule(settings.notify_retry_delays_ms)
+    handlers: list[Handler] = [NotifyRouter(config)]
+    for channel_name, channel in config.channels.items():
+        sender = sender_for(channel, settings.notify_timeout_s)
+        for number in range(1, settings.notify_workers + 1):
+            handlers.append(DeliveryWorker(channel_name, sender, retries, number))
+    return handlers
 
 
 def _snapshot_of(runner: Runner) -> Callable[[], Snapshot]:

@@ -231,7 +231,7 @@ def test_broker_objects_are_the_code_constants() -> None:
 
 def test_every_json_example_says_what_it_is() -> None:
     examples = parsed()[1]
-    known = {*BODIES, "jsonl"}
+    known = {*BODIES, "jsonl", "notification"}
     for example in examples:
         assert example.label in known, (
             f"{where(example.line)}: a ```json example must be labelled with one of {sorted(known)} "
@@ -254,6 +254,14 @@ def test_the_example_body_meets_the_contract(label: str) -> None:
         except InvalidMessage as exc:
             pytest.fail(f"{where(example.line)}: the {label} example is not a valid {BODIES[label].__name__}: {exc}")
         assert contract.decode(contract.encode(message), BODIES[label]) == message
+
+
+def test_the_notification_example_is_a_webhook_body() -> None:
+    from hub.services.notify.message import decode_notification, encode_notification
+
+    [example] = [example for example in parsed()[1] if example.label == "notification"]
+    notification = decode_notification(example.text.encode())
+    assert json.loads(encode_notification(notification)) == json.loads(example.text), where(example.line)
 
 
 def test_the_jsonl_example_is_one_point_per_line() -> None:

@@ -10,7 +10,7 @@ from hub.core.errors import ConfigError, InvalidMessage
 from hub.core.models import default_models
 from hub.core.partitions import format_partitions, parse_partitions
 from hub.runtime import topology
-from hub.services import SERVICES, service_names
+from hub.services import DEFAULT_SERVICES, SERVICES, service_names
 from hub.services.rules.engine import Engine
 from hub.services.rules.model import Action, Threshold
 from hub.services.store.judge import ReadingJudge
@@ -77,12 +77,12 @@ def test_each_partition_is_a_single_active_quorum_queue_bound_with_weight_1_on_t
 
 
 def test_store_and_rules_are_names_of_telemetry_kept_for_those_who_use_them(caplog: pytest.LogCaptureFixture) -> None:
-    assert SERVICES == ("telemetry", "presence", "commands")
+    assert SERVICES == ("telemetry", "presence", "commands", "notify")
     with caplog.at_level("WARNING"):
         assert service_names(("store", "rules", "presence")) == ("telemetry", "presence")
     [line] = [r.getMessage() for r in caplog.records]
     assert line.startswith("event=deprecated services=rules,store use=telemetry")
-    assert service_names(()) == SERVICES
+    assert service_names(()) == DEFAULT_SERVICES
 
 
 # --- one reading through the stage ----------------------------------------------------------------
