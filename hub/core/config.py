@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
 
-from pydantic import ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hub.core.contract import VHOST
@@ -169,6 +169,13 @@ class Settings(BaseSettings):
     partitions: int = 1
     #: The partitions this `hub run` process consumes, e.g. `0-1,3`; empty: all of them.
     hub_partitions: str = ""
+    #: Device log lines the logs service stores per device and second, on average (a token
+    #: bucket's refill); the excess is counted and dropped, with one summary line per device.
+    log_rate: float = Field(default=5.0, gt=0)
+    #: How many lines a device may send at once above that rate (the bucket's size).
+    log_burst: int = Field(default=100, ge=1)
+    #: A device over its log rate gets one summary line (how many were dropped) per this many seconds.
+    log_summary_s: float = Field(default=60.0, gt=0)
 
     @field_validator("amqp_url")
     @classmethod

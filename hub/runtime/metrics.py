@@ -26,6 +26,10 @@ ALERTS = Counter("hub_alerts", "Alerts raised by rules", ["severity", "rule"])
 RULE_COMMANDS = Counter("hub_rule_commands", "Commands sent by rule actions", ["command"])
 COMMAND_OUTCOMES = Counter("hub_command_outcomes", "Command lifecycle events recorded", ["status"])
 PRESENCE_TRANSITIONS = Counter("hub_presence_transitions", "Device online/offline transitions", ["state", "reason"])
+LOG_LINES = Counter(
+    "hub_log_lines", "Device log lines: stored, or dropped over the device's rate (IOT_LOG_RATE)", ["outcome"]
+)
+LOG_RULE_HITS = Counter("hub_log_rule_hits", "Log rules that matched a device's lines", ["rule"])
 WRITE_RETRIES = Counter("hub_write_retries", "Output writes that failed and were retried", ["service"])
 BATCH_SIZE = Histogram(
     "hub_batch_points",
@@ -58,6 +62,8 @@ EVENT_COUNTERS: dict[str, Counter] = {
     "flagged": READINGS_FLAGGED,
     "transition": PRESENCE_TRANSITIONS,
     "command_outcome": COMMAND_OUTCOMES,
+    "log_line": LOG_LINES,
+    "log_rule": LOG_RULE_HITS,
 }
 
 

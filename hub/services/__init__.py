@@ -5,7 +5,8 @@ its own queues (`hub.runtime.runner`).
   (InfluxDB), batched, acked once written; per-device statistics and the rules of rules.yaml
   (alerts, rule commands); a sign of life for presence in the same process;
 - `presence`: online/offline transitions of every device into `device_status`;
-- `commands`: every command's lifecycle into `commands`.
+- `commands`: every command's lifecycle into `commands`;
+- `logs`: devices' log lines into `device_logs`, rate-limited per device.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from hub.runtime.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("telemetry", "presence", "commands")
+SERVICES = ("telemetry", "presence", "commands", "logs")
 #: Names of the services telemetry replaced; `hub run --only store` still means telemetry.
 ALIASES = {"store": "telemetry", "rules": "telemetry"}
 
@@ -47,6 +48,7 @@ def build_services(
     """The named services, each a handler with its runner, sharing nothing but the stop event and
     the middleware: each consumes what it needs over its own connection. No I/O happens here."""
     from hub.services.commands.service import CommandsHandler
+    from hub.services.logs.service import LogsHandler
     from hub.services.presence.service import PresenceHandler
     from hub.services.presence.signs import SignsFeed
     from hub.services.presence.tracker import PresenceTracker
@@ -65,6 +67,8 @@ def build_services(
             handlers.append(PresenceHandler.from_settings(settings, feed))
         elif name == "commands":
             handlers.append(CommandsHandler.from_settings(settings))
+        elif name == "logs":
+            handlers.append(LogsHandler.from_settings(settings))
     runners = [Runner.from_settings(settings, handler, stop, middleware) for handler in handlers]
     telemetry = next((runner for runner in runners if runner.name == "telemetry"), None)
     if feed is not None and telemetry is not None:  # presence judges no silence while telemetry does not read
