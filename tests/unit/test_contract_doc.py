@@ -27,7 +27,13 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "contract.md"
 
 #: Placeholders of the routing table, and the values they are filled with.
-PLACEHOLDERS = {"<site>": "plant-a", "<kind>": "environment", "<device>": "env-0007", "<severity>": "warning", "<level>": "error"}
+PLACEHOLDERS = {
+    "<site>": "plant-a",
+    "<kind>": "environment",
+    "<device>": "env-0007",
+    "<severity>": "warning",
+    "<level>": "error",
+}
 
 #: The label after ```json -> the type its example must decode as.
 BODIES: dict[str, type[Any]] = {

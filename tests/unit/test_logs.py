@@ -4,10 +4,14 @@ and its summaries, the log-rule hook, the handler's effects, and the CLI's level
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from pika.spec import Basic, BasicProperties
 
+from hub.cli.logs import entry_text
+from hub.control.logs import entry_from_body, entry_from_row, follow_patterns, levels_from, parse_since
+from hub.core.config import Settings
 from hub.core.contract import (
     LOG_LEVELS,
     MAX_BODY_BYTES,
@@ -20,8 +24,11 @@ from hub.core.contract import (
     log_key,
     mqtt_topic,
 )
-from hub.core.errors import InvalidIdentifier, InvalidMessage
+from hub.core.errors import ConfigError, InvalidIdentifier, InvalidMessage, Unreadable
 from hub.core.measurements import LOGS_MEASUREMENT
+from hub.outputs.influxdb_v1 import influxql_device_logs
+from hub.outputs.influxdb_v2 import flux_device_logs
+from hub.outputs.jsonl import JsonLinesReader
 from hub.runtime.delivery import Delivery
 from hub.services.logs.limiter import LogLimiter, Summary, TokenBucket
 from hub.services.logs.rules import LineBurst
@@ -227,3 +234,75 @@ def test_a_rule_hit_is_an_event_beside_the_stored_line() -> None:
 
 def test_levels_are_ordered_least_severe_first() -> None:
     assert LOG_LEVELS == ("debug", "info", "warning", "error", "critical")
+
+
+# --- hub logs: the level filter, --since, rows and live bodies, the queries ---------------------------
+
+
+def test_a_level_means_itself_and_every_level_above() -> None:
+    assert levels_from("warning") == ("warning", "error", "critical")
+    assert levels_from("debug") == LOG_LEVELS
+    assert levels_from("critical") == ("critical",)
+    with pytest.raises(ConfigError):
+        levels_from("fatal")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("15m", 900), ("1h", 3600), ("2d", 172_800)])
+def test_since_is_a_duration(text: str, seconds: int) -> None:
+    assert parse_since(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "1y", "-1h", "1.5h", "h"])
+def test_a_since_that_is_no_duration_is_a_usage_error(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_since(text)
+
+
+def test_live_views_bind_one_key_per_level() -> None:
+    assert follow_patterns(None, ("error", "critical")) == ["logs.*.error", "logs.*.critical"]
+    assert follow_patterns(DEVICE, ("critical",)) == ["logs.env-0001.critical"]
+    with pytest.raises(InvalidIdentifier):
+        follow_patterns("#", ("error",))
+
+
+def test_a_stored_row_and_a_live_body_are_the_same_entry() -> None:
+    row = {"time": TS, "device": DEVICE, "level": "error", "message": "sensor timeout", "fields": '{"attempt":2}'}
+    stored = entry_from_row(row)
+    live = entry_from_body("logs.env-0001.error", body(fields={"attempt": 2}))
+    assert stored == live and stored.key == live.key
+    summary = entry_from_row(
+        {"time": 5, "device": DEVICE, "level": "warning", "message": "m", "source": "hub", "dropped": 7}
+    )
+    assert (summary.source, summary.fields) == ("hub", {"dropped": 7})
+
+
+def test_what_a_device_wrote_is_escaped_on_the_terminal() -> None:
+    entry = entry_from_body(
+        "logs.env-0001.error", body(message="boom\x1b]0;owned\x07 [bold]x[/]", fields={"k": "v\u202e\x1b"})
+    )
+    shown = entry_text(entry).plain
+    assert "\x1b" not in shown and "\u202e" not in shown and "\x07" not in shown
+    assert "\\x1b]0;owned\\x07 [bold]x[/]" in shown
+
+
+def test_the_stored_lines_are_asked_with_every_name_checked() -> None:
+    query = influxql_device_logs(3600, ["env-0001", "th-0002"], ("error", "critical"), 50)
+    assert query == (
+        'SELECT * FROM "device_logs" WHERE time > now() - 3600s AND "device" =~ /^(env-0001|th-0002)$/'
+        ' AND "level" =~ /^(error|critical)$/ ORDER BY time DESC LIMIT 50'
+    )
+    assert "(?!)" in influxql_device_logs(60, [], None, 1)  # no device of the site: nothing matches
+    flux = flux_device_logs("telemetry", 60, ["env-0001"], ("error",), 10)
+    assert 'contains(value: r.device, set: ["env-0001"])' in flux and "range(start: -60s)" in flux
+    for build in (influxql_device_logs, lambda *a: flux_device_logs("b", *a)):
+        with pytest.raises(InvalidIdentifier):
+            build(60, ["x/ or true or /"], None, 1)
+        with pytest.raises(ValueError):
+            build(60, None, ["fatal'"], 1)
+
+
+def test_the_jsonl_output_cannot_answer_for_logs(tmp_path: Path) -> None:
+    reader = JsonLinesReader(Settings(outputs="jsonl", jsonl_path=tmp_path / "p.jsonl"))
+    with pytest.raises(Unreadable) as refused:
+        reader.device_logs(60)
+    assert "logs" in str(refused.value) and "IOT_OUTPUTS" in str(refused.value)
