@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
+from hub.clients.management import ManagementAdmin
 from hub.control.identity import provision, revoke
 from hub.core.config import Settings
-from hub.core.contract import EXCHANGE, LogLine, Reading, encode, log_key, now_ms
+from hub.core.contract import EXCHANGE, VHOST, LogLine, Reading, encode, log_key, now_ms
 from tests.device_clients import connect_device, gone, publish
 from tests.support import (
     REPO,
@@ -104,6 +105,25 @@ def test_a_device_cannot_publish_another_device_s_logs(stack: Settings, devices:
     received = [key for key, _body, _props in collect(connection, channel, queue, 3, timeout_s=3)]
     connection.close()
     assert received == [log_key(a, "warning"), MARKER_KEY]
+
+
+def test_provisioning_a_device_again_gives_it_its_log_topics_and_keeps_its_secret(
+    stack: Settings, devices: dict[str, str]
+) -> None:
+    (device, secret), _, _ = devices.items()
+    admin = ManagementAdmin(stack)
+    before_logs = {"exchange": EXCHANGE, "write": rf"^(status\.{device})$", "read": rf"^commands\.{device}$"}
+    admin.import_definitions({"topic_permissions": [{"user": device, "vhost": VHOST, **before_logs}]})
+    assert provision(stack, [device]).existing == [device]
+    client = connect_device(stack, "mqtt", device, secret)  # the same secret still logs in
+    connection = amqp_connection(stack)
+    channel = connection.channel()
+    queue = bind_temporary_queue(channel, log_key(device, "info"))
+    publish(client, log_key(device, "info"), line(device, "info", "allowed now", now_ms()))
+    received = collect(connection, channel, queue, 1, timeout_s=10)
+    connection.close()
+    client.close()
+    assert [key for key, _body, _props in received] == [log_key(device, "info")]
 
 
 def test_a_flood_is_rate_limited_with_a_summary_while_telemetry_keeps_flowing(
