@@ -19,7 +19,7 @@ import pytest
 from hub.clients.management import ManagementAdmin
 from hub.control.identity import provision, revoke
 from hub.core.config import Settings
-from hub.core.contract import EXCHANGE, VHOST, LogLine, Reading, encode, log_key, now_ms
+from hub.core.contract import EXCHANGE, VHOST, LogLine, Presence, Reading, encode, log_key, now_ms
 from tests.device_clients import connect_device, gone, publish
 from tests.support import (
     REPO,
@@ -68,10 +68,22 @@ def test_log_lines_over_mqtt_and_stomp_are_stored_and_listed(
     stack: Settings, devices: dict[str, str], tmp_path: Path
 ) -> None:
     (mqtt_id, mqtt_secret), (stomp_id, stomp_secret), _ = devices.items()
+    site = f"site-{mqtt_id}"
     at = now_ms()
-    with hub_process(stack, tmp_path, "--only", "logs"):
+    with hub_process(stack, tmp_path, "--only", "logs", "--only", "presence"):
         for protocol, device, secret in (("mqtt", mqtt_id, mqtt_secret), ("stomp", stomp_id, stomp_secret)):
             client = connect_device(stack, protocol, device, secret)
+            if protocol == "mqtt":  # the fleet view places it at `site`: `--site` finds its lines
+                status = Presence(
+                    device=device,
+                    state="online",
+                    protocol="mqtt",
+                    kind="environment",
+                    site=site,
+                    interval_ms=1000,
+                    ts=at,
+                )
+                publish(client, status.routing_key, encode(status))
             publish(client, log_key(device, "info"), line(device, "info", f"booted over {protocol}", at))
             publish(client, log_key(device, "error"), line(device, "error", "sensor timeout", at + 1, attempt=3))
             # A body breaking the contract (a level the key does not say) is dead-lettered, not stored.
@@ -86,6 +98,7 @@ def test_log_lines_over_mqtt_and_stomp_are_stored_and_listed(
             ]
             assert shown[1]["fields"] == {"attempt": 3} and shown[1]["source"] == "device"
             assert [e["message"] for e in listed(stack, "--device", device, "--level", "warning")] == ["sensor timeout"]
+        wait_until(lambda: [e["device"] for e in listed(stack, "--site", site)] == [mqtt_id] * 2, 30)
         text = hub_cli(stack, "logs", "--device", mqtt_id)
         assert text.returncode == 0 and "sensor timeout attempt=3" in text.stdout, text.stdout + text.stderr
 
