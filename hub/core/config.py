@@ -63,6 +63,8 @@ DEFAULT_AMQPS_PORT = 5671
 MAX_PORT = 65_535
 #: IOT_METRICS_PORT (`hub run --metrics-port`) of a hub without /metrics and /health.
 METRICS_OFF = "off"
+#: The InfluxDB 1.x retention policy of `device_logs` when IOT_LOG_RETENTION gives them one of their own.
+LOG_RETENTION_POLICY = "device_logs"
 #: The prefix of every setting's environment variable.
 ENV_PREFIX = "IOT_"
 
@@ -176,6 +178,15 @@ class Settings(BaseSettings):
     log_burst: int = Field(default=100, ge=1)
     #: A device over its log rate gets one summary line (how many were dropped) per this many seconds.
     log_summary_s: float = Field(default=60.0, gt=0)
+    #: How long `device_logs` are kept, in a retention policy of their own (`LOG_RETENTION_POLICY`,
+    #: InfluxDB 1.x), e.g. `14d`; empty: with every other point. `stack up` creates or alters the
+    #: policy; every hub process and `hub logs` need the same value.
+    log_retention: str = Field(default="", pattern=r"^(|INF|[1-9][0-9]*[hdw])$")
+
+    @property
+    def log_rp(self) -> str:
+        """The retention policy `device_logs` go to; empty: IOT_INFLUX_RP's, as every point."""
+        return LOG_RETENTION_POLICY if self.log_retention else ""
 
     @field_validator("amqp_url")
     @classmethod

@@ -38,8 +38,11 @@ class InfluxV1Output:
         self.client.close()
 
 
-def influxql_device_logs(since_s: int, devices: Sequence[str] | None, levels: Sequence[str] | None, limit: int) -> str:
-    """The newest `device_logs` rows, as asked; every name checked before it goes into the query."""
+def influxql_device_logs(
+    since_s: int, devices: Sequence[str] | None, levels: Sequence[str] | None, limit: int, rp: str = ""
+) -> str:
+    """The newest `device_logs` rows (in retention policy `rp`, else the default), as asked; every
+    name checked before it goes into the query."""
     where = [f"time > now() - {int(since_s)}s"]
     if devices is not None:
         names = "|".join(require_identifier(device, "device") for device in devices) or "(?!)"
@@ -49,7 +52,8 @@ def influxql_device_logs(since_s: int, devices: Sequence[str] | None, levels: Se
         if unknown:
             raise ValueError(f"not log levels: {unknown}")
         where.append(f'"level" =~ /^({"|".join(levels) or "(?!)"})$/')
-    return f'SELECT * FROM "{LOGS_MEASUREMENT}" WHERE {" AND ".join(where)} ORDER BY time DESC LIMIT {int(limit)}'
+    source = f'"{require_identifier(rp, "retention policy")}"."{LOGS_MEASUREMENT}"' if rp else f'"{LOGS_MEASUREMENT}"'
+    return f"SELECT * FROM {source} WHERE {' AND '.join(where)} ORDER BY time DESC LIMIT {int(limit)}"
 
 
 class InfluxV1Reader:
@@ -59,6 +63,7 @@ class InfluxV1Reader:
 
     def __init__(self, settings: Settings) -> None:
         self.client = InfluxHttp.from_settings(settings, settings.influx_reader)
+        self.log_rp = settings.log_rp
 
     def device_states(self) -> list[Series]:
         [series] = self.client.query(f'SELECT * FROM "{STATUS_MEASUREMENT}" {NEWEST_PER_DEVICE}')
@@ -96,7 +101,7 @@ class InfluxV1Reader:
         levels: Sequence[str] | None = None,
         limit: int = MAX_LOG_ROWS,
     ) -> list[dict[str, Any]]:
-        [series] = self.client.query(influxql_device_logs(since_s, devices, levels, limit))
+        [series] = self.client.query(influxql_device_logs(since_s, devices, levels, limit, self.log_rp))
         return [row for one in series for row in one.rows]
 
     def close(self) -> None:

@@ -208,7 +208,8 @@ class InfluxV2Reader:
         levels: Sequence[str] | None = None,
         limit: int = MAX_LOG_ROWS,
     ) -> list[dict[str, Any]]:
-        flux = flux_device_logs(self.bucket, since_s, devices, levels, limit)
+        bucket = f"{self.settings.influx_db}/{self.settings.log_rp}" if self.settings.log_rp else self.bucket
+        flux = flux_device_logs(bucket, since_s, devices, levels, limit)
         return [row_of(values) for values in self._query(flux)]
 
     def close(self) -> None:

@@ -69,11 +69,21 @@ def build_services(
             handlers.append(CommandsHandler.from_settings(settings))
         elif name == "logs":
             handlers.append(LogsHandler.from_settings(settings))
-    runners = [Runner.from_settings(settings, handler, stop, middleware) for handler in handlers]
+    runners = [
+        Runner.from_settings(output_settings(settings, handler.name), handler, stop, middleware) for handler in handlers
+    ]
     telemetry = next((runner for runner in runners if runner.name == "telemetry"), None)
     if feed is not None and telemetry is not None:  # presence judges no silence while telemetry does not read
         feed.source = _snapshot_of(telemetry)
     return runners
+
+
+def output_settings(settings: Settings, service: str) -> Settings:
+    """The settings a service's outputs write with: the logs service's go to the logs' own
+    retention policy when IOT_LOG_RETENTION gives them one."""
+    if service == "logs" and settings.log_rp:
+        return settings.model_copy(update={"influx_rp": settings.log_rp})
+    return settings
 
 
 def _snapshot_of(runner: Runner) -> Callable[[], Snapshot]:

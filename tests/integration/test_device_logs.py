@@ -16,10 +16,12 @@ from typing import Any
 
 import pytest
 
+from hub.clients.influx import InfluxHttp
 from hub.clients.management import ManagementAdmin
 from hub.control.identity import provision, revoke
-from hub.core.config import Settings
+from hub.core.config import LOG_RETENTION_POLICY, Settings
 from hub.core.contract import EXCHANGE, VHOST, LogLine, Presence, Reading, encode, log_key, now_ms
+from hub.stack.influx import account_plan, ensure_log_retention
 from tests.device_clients import connect_device, gone, publish
 from tests.support import (
     REPO,
@@ -58,8 +60,8 @@ def line(device: str, level: str, message: str, ts: int, **fields: Any) -> bytes
     return encode(LogLine(device=device, ts=ts, level=level, message=message, fields=fields))  # type: ignore[arg-type]
 
 
-def listed(settings: Settings, *args: str) -> list[dict[str, Any]]:
-    result = hub_cli(settings, "logs", *args, "--json")
+def listed(settings: Settings, *args: str, **env: str) -> list[dict[str, Any]]:
+    result = hub_cli(settings, "logs", *args, "--json", timeout_s=60, **env)
     assert result.returncode == 0, result.stderr
     return [json.loads(text) for text in result.stdout.splitlines()]
 
@@ -224,3 +226,30 @@ def test_hub_logs_follow_shows_a_new_line_live_at_its_level_and_above(stack: Set
     assert follower.returncode == 0, "".join(err)
     assert len(out) == 1, out
     assert device in out[0] and "error" in out[0] and "disk \\x1b[2J full" in out[0] and "free=0" in out[0]
+
+
+def test_with_a_retention_of_their_own_logs_are_kept_in_their_policy_and_listed_from_it(
+    stack: Settings, devices: dict[str, str], tmp_path: Path
+) -> None:
+    (device, secret), _, _ = devices.items()
+    plan = account_plan(stack)
+    admin = InfluxHttp(stack.influx_url, stack.influx_db, user=plan.admin.user, password=plan.admin.password)
+    try:
+        for duration, hours in (("14d", "336h0m0s"), ("7d", "168h0m0s")):  # made, then altered
+            ensure_log_retention(admin, stack.model_copy(update={"log_retention": duration}))
+            [series] = admin.administer(f'SHOW RETENTION POLICIES ON "{stack.influx_db}"')
+            policies = {row["name"]: row for one in series for row in one.rows}
+            assert policies[LOG_RETENTION_POLICY]["duration"] == hours
+            assert not policies[LOG_RETENTION_POLICY]["default"]
+    finally:
+        admin.close()
+    with hub_process(stack, tmp_path, "--only", "logs", IOT_LOG_RETENTION="7d"):
+        client = connect_device(stack, "mqtt", device, secret)
+        publish(client, log_key(device, "error"), line(device, "error", "kept a week", now_ms()))
+        wait_until(lambda: listed(stack, "--device", device, IOT_LOG_RETENTION="7d"), 30)
+        client.close()
+    in_policy = influx_query(
+        stack, f"SELECT message FROM \"{LOG_RETENTION_POLICY}\".device_logs WHERE device = '{device}'"
+    )
+    in_default = influx_query(stack, f"SELECT message FROM device_logs WHERE device = '{device}'")
+    assert [row[1] for row in in_policy[0]["values"]] == ["kept a week"] and in_default == []

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 from pika.spec import Basic, BasicProperties
+from pydantic import ValidationError
 
 from hub.cli.logs import entry_text
 from hub.control.logs import entry_from_body, entry_from_row, follow_patterns, levels_from, parse_since
-from hub.core.config import Settings
+from hub.core.config import LOG_RETENTION_POLICY, Settings
 from hub.core.contract import (
     LOG_LEVELS,
     MAX_BODY_BYTES,
@@ -30,10 +31,12 @@ from hub.outputs.influxdb_v1 import influxql_device_logs
 from hub.outputs.influxdb_v2 import flux_device_logs
 from hub.outputs.jsonl import JsonLinesReader
 from hub.runtime.delivery import Delivery
+from hub.services import output_settings
 from hub.services.logs.limiter import LogLimiter, Summary, TokenBucket
 from hub.services.logs.rules import LineBurst
 from hub.services.logs.service import LogsHandler, device_of
 from hub.services.logs.stored import HUB_SOURCE, line_point, summary_point
+from hub.stack.influx import log_retention_statement
 
 DEVICE = "env-0001"
 TS = 1_763_823_456_123
@@ -306,3 +309,33 @@ def test_the_jsonl_output_cannot_answer_for_logs(tmp_path: Path) -> None:
     with pytest.raises(Unreadable) as refused:
         reader.device_logs(60)
     assert "logs" in str(refused.value) and "IOT_OUTPUTS" in str(refused.value)
+
+
+# --- the logs' own retention policy (IOT_LOG_RETENTION) ------------------------------------------------
+
+
+def test_a_retention_of_their_own_is_a_duration_influxdb_takes_or_nothing() -> None:
+    assert Settings().log_rp == ""
+    assert Settings(log_retention="14d").log_rp == LOG_RETENTION_POLICY
+    for bad in ("14", "0d", "14 days", "1y", "14d; DROP DATABASE telemetry"):
+        with pytest.raises(ValidationError):
+            Settings(log_retention=bad)
+
+
+def test_the_logs_service_alone_writes_into_the_logs_retention_policy() -> None:
+    settings = Settings(log_retention="14d", influx_rp="raw")
+    assert output_settings(settings, "logs").influx_rp == LOG_RETENTION_POLICY
+    assert output_settings(settings, "telemetry").influx_rp == "raw"
+    assert output_settings(Settings(influx_rp="raw"), "logs").influx_rp == "raw"
+    query = influxql_device_logs(60, None, None, 5, LOG_RETENTION_POLICY)
+    assert query.startswith('SELECT * FROM "device_logs"."device_logs" WHERE')
+
+
+def test_the_stack_creates_the_policy_then_alters_it() -> None:
+    settings = Settings(log_retention="14d")
+    assert log_retention_statement(settings, exists=False) == (
+        'CREATE RETENTION POLICY "device_logs" ON "telemetry" DURATION 14d REPLICATION 1'
+    )
+    assert log_retention_statement(settings, exists=True) == (
+        'ALTER RETENTION POLICY "device_logs" ON "telemetry" DURATION 14d'
+    )
