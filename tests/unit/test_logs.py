@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from hub.cli.logs import entry_text
 from hub.control.logs import entry_from_body, entry_from_row, follow_patterns, levels_from, parse_since
+from hub.control.tail import describe
 from hub.core.config import LOG_RETENTION_POLICY, Settings
 from hub.core.contract import (
     LOG_LEVELS,
@@ -339,3 +340,9 @@ def test_the_stack_creates_the_policy_then_alters_it() -> None:
     assert log_retention_statement(settings, exists=True) == (
         'ALTER RETENTION POLICY "device_logs" ON "telemetry" DURATION 14d'
     )
+
+
+def test_tail_shows_a_log_line_by_its_level() -> None:
+    shown = describe("logs.env-0001.error", body(fields={"attempt": 3}))
+    assert (shown.text, shown.style) == ("error sensor timeout  attempt=3", "red")
+    assert describe("logs.env-0001.error", b"{").text.startswith("invalid (bad_json)")
