@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from devices.device_log import DeviceLog
 from devices.faults import FaultInjector
 from devices.models import DEFAULT_KINDS, CommandRefused, SensorModel, make_model
 from devices.outbox import Outbox
@@ -25,6 +26,7 @@ from hub.core.contract import (
     Presence,
     Protocol,
     Reading,
+    Scalar,
     decode,
     encode,
     now_ms,
@@ -117,6 +119,11 @@ class SimulatedDevice:
     outbox: Outbox = field(default_factory=Outbox)
     commands_handled: int = 0
     bad_commands: int = 0
+    #: Its own log lines, waiting to be published (`logs/<device>/<level>`).
+    log: DeviceLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = DeviceLog(self.spec.device_id)
 
     @classmethod
     def create(
@@ -136,7 +143,9 @@ class SimulatedDevice:
         start = now_ms() / 1000.0 if start_s is None else start_s
         model = make_model(kind, rng, start)
         faults = FaultInjector(random.Random(rng.random()), fault_rate)
-        return cls(spec, model, faults, models, interval_ms=interval_ms)
+        device = cls(spec, model, faults, models, interval_ms=interval_ms)
+        device.log.add("info", f"booted {FIRMWARE}", now_ms(), fw=FIRMWARE, interval_ms=interval_ms)
+        return device
 
     @property
     def device_id(self) -> str:
@@ -161,6 +170,8 @@ class SimulatedDevice:
     def produce(self, at_ms: int) -> Reading | None:
         """The next reading (queued in the outbox), or None while a dropout fault keeps the device quiet."""
         values = self.faults.apply(self.model.sample(at_ms / 1000.0))
+        if self.faults.started is not None:
+            self._log_fault(*self.faults.started, at_ms)
         if values is None:
             return None
         self.seq += 1
@@ -173,6 +184,22 @@ class SimulatedDevice:
         )
         self.outbox.add(self.seq, encode(reading))
         return reading
+
+    def _log_fault(self, fault: str, what: str, at_ms: int) -> None:
+        if fault == "dropout":
+            self.log.add("error", f"sensor bus timeout: no readings for {what} intervals", at_ms, readings=int(what))
+        elif fault == "stuck":
+            self.log.add("warning", f"sensor {what} not changing", at_ms, sensor=what)
+        else:
+            self.log.add("warning", f"sensor {what} jumped out of its usual range", at_ms, sensor=what)
+
+    def log_command(self, command: str, outcome: Ack) -> None:
+        """A command handled: `info` when done, `warning` when refused, expired or unsupported."""
+        fields: dict[str, Scalar] = {"command": command, "status": outcome.status}
+        if outcome.status == "ok":
+            self.log.add("info", f"command {command} done", outcome.ts, **fields)
+        else:
+            self.log.add("warning", f"command {command} {outcome.status}: {outcome.detail}"[:200], outcome.ts, **fields)
 
     def presence(self, state: Literal["online", "offline"], at_ms: int | None = None) -> Presence:
         return Presence(
@@ -198,9 +225,14 @@ class SimulatedDevice:
             except msgspec.MsgspecError:
                 return None
             if not _COMMAND_ID.match(command_id):
+                self.log.add("warning", "unreadable command ignored", at, reason=exc.reason)
                 return None
-            return CommandOutcome(self._ack(command_id, "error", f"invalid command: {exc}", at))
-        return self.execute(command, at)
+            outcome = CommandOutcome(self._ack(command_id, "error", f"invalid command: {exc}", at))
+            self.log.add("warning", f"invalid command refused: {exc.reason}", at, reason=exc.reason)
+            return outcome
+        outcome = self.execute(command, at)
+        self.log_command(command.command, outcome.ack)
+        return outcome
 
     def execute(self, command: Command, at_ms: int) -> CommandOutcome:
         self.commands_handled += 1

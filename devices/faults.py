@@ -42,8 +42,11 @@ class FaultInjector:
     counts: FaultCounts = field(default_factory=FaultCounts)
     _stuck: dict[str, tuple[float, int]] = field(default_factory=dict)
     _silent_for: int = 0
+    #: The fault the last `apply` started, if any: (its kind, the sensor or how many readings it silences).
+    started: tuple[str, str] | None = None
 
     def apply(self, values: SampleValues) -> SampleValues | None:
+        self.started = None
         if self._silent_for > 0:
             self._silent_for -= 1
             return None
@@ -53,17 +56,20 @@ class FaultInjector:
             if fault == "dropout":
                 self.counts.dropout += 1
                 self._silent_for = self.rng.randint(*DROPOUT_READINGS) - 1
+                self.started = ("dropout", str(self._silent_for + 1))
                 return None
             if numeric and fault == "stuck":
                 self.counts.stuck += 1
                 name = self.rng.choice(numeric)
                 self._stuck[name] = (float(values[name]), self.rng.randint(*STUCK_READINGS))
+                self.started = ("stuck", name)
             elif spikeable := [name for name in numeric if name not in NO_SPIKE_SENSORS]:
                 self.counts.spike += 1
                 name = self.rng.choice(spikeable)
                 value = float(values[name])
                 jump = max(abs(value) * (SPIKE_FACTOR - 1.0), SPIKE_MIN_JUMP)
                 values = {**values, name: round(value + self.rng.choice((-1.0, 1.0)) * jump, 2)}
+                self.started = ("spike", name)
         if self._stuck:
             values = dict(values)
             for name, (value, left) in list(self._stuck.items()):

@@ -44,7 +44,7 @@ from devices.stats import CommandTimes, FleetStats, LagRecorder, ProtocolStats
 from devices.stomp_link import StompLink
 from hub.core.backoff import DEVICE_RECONNECT, Backoff
 from hub.core.config import Settings, format_addresses
-from hub.core.contract import ack_key, encode, now_ms, status_key, telemetry_key
+from hub.core.contract import LogLevel, ack_key, encode, now_ms, status_key, telemetry_key
 from hub.core.credentials import Credential, lacking, read_credentials
 from hub.core.errors import BrokerUnavailable, ConfigError
 from hub.core.models import load_models
@@ -92,6 +92,8 @@ class _Runtime:
     intent: Literal["run", "reboot", "stop", "shutdown"] = "run"
     schedule: int = 0
     attempt: int = 0
+    #: Monotonic time its connection was lost unplanned (0: it was not): a reconnect says how long it was down.
+    lost_at: float = 0.0
     ever_online: bool = False
     offline_until: float = 0.0
     #: Which broker node of its protocol's list (IOT_MQTT_ADDRESSES / IOT_STOMP_ADDRESSES) it connects to.
@@ -255,11 +257,14 @@ class Fleet:
     def is_online(self, device_id: str) -> bool:
         return self._runtime(device_id).state == "online"
 
+    def _address(self, rt: _Runtime) -> tuple[str, int]:
+        brokers = self.settings.mqtt_brokers if rt.device.protocol == "mqtt" else self.settings.stomp_brokers
+        return brokers[rt.node % len(brokers)]
+
     def describe(self, device_id: str) -> str:
         """Its connection in a few words: state, broker address, last error (for a test's failure message)."""
         rt = self._runtime(device_id)
-        brokers = self.settings.mqtt_brokers if rt.device.protocol == "mqtt" else self.settings.stomp_brokers
-        host, port = brokers[rt.node % len(brokers)]
+        host, port = self._address(rt)
         return f"{rt.state} on {host}:{port}, last error: {rt.last_error or 'none'}"
 
     def wait_online(self, device_ids: Iterable[str] | None = None, timeout_s: float = CONNECT_WAIT_S) -> bool:
@@ -437,6 +442,20 @@ class Fleet:
                 return
             outbox.sent(token, entry)
             rt.sent += 1
+        self._send_logs(rt)
+        if isinstance(link, MqttLink):
+            self._dirty.add(link)
+
+    def _send_logs(self, rt: _Runtime) -> None:
+        """Publish the device's waiting log lines, at most once each (a line is worth less than a reading)."""
+        link = rt.link
+        if link is None or rt.state != "online" or not len(rt.device.log):
+            return
+        for routing_key, body in rt.device.log.take():
+            try:
+                link.publish(routing_key, body)
+            except LinkDown:
+                rt.device.log.dropped += 1
         if isinstance(link, MqttLink):
             self._dirty.add(link)
 
@@ -541,8 +560,18 @@ class Fleet:
         if rt.intent != "run" or self._stopping:
             link.close(encode(rt.device.presence("offline")))
             return
+        host, port = self._address(rt)
         if rt.ever_online:
             rt.reconnects += 1
+            if rt.lost_at:
+                down_s = round(time.monotonic() - rt.lost_at, 1)
+                message = f"reconnected to {host}:{port} after {down_s} s"
+                rt.device.log.add("warning", message, now_ms(), down_s=down_s, protocol=rt.device.protocol)
+            else:
+                rt.device.log.add("info", f"connected again to {host}:{port}", now_ms(), protocol=rt.device.protocol)
+            rt.lost_at = 0.0
+        else:
+            rt.device.log.add("info", f"connected to {host}:{port}", now_ms(), protocol=rt.device.protocol)
         rt.ever_online = True
         rt.state = "online"
         rt.backoff.reset()
@@ -558,6 +587,10 @@ class Fleet:
         if rt.intent == "run":
             rt.errors += 1
             rt.last_error = reason
+            level: LogLevel = "error" if link.refused else "warning"
+            what = "login refused" if link.refused else "connection lost"
+            rt.device.log.add(level, f"{what}: {reason}"[:200], now_ms())
+            rt.lost_at = rt.lost_at or time.monotonic()
             if link.refused:
                 # An unknown or revoked credential, or a broker whose auth service is down (which refuses
                 # every login): it tries again, slowly, and buffers meanwhile; the rest of the fleet carries on.
@@ -592,6 +625,7 @@ class Fleet:
             return
         self._publish(rt, ack_key(rt.device.device_id), encode(outcome.ack))
         self.command_times.ack_queued(outcome.ack.id, taken)
+        self._send_logs(rt)
         if outcome.interval_changed:
             rt.schedule += 1
             self._schedule_reading(rt, time.monotonic() + rt.device.interval_ms / 1000.0)

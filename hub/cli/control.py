@@ -410,7 +410,8 @@ def tail(
 
     PATTERN is an AMQP routing-key pattern (default `#`, everything): `*` matches one word,
     `#` any number. Keys are telemetry.<site>.<kind>.<device>, status.<device>,
-    commands.<device>, acks.<device> and alerts.<severity>.<site>.<device>. Colours say the
+    commands.<device>, acks.<device>, alerts.<severity>.<site>.<device> and
+    logs.<device>.<level> (`hub logs` shows these better). Colours say the
     type; `invalid` marks a body that breaks the contract. Ctrl-C stops it (exit 0).
 
     \b

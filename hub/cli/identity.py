@@ -90,7 +90,10 @@ def provision(devices: tuple[str, ...], out: Path | None, rotate: bool, cert: bo
         result = provision_devices(settings, devices, rotate=rotate)
     elapsed = time.monotonic() - started
     for device in result.existing:
-        console.print(f"{device}: exists, {'certificate' if cert else 'secret'} kept (--rotate gives it a new one)")
+        console.print(
+            f"{device}: exists, {'certificate' if cert else 'secret'} kept (--rotate gives it a new one),"
+            " permissions brought up to date"
+        )
     new = len(result.issued) + len(result.certified) - len(result.rotated)
     console.print(f"{new} created, {len(result.rotated)} rotated, {len(result.existing)} kept in {elapsed:.2f} s")
     if result.certified:

@@ -80,10 +80,22 @@ def _account_definitions(hashes: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+def permission_definitions(devices: Iterable[str]) -> dict[str, Any]:
+    """The permissions alone of existing device accounts: their secrets are not touched."""
+    wanted = list(devices)
+    return {
+        "permissions": [{"user": device, "vhost": VHOST, **vhost_permissions(device)} for device in wanted],
+        "topic_permissions": [{"user": device, "vhost": VHOST, **topic_permissions(device)} for device in wanted],
+    }
+
+
 def provision(
     settings: Settings, devices: Iterable[str], rotate: bool = False, certificate: bool = False
 ) -> Provisioned:
     """Create an account for each device that has none; with `rotate`, give existing ones a new secret too.
+
+    An existing account keeps its secret but gets the permissions of this version (e.g. a new
+    message type of its own, such as its log lines).
 
     With `certificate`, the accounts have no password (`result.certified`): the caller issues
     each a certificate, and a rotated one loses its password.
@@ -102,6 +114,8 @@ def provision(
             result.certified.append(device)
         else:
             result.issued[device] = Credential(username=device, password=new_secret())
+    if result.existing:
+        admin.import_definitions(permission_definitions(result.existing))
     if result.issued:
         admin.import_definitions(device_definitions(result.issued))
     if result.certified:

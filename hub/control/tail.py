@@ -29,6 +29,7 @@ from hub.core.contract import (
     Command,
     Presence,
     decode,
+    decode_log_line,
     decode_reading,
     is_identifier,
 )
@@ -44,6 +45,7 @@ RAW_PREVIEW_CHARS = 160
 POLL_S = 0.2
 
 _SEVERITY_STYLE = {"info": "blue", "warning": "yellow", "critical": "bold red"}
+_LEVEL_STYLE = {"debug": "dim", "info": "blue", "warning": "yellow", "error": "red", "critical": "bold red"}
 
 
 def require_pattern(pattern: str) -> str:
@@ -121,6 +123,10 @@ def _describe(routing_key: str, body: bytes, app_id: str | None, models: DeviceM
             alert = decode(body, Alert)
             text = f"{alert.severity} {alert.rule}: {alert.message} ({alert.sensor}={_value(alert.value)})"
             return Line(text, _SEVERITY_STYLE[alert.severity])
+        if family == "logs":
+            log_line = decode_log_line(body)
+            fields = f"  {_pairs(dict(log_line.fields))}" if log_line.fields else ""
+            return Line(f"{log_line.level} {log_line.message}{fields}", _LEVEL_STYLE[log_line.level])
     except InvalidMessage as exc:
         return Line(f"invalid ({exc.reason}): {_preview(body)}", "bold red")
     return Line(_preview(body), "white")

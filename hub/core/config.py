@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
 
-from pydantic import ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hub.core.contract import VHOST
@@ -66,6 +66,8 @@ MAX_PORT = 65_535
 METRICS_OFF = "off"
 #: Delivery workers per channel and process, at most (each is a thread with its own connection).
 MAX_NOTIFY_WORKERS = 16
+#: The InfluxDB 1.x retention policy of `device_logs` when IOT_LOG_RETENTION gives them one of their own.
+LOG_RETENTION_POLICY = "device_logs"
 #: The prefix of every setting's environment variable.
 ENV_PREFIX = "IOT_"
 
@@ -182,6 +184,22 @@ class Settings(BaseSettings):
     partitions: int = 1
     #: The partitions this `hub run` process consumes, e.g. `0-1,3`; empty: all of them.
     hub_partitions: str = ""
+    #: Device log lines the logs service stores per device and second, on average (a token
+    #: bucket's refill); the excess is counted and dropped, with one summary line per device.
+    log_rate: float = Field(default=5.0, gt=0)
+    #: How many lines a device may send at once above that rate (the bucket's size).
+    log_burst: int = Field(default=100, ge=1)
+    #: A device over its log rate gets one summary line (how many were dropped) per this many seconds.
+    log_summary_s: float = Field(default=60.0, gt=0)
+    #: How long `device_logs` are kept, in a retention policy of their own (`LOG_RETENTION_POLICY`,
+    #: InfluxDB 1.x), e.g. `14d`; empty: with every other point. `stack up` creates or alters the
+    #: policy; every hub process and `hub logs` need the same value.
+    log_retention: str = Field(default="", pattern=r"^(|INF|[1-9][0-9]*[hdw])$")
+
+    @property
+    def log_rp(self) -> str:
+        """The retention policy `device_logs` go to; empty: IOT_INFLUX_RP's, as every point."""
+        return LOG_RETENTION_POLICY if self.log_retention else ""
 
     @field_validator("amqp_url")
     @classmethod

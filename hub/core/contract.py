@@ -43,6 +43,15 @@ Severity = Literal["info", "warning", "critical"]
 AckStatus = Literal["ok", "error", "unsupported", "expired"]
 Scalar = bool | int | float | str
 
+#: Log levels, least severe first: `--level warning` means warning and above.
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+#: A log line's `message`, in characters.
+MAX_LOG_MESSAGE_CHARS = 4096
+#: A log line's `fields`: at most this many, each string value at most this many characters.
+MAX_LOG_FIELDS = 16
+MAX_LOG_FIELD_CHARS = 256
+
 #: Field names the store adds itself, so no reading may use them.
 RESERVED_FIELDS = frozenset({"seq", "out_of_range"})
 
@@ -93,6 +102,12 @@ def alert_key(severity: Severity, site: str, device: str) -> str:
     if severity not in ("info", "warning", "critical"):
         raise InvalidIdentifier(f"severity {severity!r} is not one of info, warning, critical")
     return f"alerts.{severity}.{require_identifier(site, 'site')}.{require_identifier(device, 'device')}"
+
+
+def log_key(device: str, level: str) -> str:
+    if level not in LOG_LEVELS:
+        raise InvalidIdentifier(f"log level {level!r} is not one of {', '.join(LOG_LEVELS)}")
+    return f"logs.{require_identifier(device, 'device')}.{level}"
 
 
 def mqtt_topic(routing_key: str) -> str:
@@ -212,12 +227,34 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True):
         return alert_key(self.severity, self.site, self.device)
 
 
-Message = Reading | Presence | Command | Ack | Alert
-M = TypeVar("M", Reading, Presence, Command, Ack, Alert)
+class LogLine(msgspec.Struct, frozen=True, kw_only=True):
+    """One line of a device's log (published to `logs.<device>.<level>`)."""
+
+    v: Literal[1] = 1
+    device: Identifier
+    ts: EpochMs
+    level: LogLevel
+    message: Annotated[str, msgspec.Meta(max_length=MAX_LOG_MESSAGE_CHARS)]
+    fields: dict[SensorName, bool | int | float | Annotated[str, msgspec.Meta(max_length=MAX_LOG_FIELD_CHARS)]] = {}
+
+    def __post_init__(self) -> None:
+        if len(self.fields) > MAX_LOG_FIELDS:
+            raise ValueError(f"more than {MAX_LOG_FIELDS} fields")
+        for name, value in self.fields.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"field {name!r} is not a finite number")
+
+    @property
+    def routing_key(self) -> str:
+        return log_key(self.device, self.level)
+
+
+Message = Reading | Presence | Command | Ack | Alert | LogLine
+M = TypeVar("M", Reading, Presence, Command, Ack, Alert, LogLine)
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
-    cls: msgspec.json.Decoder(cls) for cls in (Reading, Presence, Command, Ack, Alert)
+    cls: msgspec.json.Decoder(cls) for cls in (Reading, Presence, Command, Ack, Alert, LogLine)
 }
 
 
@@ -247,3 +284,11 @@ def decode_reading(body: bytes, routing_key: str | None = None) -> Reading:
     if routing_key is not None and routing_key != f"telemetry.{reading.site}.{reading.kind}.{reading.device}":
         raise InvalidMessage("routing_mismatch", f"body says {reading.routing_key}, routed as {routing_key}")
     return reading
+
+
+def decode_log_line(body: bytes, routing_key: str | None = None) -> LogLine:
+    """A log body as a `LogLine`; with `routing_key`, its device and level must be the body's."""
+    line = decode(body, LogLine)
+    if routing_key is not None and routing_key != f"logs.{line.device}.{line.level}":
+        raise InvalidMessage("routing_mismatch", f"body says {line.routing_key}, routed as {routing_key}")
+    return line

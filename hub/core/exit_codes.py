@@ -53,3 +53,10 @@ Exit codes:
   0  stopped by Ctrl-C, --count or --for
   2  bad routing pattern
   4  RabbitMQ unreachable or credentials refused"""
+
+LOGS_EXIT_CODES_HELP = """\b
+Exit codes:
+  0  ok (also when no line matches), or -f stopped by Ctrl-C or --for
+  2  usage error (bad name, level or --since), or the outputs cannot be read back (jsonl only)
+  4  RabbitMQ unreachable or credentials refused (-f)
+  5  InfluxDB unreachable, or it has no database IOT_INFLUX_DB"""

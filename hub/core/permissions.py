@@ -1,7 +1,8 @@
 """What a device's broker account may do: vhost permissions and topic permissions, as the broker wants them.
 
 Each device has its own account, named by its id, confined to its own routing keys on
-exchange `iot`: it publishes `telemetry.<site>.<kind>.<id>`, `status.<id>` and `acks.<id>`,
+exchange `iot`: it publishes `telemetry.<site>.<kind>.<id>`, `status.<id>`, `acks.<id>` and its
+log lines `logs.<id>.<level>` (a level of `LOG_LEVELS`),
 and binds (subscribes) only `commands.<id>`. The patterns name the id literally rather than
 `{username}`: RabbitMQ 3.10 and 4.x both expand `{username}` and `{vhost}` (and, over MQTT only,
 `{client_id}`), but a literal pattern means the same on every version and every protocol.
@@ -11,17 +12,20 @@ only the one named by its own id: with another client id it cannot subscribe to 
 STOMP subscription queues are server-named and exclusive; the topic permission on the binding
 is what confines them.
 """
-# Example, device `env-0001`: publish `^(telemetry\.[^.]+\.[^.]+\.env-0001|status\.env-0001|acks\.env-0001)$`,
+# Example, device `env-0001`: publish `^(telemetry\.[^.]+\.[^.]+\.env-0001|status\.env-0001|acks\.env-0001|`
+# `logs\.env-0001\.(debug|info|warning|error|critical))$` (one regex),
 # subscribe `^commands\.env-0001$`.
 
 from __future__ import annotations
 
 import re
 
-from hub.core.contract import EXCHANGE, require_identifier
+from hub.core.contract import EXCHANGE, LOG_LEVELS, require_identifier
 
 #: Queues RabbitMQ's STOMP plugin declares for a `/exchange/...` subscription (server-named, exclusive).
 STOMP_SUBSCRIPTION_QUEUES = r"stomp-subscription-.*"
+#: The last word of a log line's routing key (no regex syntax in a level).
+_LEVELS = "|".join(LOG_LEVELS)
 
 
 def _mqtt_session_queue(device: str) -> str:
@@ -45,6 +49,6 @@ def topic_permissions(device: str) -> dict[str, str]:
     me = require_identifier(device, "device")
     return {
         "exchange": EXCHANGE,
-        "write": rf"^(telemetry\.[^.]+\.[^.]+\.{me}|status\.{me}|acks\.{me})$",
+        "write": rf"^(telemetry\.[^.]+\.[^.]+\.{me}|status\.{me}|acks\.{me}|logs\.{me}\.({_LEVELS}))$",
         "read": rf"^commands\.{me}$",
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import TypeVar
 import click
 from rich.console import Console
 from rich.live import Live
+from rich.text import Text
 
 from hub.core.config import METRICS_OFF, PROJECT_ROOT, Settings, load_settings
 from hub.core.contract import now_ms
@@ -53,6 +55,10 @@ PLAIN_REPORT_S = 5.0
 PIPE_WIDTH = 160
 #: Ctrl-C, SIGTERM and a closed terminal (SIGHUP) all stop the demo the same clean way.
 DEMO_STOP_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)
+
+#: How long the demo shows `hub logs -f --level warning` before its live view, and lines shown at most.
+LOGS_VIEW_S = 6.0
+LOGS_VIEW_MAX_LINES = 12
 
 T = TypeVar("T")
 
@@ -140,6 +146,26 @@ class Demo:
                 by_kind.setdefault(view.kind, []).append(view.device)
         self.runner = CommandRunner(plan_commands(by_kind), env, threading.Event())
         self.runner.start()
+        self._show_logs(env)
+
+    def _show_logs(self, env: dict[str, str]) -> None:
+        """A few seconds of what devices log at warning and above, live, with the real CLI: the
+        commands just started include one they refuse, which they log."""
+        argv = [sys.executable, "-m", "hub", "logs", "-f", "--level", "warning", "--for", f"{LOGS_VIEW_S:g}"]
+        self.console.print(f"$ iot-hub logs -f --level warning   (for {LOGS_VIEW_S:g} s)")
+        shown = 0
+        with subprocess.Popen(
+            argv, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        ) as follower:
+            assert follower.stdout is not None
+            for line in follower.stdout:  # already escaped by `hub logs`; printed as text, no markup read
+                if shown < LOGS_VIEW_MAX_LINES:
+                    self.console.print(Text(f"  {line.rstrip()}"))
+                shown += 1
+        if shown > LOGS_VIEW_MAX_LINES:
+            self.console.print(f"  … {shown - LOGS_VIEW_MAX_LINES} more")
+        if not shown:
+            self.console.print("  (no warning in that time)")
 
     def _watch(self) -> None:
         self.live_started = time.monotonic()

@@ -21,6 +21,8 @@ from hub.core.points import Point
 
 #: Rows one read of the command history returns at most (two per command: `sent` and its outcome).
 MAX_COMMAND_ROWS = 10_000
+#: Log lines one read of `device_logs` returns at most.
+MAX_LOG_ROWS = 10_000
 
 
 class Output(Protocol):
@@ -58,6 +60,20 @@ class Reader(Protocol):
         """`commands` rows of the last `since_s` seconds, newest first, at most `limit`: `time`
         (epoch ms), `id`, `device`, `command`, `status`, `origin`, `detail`, `rtt_ms`. With
         `outcomes_only`, no `sent` row. `device` is an identifier (checked by the caller)."""
+        ...
+
+    def device_logs(
+        self,
+        since_s: int,
+        *,
+        devices: Sequence[str] | None = None,
+        levels: Sequence[str] | None = None,
+        limit: int = MAX_LOG_ROWS,
+    ) -> list[dict[str, Any]]:
+        """`device_logs` rows of the last `since_s` seconds, newest first, at most `limit`: `time`
+        (epoch ms), `device`, `level`, `message`, and `fields` (JSON text), `source`, `dropped` where
+        present. `devices`: only theirs (identifiers, checked by the caller); `levels`: only these
+        (levels of the contract); None: any."""
         ...
 
     def close(self) -> None: ...

@@ -9,10 +9,10 @@ from typing import Any
 
 from hub.clients.influx import InfluxHttp, Series
 from hub.core.config import Settings
-from hub.core.contract import require_identifier
-from hub.core.measurements import COMMANDS_MEASUREMENT, STATUS_MEASUREMENT, is_kind_measurement
+from hub.core.contract import LOG_LEVELS, require_identifier
+from hub.core.measurements import COMMANDS_MEASUREMENT, LOGS_MEASUREMENT, STATUS_MEASUREMENT, is_kind_measurement
 from hub.core.points import Point
-from hub.outputs.base import MAX_COMMAND_ROWS
+from hub.outputs.base import MAX_COMMAND_ROWS, MAX_LOG_ROWS
 from hub.outputs.lineprotocol import lines_payload
 
 #: The newest row of each device, per measurement.
@@ -38,6 +38,24 @@ class InfluxV1Output:
         self.client.close()
 
 
+def influxql_device_logs(
+    since_s: int, devices: Sequence[str] | None, levels: Sequence[str] | None, limit: int, rp: str = ""
+) -> str:
+    """The newest `device_logs` rows (in retention policy `rp`, else the default), as asked; every
+    name checked before it goes into the query."""
+    where = [f"time > now() - {int(since_s)}s"]
+    if devices is not None:
+        names = "|".join(require_identifier(device, "device") for device in devices) or "(?!)"
+        where.append(f'"device" =~ /^({names})$/')
+    if levels is not None:
+        unknown = [level for level in levels if level not in LOG_LEVELS]
+        if unknown:
+            raise ValueError(f"not log levels: {unknown}")
+        where.append(f'"level" =~ /^({"|".join(levels) or "(?!)"})$/')
+    source = f'"{require_identifier(rp, "retention policy")}"."{LOGS_MEASUREMENT}"' if rp else f'"{LOGS_MEASUREMENT}"'
+    return f"SELECT * FROM {source} WHERE {' AND '.join(where)} ORDER BY time DESC LIMIT {int(limit)}"
+
+
 class InfluxV1Reader:
     """InfluxQL reads as IOT_INFLUX_READER_USER (or the writer); opens no connection until asked."""
 
@@ -45,6 +63,7 @@ class InfluxV1Reader:
 
     def __init__(self, settings: Settings) -> None:
         self.client = InfluxHttp.from_settings(settings, settings.influx_reader)
+        self.log_rp = settings.log_rp
 
     def device_states(self) -> list[Series]:
         [series] = self.client.query(f'SELECT * FROM "{STATUS_MEASUREMENT}" {NEWEST_PER_DEVICE}')
@@ -72,6 +91,17 @@ class InfluxV1Reader:
         [series] = self.client.query(
             f'SELECT * FROM "{COMMANDS_MEASUREMENT}" WHERE {" AND ".join(where)} ORDER BY time DESC LIMIT {int(limit)}'
         )
+        return [row for one in series for row in one.rows]
+
+    def device_logs(
+        self,
+        since_s: int,
+        *,
+        devices: Sequence[str] | None = None,
+        levels: Sequence[str] | None = None,
+        limit: int = MAX_LOG_ROWS,
+    ) -> list[dict[str, Any]]:
+        [series] = self.client.query(influxql_device_logs(since_s, devices, levels, limit, self.log_rp))
         return [row for one in series for row in one.rows]
 
     def close(self) -> None:

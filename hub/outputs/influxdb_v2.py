@@ -13,11 +13,11 @@ from typing import Any
 
 from hub.clients.influx import REQUEST_TIMEOUT_S, Series
 from hub.core.config import InfluxAccount, Settings
-from hub.core.contract import require_identifier
+from hub.core.contract import LOG_LEVELS, require_identifier
 from hub.core.errors import ConfigError, PointsRejected, StorageUnavailable
-from hub.core.measurements import COMMANDS_MEASUREMENT, HUB_MEASUREMENTS, STATUS_MEASUREMENT
+from hub.core.measurements import COMMANDS_MEASUREMENT, HUB_MEASUREMENTS, LOGS_MEASUREMENT, STATUS_MEASUREMENT
 from hub.core.points import Point
-from hub.outputs.base import MAX_COMMAND_ROWS
+from hub.outputs.base import MAX_COMMAND_ROWS, MAX_LOG_ROWS
 from hub.outputs.lineprotocol import lines_payload
 
 #: Columns of a Flux record that are not the point's own (the query's bookkeeping).
@@ -135,6 +135,29 @@ def flux_commands(bucket: str, since_s: int, device: str | None, outcomes_only: 
     )
 
 
+def flux_device_logs(
+    bucket: str, since_s: int, devices: Sequence[str] | None, levels: Sequence[str] | None, limit: int
+) -> str:
+    conditions = [f"r._measurement == {flux_string(LOGS_MEASUREMENT)}"]
+    if devices is not None:
+        names = ", ".join(flux_string(require_identifier(device, "device")) for device in devices)
+        conditions.append(f"contains(value: r.device, set: [{names}])")
+    if levels is not None:
+        unknown = [level for level in levels if level not in LOG_LEVELS]
+        if unknown:
+            raise ValueError(f"not log levels: {unknown}")
+        conditions.append(f"contains(value: r.level, set: [{', '.join(map(flux_string, levels))}])")
+    return (
+        f"from(bucket: {flux_string(bucket)})\n"
+        f"  |> range(start: -{int(since_s)}s)\n"
+        f"  |> filter(fn: (r) => {' and '.join(conditions)})\n"
+        '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
+        "  |> group()\n"
+        '  |> sort(columns: ["_time"], desc: true)\n'
+        f"  |> limit(n: {int(limit)})"
+    )
+
+
 def row_of(values: Mapping[str, Any]) -> dict[str, Any]:
     """A Flux record's values as an InfluxQL-like row: `time` in epoch ms, tags and fields as columns."""
     row = {name: value for name, value in values.items() if name not in FLUX_COLUMNS}
@@ -175,6 +198,18 @@ class InfluxV2Reader:
         self, since_s: int, *, device: str | None = None, outcomes_only: bool = False, limit: int = MAX_COMMAND_ROWS
     ) -> list[dict[str, Any]]:
         flux = flux_commands(self.bucket, since_s, device, outcomes_only, limit)
+        return [row_of(values) for values in self._query(flux)]
+
+    def device_logs(
+        self,
+        since_s: int,
+        *,
+        devices: Sequence[str] | None = None,
+        levels: Sequence[str] | None = None,
+        limit: int = MAX_LOG_ROWS,
+    ) -> list[dict[str, Any]]:
+        bucket = f"{self.settings.influx_db}/{self.settings.log_rp}" if self.settings.log_rp else self.bucket
+        flux = flux_device_logs(bucket, since_s, devices, levels, limit)
         return [row_of(values) for values in self._query(flux)]
 
     def close(self) -> None:

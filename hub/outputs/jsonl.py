@@ -18,7 +18,7 @@ from hub.clients.influx import Series
 from hub.core.config import Settings
 from hub.core.errors import StorageUnavailable, Unreadable
 from hub.core.points import Point
-from hub.outputs.base import MAX_COMMAND_ROWS
+from hub.outputs.base import MAX_COMMAND_ROWS, MAX_LOG_ROWS
 
 _encoder = msgspec.json.Encoder()
 
@@ -73,6 +73,16 @@ class JsonLinesReader:
         self, since_s: int, *, device: str | None = None, outcomes_only: bool = False, limit: int = MAX_COMMAND_ROWS
     ) -> list[dict[str, Any]]:
         self._unreadable("the command history")
+
+    def device_logs(
+        self,
+        since_s: int,
+        *,
+        devices: Sequence[str] | None = None,
+        levels: Sequence[str] | None = None,
+        limit: int = MAX_LOG_ROWS,
+    ) -> list[dict[str, Any]]:
+        self._unreadable("the devices' logs")
 
     def close(self) -> None:
         pass

@@ -8,13 +8,13 @@ in `READERS` (one that cannot be queried raises `Unreadable`, as `jsonl`'s does)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hub.clients.influx import UNREACHABLE_HINT, Series, server_version
 from hub.core.config import Settings
 from hub.core.errors import ConfigError, StorageUnavailable
-from hub.outputs.base import MAX_COMMAND_ROWS, Output, Reader
+from hub.outputs.base import MAX_COMMAND_ROWS, MAX_LOG_ROWS, Output, Reader
 from hub.outputs.influxdb_v1 import InfluxV1Output, InfluxV1Reader
 from hub.outputs.influxdb_v2 import InfluxV2Output, InfluxV2Reader
 from hub.outputs.jsonl import JsonLinesOutput, JsonLinesReader
@@ -58,6 +58,16 @@ class InfluxReader:
         self, since_s: int, *, device: str | None = None, outcomes_only: bool = False, limit: int = MAX_COMMAND_ROWS
     ) -> list[dict[str, Any]]:
         return self._resolved().commands(since_s, device=device, outcomes_only=outcomes_only, limit=limit)
+
+    def device_logs(
+        self,
+        since_s: int,
+        *,
+        devices: Sequence[str] | None = None,
+        levels: Sequence[str] | None = None,
+        limit: int = MAX_LOG_ROWS,
+    ) -> list[dict[str, Any]]:
+        return self._resolved().device_logs(since_s, devices=devices, levels=levels, limit=limit)
 
     def close(self) -> None:
         if self._reader is not None:

@@ -36,6 +36,10 @@ ESCALATIONS = Counter(
     "Escalation timers: started, fired (still unacked), cancelled (acked or cleared)",
     ["outcome"],
 )
+LOG_LINES = Counter(
+    "hub_log_lines", "Device log lines: stored, or dropped over the device's rate (IOT_LOG_RATE)", ["outcome"]
+)
+LOG_RULE_HITS = Counter("hub_log_rule_hits", "Log rules that matched a device's lines", ["rule"])
 WRITE_RETRIES = Counter("hub_write_retries", "Output writes that failed and were retried", ["service"])
 BATCH_SIZE = Histogram(
     "hub_batch_points",
@@ -70,6 +74,8 @@ EVENT_COUNTERS: dict[str, Counter] = {
     "command_outcome": COMMAND_OUTCOMES,
     "notification": NOTIFICATIONS,
     "escalation": ESCALATIONS,
+    "log_line": LOG_LINES,
+    "log_rule": LOG_RULE_HITS,
 }
 
 

@@ -146,8 +146,10 @@ def partitions(count: int) -> tuple[HubQueue, ...]:
 PRESENCE = HubQueue("hub.presence", ("status.#",), prefetch=1_000, single_active=True)
 #: Pending commands stay unacked until their outcome is recorded, so this window bounds them.
 COMMANDS = HubQueue("hub.commands", ("commands.#", "acks.#"), prefetch=20_000, single_active=True)
+#: Devices' log lines: a queue and a runner of their own, so a flood of them never stalls telemetry.
+LOGS = HubQueue("hub.logs", ("logs.#",), prefetch=5_000, single_active=True)
 #: The services' queues but telemetry's, whose number is a setting (`partitions`).
-QUEUES = {"presence": PRESENCE, "commands": COMMANDS}
+QUEUES = {"presence": PRESENCE, "commands": COMMANDS, "logs": LOGS}
 
 
 def service_queues(service: str, partition_ids: tuple[int, ...]) -> tuple[HubQueue, ...]:

@@ -8,6 +8,7 @@ its own queues (`hub.runtime.runner`).
 - `commands`: every command's lifecycle into `commands`;
 - `notify`: alarm transitions to the channels of the notification file (a router, and delivery
   workers per channel); started by default only when that file exists.
+- `logs`: devices' log lines into `device_logs`, rate-limited per device.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from hub.runtime.snapshot import Snapshot
 log = logging.getLogger(__name__)
 
 #: What `hub run` starts without `--only` (and `notify` when the notification file exists).
-DEFAULT_SERVICES = ("telemetry", "presence", "commands")
+DEFAULT_SERVICES = ("telemetry", "presence", "commands", "logs")
 SERVICES = (*DEFAULT_SERVICES, "notify")
 #: Names of the services telemetry replaced; `hub run --only store` still means telemetry.
 ALIASES = {"store": "telemetry", "rules": "telemetry"}
@@ -51,6 +52,7 @@ def build_services(
     """The named services, each a handler with its runner, sharing nothing but the stop event and
     the middleware: each consumes what it needs over its own connection. No I/O happens here."""
     from hub.services.commands.service import CommandsHandler
+    from hub.services.logs.service import LogsHandler
     from hub.services.presence.service import PresenceHandler
     from hub.services.presence.signs import SignsFeed
     from hub.services.presence.tracker import PresenceTracker
@@ -69,9 +71,13 @@ def build_services(
             handlers.append(PresenceHandler.from_settings(settings, feed))
         elif name == "commands":
             handlers.append(CommandsHandler.from_settings(settings))
+        elif name == "logs":
+            handlers.append(LogsHandler.from_settings(settings))
         elif name == "notify":
             handlers.extend(notify_handlers(settings))
-    runners = [Runner.from_settings(settings, handler, stop, middleware) for handler in handlers]
+    runners = [
+        Runner.from_settings(output_settings(settings, handler.name), handler, stop, middleware) for handler in handlers
+    ]
     telemetry = next((runner for runner in runners if runner.name == "telemetry"), None)
     if feed is not None and telemetry is not None:  # presence judges no silence while telemetry does not read
         feed.source = _snapshot_of(telemetry)
@@ -105,6 +111,14 @@ def notify_handlers(settings: Settings) -> list[Handler]:
         for number in range(1, settings.notify_workers + 1):
             handlers.append(DeliveryWorker(channel_name, sender, retries, number))
     return handlers
+
+
+def output_settings(settings: Settings, service: str) -> Settings:
+    """The settings a service's outputs write with: the logs service's go to the logs' own
+    retention policy when IOT_LOG_RETENTION gives them one."""
+    if service == "logs" and settings.log_rp:
+        return settings.model_copy(update={"influx_rp": settings.log_rp})
+    return settings
 
 
 def _snapshot_of(runner: Runner) -> Callable[[], Snapshot]:

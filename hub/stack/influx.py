@@ -86,6 +86,7 @@ class InfluxNode:
                     "or start afresh with `python -m hub stack down --purge` (deletes the data)"
                 ) from None
             admin.create_database()
+            ensure_log_retention(admin, settings)
             for account, privilege in plan.grants:
                 if account.user in users:
                     admin.administer(f"SET PASSWORD FOR {_identifier(account.user)} = {_string(account.password)}")
@@ -131,6 +132,25 @@ def _complete(settings: Settings, account: InfluxAccount, what: str, variable: s
     if not account.user or not account.password:
         raise missing_secret(settings, what, variable)
     return Login(account.user, account.password)
+
+
+def log_retention_statement(settings: Settings, exists: bool) -> str:
+    """CREATE (or ALTER) the retention policy of `device_logs` (IOT_LOG_RETENTION), never the default one."""
+    verb = "ALTER" if exists else "CREATE"
+    replication = "" if exists else " REPLICATION 1"
+    return (
+        f"{verb} RETENTION POLICY {_identifier(settings.log_rp)} ON {_identifier(settings.influx_db)}"
+        f" DURATION {settings.log_retention}{replication}"
+    )
+
+
+def ensure_log_retention(admin: InfluxHttp, settings: Settings) -> None:
+    """The logs' own retention policy, made or given IOT_LOG_RETENTION's duration; nothing when it is empty."""
+    if not settings.log_rp:
+        return
+    [series] = admin.administer(f"SHOW RETENTION POLICIES ON {_identifier(settings.influx_db)}")
+    exists = any(row.get("name") == settings.log_rp for one in series for row in one.rows)
+    admin.administer(log_retention_statement(settings, exists))
 
 
 def create_user(account: Login, admin: bool = False) -> str:

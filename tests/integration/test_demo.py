@@ -105,6 +105,7 @@ def test_make_demo_runs_the_main_job_and_leaves_no_process_behind(tmp_path: Path
     assert int(answered.group(3)) >= 1
     assert re.search(r"\$ iot-hub send \S+ set_interval ms=5000 +-> +ok", out), out
     assert re.search(r"\$ iot-hub send \S+ self_destruct +-> +unsupported", out), out
+    assert "$ iot-hub logs -f --level warning" in out, out
 
     assert "stopped the simulator" in out and "stopped the hub" in out
     assert "stopped the stack the demo started (RabbitMQ, broker auth, InfluxDB)" in out

@@ -27,7 +27,13 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "contract.md"
 
 #: Placeholders of the routing table, and the values they are filled with.
-PLACEHOLDERS = {"<site>": "plant-a", "<kind>": "environment", "<device>": "env-0007", "<severity>": "warning"}
+PLACEHOLDERS = {
+    "<site>": "plant-a",
+    "<kind>": "environment",
+    "<device>": "env-0007",
+    "<severity>": "warning",
+    "<level>": "error",
+}
 
 #: The label after ```json -> the type its example must decode as.
 BODIES: dict[str, type[Any]] = {
@@ -36,6 +42,7 @@ BODIES: dict[str, type[Any]] = {
     "command": contract.Command,
     "ack": contract.Ack,
     "alert": contract.Alert,
+    "log": contract.LogLine,
 }
 
 
@@ -175,6 +182,7 @@ ROUTING: dict[str, Callable[[], str]] = {
     "command": lambda: contract.command_key(PLACEHOLDERS["<device>"]),
     "ack": lambda: contract.ack_key(PLACEHOLDERS["<device>"]),
     "alert": lambda: contract.alert_key("warning", PLACEHOLDERS["<site>"], PLACEHOLDERS["<device>"]),
+    "log": lambda: contract.log_key(PLACEHOLDERS["<device>"], PLACEHOLDERS["<level>"]),
 }
 
 
@@ -283,6 +291,9 @@ def test_limits_are_the_code_limits() -> None:
         "largest body (bytes)": str(contract.MAX_BODY_BYTES),
         "most readings per message": str(contract.MAX_READINGS_PER_MESSAGE),
         "reserved reading names": sorted(contract.RESERVED_FIELDS),
+        "log message (characters)": str(contract.MAX_LOG_MESSAGE_CHARS),
+        "most fields of a log line": str(contract.MAX_LOG_FIELDS),
+        "log field text (characters)": str(contract.MAX_LOG_FIELD_CHARS),
     }
     assert set(rows) == set(expected), f"{where(limits.line)}: rows {sorted(rows)}, expected {sorted(expected)}"
     for limit, code_value in expected.items():

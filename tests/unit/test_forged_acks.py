@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any, cast
 
 from pika.spec import Basic, BasicProperties
@@ -156,6 +157,16 @@ class _NothingSettled:
 
     def commands(
         self, since_s: int, *, device: str | None = None, outcomes_only: bool = False, limit: int = 0
+    ) -> list[dict[str, Any]]:
+        return []
+
+    def device_logs(
+        self,
+        since_s: int,
+        *,
+        devices: Sequence[str] | None = None,
+        levels: Sequence[str] | None = None,
+        limit: int = 0,
     ) -> list[dict[str, Any]]:
         return []
 

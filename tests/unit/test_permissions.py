@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from hub.core.contract import ack_key, command_key, status_key, telemetry_key
+from hub.core.contract import LOG_LEVELS, ack_key, command_key, log_key, status_key, telemetry_key
 from hub.core.errors import InvalidIdentifier
 from hub.core.permissions import topic_permissions, vhost_permissions
 
@@ -35,10 +35,20 @@ def test_a_device_may_publish_its_own_telemetry_status_and_acks(key: str) -> Non
         f"telemetry.plant-a.{ME}",
         f"status.{ME}x",
         f"alerts.warning.plant-a.{ME}",
+        log_key(OTHER, "error"),
+        f"logs.{ME}.fatal",
+        f"logs.{ME}",
+        f"logs.{ME}.error.extra",
+        f"logs.{ME}x.error",
     ],
 )
 def test_a_device_may_not_publish_anything_else(key: str) -> None:
     assert not _allows(topic_permissions(ME)["write"], key)
+
+
+@pytest.mark.parametrize("level", LOG_LEVELS)
+def test_a_device_may_publish_its_own_log_lines_at_every_level(level: str) -> None:
+    assert _allows(topic_permissions(ME)["write"], log_key(ME, level))
 
 
 def test_a_device_may_subscribe_only_to_its_own_commands() -> None:

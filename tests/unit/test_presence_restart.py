@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -140,6 +141,16 @@ class _Recorded:
 
     def commands(
         self, since_s: int, *, device: str | None = None, outcomes_only: bool = False, limit: int = 0
+    ) -> list[dict[str, Any]]:
+        return []
+
+    def device_logs(
+        self,
+        since_s: int,
+        *,
+        devices: Sequence[str] | None = None,
+        levels: Sequence[str] | None = None,
+        limit: int = 0,
     ) -> list[dict[str, Any]]:
         return []
 
