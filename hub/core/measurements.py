@@ -8,11 +8,15 @@ from hub.core.contract import is_identifier
 STATUS_MEASUREMENT = "device_status"
 #: The rules' alerts.
 ALERTS_MEASUREMENT = "alerts"
+#: Alarms' transitions (one row per transition, and per trip while active: `updated`).
+ALARMS_MEASUREMENT = "alarms"
 #: Every command's lifecycle (`sent`, then one outcome).
 COMMANDS_MEASUREMENT = "commands"
 #: The monitor's statistics of each service.
 STATS_MEASUREMENT = "hub_stats"
-HUB_MEASUREMENTS = frozenset({STATUS_MEASUREMENT, ALERTS_MEASUREMENT, COMMANDS_MEASUREMENT, STATS_MEASUREMENT})
+HUB_MEASUREMENTS = frozenset(
+    {STATUS_MEASUREMENT, ALERTS_MEASUREMENT, ALARMS_MEASUREMENT, COMMANDS_MEASUREMENT, STATS_MEASUREMENT}
+)
 
 
 def is_kind_measurement(name: str) -> bool:

@@ -60,4 +60,19 @@ class Reader(Protocol):
         `outcomes_only`, no `sent` row. `device` is an identifier (checked by the caller)."""
         ...
 
+    def alarm_rows(self, since_s: int | None = None) -> list[dict[str, Any]]:
+        """`alarms` rows (every field and tag, `time` in epoch ms): with `since_s`, every row of
+        the last `since_s` seconds; without, the newest row of each alarm type and device."""
+        ...
+
+    def recent_readings(self, since_s: int, per_device: int) -> list[Series]:
+        """The newest `per_device` rows of each device in each kind's measurement, of the last
+        `since_s` seconds: one series per measurement and device (tag `device`), rows newest first."""
+        ...
+
+    def last_alerts(self, since_s: int) -> list[dict[str, Any]]:
+        """The newest `alerts` row of each rule and device of the last `since_s` seconds: `rule`,
+        `device`, `time` (the reading's time it fired at)."""
+        ...
+
     def close(self) -> None: ...

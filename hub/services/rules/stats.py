@@ -1,4 +1,10 @@
-"""Rolling statistics over the last N values of one sensor, O(1) per value."""
+"""Rolling statistics over the last N values of one sensor, plus the run length of the last value.
+
+The mean and standard deviation are computed from the window itself (exactly rounded sums, two
+passes) when a z-score rule asks, not kept as running totals: running totals drift with the
+history before the window, so a window rebuilt after a restart would judge a borderline value
+differently from the one that never stopped. The same window, the same decision.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +13,21 @@ from collections import deque
 
 
 class Rolling:
-    """Mean and standard deviation of a sliding window, plus the run length of the last value."""
+    """A sliding window of values, its mean and standard deviation, and the last value's run."""
 
     def __init__(self, window: int) -> None:
         self.values: deque[float] = deque(maxlen=window)
-        self.total = 0.0
-        self.total_sq = 0.0
         self.last: float | None = None
         self.last_ts = 0
         #: How many times in a row the last value was reported.
         self.repeats = 0
 
+    def is_new(self, ts_ms: int) -> bool:
+        """A reading after the last one pushed: one at or before it (a replay, or older) changes nothing."""
+        return self.last is None or ts_ms > self.last_ts
+
     def push(self, value: float, ts_ms: int) -> None:
-        if len(self.values) == self.values.maxlen:
-            old = self.values[0]
-            self.total -= old
-            self.total_sq -= old * old
         self.values.append(value)
-        self.total += value
-        self.total_sq += value * value
         self.repeats = self.repeats + 1 if value == self.last else 1
         self.last, self.last_ts = value, ts_ms
 
@@ -35,12 +37,13 @@ class Rolling:
 
     @property
     def mean(self) -> float:
-        return self.total / len(self.values) if self.values else 0.0
+        return math.fsum(self.values) / len(self.values) if self.values else 0.0
 
     @property
     def std(self) -> float:
         n = len(self.values)
         if n < 2:
             return 0.0
-        variance = (self.total_sq - self.total * self.total / n) / (n - 1)
-        return math.sqrt(variance) if variance > 0 else 0.0
+        mean = self.mean
+        variance = math.fsum((value - mean) ** 2 for value in self.values) / (n - 1)
+        return math.sqrt(variance)
