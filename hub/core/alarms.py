@@ -46,6 +46,9 @@ class AlarmRecord:
     cleared_at: int | None
     #: The time of its newest transition.
     updated_at: int
+    #: Its transitions so far (1 when raised): orders its rows, whose times mix the devices'
+    #: clocks (trips, clears) and the hub's (acks).
+    version: int = 1
 
     @property
     def active(self) -> bool:
@@ -105,24 +108,30 @@ def record_of(row: Mapping[str, Any]) -> AlarmRecord | None:
             last_ts=int(row.get("last_ts") or 0),
             cleared_at=cleared_at or None,
             updated_at=int(row["time"]),
+            version=int(row.get("version") or 1),
         )
     except (KeyError, TypeError, ValueError):
         return None
 
 
 def newest_per_alarm(rows: Iterable[Mapping[str, Any]]) -> list[AlarmRecord]:
-    """Each alarm once, as its newest row says (the highest count first among rows of one time)."""
+    """Each alarm once, as its last transition left it (by `version`, not by time), oldest raised first."""
     newest: dict[str, AlarmRecord] = {}
     for row in rows:
         record = record_of(row)
         if record is None:
             continue
         known = newest.get(record.id)
-        if known is None or (record.updated_at, _order(record)) > (known.updated_at, _order(known)):
+        if known is None or record.version > known.version:
             newest[record.id] = record
     return sorted(newest.values(), key=lambda r: (r.raised_at, r.id))
 
 
-def _order(record: AlarmRecord) -> tuple[int, int, int]:
-    """Of two rows at one time, the later in the alarm's life: cleared last, more trips, acked."""
-    return (record.state == "cleared", record.count, record.acked)
+def current_per_device(alarms: Iterable[AlarmRecord]) -> list[AlarmRecord]:
+    """The current alarm of each type and device: the one raised last."""
+    current: dict[tuple[str, str], AlarmRecord] = {}
+    for alarm in alarms:
+        key = (alarm.type, alarm.device)
+        if key not in current or alarm.raised_at > current[key].raised_at:
+            current[key] = alarm
+    return list(current.values())

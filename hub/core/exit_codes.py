@@ -53,3 +53,10 @@ Exit codes:
   0  stopped by Ctrl-C, --count or --for
   2  bad routing pattern
   4  RabbitMQ unreachable or credentials refused"""
+
+ALARMS_EXIT_CODES_HELP = """\b
+Exit codes:
+  0  ok (also when no alarm matches)
+  2  usage error; an unknown alarm id, or a cleared one (ack: nothing sent)
+  4  RabbitMQ unreachable or credentials refused (ack)
+  5  InfluxDB unreachable, or it has no database IOT_INFLUX_DB"""

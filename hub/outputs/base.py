@@ -19,6 +19,10 @@ from typing import Any, Protocol
 from hub.clients.influx import Series
 from hub.core.points import Point
 
+#: `alarms` rows read per alarm type and device for its current alarm: its last transition is
+#: among them unless that many later-dated rows of older occurrences exist (an ack is dated by
+#: the hub's clock, the other transitions by the device's).
+ALARM_ROWS_PER_DEVICE = 50
 #: Rows one read of the command history returns at most (two per command: `sent` and its outcome).
 MAX_COMMAND_ROWS = 10_000
 
@@ -62,7 +66,8 @@ class Reader(Protocol):
 
     def alarm_rows(self, since_s: int | None = None) -> list[dict[str, Any]]:
         """`alarms` rows (every field and tag, `time` in epoch ms): with `since_s`, every row of
-        the last `since_s` seconds; without, the newest row of each alarm type and device."""
+        the last `since_s` seconds; without, the newest `ALARM_ROWS_PER_DEVICE` rows of each
+        alarm type and device (by time: enough to hold the current alarm's last transition)."""
         ...
 
     def recent_readings(self, since_s: int, per_device: int) -> list[Series]:

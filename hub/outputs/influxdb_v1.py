@@ -18,7 +18,7 @@ from hub.core.measurements import (
     is_kind_measurement,
 )
 from hub.core.points import Point
-from hub.outputs.base import MAX_COMMAND_ROWS
+from hub.outputs.base import ALARM_ROWS_PER_DEVICE, MAX_COMMAND_ROWS
 from hub.outputs.lineprotocol import lines_payload
 
 #: The newest row of each device, per measurement.
@@ -75,7 +75,10 @@ class InfluxV1Reader:
 
     def alarm_rows(self, since_s: int | None = None) -> list[dict[str, Any]]:
         if since_s is None:
-            query = f'SELECT * FROM "{ALARMS_MEASUREMENT}" GROUP BY "type", "device" ORDER BY time DESC LIMIT 1'
+            query = (
+                f'SELECT * FROM "{ALARMS_MEASUREMENT}" GROUP BY "type", "device"'
+                f" ORDER BY time DESC LIMIT {ALARM_ROWS_PER_DEVICE}"
+            )
         else:
             query = f'SELECT * FROM "{ALARMS_MEASUREMENT}" WHERE time > now() - {int(since_s)}s'
         [series] = self.client.query(query)

@@ -23,7 +23,7 @@ from hub.core.measurements import (
     STATUS_MEASUREMENT,
 )
 from hub.core.points import Point
-from hub.outputs.base import MAX_COMMAND_ROWS
+from hub.outputs.base import ALARM_ROWS_PER_DEVICE, MAX_COMMAND_ROWS
 from hub.outputs.lineprotocol import lines_payload
 
 #: Columns of a Flux record that are not the point's own (the query's bookkeeping).
@@ -139,7 +139,8 @@ def flux_recent_readings(bucket: str, since_s: int, per_device: int) -> str:
 
 def flux_alarm_rows(bucket: str, since_s: int | None) -> str:
     newest = (
-        '  |> group(columns: ["type", "device"])\n  |> sort(columns: ["_time"], desc: true)\n  |> limit(n: 1)'
+        '  |> group(columns: ["type", "device"])\n  |> sort(columns: ["_time"], desc: true)\n'
+        f"  |> limit(n: {ALARM_ROWS_PER_DEVICE})"
         if since_s is None
         else '  |> group()\n  |> sort(columns: ["_time"])'
     )

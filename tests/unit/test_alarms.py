@@ -18,6 +18,7 @@ from hub.runtime import topology
 from hub.runtime.delivery import Delivery
 from hub.services.alarms.lifecycle import AlarmBook, Change
 from hub.services.alarms.rebuild import Stored
+from hub.services.alarms.transitions import change_point
 from hub.services.rules.engine import Engine, alert_id
 from hub.services.rules.model import ClearPolicy, Rule, Stuck, Threshold, ZScore, clear_policy
 from hub.services.store.judge import ReadingJudge
@@ -178,9 +179,6 @@ class _Store:
         return [{**p.tags, **p.fields, "time": p.ts_ms} for p in sorted(found, key=lambda p: p.ts_ms)]
 
     def stored(self, per_device: int) -> Stored:
-        newest: dict[tuple[str, str], dict[str, Any]] = {}
-        for row in self.rows("alarms"):
-            newest[(row["type"], row["device"])] = row
         readings: dict[str, Series] = {}
         for row in reversed(self.rows("thermostat")):
             one = readings.setdefault(row["device"], Series("thermostat", {"device": row["device"]}))
@@ -189,7 +187,7 @@ class _Store:
         alerts: dict[tuple[str, str], dict[str, Any]] = {}
         for row in self.rows("alerts"):
             alerts[(row["rule"], row["device"])] = row
-        return Stored.from_rows(newest.values(), readings.values(), alerts.values())
+        return Stored.from_rows(self.rows("alarms"), readings.values(), alerts.values())
 
 
 def _run(stage: TelemetryStage, readings: list[Reading], store: _Store) -> list[Change]:
@@ -228,13 +226,22 @@ def test_a_restart_anywhere_replayed_from_the_store_gives_the_same_alarms_and_al
     assert store.points == whole_store.points, "the same points: alerts and alarm rows alike"
 
 
-def test_newest_per_alarm_folds_rows_into_alarms() -> None:
+def test_newest_per_alarm_folds_rows_into_alarms_by_their_order_not_their_times() -> None:
     store = _Store()
-    _run(_stage(), SCRIPT, store)
+    stage = _stage()
+    _run(stage, SCRIPT[:20], store)
+    # an ack dated by the hub's clock, later than the device's readings that follow it
+    ack = AlarmAck(
+        alarm_id="temp-high:th-1:15000", device="th-1", site="plant-a", kind="thermostat", by="ann", ts=10**9
+    )
+    acked = stage.ack(ack)
+    assert acked is not None
+    store.points[("alarms", (("acked", "x"),), acked.ts)] = change_point(acked)
+    _run(stage, SCRIPT[20:], store)
     alarms = newest_per_alarm(store.rows("alarms"))
-    assert [(a.id, a.state, a.severity) for a in alarms] == [
-        ("temp-high:th-1:15000", "cleared", "critical"),
-        ("temp-high:th-1:60000", "active", "warning"),
+    assert [(a.id, a.state, a.severity, a.acked) for a in alarms] == [
+        ("temp-high:th-1:15000", "cleared", "critical", True),
+        ("temp-high:th-1:60000", "active", "warning", False),
     ]
 
 

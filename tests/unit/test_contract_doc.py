@@ -36,6 +36,8 @@ BODIES: dict[str, type[Any]] = {
     "command": contract.Command,
     "ack": contract.Ack,
     "alert": contract.Alert,
+    "alarm": contract.AlarmTransition,
+    "alarm_ack": contract.AlarmAck,
 }
 
 
@@ -175,6 +177,9 @@ ROUTING: dict[str, Callable[[], str]] = {
     "command": lambda: contract.command_key(PLACEHOLDERS["<device>"]),
     "ack": lambda: contract.ack_key(PLACEHOLDERS["<device>"]),
     "alert": lambda: contract.alert_key("warning", PLACEHOLDERS["<site>"], PLACEHOLDERS["<device>"]),
+    "alarm": lambda: contract.alarm_key(
+        "warning", PLACEHOLDERS["<site>"], PLACEHOLDERS["<kind>"], PLACEHOLDERS["<device>"]
+    ),
 }
 
 

@@ -114,6 +114,7 @@ class AlarmBook:
             value=alert.value,
             last_ts=alert.ts,
             updated_at=alert.ts,
+            version=alarm.version + 1,
         )
         self.alarms[key] = updated
         return Change("escalated" if escalates else "updated", updated, alert.ts)
@@ -133,7 +134,8 @@ class AlarmBook:
         if not (by_readings or by_time):
             return None
         del self._progress[key]
-        cleared = replace(self.alarms[key], state="cleared", cleared_at=ts, updated_at=ts)
+        alarm = self.alarms[key]
+        cleared = replace(alarm, state="cleared", cleared_at=ts, updated_at=ts, version=alarm.version + 1)
         self.alarms[key] = cleared
         return Change("cleared", cleared, ts)
 
@@ -143,7 +145,9 @@ class AlarmBook:
             if alarm.id == ack.alarm_id:
                 if not alarm.active or alarm.acked:
                     return None
-                acked = replace(alarm, acked=True, acked_by=ack.by, note=ack.note, updated_at=ack.ts)
+                acked = replace(
+                    alarm, acked=True, acked_by=ack.by, note=ack.note, updated_at=ack.ts, version=alarm.version + 1
+                )
                 self.alarms[key] = acked
                 return Change("acked", acked, ack.ts)
         return None

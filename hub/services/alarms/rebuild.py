@@ -6,13 +6,14 @@ that acks it (its point, its alerts, its alarms' rows), so the store already hol
 sources, and a rebuilt state is exactly as fresh as what was acked; persisting windows would add
 a write per reading. What is read back, each bounded:
 
-- the newest `alarms` row of each type and device: the alarms, whole (count, acked, severity);
+- the newest `alarms` rows of each type and device: the alarms, whole (count, acked, severity),
+  each as its last transition (`version`) left it;
 - the newest readings of each device (as many as the longest window, stuck run or `clear_after`
   needs), replayed through a fresh engine in order: windows, runs, the last evaluated time of
   each sensor (so a redelivered reading that was stored is recognised), and the progress of
   each active alarm towards clearing;
-- the newest alert of each rule and device within the longest cooldown: the cooldowns (an alert
-  before its alarm cleared ends no cooldown: a clear ends them).
+- the newest alert of each rule and device: the cooldowns (an alert before its alarm cleared
+  holds nothing off: a clear ends its rules' cooldowns).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hub.clients.influx import Series
-from hub.core.alarms import AlarmRecord, record_of
+from hub.core.alarms import AlarmRecord, current_per_device, newest_per_alarm
 from hub.core.contract import Reading, is_identifier
 from hub.services.rules.engine import Engine
 from hub.services.store.readings import OUT_OF_RANGE_FIELD
@@ -46,7 +47,7 @@ class Stored:
     def from_rows(
         cls, alarm_rows: Iterable[Mapping[str, Any]], readings: Iterable[Series], alerts: Iterable[Mapping[str, Any]]
     ) -> Stored:
-        records = [record for record in map(record_of, alarm_rows) if record is not None]
+        records = current_per_device(newest_per_alarm(alarm_rows))
         fired = [
             (str(row["rule"]), str(row["device"]), int(row["time"]))
             for row in alerts

@@ -29,6 +29,7 @@ def change_point(change: Change) -> Point:
         "raised_at": alarm.raised_at,
         "last_ts": alarm.last_ts,
         "cleared_at": alarm.cleared_at or 0,
+        "version": alarm.version,
     }
     if alarm.value is not None:
         fields["value"] = alarm.value

@@ -52,8 +52,6 @@ JSON_PERSISTENT = {"content_type": "application/json", "delivery_mode": 2, "app_
 #: A partition that first delivers this long after the last rebuild was another process's: its
 #: devices' state is rebuilt from the store before its first reading is judged.
 REBUILD_STALE_MS = 2_000
-#: Alerts are read back for the longest cooldown plus this margin.
-COOLDOWN_MARGIN_S = 60
 
 
 class TelemetryHandler:
@@ -169,12 +167,12 @@ class TelemetryHandler:
         if self.reader is None:
             return
         stage = self.stage
-        cooldown_s = max((rule.cooldown_s for rule in stage.engine.rules), default=0)
         try:
             stored = Stored.from_rows(
                 self.reader.alarm_rows(),
                 self.reader.recent_readings(READINGS_LOOKBACK_S, stage.history_needed),
-                self.reader.last_alerts(int(cooldown_s) + COOLDOWN_MARGIN_S),
+                # Cooldowns count in the devices' time: an alert's age by the hub clock says nothing.
+                self.reader.last_alerts(READINGS_LOOKBACK_S),
             )
         except Unreadable as exc:
             log.warning("service=telemetry event=no_rebuild reason=unreadable detail=%r", str(exc))
