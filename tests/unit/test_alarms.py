@@ -275,3 +275,27 @@ def test_an_ack_a_device_publishes_on_iot_is_no_ack() -> None:
     ack = AlarmAck(alarm_id="temp-high:th-1:1000", device="th-1", site="plant-a", kind="thermostat", by="me", ts=5)
     with pytest.raises(InvalidMessage):
         handler.handle(_delivery(encode(ack), "iot"))
+
+
+def test_the_demo_tells_one_alarm_raised_then_cleared() -> None:
+    from hub.demo.activity import Snapshot
+    from hub.demo.view import final_report
+
+    rows = [
+        {
+            "time": 1_000,
+            "id": "hot:th-1:1000",
+            "transition": "raised",
+            "severity": "warning",
+            "sensor": "t",
+            "value": 52.5,
+        },
+        {"time": 2_000, "id": "odd:th-2:2000", "transition": "raised", "severity": "info"},
+        {"time": 4_000, "id": "hot:th-1:1000", "transition": "cleared", "count": 1},
+    ]
+    snapshot = Snapshot(alarm_rows=rows)
+    assert (snapshot.alarms("raised"), snapshot.alarms("cleared")) == (2, 1)
+    story = snapshot.alarm_story()
+    assert story is not None and story.startswith("alarm hot:th-1:1000 raised ") and "(warning t 52.5)" in story
+    assert "cleared by itself" in story and story in final_report(snapshot, [], 60.0)
+    assert Snapshot(alarm_rows=rows[:2]).alarm_story() is None
