@@ -15,6 +15,7 @@ import pika
 
 from hub.core.config import Settings
 from hub.core.contract import EXCHANGE, AlarmTransition, Reading, decode, encode, now_ms
+from hub.dashboard.server import Dashboard
 from hub.services.rules.engine import alert_id
 from tests.support import amqp_connection, bind_temporary_queue, hub_cli, hub_process, influx_query, wait_until
 
@@ -132,6 +133,7 @@ def test_an_ack_from_the_cli_reaches_the_alarm_owner_once(stack: Settings, tmp_p
             assert listed.returncode == 0, listed.stderr
             [alarm] = [a for a in json.loads(listed.stdout) if a["type"] == "temp-high"]  # beside `odd`
             assert (alarm["id"], alarm["state"], alarm["acked"], alarm["count"]) == (alarm_id, "active", False, 1)
+            assert alarm in Dashboard(stack).alarms(), "the dashboard page shows the active alarms"
             for _ in range(2):
                 acked = hub_cli(stack, "alarms", "ack", alarm_id, "--note", "on it", "--by", "ann")
                 assert acked.returncode == 0, acked.stderr

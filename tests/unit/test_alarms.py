@@ -299,3 +299,70 @@ def test_the_demo_tells_one_alarm_raised_then_cleared() -> None:
     assert story is not None and story.startswith("alarm hot:th-1:1000 raised ") and "(warning t 52.5)" in story
     assert "cleared by itself" in story and story in final_report(snapshot, [], 60.0)
     assert Snapshot(alarm_rows=rows[:2]).alarm_story() is None
+
+
+class _Reader:
+    """The read side in memory: what another hub stored meanwhile."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.alarms: list[dict[str, Any]] = []
+        self.reads = 0
+
+    def device_states(self) -> list[Series]:
+        return []
+
+    def newest_readings(self) -> list[Series]:
+        return []
+
+    def commands(
+        self, since_s: int, *, device: str | None = None, outcomes_only: bool = False, limit: int = 0
+    ) -> list[dict[str, Any]]:
+        return []
+
+    def alarm_rows(self, since_s: int | None = None) -> list[dict[str, Any]]:
+        self.reads += 1
+        return self.alarms
+
+    def recent_readings(self, since_s: int, per_device: int) -> list[Series]:
+        return []
+
+    def last_alerts(self, since_s: int) -> list[dict[str, Any]]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def _row(device: str, transition: str, version: int) -> dict[str, Any]:
+    return {
+        "time": 1_000 * version, "type": "temp-high", "device": device, "site": "plant-a", "kind": "thermostat",
+        "transition": transition, "id": f"temp-high:{device}:1000", "rule": "warm", "severity": "warning",
+        "sensor": "temperature", "state": "cleared" if transition == "cleared" else "active", "acked": False,
+        "count": 1, "value": 27.0, "raised_at": 1_000, "last_ts": 1_000, "version": version,
+        "cleared_at": 1_000 * version if transition == "cleared" else 0,
+    }  # fmt: skip
+
+
+def test_a_partition_handed_over_later_is_rebuilt_from_the_store_keeping_the_devices_of_the_others() -> None:
+    reader = _Reader()
+    reader.alarms = [_row("th-9", "raised", 1)]
+    declaration = topology.Declaration((topology.partition(0), topology.partition(1)))
+    handler = TelemetryHandler(_stage(), declaration, reader=reader)
+    handler.on_consuming(0)
+    assert [a.id for a in handler.stage.book.active()] == ["temp-high:th-9:1000"]
+    mine = Delivery(Basic.Deliver(delivery_tag=1, exchange="iot", routing_key="telemetry.plant-a.thermostat.th-1"),
+                    BasicProperties(), encode(_reading(5_000, 27.0)), "hub.telemetry.0")  # fmt: skip
+    handler.handle(mine)
+    # meanwhile the hub that held partition 1 cleared th-9's alarm, then died: partition 1 comes to us
+    reader.alarms = [_row("th-9", "raised", 1), _row("th-9", "cleared", 2)]
+    handler._rebuilt_at -= 60_000
+    reads = reader.reads
+    theirs = _reading(9_000, 21.0, device="th-9")
+    handler.handle(Delivery(Basic.Deliver(delivery_tag=2, exchange="iot", routing_key=theirs.routing_key),
+                            BasicProperties(), encode(theirs), "hub.telemetry.1"))  # fmt: skip
+    assert reader.reads == reads + 1, "rebuilt on the handed-over partition's first delivery"
+    assert [a.id for a in handler.stage.book.active()] == ["temp-high:th-1:5000"], "th-1 kept, th-9 as stored"
+    handler.handle(mine._replace(method=Basic.Deliver(delivery_tag=3, exchange="iot", routing_key=mine.routing_key)))
+    assert reader.reads == reads + 1, "a queue that delivered since the rebuild rebuilds nothing"

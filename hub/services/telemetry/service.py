@@ -147,7 +147,7 @@ class TelemetryHandler:
     def on_consuming(self, now_ms: int) -> None:
         """After each (re)connect the broker delivers again what was not acked: the rules' state and
         the alarms start again from what was stored (and so acked), which the replay then extends."""
-        self._rebuild(now_ms, frozenset(), strict=True)
+        self._rebuild(frozenset(), strict=True)
 
     def _first_of_queue(self, queue: str, now: int) -> None:
         """A partition delivers for the first time since the last rebuild: if that was a while ago,
@@ -155,13 +155,13 @@ class TelemetryHandler:
         self._queues.add(queue)
         if now - self._rebuilt_at > REBUILD_STALE_MS:
             keep = frozenset(device for device, seen_on in self._devices.items() if seen_on != queue)
-            self._rebuild(now, keep, strict=False)
+            self._rebuild(keep, strict=False)
             self._queues.add(queue)
 
-    def _rebuild(self, now: int, keep: frozenset[str], strict: bool) -> None:
+    def _rebuild(self, keep: frozenset[str], strict: bool) -> None:
         """`strict`: a store that does not answer stops the consuming (the runner reconnects and
         tries again); else (a delivery in hand) the state goes on as it is, said in a log line."""
-        self._rebuilt_at = now
+        self._rebuilt_at = now_ms()  # the clock `handle` compares with
         self._queues = set()
         self._devices = {device: queue for device, queue in self._devices.items() if device in keep}
         if self.reader is None:
