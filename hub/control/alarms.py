@@ -109,5 +109,7 @@ def send_acks(settings: Settings, acks: Sequence[AlarmAck]) -> None:
                 raise BrokerUnavailable(
                     f"the ack of {ack.alarm_id} reached no telemetry partition: has the hub ever run here?"
                 ) from None
+            except pika.exceptions.ChannelClosedByBroker as exc:  # no exchange iot.telemetry, no permission
+                raise BrokerUnavailable(f"the broker refused the ack of {ack.alarm_id}: {exc.reply_text}") from None
     finally:
         connection.close()

@@ -226,7 +226,8 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True):
 #: An alarm occurrence: `<type>:<device>:<raised_ts>`.
 AlarmId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}:[a-z0-9][a-z0-9_-]{0,63}:[0-9]{1,16}$")]
 AlarmTransitionName = Literal["raised", "escalated", "acked", "cleared"]
-#: The AMQP `type` of an `AlarmAck` (the CLI sets it; the exchange it came through is what counts).
+#: The AMQP `type` of an `AlarmAck`: an ack is a message of this type published to `iot.telemetry`
+#: (where no device may publish; `stack migrate` re-publishes readings there, without it).
 ALARM_ACK_TYPE = "alarm_ack"
 
 

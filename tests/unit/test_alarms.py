@@ -248,9 +248,11 @@ def test_newest_per_alarm_folds_rows_into_alarms_by_their_order_not_their_times(
 # --- the handler: acks come through the device's partition --------------------------------------
 
 
-def _delivery(body: bytes, exchange: str, key: str = "telemetry.plant-a.thermostat.th-1") -> Delivery:
+def _delivery(
+    body: bytes, exchange: str, key: str = "telemetry.plant-a.thermostat.th-1", type_: str | None = None
+) -> Delivery:
     method = Basic.Deliver(delivery_tag=1, exchange=exchange, routing_key=key)
-    return Delivery(method, BasicProperties(), body, "hub.telemetry.0")
+    return Delivery(method, BasicProperties(type=type_), body, "hub.telemetry.0")
 
 
 def test_an_ack_through_iot_telemetry_acks_the_alarm_once_and_publishes_the_transition() -> None:
@@ -262,19 +264,23 @@ def test_an_ack_through_iot_telemetry_acks_the_alarm_once_and_publishes_the_tran
         "alarms.warning.plant-a.thermostat.th-1",
     ]
     ack = AlarmAck(alarm_id="temp-high:th-1:1000", device="th-1", site="plant-a", kind="thermostat", by="ann", ts=5)
-    effects = handler.handle(_delivery(encode(ack), topology.TELEMETRY_EXCHANGE))
+    effects = handler.handle(_delivery(encode(ack), topology.TELEMETRY_EXCHANGE, type_="alarm_ack"))
     [publish] = effects.publishes
     assert decode(publish.body, AlarmTransition).transition == "acked"
     [point] = effects.points
     assert point.tags["transition"] == "acked" and point.fields["acked_by"] == "ann"
-    assert not handler.handle(_delivery(encode(ack), topology.TELEMETRY_EXCHANGE)).publishes, "once"
+    assert not handler.handle(_delivery(encode(ack), topology.TELEMETRY_EXCHANGE, type_="alarm_ack")).publishes, "once"
+    # `stack migrate` re-publishes readings to iot.telemetry: without the ack's type, a reading
+    migrated = handler.handle(_delivery(encode(_reading(2_000, 27.0)), topology.TELEMETRY_EXCHANGE))
+    assert migrated.record is not None
 
 
 def test_an_ack_a_device_publishes_on_iot_is_no_ack() -> None:
     handler = TelemetryHandler(_stage(), topology.Declaration((topology.partition(0),)))
     ack = AlarmAck(alarm_id="temp-high:th-1:1000", device="th-1", site="plant-a", kind="thermostat", by="me", ts=5)
-    with pytest.raises(InvalidMessage):
-        handler.handle(_delivery(encode(ack), "iot"))
+    for type_ in (None, "alarm_ack"):  # a STOMP device may set the type: the exchange is still `iot`
+        with pytest.raises(InvalidMessage):
+            handler.handle(_delivery(encode(ack), "iot", type_=type_))
 
 
 def test_the_demo_tells_one_alarm_raised_then_cleared() -> None:

@@ -28,7 +28,7 @@ import logging
 from pika.spec import BasicProperties
 
 from hub.core.config import Settings
-from hub.core.contract import EXCHANGE, AlarmAck, command_key, decode, decode_reading, encode, now_ms
+from hub.core.contract import ALARM_ACK_TYPE, EXCHANGE, AlarmAck, command_key, decode, decode_reading, encode, now_ms
 from hub.core.errors import InvalidMessage, StorageUnavailable, Unreadable
 from hub.core.models import load_models
 from hub.outputs.base import Reader
@@ -99,7 +99,7 @@ class TelemetryHandler:
         now = now_ms()
         if delivery.queue not in self._queues:
             self._first_of_queue(delivery.queue, now)
-        if delivery.method.exchange == topology.TELEMETRY_EXCHANGE:
+        if delivery.properties.type == ALARM_ACK_TYPE and delivery.method.exchange == topology.TELEMETRY_EXCHANGE:
             return self._ack(delivery)
         reading = decode_reading(delivery.body, delivery.routing_key)
         self._devices[reading.device] = delivery.queue
