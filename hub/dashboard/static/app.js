@@ -158,7 +158,12 @@ function drawOverview(o) {
 }
 
 function drawAlarms(alarms) {
-  document.getElementById("alarm-count").textContent = `${alarms.length} active`;
+  if (alarms.error) {
+    document.getElementById("alarm-count").textContent = `cannot read them: ${alarms.error}`;
+    alarms = [];
+  } else {
+    document.getElementById("alarm-count").textContent = `${alarms.length} active`;
+  }
   fillTable("active-alarms", alarms, [
     (a) => clock(a.raised_at), (a) => a.severity, (a) => a.device, (a) => a.type, (a) => a.rule, (a) => a.count,
     (a) => (a.last_value === null ? "" : niceNumber(a.last_value)), (a) => (a.acked ? `yes (${a.acked_by})` : "no"),
@@ -213,7 +218,8 @@ async function refresh() {
   try {
     const range = encodeURIComponent(state.range);
     const [overview, devices, alarms] = await Promise.all([
-      getJson(`/api/overview?range=${range}`), getJson("/api/devices"), getJson("/api/alarms"),
+      getJson(`/api/overview?range=${range}`), getJson("/api/devices"),
+      getJson("/api/alarms").catch((error) => ({ error: error.message })),  // the rest of the page without them
     ]);
     if (!state.device && devices.length) state.device = devices[0].device;
     drawOverview(overview);
