@@ -3,6 +3,7 @@ telemetry stage's rebuild from what was stored, and the handler's acks."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -372,3 +373,46 @@ def test_a_partition_handed_over_later_is_rebuilt_from_the_store_keeping_the_dev
     assert [a.id for a in handler.stage.book.active()] == ["temp-high:th-1:5000"], "th-1 kept, th-9 as stored"
     handler.handle(mine._replace(method=Basic.Deliver(delivery_tag=3, exchange="iot", routing_key=mine.routing_key)))
     assert reader.reads == reads + 1, "a queue that delivered since the rebuild rebuilds nothing"
+
+
+# --- the CLI ---------------------------------------------------------------------------------------
+
+
+def _records() -> list[Any]:
+    store = _Store()
+    _run(_stage(), SCRIPT, store)
+    return newest_per_alarm(store.rows("alarms"))
+
+
+def test_the_alarms_command_lists_the_active_ones_with_the_fields_the_issue_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from hub.cli import alarms as cli
+
+    monkeypatch.setattr(cli, "read_alarms", lambda _settings, _since_s=0: _records())
+    listed = CliRunner().invoke(cli.alarms, ["--json"])
+    assert listed.exit_code == 0, listed.output
+    [alarm] = json.loads(listed.output)
+    expected = {"id", "type", "rule", "device", "severity", "state", "acked", "count", "raised_at", "cleared_at"}
+    assert expected | {"last_value"} <= set(alarm)
+    assert (alarm["id"], alarm["state"], alarm["cleared_at"]) == ("temp-high:th-1:60000", "active", None)
+    everything = CliRunner().invoke(cli.alarms, ["--state", "all", "--severity", "critical"])
+    assert "temp-high:th-1:15000" in everything.output and "cleared" in everything.output
+    assert "60000" not in everything.output, "--severity critical leaves the warning out"
+    bad = CliRunner().invoke(cli.alarms, ["--device", "Not A Name"])
+    assert bad.exit_code != 0
+
+
+def test_an_ack_of_an_unknown_or_cleared_alarm_is_refused_before_anything_is_sent() -> None:
+    from hub.control.alarms import UnknownAlarm, acks_for
+
+    records = _records()
+    [ack] = acks_for(records, ["temp-high:th-1:60000"], "ann", "on it", 5)
+    assert (ack.device, ack.site, ack.kind, ack.by, ack.note) == ("th-1", "plant-a", "thermostat", "ann", "on it")
+    with pytest.raises(UnknownAlarm, match="unknown alarm temp-high:th-1:1"):
+        acks_for(records, ["temp-high:th-1:60000", "temp-high:th-1:1"], "ann", "", 5)
+    with pytest.raises(UnknownAlarm, match="is cleared"):
+        acks_for(records, ["temp-high:th-1:15000"], "ann", "", 5)
+    assert UnknownAlarm.exit_code == 2
