@@ -25,6 +25,7 @@ from hub.core.config import Settings
 from hub.core.contract import (
     EXCHANGE,
     Ack,
+    AlarmTransition,
     Alert,
     Command,
     Presence,
@@ -121,6 +122,12 @@ def _describe(routing_key: str, body: bytes, app_id: str | None, models: DeviceM
             alert = decode(body, Alert)
             text = f"{alert.severity} {alert.rule}: {alert.message} ({alert.sensor}={_value(alert.value)})"
             return Line(text, _SEVERITY_STYLE[alert.severity])
+        if family == "alarms":
+            alarm = decode(body, AlarmTransition)
+            by = f" by {alarm.acked_by}" if alarm.acked_by else ""
+            text = f"{alarm.transition}{by} {alarm.severity} {alarm.alarm_id} ({alarm.rule}: {alarm.sensor}="
+            text += f"{_value(alarm.value) if alarm.value is not None else '-'}, {alarm.count} trips)"
+            return Line(text, "green" if alarm.transition == "cleared" else _SEVERITY_STYLE[alarm.severity])
     except InvalidMessage as exc:
         return Line(f"invalid ({exc.reason}): {_preview(body)}", "bold red")
     return Line(_preview(body), "white")

@@ -416,3 +416,14 @@ def test_an_ack_of_an_unknown_or_cleared_alarm_is_refused_before_anything_is_sen
     with pytest.raises(UnknownAlarm, match="is cleared"):
         acks_for(records, ["temp-high:th-1:15000"], "ann", "", 5)
     assert UnknownAlarm.exit_code == 2
+
+
+def test_tail_tells_an_alarm_transition_in_a_line() -> None:
+    from hub.control.tail import describe
+    from hub.services.alarms.transitions import change_publish
+
+    stage = _stage()
+    [raised] = stage.process(_reading(1_000, 31.0), "mqtt", 0).changes
+    publish = change_publish(raised)
+    line = describe(publish.routing_key, publish.body)
+    assert line.text == "raised critical temp-high:th-1:1000 (hot: temperature=31, 1 trips)", line.text
