@@ -47,7 +47,7 @@ from hub.stack.stack import stack_root
 DEFAULT_COUNT = 50
 #: The simulator's faults (spikes, stuck sensors, dropouts) per reading: enough for the rules to
 #: raise alarms that clear by themselves within a minute, few enough to leave most readings sane.
-DEMO_FAULT_RATE = 0.01
+DEMO_FAULT_RATE = 0.02
 #: How often the live view asks InfluxDB what happened.
 REFRESH_S = 1.0
 #: Without a terminal (CI, a pipe) the view is a status line this often instead.
