@@ -406,13 +406,14 @@ def commands(device: str | None, limit: int, since_s: int, as_json: bool, influx
 def tail(
     patterns: tuple[str, ...], max_count: int | None, seconds: float | None, as_json: bool, amqp_url: str | None
 ) -> None:
-    """Watch what crosses exchange `iot`, live: telemetry, status, commands, acks and alerts.
+    """Watch what crosses exchange `iot`, live: telemetry, status, commands, acks, alerts and alarms.
 
     PATTERN is an AMQP routing-key pattern (default `#`, everything): `*` matches one word,
     `#` any number. Keys are telemetry.<site>.<kind>.<device>, status.<device>,
     commands.<device>, acks.<device>, alerts.<severity>.<site>.<device> and
-    logs.<device>.<level> (`hub logs` shows these better). Colours say the
-    type; `invalid` marks a body that breaks the contract. Ctrl-C stops it (exit 0).
+    logs.<device>.<level> (`hub logs` shows these better) and
+    alarms.<severity>.<site>.<kind>.<device>. Colours say the type; `invalid` marks a body that
+    breaks the contract. Ctrl-C stops it (exit 0).
 
     \b
     Examples:

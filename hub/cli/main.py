@@ -16,6 +16,7 @@ SUBCOMMANDS = [
     ("hub.cli.control", "tail"),
     ("hub.cli.control", "commands"),
     ("hub.cli.logs", "logs"),
+    ("hub.cli.alarms", "alarms"),
     ("hub.cli.identity", "provision"),
     ("hub.cli.identity", "revoke"),
     ("hub.cli.identity", "impostors"),

@@ -25,6 +25,7 @@ from hub.core.config import Settings
 from hub.core.contract import (
     EXCHANGE,
     Ack,
+    AlarmTransition,
     Alert,
     Command,
     Presence,
@@ -127,6 +128,12 @@ def _describe(routing_key: str, body: bytes, app_id: str | None, models: DeviceM
             log_line = decode_log_line(body)
             fields = f"  {_pairs(dict(log_line.fields))}" if log_line.fields else ""
             return Line(f"{log_line.level} {log_line.message}{fields}", _LEVEL_STYLE[log_line.level])
+        if family == "alarms":
+            alarm = decode(body, AlarmTransition)
+            by = f" by {alarm.acked_by}" if alarm.acked_by else ""
+            text = f"{alarm.transition}{by} {alarm.severity} {alarm.alarm_id} ({alarm.rule}: {alarm.sensor}="
+            text += f"{_value(alarm.value) if alarm.value is not None else '-'}, {alarm.count} trips)"
+            return Line(text, "green" if alarm.transition == "cleared" else _SEVERITY_STYLE[alarm.severity])
     except InvalidMessage as exc:
         return Line(f"invalid ({exc.reason}): {_preview(body)}", "bold red")
     return Line(_preview(body), "white")

@@ -110,6 +110,17 @@ def log_key(device: str, level: str) -> str:
     return f"logs.{require_identifier(device, 'device')}.{level}"
 
 
+def alarm_key(severity: Severity, site: str, kind: str, device: str) -> str:
+    if severity not in ("info", "warning", "critical"):
+        raise InvalidIdentifier(f"severity {severity!r} is not one of info, warning, critical")
+    return "alarms.{}.{}.{}.{}".format(
+        severity,
+        require_identifier(site, "site"),
+        require_identifier(kind, "kind"),
+        require_identifier(device, "device"),
+    )
+
+
 def mqtt_topic(routing_key: str) -> str:
     """The MQTT topic RabbitMQ maps to `routing_key` (it swaps '/' and '.')."""
     return routing_key.replace(".", "/")
@@ -249,12 +260,67 @@ class LogLine(msgspec.Struct, frozen=True, kw_only=True):
         return log_key(self.device, self.level)
 
 
-Message = Reading | Presence | Command | Ack | Alert | LogLine
-M = TypeVar("M", Reading, Presence, Command, Ack, Alert, LogLine)
+#: An alarm occurrence: `<type>:<device>:<raised_ts>`.
+AlarmId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}:[a-z0-9][a-z0-9_-]{0,63}:[0-9]{1,16}$")]
+AlarmTransitionName = Literal["raised", "escalated", "acked", "cleared"]
+#: The AMQP `type` of an `AlarmAck`: an ack is a message of this type published to `iot.telemetry`
+#: (where no device may publish; `stack migrate` re-publishes readings there, without it).
+ALARM_ACK_TYPE = "alarm_ack"
+
+
+def alarm_id(alarm_type: str, device: str, raised_at_ms: int) -> str:
+    return f"{alarm_type}:{device}:{raised_at_ms}"
+
+
+class AlarmTransition(msgspec.Struct, frozen=True, kw_only=True):
+    """An alarm's transition, published to `alarms.<severity>.<site>.<kind>.<device>`; `key` is
+    its idempotency key (`<alarm_id>/<transition>`, `<alarm_id>/escalated-<severity>`)."""
+
+    v: Literal[1] = 1
+    key: str
+    alarm_id: AlarmId
+    transition: AlarmTransitionName
+    type: Identifier
+    rule: Identifier
+    device: Identifier
+    site: Identifier
+    kind: Identifier
+    severity: Severity
+    sensor: SensorName
+    value: float | None
+    ts: EpochMs
+    raised_at: EpochMs
+    count: int
+    acked: bool
+    acked_by: str | None = None
+    note: str | None = None
+
+    @property
+    def routing_key(self) -> str:
+        return alarm_key(self.severity, self.site, self.kind, self.device)
+
+
+class AlarmAck(msgspec.Struct, frozen=True, kw_only=True):
+    """Someone acknowledged an alarm (`python -m hub alarms ack`): sent to the alarm's owner, the
+    telemetry partition of its device, on exchange `iot.telemetry` (no device may publish there)."""
+
+    v: Literal[1] = 1
+    alarm_id: AlarmId
+    device: Identifier
+    site: Identifier
+    kind: Identifier
+    by: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    note: Annotated[str, msgspec.Meta(max_length=1024)] = ""
+    ts: EpochMs
+
+
+Message = Reading | Presence | Command | Ack | Alert | LogLine | AlarmTransition | AlarmAck
+M = TypeVar("M", Reading, Presence, Command, Ack, Alert, LogLine, AlarmTransition, AlarmAck)
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
-    cls: msgspec.json.Decoder(cls) for cls in (Reading, Presence, Command, Ack, Alert, LogLine)
+    cls: msgspec.json.Decoder(cls)
+    for cls in (Reading, Presence, Command, Ack, Alert, LogLine, AlarmTransition, AlarmAck)
 }
 
 

@@ -60,3 +60,10 @@ Exit codes:
   2  usage error (bad name, level or --since), or the outputs cannot be read back (jsonl only)
   4  RabbitMQ unreachable or credentials refused (-f)
   5  InfluxDB unreachable, or it has no database IOT_INFLUX_DB"""
+
+ALARMS_EXIT_CODES_HELP = """\b
+Exit codes:
+  0  ok (also when no alarm matches)
+  2  usage error; an unknown alarm id, or a cleared one (ack: nothing sent)
+  4  RabbitMQ unreachable or credentials refused (ack)
+  5  InfluxDB unreachable, or it has no database IOT_INFLUX_DB"""

@@ -8,6 +8,8 @@ from hub.core.contract import is_identifier
 STATUS_MEASUREMENT = "device_status"
 #: The rules' alerts.
 ALERTS_MEASUREMENT = "alerts"
+#: Alarms' transitions (one row per transition, and per trip while active: `updated`).
+ALARMS_MEASUREMENT = "alarms"
 #: Every command's lifecycle (`sent`, then one outcome).
 COMMANDS_MEASUREMENT = "commands"
 #: The devices' log lines (one writer: the logs service).
@@ -15,7 +17,14 @@ LOGS_MEASUREMENT = "device_logs"
 #: The monitor's statistics of each service.
 STATS_MEASUREMENT = "hub_stats"
 HUB_MEASUREMENTS = frozenset(
-    {STATUS_MEASUREMENT, ALERTS_MEASUREMENT, COMMANDS_MEASUREMENT, STATS_MEASUREMENT, LOGS_MEASUREMENT}
+    {
+        STATUS_MEASUREMENT,
+        ALERTS_MEASUREMENT,
+        ALARMS_MEASUREMENT,
+        COMMANDS_MEASUREMENT,
+        STATS_MEASUREMENT,
+        LOGS_MEASUREMENT,
+    }
 )
 
 

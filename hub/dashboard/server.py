@@ -4,6 +4,7 @@ GET /                      the page (static/index.html, app.js, style.css)
 GET /api/overview?range=   fleet overview
 GET /api/devices           every device with its last presence state (the device picker)
 GET /api/device?device=&range=   one device: readings, on/off states, alerts, commands
+GET /api/alarms            the active alarms, most severe first (as `python -m hub alarms --json`)
 
 Bad parameters answer 400 and an unreachable InfluxDB 503, each with {"error": "..."}, so
 the page can say what is wrong; the server itself never stops on a bad request.
@@ -21,6 +22,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from hub.clients.influx import query
+from hub.control.alarms import AlarmFilter, read_alarms
+from hub.core.alarms import SEVERITY_RANK
 from hub.core.config import Settings
 from hub.core.contract import now_ms
 from hub.core.errors import HubError, InvalidIdentifier, StorageUnavailable
@@ -50,6 +53,11 @@ class Dashboard:
     def devices(self) -> list[dict[str, str]]:
         [presence] = query(self.settings, queries.presence_statement())
         return queries.devices(presence)
+
+    def alarms(self) -> list[dict[str, Any]]:
+        active = AlarmFilter("active").select(read_alarms(self.settings))
+        active.sort(key=lambda alarm: (-SEVERITY_RANK[alarm.severity], -alarm.raised_at))
+        return [alarm.as_json() for alarm in active]
 
     def device(self, device: str | None, range_name: str | None) -> dict[str, Any]:
         w = queries.window(range_name)
@@ -85,6 +93,8 @@ class Handler(BaseHTTPRequestHandler):
                 body: Any = self.dashboard.overview(params.get("range"))
             elif url.path == "/api/devices":
                 body = self.dashboard.devices()
+            elif url.path == "/api/alarms":
+                body = self.dashboard.alarms()
             elif url.path == "/api/device":
                 body = self.dashboard.device(params.get("device"), params.get("range"))
             else:

@@ -47,6 +47,9 @@ from hub.stack.processes import free_port, port_open
 from hub.stack.stack import stack_root
 
 DEFAULT_COUNT = 50
+#: The simulator's faults (spikes, stuck sensors, dropouts) per reading: enough for the rules to
+#: raise alarms that clear by themselves within a minute, few enough to leave most readings sane.
+DEMO_FAULT_RATE = 0.02
 #: How often the live view asks InfluxDB what happened.
 REFRESH_S = 1.0
 #: Without a terminal (CI, a pipe) the view is a status line this often instead.
@@ -123,7 +126,12 @@ class Demo:
             "waiting for the hub to consume its queues", lambda: hub_consuming(self.settings), HUB_READY_TIMEOUT_S
         )
         self.console.print(f"the hub consumes {', '.join(hub_queue_names(self.settings))}")
-        self._spawn("simulator", [sys.executable, "-m", "devices.sim", "--count", str(self.count)], env)
+        fault_rate = str(DEMO_FAULT_RATE)
+        self._spawn(
+            "simulator",
+            [sys.executable, "-m", "devices.sim", "--count", str(self.count), "--fault-rate", fault_rate],
+            env,
+        )
         secrets = read_secrets(self.settings.secrets_path)
         for line in where_to_look(self.settings, secrets, self.stack.docker, self.logs, self.metrics_port):
             self.console.print(f"  {line}")

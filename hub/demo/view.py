@@ -71,6 +71,7 @@ def render(
         f"[bold]{snapshot.rate_per_s:.1f}[/]/s",
         f"devices online [bold]{snapshot.online}[/]/{len(snapshot.fleet)}" + (f" ({protocols})" if protocols else ""),
         f"alerts [bold]{alerts}[/] ({alert_text})",
+        f"alarms raised [bold]{snapshot.alarms('raised')}[/], cleared [bold]{snapshot.alarms('cleared')}[/]",
         f"dead-lettered [bold]{snapshot.dead_lettered}[/]",
     )
     sent = Table(title="commands sent by the demo with the CLI", title_justify="left", expand=True)
@@ -97,6 +98,9 @@ def render(
             _clock(row.get("time")), *(_cell(row.get(column, "")) for column in ("severity", "device", "message"))
         )
     parts: list[Any] = [head, figures, sent, recorded, alert_table]
+    story = snapshot.alarm_story()
+    if story:
+        parts.append(Text(printable(story)))
     if error:
         parts.append(Text(error, style="red"))
     return Group(*parts)
@@ -107,7 +111,8 @@ def plain_line(snapshot: Snapshot, results: list[CommandResult], elapsed_s: floa
     return (
         f"[{elapsed_s:5.0f} s] stored {snapshot.stored} readings ({snapshot.rate_per_s:.1f}/s), "
         f"{snapshot.online}/{len(snapshot.fleet)} devices online, "
-        f"{sum(snapshot.alerts_by_severity.values())} alerts, {len(results)} commands sent ({ok} all ok)"
+        f"{sum(snapshot.alerts_by_severity.values())} alerts, {snapshot.alarms('raised')} alarms raised"
+        f" ({snapshot.alarms('cleared')} cleared), {len(results)} commands sent ({ok} all ok)"
     )
 
 
@@ -120,5 +125,7 @@ def final_report(snapshot: Snapshot, results: list[CommandResult], elapsed_s: fl
     return (
         f"demo summary: {snapshot.stored} readings stored from {len(snapshot.fleet)} devices "
         f"({rate:.1f}/s over {elapsed_s:.0f} s); {len(results)} CLI commands, {len(answered)} answered "
-        f"({ok} ok); {sum(snapshot.alerts_by_severity.values())} alerts; hub recorded commands: {recorded}"
+        f"({ok} ok); {sum(snapshot.alerts_by_severity.values())} alerts; {snapshot.alarms('raised')} alarms raised,"
+        f" {snapshot.alarms('cleared')} cleared; hub recorded commands: {recorded}"
+        + (f"\n{printable(story)}" if (story := snapshot.alarm_story()) else "\nno alarm raised and cleared yet")
     )

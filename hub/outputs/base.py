@@ -19,6 +19,10 @@ from typing import Any, Protocol
 from hub.clients.influx import Series
 from hub.core.points import Point
 
+#: `alarms` rows read per alarm type and device for its current alarm: its last transition is
+#: among them unless that many later-dated rows of older occurrences exist (an ack is dated by
+#: the hub's clock, the other transitions by the device's).
+ALARM_ROWS_PER_DEVICE = 50
 #: Rows one read of the command history returns at most (two per command: `sent` and its outcome).
 MAX_COMMAND_ROWS = 10_000
 #: Log lines one read of `device_logs` returns at most.
@@ -74,6 +78,22 @@ class Reader(Protocol):
         (epoch ms), `device`, `level`, `message`, and `fields` (JSON text), `source`, `dropped` where
         present. `devices`: only theirs (identifiers, checked by the caller); `levels`: only these
         (levels of the contract); None: any."""
+        ...
+
+    def alarm_rows(self, since_s: int | None = None) -> list[dict[str, Any]]:
+        """`alarms` rows (every field and tag, `time` in epoch ms): with `since_s`, every row of
+        the last `since_s` seconds; without, the newest `ALARM_ROWS_PER_DEVICE` rows of each
+        alarm type and device (by time: enough to hold the current alarm's last transition)."""
+        ...
+
+    def recent_readings(self, since_s: int, per_device: int) -> list[Series]:
+        """The newest `per_device` rows of each device in each kind's measurement, of the last
+        `since_s` seconds: one series per measurement and device (tag `device`), rows newest first."""
+        ...
+
+    def last_alerts(self, since_s: int) -> list[dict[str, Any]]:
+        """The newest `alerts` row of each rule and device of the last `since_s` seconds: `rule`,
+        `device`, `time` (the reading's time it fired at)."""
         ...
 
     def close(self) -> None: ...

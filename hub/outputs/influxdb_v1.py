@@ -10,9 +10,16 @@ from typing import Any
 from hub.clients.influx import InfluxHttp, Series
 from hub.core.config import Settings
 from hub.core.contract import LOG_LEVELS, require_identifier
-from hub.core.measurements import COMMANDS_MEASUREMENT, LOGS_MEASUREMENT, STATUS_MEASUREMENT, is_kind_measurement
+from hub.core.measurements import (
+    ALARMS_MEASUREMENT,
+    ALERTS_MEASUREMENT,
+    COMMANDS_MEASUREMENT,
+    LOGS_MEASUREMENT,
+    STATUS_MEASUREMENT,
+    is_kind_measurement,
+)
 from hub.core.points import Point
-from hub.outputs.base import MAX_COMMAND_ROWS, MAX_LOG_ROWS
+from hub.outputs.base import ALARM_ROWS_PER_DEVICE, MAX_COMMAND_ROWS, MAX_LOG_ROWS
 from hub.outputs.lineprotocol import lines_payload
 
 #: The newest row of each device, per measurement.
@@ -70,15 +77,47 @@ class InfluxV1Reader:
         return series
 
     def newest_readings(self) -> list[Series]:
+        quoted = self._kinds()
+        if not quoted:
+            return []
+        [series] = self.client.query(f"SELECT * FROM {quoted} {NEWEST_PER_DEVICE}")
+        return series
+
+    def recent_readings(self, since_s: int, per_device: int) -> list[Series]:
+        quoted = self._kinds()
+        if not quoted:
+            return []
+        [series] = self.client.query(
+            f"SELECT * FROM {quoted} WHERE time > now() - {int(since_s)}s"
+            f' GROUP BY "device" ORDER BY time DESC LIMIT {int(per_device)}'
+        )
+        return series
+
+    def alarm_rows(self, since_s: int | None = None) -> list[dict[str, Any]]:
+        if since_s is None:
+            query = (
+                f'SELECT * FROM "{ALARMS_MEASUREMENT}" GROUP BY "type", "device"'
+                f" ORDER BY time DESC LIMIT {ALARM_ROWS_PER_DEVICE}"
+            )
+        else:
+            query = f'SELECT * FROM "{ALARMS_MEASUREMENT}" WHERE time > now() - {int(since_s)}s'
+        [series] = self.client.query(query)
+        return [{**one.tags, **row} for one in series for row in one.rows]
+
+    def last_alerts(self, since_s: int) -> list[dict[str, Any]]:
+        [series] = self.client.query(
+            f'SELECT last("value") FROM "{ALERTS_MEASUREMENT}" WHERE time > now() - {int(since_s)}s'
+            ' GROUP BY "rule", "device"'
+        )
+        return [{**one.tags, "time": row["time"]} for one in series for row in one.rows]
+
+    def _kinds(self) -> str:
+        """The kinds' measurements, quoted and joined for a FROM clause ("" if none)."""
         [measurements] = self.client.query("SHOW MEASUREMENTS")
         kinds = sorted(
             name for name in (str(row["name"]) for one in measurements for row in one.rows) if is_kind_measurement(name)
         )
-        if not kinds:
-            return []
-        quoted = ",".join(f'"{kind}"' for kind in kinds)
-        [series] = self.client.query(f"SELECT * FROM {quoted} {NEWEST_PER_DEVICE}")
-        return series
+        return ",".join(f'"{kind}"' for kind in kinds)
 
     def commands(
         self, since_s: int, *, device: str | None = None, outcomes_only: bool = False, limit: int = MAX_COMMAND_ROWS

@@ -15,9 +15,16 @@ from hub.clients.influx import REQUEST_TIMEOUT_S, Series
 from hub.core.config import InfluxAccount, Settings
 from hub.core.contract import LOG_LEVELS, require_identifier
 from hub.core.errors import ConfigError, PointsRejected, StorageUnavailable
-from hub.core.measurements import COMMANDS_MEASUREMENT, HUB_MEASUREMENTS, LOGS_MEASUREMENT, STATUS_MEASUREMENT
+from hub.core.measurements import (
+    ALARMS_MEASUREMENT,
+    ALERTS_MEASUREMENT,
+    COMMANDS_MEASUREMENT,
+    HUB_MEASUREMENTS,
+    LOGS_MEASUREMENT,
+    STATUS_MEASUREMENT,
+)
 from hub.core.points import Point
-from hub.outputs.base import MAX_COMMAND_ROWS, MAX_LOG_ROWS
+from hub.outputs.base import ALARM_ROWS_PER_DEVICE, MAX_COMMAND_ROWS, MAX_LOG_ROWS
 from hub.outputs.lineprotocol import lines_payload
 
 #: Columns of a Flux record that are not the point's own (the query's bookkeeping).
@@ -118,6 +125,45 @@ def flux_newest_readings(bucket: str) -> str:
     return flux_newest_per_device(bucket, f'{not_hub} and exists r.device and r.device != ""')
 
 
+def flux_recent_readings(bucket: str, since_s: int, per_device: int) -> str:
+    not_hub = " and ".join(f"r._measurement != {flux_string(name)}" for name in sorted(HUB_MEASUREMENTS))
+    return (
+        f"from(bucket: {flux_string(bucket)})\n"
+        f"  |> range(start: -{int(since_s)}s)\n"
+        f'  |> filter(fn: (r) => {not_hub} and exists r.device and r.device != "")\n'
+        '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
+        '  |> group(columns: ["_measurement", "device"])\n'
+        '  |> sort(columns: ["_time"], desc: true)\n'
+        f"  |> limit(n: {int(per_device)})"
+    )
+
+
+def flux_alarm_rows(bucket: str, since_s: int | None) -> str:
+    newest = (
+        '  |> group(columns: ["type", "device"])\n  |> sort(columns: ["_time"], desc: true)\n'
+        f"  |> limit(n: {ALARM_ROWS_PER_DEVICE})"
+        if since_s is None
+        else '  |> group()\n  |> sort(columns: ["_time"])'
+    )
+    return (
+        f"from(bucket: {flux_string(bucket)})\n"
+        f"  |> range(start: {'0' if since_s is None else f'-{int(since_s)}s'})\n"
+        f"  |> filter(fn: (r) => r._measurement == {flux_string(ALARMS_MEASUREMENT)})\n"
+        '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
+        f"{newest}"
+    )
+
+
+def flux_last_alerts(bucket: str, since_s: int) -> str:
+    return (
+        f"from(bucket: {flux_string(bucket)})\n"
+        f"  |> range(start: -{int(since_s)}s)\n"
+        f'  |> filter(fn: (r) => r._measurement == {flux_string(ALERTS_MEASUREMENT)} and r._field == "value")\n'
+        '  |> group(columns: ["rule", "device"])\n'
+        "  |> last()"
+    )
+
+
 def flux_commands(bucket: str, since_s: int, device: str | None, outcomes_only: bool, limit: int) -> str:
     conditions = [f"r._measurement == {flux_string(COMMANDS_MEASUREMENT)}"]
     if device is not None:
@@ -211,6 +257,16 @@ class InfluxV2Reader:
         bucket = f"{self.settings.influx_db}/{self.settings.log_rp}" if self.settings.log_rp else self.bucket
         flux = flux_device_logs(bucket, since_s, devices, levels, limit)
         return [row_of(values) for values in self._query(flux)]
+
+    def alarm_rows(self, since_s: int | None = None) -> list[dict[str, Any]]:
+        return [row_of(values) for values in self._query(flux_alarm_rows(self.bucket, since_s))]
+
+    def recent_readings(self, since_s: int, per_device: int) -> list[Series]:
+        return series_by_device(self._query(flux_recent_readings(self.bucket, since_s, per_device)))
+
+    def last_alerts(self, since_s: int) -> list[dict[str, Any]]:
+        rows = [row_of(values) for values in self._query(flux_last_alerts(self.bucket, since_s))]
+        return [{"rule": row.get("rule"), "device": row.get("device"), "time": row["time"]} for row in rows]
 
     def close(self) -> None:
         if self._client is not None:

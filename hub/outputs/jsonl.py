@@ -84,6 +84,15 @@ class JsonLinesReader:
     ) -> list[dict[str, Any]]:
         self._unreadable("the devices' logs")
 
+    def alarm_rows(self, since_s: int | None = None) -> list[dict[str, Any]]:
+        self._unreadable("the alarms")
+
+    def recent_readings(self, since_s: int, per_device: int) -> list[Series]:
+        self._unreadable("the recent readings")
+
+    def last_alerts(self, since_s: int) -> list[dict[str, Any]]:
+        self._unreadable("the alerts")
+
     def close(self) -> None:
         pass
 

@@ -69,6 +69,15 @@ class InfluxReader:
     ) -> list[dict[str, Any]]:
         return self._resolved().device_logs(since_s, devices=devices, levels=levels, limit=limit)
 
+    def alarm_rows(self, since_s: int | None = None) -> list[dict[str, Any]]:
+        return self._resolved().alarm_rows(since_s)
+
+    def recent_readings(self, since_s: int, per_device: int) -> list[Series]:
+        return self._resolved().recent_readings(since_s, per_device)
+
+    def last_alerts(self, since_s: int) -> list[dict[str, Any]]:
+        return self._resolved().last_alerts(since_s)
+
     def close(self) -> None:
         if self._reader is not None:
             self._reader.close()

@@ -23,6 +23,11 @@ READINGS_FLAGGED = Counter(
 )
 DEAD_LETTERED = Counter("hub_messages_dead_lettered", "Messages refused and sent to iot.dlx", ["service", "reason"])
 ALERTS = Counter("hub_alerts", "Alerts raised by rules", ["severity", "rule"])
+ALARM_TRANSITIONS = Counter(
+    "hub_alarm_transitions",
+    "Alarm transitions published (raised, escalated, acked, cleared)",
+    ["transition", "severity"],
+)
 RULE_COMMANDS = Counter("hub_rule_commands", "Commands sent by rule actions", ["command"])
 COMMAND_OUTCOMES = Counter("hub_command_outcomes", "Command lifecycle events recorded", ["status"])
 PRESENCE_TRANSITIONS = Counter("hub_presence_transitions", "Device online/offline transitions", ["state", "reason"])
@@ -68,6 +73,7 @@ CONNECTED = Gauge("hub_broker_connected", "1 while the service holds a broker co
 #: The counters a handler's events feed (`hub.runtime.handler.Event`: a name, then its label values).
 EVENT_COUNTERS: dict[str, Counter] = {
     "alert": ALERTS,
+    "alarm": ALARM_TRANSITIONS,
     "rule_command": RULE_COMMANDS,
     "flagged": READINGS_FLAGGED,
     "transition": PRESENCE_TRANSITIONS,

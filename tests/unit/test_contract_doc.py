@@ -43,6 +43,8 @@ BODIES: dict[str, type[Any]] = {
     "ack": contract.Ack,
     "alert": contract.Alert,
     "log": contract.LogLine,
+    "alarm": contract.AlarmTransition,
+    "alarm_ack": contract.AlarmAck,
 }
 
 
@@ -183,6 +185,9 @@ ROUTING: dict[str, Callable[[], str]] = {
     "ack": lambda: contract.ack_key(PLACEHOLDERS["<device>"]),
     "alert": lambda: contract.alert_key("warning", PLACEHOLDERS["<site>"], PLACEHOLDERS["<device>"]),
     "log": lambda: contract.log_key(PLACEHOLDERS["<device>"], PLACEHOLDERS["<level>"]),
+    "alarm": lambda: contract.alarm_key(
+        "warning", PLACEHOLDERS["<site>"], PLACEHOLDERS["<kind>"], PLACEHOLDERS["<device>"]
+    ),
 }
 
 

@@ -170,6 +170,15 @@ class _NothingSettled:
     ) -> list[dict[str, Any]]:
         return []
 
+    def alarm_rows(self, since_s: int | None = None) -> list[dict[str, Any]]:
+        return []
+
+    def recent_readings(self, since_s: int, per_device: int) -> list[Series]:
+        return []
+
+    def last_alerts(self, since_s: int) -> list[dict[str, Any]]:
+        return []
+
     def close(self) -> None:
         pass
 

@@ -151,48 +151,56 @@ def test_a_batch_of_only_timer_points_is_not_empty() -> None:
 # --- rules -----------------------------------------------------------------------------------------
 
 
+def _fired(engine: Engine, reading: Reading, now_ms: int = 0) -> int:
+    return len(engine.evaluate(reading, now_ms).decisions)
+
+
 def test_threshold_rule_alerts_sends_its_command_and_then_holds_off_for_its_cooldown() -> None:
     rule = Threshold(
         name="hot", sensor="temperature", kind="thermostat", above=26.0, cooldown_s=60,
         action=Action(command="set_setpoint", args={"value": 20.0}),
     )  # fmt: skip
     engine = Engine([rule])
-    [decision] = engine.evaluate(_reading(1, temperature=29.0), now_ms=1_000)
+    [decision] = engine.evaluate(_reading(1, ts=1_000, temperature=29.0), now_ms=5_000).decisions
     assert decision.alert.rule == "hot" and decision.alert.value == 29.0
     assert decision.alert.routing_key == "alerts.warning.plant-a.th-1"
+    assert decision.alert.ts == 1_000, "the reading's time, not the hub's"
     assert decision.command is not None
     assert (decision.command.command, decision.command.args) == ("set_setpoint", {"value": 20.0})
     assert decision.command.expires > decision.command.ts
-    assert engine.evaluate(_reading(2, temperature=29.0), now_ms=30_000) == []
-    assert len(engine.evaluate(_reading(3, temperature=29.0), now_ms=61_001)) == 1
-    assert engine.evaluate(_reading(4, device="th-2", temperature=25.0), now_ms=61_002) == []
-    assert len(engine.evaluate(_reading(5, device="th-2", temperature=27.0), now_ms=61_003)) == 1, "per device"
+    assert _fired(engine, _reading(2, ts=30_000, temperature=29.0)) == 0, "the cooldown counts in reading time"
+    assert _fired(engine, _reading(3, ts=61_001, temperature=29.0)) == 1
+    assert _fired(engine, _reading(4, device="th-2", ts=61_002, temperature=25.0)) == 0
+    assert _fired(engine, _reading(5, device="th-2", ts=61_003, temperature=27.0)) == 1, "per device"
 
 
 def test_threshold_rule_ignores_other_kinds() -> None:
     engine = Engine([Threshold(name="hot", sensor="temperature", kind="thermostat", above=26.0)])
-    assert engine.evaluate(_reading(1, kind="environment", temperature=40.0), now_ms=1) == []
+    assert _fired(engine, _reading(1, kind="environment", temperature=40.0)) == 0
 
 
 def test_zscore_rule_flags_an_outlier_after_enough_samples_only() -> None:
     engine = Engine([ZScore(name="odd", sensor="temperature", window=50, min_samples=20, threshold=4.0)])
     for seq in range(30):
-        assert engine.evaluate(_reading(seq, temperature=21.0 + (seq % 3) * 0.1), now_ms=seq) == []
-    [decision] = engine.evaluate(_reading(31, temperature=30.0), now_ms=31)
+        assert _fired(engine, _reading(seq, ts=1000 + seq, temperature=21.0 + (seq % 3) * 0.1)) == 0
+    [decision] = engine.evaluate(_reading(31, ts=2000, temperature=30.0), now_ms=31).decisions
     assert "z-score" in decision.alert.message
 
 
-def test_stuck_rule_fires_once_when_the_same_value_repeats() -> None:
+def test_stuck_rule_fires_from_the_nth_repeat_on_within_its_cooldown() -> None:
     engine = Engine([Stuck(name="stuck", sensor="temperature", samples=5, cooldown_s=0)])
-    fired = [len(engine.evaluate(_reading(seq, temperature=21.0), now_ms=seq)) for seq in range(8)]
+    fired = [_fired(engine, _reading(seq, ts=1000 + seq, temperature=21.0)) for seq in range(8)]
+    assert fired == [0, 0, 0, 0, 1, 1, 1, 1], "the condition holds while the value stays"
+    held_off = Engine([Stuck(name="stuck", sensor="temperature", samples=5, cooldown_s=60)])
+    fired = [_fired(held_off, _reading(seq, ts=1000 + seq, temperature=21.0)) for seq in range(8)]
     assert fired == [0, 0, 0, 0, 1, 0, 0, 0]
 
 
 def test_rate_of_change_rule_uses_reading_timestamps() -> None:
     engine = Engine([RateOfChange(name="jump", sensor="humidity", max_per_s=5.0)])
-    assert engine.evaluate(_reading(1, ts=0, humidity=40.0), now_ms=0) == []
-    assert engine.evaluate(_reading(2, ts=1000, humidity=44.0), now_ms=1) == []
-    assert len(engine.evaluate(_reading(3, ts=2000, humidity=60.0), now_ms=2)) == 1
+    assert _fired(engine, _reading(1, ts=0, humidity=40.0)) == 0
+    assert _fired(engine, _reading(2, ts=1000, humidity=44.0)) == 0
+    assert _fired(engine, _reading(3, ts=2000, humidity=60.0)) == 1
 
 
 def test_the_shipped_rules_file_loads() -> None:

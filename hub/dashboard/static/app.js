@@ -157,6 +157,20 @@ function drawOverview(o) {
   replaceChart("chart-rtt", chart("Command round trip", "ms", o.rtt_ms, at));
 }
 
+function drawAlarms(alarms) {
+  if (alarms.error) {
+    document.getElementById("alarm-count").textContent = `cannot read them: ${alarms.error}`;
+    alarms = [];
+  } else {
+    document.getElementById("alarm-count").textContent = `${alarms.length} active`;
+  }
+  fillTable("active-alarms", alarms, [
+    (a) => clock(a.raised_at), (a) => a.severity, (a) => a.device, (a) => a.type, (a) => a.rule, (a) => a.count,
+    (a) => (a.last_value === null ? "" : niceNumber(a.last_value)), (a) => (a.acked ? `yes (${a.acked_by})` : "no"),
+    (a) => a.id,
+  ]);
+}
+
 function drawDevicePicker(devices) {
   const picker = document.getElementById("device-picker");
   const wanted = new Set(devices.map((d) => d.device));
@@ -203,9 +217,13 @@ async function refresh() {
   const status = document.getElementById("status");
   try {
     const range = encodeURIComponent(state.range);
-    const [overview, devices] = await Promise.all([getJson(`/api/overview?range=${range}`), getJson("/api/devices")]);
+    const [overview, devices, alarms] = await Promise.all([
+      getJson(`/api/overview?range=${range}`), getJson("/api/devices"),
+      getJson("/api/alarms").catch((error) => ({ error: error.message })),  // the rest of the page without them
+    ]);
     if (!state.device && devices.length) state.device = devices[0].device;
     drawOverview(overview);
+    drawAlarms(alarms);
     drawDevicePicker(devices);
     if (state.device) drawDevice(await getJson(`/api/device?device=${encodeURIComponent(state.device)}&range=${range}`));
     status.textContent = `updated ${clock(Date.now())}, every ${POLL_MS / 1000} s`;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 import msgspec
@@ -12,6 +13,8 @@ from hub.core.contract import Identifier, Scalar, SensorName, Severity
 DEFAULT_COOLDOWN_S = 300.0
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
+#: `clear_after` as a number of readings (`3`) or of seconds (`"60s"`).
+ClearAfter = Annotated[int, msgspec.Meta(ge=1, le=100_000)] | Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,6}s$")]
 
 
 class Action(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -30,6 +33,15 @@ class _Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     message: str = ""
     action: Action | None = None
     cooldown_s: Annotated[float, msgspec.Meta(ge=0)] = DEFAULT_COOLDOWN_S
+    #: The alarm type it raises (its name when absent): rules sharing one make one alarm per device.
+    alarm: Identifier | None = None
+    #: The alarm clears once the condition was false for this many readings, or seconds (`"60s"`);
+    #: the rule type's default (`DEFAULT_CLEAR_AFTER`) when absent.
+    clear_after: ClearAfter | None = None
+
+    @property
+    def alarm_type(self) -> str:
+        return self.alarm or self.name
 
 
 class Threshold(_Rule, frozen=True, tag="threshold"):
@@ -64,6 +76,29 @@ class RateOfChange(_Rule, frozen=True, tag="rate_of_change"):
 
 
 Rule = Threshold | ZScore | Stuck | RateOfChange
+
+#: Readings without the condition before an alarm clears, per rule type: a threshold crossed
+#: back for a few readings; a z-score anomaly (one spike) at the next normal readings; a stuck
+#: sensor at its first different value; a jump once the rate is back for a few readings.
+DEFAULT_CLEAR_AFTER: dict[type[_Rule], int] = {Threshold: 3, ZScore: 3, Stuck: 1, RateOfChange: 3}
+
+
+@dataclass(frozen=True)
+class ClearPolicy:
+    """When an active alarm clears: after `readings` readings without its condition, or once a
+    reading without it comes `seconds` after the last reading with it (device time, not the hub's)."""
+
+    readings: int = 0
+    seconds: float = 0.0
+
+
+def clear_policy(rule: Rule) -> ClearPolicy:
+    after = rule.clear_after
+    if after is None:
+        return ClearPolicy(readings=DEFAULT_CLEAR_AFTER[type(rule)])
+    if isinstance(after, str):
+        return ClearPolicy(seconds=float(after[:-1]))
+    return ClearPolicy(readings=after)
 
 
 class RulesFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -9,20 +9,36 @@ normal; they are in InfluxDB `alerts` regardless. A crash means at most a repeat
 redelivered readings are judged again), never a lost one.
 
 Every partition is single-active-consumer: the readings of a device reach one process, in
-order, so its rule state is whole. A process that consumes every partition (the default)
-hands presence its signs of life in process, when presence runs beside it (`signs`).
+order, so its rule state and its alarms are whole there. A process that consumes every partition
+(the default) hands presence its signs of life in process, when presence runs beside it (`signs`).
+
+Exactly once: the rules' state and the alarms are rebuilt from the store (`hub.services.alarms.
+rebuild`) at each (re)connect, and when a partition starts delivering to this process later than
+that (a standby taking over): what was stored is what was acked, and a redelivered reading at or
+before a sensor's last evaluated time changes nothing. Alarm changes are `alarms` points in the
+reading's batch and, but for `updated`, messages `alarms.<severity>.<site>.<kind>.<device>`.
+Acks of alarms (`python -m hub alarms ack`) come through the device's partition too, published
+to `iot.telemetry` (no device can publish there), so the handler that owns an alarm acks it.
 """
 
 from __future__ import annotations
 
+import logging
+
 from pika.spec import BasicProperties
 
 from hub.core.config import Settings
-from hub.core.contract import EXCHANGE, command_key, decode_reading, encode, now_ms
+from hub.core.contract import ALARM_ACK_TYPE, EXCHANGE, AlarmAck, command_key, decode, decode_reading, encode, now_ms
+from hub.core.errors import InvalidMessage, StorageUnavailable, Unreadable
 from hub.core.models import load_models
+from hub.outputs.base import Reader
+from hub.outputs.registry import open_reader
 from hub.runtime import topology
 from hub.runtime.delivery import Delivery, protocol_of
 from hub.runtime.handler import NOTHING, Effects, Event, Publish
+from hub.services.alarms.lifecycle import Change
+from hub.services.alarms.rebuild import READINGS_LOOKBACK_S, Stored
+from hub.services.alarms.transitions import change_point, change_publish
 from hub.services.presence.signs import SignsFeed
 from hub.services.rules.alerts import RULE_ORIGIN
 from hub.services.rules.engine import Engine
@@ -30,19 +46,34 @@ from hub.services.rules.model import Rule
 from hub.services.store.judge import ReadingJudge
 from hub.services.telemetry.stage import TelemetryStage
 
+log = logging.getLogger(__name__)
+
 JSON_PERSISTENT = {"content_type": "application/json", "delivery_mode": 2, "app_id": RULE_ORIGIN}
+#: A partition that first delivers this long after the last rebuild was another process's: its
+#: devices' state is rebuilt from the store before its first reading is judged.
+REBUILD_STALE_MS = 2_000
 
 
 class TelemetryHandler:
     name = "telemetry"
 
     def __init__(
-        self, stage: TelemetryStage, declaration: topology.Declaration, signs: SignsFeed | None = None
+        self,
+        stage: TelemetryStage,
+        declaration: topology.Declaration,
+        signs: SignsFeed | None = None,
+        reader: Reader | None = None,
     ) -> None:
-        """`signs`: every reading is also a sign of life for the presence service of this process."""
+        """`signs`: every reading is also a sign of life for the presence service of this process.
+        `reader`: where the rules' state and the alarms are rebuilt from (none: from nothing)."""
         self.stage = stage
         self.declaration = declaration
         self.signs = signs
+        self.reader = reader
+        self._rebuilt_at = -REBUILD_STALE_MS
+        #: Since the last rebuild: the queues that delivered, and each device's queue.
+        self._queues: set[str] = set()
+        self._devices: dict[str, str] = {}
 
     @classmethod
     def from_settings(
@@ -62,16 +93,21 @@ class TelemetryHandler:
             partitions=settings.partitions,
         )
         judge = ReadingJudge(load_models(settings.models_file), settings.unknown_sensors)
-        return cls(TelemetryStage(judge, Engine(rules)), declaration, signs)
+        return cls(TelemetryStage(judge, Engine(rules)), declaration, signs, open_reader(settings))
 
     def handle(self, delivery: Delivery) -> Effects:
-        reading = decode_reading(delivery.body, delivery.routing_key)
-        protocol = protocol_of(delivery.properties)
         now = now_ms()
+        if delivery.queue not in self._queues:
+            self._first_of_queue(delivery.queue, now)
+        if delivery.properties.type == ALARM_ACK_TYPE and delivery.method.exchange == topology.TELEMETRY_EXCHANGE:
+            return self._ack(delivery)
+        reading = decode_reading(delivery.body, delivery.routing_key)
+        self._devices[reading.device] = delivery.queue
+        protocol = protocol_of(delivery.properties)
         if self.signs is not None:  # a reading the judge refuses still proves its device alive
             self.signs.sign(reading.device, reading.site, reading.kind, protocol, reading.ts, now)
         outcome = self.stage.process(reading, protocol, now)
-        if not outcome.decisions:
+        if not outcome.decisions and not outcome.changes:
             if not outcome.flags:
                 return Effects(outcome.point)  # nearly every reading
             return Effects(outcome.point, events=[("flagged", flag) for flag in outcome.flags])
@@ -87,13 +123,78 @@ class TelemetryHandler:
                 key = command_key(reading.device)
                 publishes.append(Publish(EXCHANGE, key, encode(decision.command), _json(), mandatory=True))
                 events.append(("rule_command", decision.command.command))
-        return Effects(outcome.point, outcome.alert_points, publishes, events)
+        points = list(outcome.alert_points)
+        for change in outcome.changes:
+            points.append(change_point(change))
+            if change.published:
+                publishes.append(change_publish(change))
+                events.append(_alarm_event(change))
+        return Effects(outcome.point, points, publishes, events)
+
+    def _ack(self, delivery: Delivery) -> Effects:
+        ack = decode(delivery.body, AlarmAck)
+        if delivery.routing_key != f"telemetry.{ack.site}.{ack.kind}.{ack.device}":
+            raise InvalidMessage("routing_mismatch", f"ack of a {ack.device} alarm routed as {delivery.routing_key}")
+        change = self.stage.ack(ack)
+        if change is None:  # acked already, cleared meanwhile, or not an alarm of ours: nothing to do
+            log.info("service=telemetry event=alarm_ack_ignored alarm=%s", ack.alarm_id)
+            return NOTHING
+        return Effects(points=[change_point(change)], publishes=[change_publish(change)], events=[_alarm_event(change)])
 
     def tick(self, now_ms: int, role: str) -> Effects:
         return NOTHING
 
     def on_consuming(self, now_ms: int) -> None:
-        """Nothing is held across deliveries; the rules' state stays (the partition's devices are still ours)."""
+        """After each (re)connect the broker delivers again what was not acked: the rules' state and
+        the alarms start again from what was stored (and so acked), which the replay then extends."""
+        self._rebuild(frozenset(), strict=True)
+
+    def _first_of_queue(self, queue: str, now: int) -> None:
+        """A partition delivers for the first time since the last rebuild: if that was a while ago,
+        the broker just handed it over (its devices' state is in the store, not here)."""
+        self._queues.add(queue)
+        if now - self._rebuilt_at > REBUILD_STALE_MS:
+            keep = frozenset(device for device, seen_on in self._devices.items() if seen_on != queue)
+            self._rebuild(keep, strict=False)
+            self._queues.add(queue)
+
+    def _rebuild(self, keep: frozenset[str], strict: bool) -> None:
+        """`strict`: a store that does not answer stops the consuming (the runner reconnects and
+        tries again); else (a delivery in hand) the state goes on as it is, said in a log line."""
+        self._rebuilt_at = now_ms()  # the clock `handle` compares with
+        self._queues = set()
+        self._devices = {device: queue for device, queue in self._devices.items() if device in keep}
+        if self.reader is None:
+            return
+        stage = self.stage
+        try:
+            stored = Stored.from_rows(
+                self.reader.alarm_rows(),
+                self.reader.recent_readings(READINGS_LOOKBACK_S, stage.history_needed),
+                # Cooldowns count in the devices' time: an alert's age by the hub clock says nothing.
+                self.reader.last_alerts(READINGS_LOOKBACK_S),
+            )
+        except Unreadable as exc:
+            log.warning("service=telemetry event=no_rebuild reason=unreadable detail=%r", str(exc))
+            return
+        except (StorageUnavailable, OSError) as exc:
+            if strict:
+                raise StorageUnavailable(f"rebuilding the rules' state and the alarms: {exc}") from exc
+            log.warning("service=telemetry event=no_rebuild error=%r", exc)
+            return
+        rebuilt = stage.rebuild(stored, keep)
+        log.info(
+            "service=telemetry event=rebuilt alarms=%d active=%d readings=%d cooldowns=%d kept=%d",
+            rebuilt.alarms,
+            rebuilt.active,
+            rebuilt.readings,
+            rebuilt.cooldowns,
+            len(keep),
+        )
+
+
+def _alarm_event(change: Change) -> Event:
+    return ("alarm", change.transition, change.alarm.severity)
 
 
 def _json() -> BasicProperties:
