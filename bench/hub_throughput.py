@@ -37,14 +37,9 @@ import datetime
 import multiprocessing
 import os
 import platform
-import signal
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -60,6 +55,7 @@ from rich.table import Table
 
 from bench.command_legs import POLL_S as RECORD_POLL_S
 from bench.command_legs import EchoDevice, RoundTrips, command_round_trips, watching_records
+from bench.harness import REPO, HubProcess, bench_stack, running_hub, stop_signals_interrupt
 from bench.procstat import cpu_seconds
 from bench.profile import Profile, sampling, top_table
 from devices.device import plan_fleet
@@ -72,18 +68,12 @@ from hub.control.identity import device_definitions, new_secret, provision_into
 from hub.core.config import Settings
 from hub.core.contract import DEAD_LETTER_QUEUE, Reading, encode, mqtt_topic, now_ms
 from hub.core.credentials import Credential, merge_credentials
-from hub.core.signals import interrupt_on_stop_signals
 from hub.core.tls import settings_context
 from hub.outputs.lineprotocol import lines_payload
 from hub.runtime.batch import BATCH_MAX_POINTS
 from hub.runtime.topology import partitions
-from hub.services import SERVICES
 from hub.services.store.readings import reading_point
-from hub.stack import Stack
-from hub.stack.processes import free_port
-from hub.stack.stack import settings_on_free_ports
 
-REPO = Path(__file__).resolve().parents[1]
 console = Console(width=150)
 
 #: The latency probe publishes one reading this often...
@@ -334,47 +324,6 @@ class Phase:
         return 1e6 * self.cpu_s / self.messages if self.messages else 0.0
 
 
-@dataclass
-class RunningHub:
-    process: subprocess.Popen[bytes]
-    log: Path
-    metrics_port: int
-
-    def check(self) -> None:
-        if self.process.poll() is not None:
-            raise SystemExit(f"the hub exited: {self.log.read_text()[-2000:]}")
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-            return str(response.read().decode())
-
-
-@contextmanager
-def running_hub(settings: Settings, log: Path, metrics_port: int) -> Iterator[RunningHub]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
-    env.update(
-        IOT_AMQP_URL=settings.amqp_url,
-        IOT_INFLUX_URL=settings.influx_url,
-        IOT_STACK_DIR=str(settings.stack_path),  # the stack's secrets: the hub's InfluxDB account
-        IOT_MANAGEMENT_PORT=str(settings.management_port),
-        IOT_PARTITIONS=str(settings.partitions),
-        IOT_METRICS_PORT=str(metrics_port),
-        IOT_RULES_FILE=str(REPO / "rules.yaml"),
-        IOT_UNKNOWN_SENSORS="dead_letter",
-    )
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "hub", "run"], cwd=REPO, env=env, stdout=out, stderr=out)
-    hub = RunningHub(process, log, metrics_port)
-    try:
-        while log.read_text().count("event=consuming") < len(SERVICES):  # one line per service
-            hub.check()
-            time.sleep(0.1)
-        yield hub
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
-
-
 @contextmanager
 def probing(settings: Settings, site: str) -> Iterator[list[float]]:
     """Publish a probe reading every PROBE_INTERVAL_S; poll InfluxDB and time each until it is queryable."""
@@ -422,7 +371,7 @@ def probing(settings: Settings, site: str) -> Iterator[list[float]]:
 
 def hub_phase(
     settings: Settings,
-    hub: RunningHub,
+    hub: HubProcess,
     name: str,
     valid: int,
     invalid: int,
@@ -435,9 +384,9 @@ def hub_phase(
     dead_before = dead_lettered(settings)
     with ExitStack() as profiling, probing(settings, name) as latencies:
         time.sleep(1.0)
-        profile = profiling.enter_context(sampling(hub.process.pid, profile_path)) if profile_path else None
+        profile = profiling.enter_context(sampling(hub.pid, profile_path)) if profile_path else None
         started = time.monotonic()
-        cpu_before = cpu_seconds(hub.process.pid)
+        cpu_before = cpu_seconds(hub.pid)
         procs = start_load()
         count = dead = 0
         last_report = started
@@ -455,7 +404,7 @@ def hub_phase(
                 f"{(count + dead) / elapsed:8.0f}/s, probe p50 {quantile_ms(latencies, 50):.0f} ms"
             )
         elapsed = time.monotonic() - started
-        cpu = cpu_seconds(hub.process.pid) - cpu_before
+        cpu = cpu_seconds(hub.pid) - cpu_before
     for proc in procs:
         proc.join()
     return Phase(name, valid + invalid, elapsed, cpu, latencies, profile)
@@ -467,7 +416,7 @@ def idle_latencies(settings: Settings) -> list[float]:
     return list(latencies)
 
 
-def age_buckets(hub: RunningHub) -> dict[float, float]:
+def age_buckets(hub: HubProcess) -> dict[float, float]:
     """The cumulative buckets (upper bound s -> count) of the hub's reading-age histogram."""
     buckets: dict[float, float] = {}
     for family in text_string_to_metric_families(hub.metrics()):
@@ -513,7 +462,7 @@ def recorded_legs(settings: Settings, since_ms: int) -> list[float]:
 
 
 def steady_phase(
-    settings: Settings, hub: RunningHub, rate: int, duration_s: int, processes: int, commands: int
+    settings: Settings, hub: HubProcess, rate: int, duration_s: int, processes: int, commands: int
 ) -> Steady:
     command_devices = [spec.device_id for spec in plan_fleet(COMMAND_DEVICES, protocol="mqtt", site="cmd")]
     held = provision_into(settings, [*command_devices, ECHO_DEVICE], settings.credentials_path)
@@ -752,7 +701,7 @@ def command_leg_rows(steady: Steady) -> list[tuple[str, list[float], list[float]
 
 def main() -> None:
     # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks below: the stack stops with the benchmark.
-    interrupt_on_stop_signals()
+    stop_signals_interrupt()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readings", type=int, default=60_000, help="readings per flat-out phase")
     parser.add_argument("--devices", type=int, default=200)
@@ -764,6 +713,12 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="sample the hub with py-spy in the all-valid phase; print its top"
     )
+    parser.add_argument(
+        "--hub-checkout",
+        type=Path,
+        default=REPO,
+        help="the checkout whose `python -m hub run` to measure (its own .venv), against a stack of this one",
+    )
     args = parser.parse_args()
     per_device = max(1, args.readings // args.devices)
     total = per_device * args.devices
@@ -771,58 +726,52 @@ def main() -> None:
     invalid_devices = len(range(0, args.devices, invalid_every)) if invalid_every else 0
     invalid_share = invalid_devices / args.devices
 
-    with tempfile.TemporaryDirectory(prefix="hub-bench-") as tmp:
-        root = Path(tmp)
-        settings = settings_on_free_ports(root / "stack")
-        stack = Stack(settings)
-        console.print(f"starting a stack under {root} ...")
-        try:
-            stack.up(lambda message: console.print(f"  {message}"))
-            create_gateway(settings)
-            console.print(f"[bold]1. RabbitMQ alone[/] ({total} readings, {args.publishers} MQTT publishers, QoS 1)")
-            ceiling = rabbit_ceiling(settings, total, args.devices, per_device, args.publishers)
-            rabbit = ceiling.rate
-            with running_hub(settings, root / "hub.log", free_port()) as hub:
-                console.print("[bold]2. the hub[/] (python -m hub run, all services): idle, then flat out")
-                idle = idle_latencies(settings)
-                valid = hub_phase(
-                    settings,
-                    hub,
-                    "valid",
-                    total,
-                    0,
-                    lambda: start_publishers(settings, "valid", args.devices, per_device, args.publishers),
-                    root / "hub-valid.pyspy" if args.profile else None,
-                )
-                bad = invalid_devices * per_device
-                mixed = hub_phase(
-                    settings,
-                    hub,
-                    "mixed",
-                    total - bad,
-                    bad,
-                    lambda: start_publishers(
-                        settings, "mixed", args.devices, per_device, args.publishers, invalid_every
-                    ),
-                )
-                steady = None
-                if args.rate:
-                    console.print(
-                        f"[bold]3. the hub at a steady load[/] ({args.rate} devices x 1 reading/s, "
-                        f"{args.duration:.0f} s, {args.commands} commands)"
-                    )
-                    steady = steady_phase(settings, hub, args.rate, args.duration, args.publishers, args.commands)
-            console.print(f"[bold]4. InfluxDB alone[/] (same points, batches of {BATCH_MAX_POINTS})")
-            influx_rate = influx_ceiling(settings, args.devices, per_device)
-            phases = [valid, mixed] + ([steady.phase] if steady else [])
-            console.print(throughput_table(total, args.devices, rabbit, influx_rate, phases))
-            if valid.profile is not None:
-                console.print(top_table(valid.profile, "the hub flat out, all valid"))
+    with bench_stack("hub-bench-", console.print) as bench:
+        root, settings = bench.root, bench.settings
+        create_gateway(settings)
+        console.print(f"[bold]1. RabbitMQ alone[/] ({total} readings, {args.publishers} MQTT publishers, QoS 1)")
+        ceiling = rabbit_ceiling(settings, total, args.devices, per_device, args.publishers)
+        rabbit = ceiling.rate
+        hub_env = {"IOT_UNKNOWN_SENSORS": "dead_letter"}
+        with running_hub(settings, root / "hub.log", checkout=args.hub_checkout, metrics=True, env=hub_env) as hub:
             console.print(
-                summary_table(settings, ceiling, influx_rate, valid, mixed, invalid_share, idle, steady, args.rate)
+                f"[bold]2. the hub[/] (python -m hub run of {args.hub_checkout}, all services): idle, then flat out"
             )
-        finally:
-            stack.down()
+            idle = idle_latencies(settings)
+            valid = hub_phase(
+                settings,
+                hub,
+                "valid",
+                total,
+                0,
+                lambda: start_publishers(settings, "valid", args.devices, per_device, args.publishers),
+                root / "hub-valid.pyspy" if args.profile else None,
+            )
+            bad = invalid_devices * per_device
+            mixed = hub_phase(
+                settings,
+                hub,
+                "mixed",
+                total - bad,
+                bad,
+                lambda: start_publishers(settings, "mixed", args.devices, per_device, args.publishers, invalid_every),
+            )
+            steady = None
+            if args.rate:
+                console.print(
+                    f"[bold]3. the hub at a steady load[/] ({args.rate} devices x 1 reading/s, "
+                    f"{args.duration:.0f} s, {args.commands} commands)"
+                )
+                steady = steady_phase(settings, hub, args.rate, args.duration, args.publishers, args.commands)
+        console.print(f"[bold]4. InfluxDB alone[/] (same points, batches of {BATCH_MAX_POINTS})")
+        influx_rate = influx_ceiling(settings, args.devices, per_device)
+        phases = [valid, mixed] + ([steady.phase] if steady else [])
+        console.print(throughput_table(total, args.devices, rabbit, influx_rate, phases))
+        if valid.profile is not None:
+            console.print(top_table(valid.profile, "the hub flat out, all valid"))
+        console.print(
+            summary_table(settings, ceiling, influx_rate, valid, mixed, invalid_share, idle, steady, args.rate)
+        )
 
 
 if __name__ == "__main__":

@@ -21,10 +21,6 @@ import argparse
 import logging
 import multiprocessing
 import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +28,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bench.harness import bench_stack, running_hub, stop_signals_interrupt
 from bench.hub_throughput import (
     MAX_INFLIGHT,
-    REPO,
     create_gateway,
     drain_and_close,
     influx_count,
@@ -47,9 +43,6 @@ from devices.fleet import Fleet
 from hub.control.identity import provision_into
 from hub.core.config import Settings, over_tls
 from hub.core.contract import encode, mqtt_topic, now_ms
-from hub.core.signals import interrupt_on_stop_signals
-from hub.stack import Stack
-from hub.stack.stack import settings_on_free_ports
 
 console = Console()
 
@@ -59,8 +52,6 @@ FLEET_CONNECT_WAIT_S = 300.0
 #: How often the stored count is read (the resolution of the end-to-end phase's end time).
 COUNT_POLL_S = 0.2
 PROGRESS_EVERY_S = 2.0
-HUB_START_WAIT_S = 60.0
-HUB_SERVICES = 3
 
 
 @dataclass(frozen=True)
@@ -135,23 +126,7 @@ def hub_end_to_end(
     settings: Settings, prefix: str, devices: int, per_device: int, publishers: int, log: Path, broker_pid: int
 ) -> EndToEnd:
     total = devices * per_device
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
-    env.update(
-        IOT_AMQP_URL=settings.amqp_url,
-        IOT_INFLUX_URL=settings.influx_url,
-        IOT_STACK_DIR=str(settings.stack_path),  # the stack's secrets: the hub's InfluxDB account
-        IOT_TLS_CA=str(settings.tls_ca_file),
-        IOT_METRICS_PORT="off",
-        IOT_RULES_FILE=str(REPO / "rules.yaml"),
-    )
-    with open(log, "wb") as out:
-        hub = subprocess.Popen([sys.executable, "-m", "hub", "run"], cwd=REPO, env=env, stdout=out, stderr=out)
-    try:
-        deadline = time.monotonic() + HUB_START_WAIT_S
-        while log.read_text().count("event=consuming") < HUB_SERVICES:
-            if hub.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the hub did not start consuming: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
+    with running_hub(settings, log, env={"IOT_TLS_CA": str(settings.tls_ca_file)}) as hub:
         context = multiprocessing.get_context("fork")
         base_ts = now_ms() - 3_600_000
         step = (devices + publishers - 1) // publishers
@@ -170,8 +145,7 @@ def hub_end_to_end(
         while stored < total:
             time.sleep(COUNT_POLL_S)
             stored = influx_count(settings, query)
-            if hub.poll() is not None:
-                raise SystemExit(f"the hub exited: {log.read_text()[-2000:]}")
+            hub.check()
             if time.monotonic() - last_report >= PROGRESS_EVERY_S:
                 last_report = time.monotonic()
                 console.print(f"  {prefix}: {stored:>8} / {total} stored, {stored / (last_report - started):8.0f}/s")
@@ -179,11 +153,8 @@ def hub_end_to_end(
         result = EndToEnd(total / elapsed, cpu_seconds(hub.pid) - cpu, cpu_seconds(broker_pid) - broker)
         for proc in procs:
             proc.join()
-        console.print(f"  {prefix}: {total} stored at {result.per_s:,.0f}/s")
-        return result
-    finally:
-        hub.send_signal(signal.SIGTERM)
-        hub.wait(60)
+    console.print(f"  {prefix}: {total} stored at {result.per_s:,.0f}/s")
+    return result
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -218,8 +189,7 @@ def report(
 
 
 def main() -> None:
-    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks below: the stack stops with the benchmark.
-    interrupt_on_stop_signals()
+    stop_signals_interrupt()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=1000, help="simulated devices that connect")
     parser.add_argument("--readings", type=int, default=30_000, help="readings per end-to-end phase")
@@ -234,29 +204,20 @@ def main() -> None:
 
     connects: dict[str, list[Connects]] = {"plain": [], "tls": []}
     flows: dict[str, list[EndToEnd]] = {"plain": [], "tls": []}
-    with tempfile.TemporaryDirectory(prefix="tls-cost-") as tmp:
-        root = Path(tmp)
-        settings = settings_on_free_ports(root / "stack")
-        stack = Stack(settings)
-        console.print(f"starting a stack under {root} ...")
-        try:
-            stack.up(lambda message: console.print(f"  {message}"))
-            create_gateway(settings)
-            beam = broker_pid(stack.root)
-            for round_index in range(args.rounds):
-                for mode in ("plain", "tls"):
-                    over = variant(settings, mode == "tls")
-                    label = f"{mode}{round_index}"
-                    console.print(f"[bold]{mode}: {args.devices} simulated devices connect[/]")
-                    connects[mode].append(fleet_connects(over, args.devices, label, beam))
-                    console.print(f"[bold]{mode}: the hub stores {total} readings[/]")
-                    flows[mode].append(
-                        hub_end_to_end(
-                            over, label, readers, per_device, args.publishers, root / f"hub-{label}.log", beam
-                        )
-                    )
-        finally:
-            stack.down()
+    with bench_stack("tls-cost-", console.print) as bench:
+        settings, root = bench.settings, bench.root
+        create_gateway(settings)
+        beam = broker_pid(bench.stack.root)
+        for round_index in range(args.rounds):
+            for mode in ("plain", "tls"):
+                over = variant(settings, mode == "tls")
+                label = f"{mode}{round_index}"
+                console.print(f"[bold]{mode}: {args.devices} simulated devices connect[/]")
+                connects[mode].append(fleet_connects(over, args.devices, label, beam))
+                console.print(f"[bold]{mode}: the hub stores {total} readings[/]")
+                flows[mode].append(
+                    hub_end_to_end(over, label, readers, per_device, args.publishers, root / f"hub-{label}.log", beam)
+                )
     console.print(report(connects, flows, args.devices, total, args.publishers))
     # The rates move with whatever else the machine runs; CPU per reading moves much less.
     console.print(f"load average at the end (1/5/15 min): {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
