@@ -39,18 +39,9 @@ from rich.table import Table
 
 from bench.cluster_failover import SITE as LOSS_SITE
 from bench.cluster_failover import NodeLoss, node_loss
-from bench.harness import HubProcess, running_hub, started_cluster, started_stack, stop_signals_interrupt
-from bench.hub_throughput import (
-    PROBE_INTERVAL_S,
-    Phase,
-    create_gateway,
-    hub_phase,
-    influx_count,
-    probing,
-    quantile_ms,
-    run_header,
-    start_publishers,
-)
+from bench.harness import HubProcess, run_header, running_hub, started_cluster, started_stack, stop_signals_interrupt
+from bench.hub_throughput import PROBE_INTERVAL_S, Phase, hub_phase, probing
+from bench.load import create_gateway, influx_count, quantile_ms, start_publishers
 from bench.procstat import cpu_seconds, groups_usage
 from devices.device import ProtocolChoice, plan_fleet
 from devices.fleet import Fleet

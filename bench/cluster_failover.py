@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.harness import HubProcess, running_hub, started_cluster, stop_signals_interrupt
-from bench.hub_throughput import influx_count
+from bench.load import influx_count
 from devices.device import plan_fleet
 from devices.fleet import Fleet
 from hub.clients import influx

@@ -48,8 +48,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from bench.harness import bench_stack, stop_signals_interrupt
-from bench.hub_throughput import (
+from bench.harness import bench_stack, broker_pid, stop_signals_interrupt
+from bench.load import (
     MAX_INFLIGHT,
     amqp,
     create_gateway,
@@ -58,7 +58,6 @@ from bench.hub_throughput import (
     start_processes,
 )
 from bench.procstat import usage
-from bench.tls_cost import broker_pid
 from hub.clients.management import read_broker_version
 from hub.core.config import Settings
 from hub.core.contract import EXCHANGE, Reading, decode, encode, mqtt_topic, now_ms

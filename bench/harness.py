@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import datetime
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -28,6 +30,8 @@ from pathlib import Path
 import pika.exceptions
 
 from hub.clients.amqp import close_quietly, connect
+from hub.clients.influx import server_version
+from hub.clients.management import read_broker_version
 from hub.core.config import Settings
 from hub.core.errors import BrokerUnavailable, ConfigError
 from hub.core.signals import interrupt_on_stop_signals
@@ -108,6 +112,27 @@ def started_cluster(root: Path, nodes: int, progress: Callable[[str], None] = pr
         yield BenchCluster(settings, cluster, up_s)
     finally:
         cluster.down()
+
+
+def broker_pid(stack_root: Path) -> int:
+    """The Erlang VM of the stack's node (the pid `stack up` keeps is its start script's)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if (proc / "comm").read_text().strip() == "beam.smp" and str(stack_root) in (proc / "cmdline").read_text():
+                return int(proc.name)
+        except (OSError, ValueError):
+            continue
+    raise SystemExit(f"no beam.smp of the stack under {stack_root}")
+
+
+def run_header(settings: Settings) -> str:
+    """The date, the machine and the versions a bench ran on."""
+    versions = (
+        f"Python {platform.python_version()}, RabbitMQ {read_broker_version(settings) or '?'}, "
+        f"InfluxDB {server_version(settings.influx_url) or '?'}"
+    )
+    machine = f"{os.cpu_count()} cores, {platform.system()} {platform.machine()}"
+    return f"{datetime.date.today().isoformat()}: {machine}; {versions}"
 
 
 # --- the wait, by state ---------------------------------------------------------------------------

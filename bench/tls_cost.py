@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing
 import os
 import time
 from dataclasses import dataclass
@@ -28,21 +27,17 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench.harness import bench_stack, running_hub, stop_signals_interrupt
-from bench.hub_throughput import (
-    MAX_INFLIGHT,
+from bench.harness import bench_stack, broker_pid, running_hub, stop_signals_interrupt
+from bench.load import (
     create_gateway,
-    drain_and_close,
     influx_count,
-    make_reading,
-    mqtt_client,
+    start_publishers,
 )
 from bench.procstat import cpu_seconds
 from devices.device import plan_fleet
 from devices.fleet import Fleet
 from hub.control.identity import provision_into
 from hub.core.config import Settings, over_tls
-from hub.core.contract import encode, mqtt_topic, now_ms
 
 console = Console()
 
@@ -66,17 +61,6 @@ class EndToEnd:
     per_s: float
     hub_cpu_s: float
     broker_cpu_s: float
-
-
-def broker_pid(stack_root: Path) -> int:
-    """The Erlang VM of the stack's node (the pid `stack up` keeps is its start script's)."""
-    for proc in Path("/proc").iterdir():
-        try:
-            if (proc / "comm").read_text().strip() == "beam.smp" and str(stack_root) in (proc / "cmdline").read_text():
-                return int(proc.name)
-        except (OSError, ValueError):
-            continue
-    raise SystemExit(f"no beam.smp of the stack under {stack_root}")
 
 
 def variant(settings: Settings, tls: bool) -> Settings:
@@ -110,36 +94,13 @@ def _own_cpu_s() -> float:
 # --- 2. the hub end to end -----------------------------------------------------------------------
 
 
-def publisher(settings: Settings, prefix: str, devices: range, per_device: int, base_ts: int) -> None:
-    """One MQTT (or MQTTS) connection publishing `per_device` readings for each of `devices`, QoS 1."""
-    client = mqtt_client(settings, f"tls-cost-{prefix}-{devices.start}")
-    for seq in range(per_device):
-        for device in devices:
-            reading = make_reading(prefix, device, seq, base_ts + seq)
-            client.publish(mqtt_topic(reading.routing_key), encode(reading), qos=1)
-        while len(client._out_messages) > MAX_INFLIGHT * 4:  # memory stays bounded; the broker sets the pace
-            time.sleep(0.001)
-    drain_and_close(client, None)
-
-
 def hub_end_to_end(
     settings: Settings, prefix: str, devices: int, per_device: int, publishers: int, log: Path, broker_pid: int
 ) -> EndToEnd:
     total = devices * per_device
     with running_hub(settings, log, env={"IOT_TLS_CA": str(settings.tls_ca_file)}) as hub:
-        context = multiprocessing.get_context("fork")
-        base_ts = now_ms() - 3_600_000
-        step = (devices + publishers - 1) // publishers
         cpu, broker, started = cpu_seconds(hub.pid), cpu_seconds(broker_pid), time.monotonic()
-        procs = [
-            context.Process(
-                target=publisher,
-                args=(settings, prefix, range(start, min(devices, start + step)), per_device, base_ts),
-            )
-            for start in range(0, devices, step)
-        ]
-        for proc in procs:
-            proc.start()
+        procs = start_publishers(settings, prefix, devices, per_device, publishers)
         stored, last_report = 0, started
         query = f"SELECT count(seq) FROM environment WHERE device =~ /^{prefix}-/"
         while stored < total:
