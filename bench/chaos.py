@@ -48,7 +48,7 @@ from bench.chaos_audit import (
     settle_commands,
     settle_readings,
 )
-from bench.harness import HubProcess, bench_stack, stop_signals_interrupt
+from bench.harness import HubProcess, bench_stack
 from devices.device import plan_fleet
 from devices.fleet import Fleet
 from hub.clients.amqp import connect
@@ -58,6 +58,7 @@ from hub.control.send import CommandSender
 from hub.core.config import Settings
 from hub.core.contract import now_ms
 from hub.core.errors import BrokerUnavailable
+from hub.core.signals import interrupt_on_stop_signals
 from hub.stack import Stack
 from hub.stack.processes import port_open
 
@@ -328,7 +329,8 @@ def results_table(results: list[DrillResult], title: str) -> Table:
 
 
 def main() -> int:
-    stop_signals_interrupt()
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks: the stack stops with the benchmark.
+    interrupt_on_stop_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="20 devices, 2 hub kills, 12 s outages (< 3 minutes)")
     parser.add_argument("--devices", type=int, default=None, help="simulated devices, half MQTT, half STOMP (100)")

@@ -39,7 +39,7 @@ from rich.table import Table
 
 from bench.cluster_failover import SITE as LOSS_SITE
 from bench.cluster_failover import NodeLoss, node_loss
-from bench.harness import HubProcess, run_header, running_hub, started_cluster, started_stack, stop_signals_interrupt
+from bench.harness import HubProcess, run_header, running_hub, started_cluster, started_stack
 from bench.hub_throughput import PROBE_INTERVAL_S, Phase, hub_phase, probing
 from bench.load import create_gateway, influx_count, quantile_ms, start_publishers
 from bench.procstat import cpu_seconds, groups_usage
@@ -50,6 +50,7 @@ from hub.control.identity import provision_into
 from hub.core.config import Settings
 from hub.core.contract import now_ms
 from hub.core.limits import raise_open_files_limit
+from hub.core.signals import interrupt_on_stop_signals
 
 console = Console(width=150)
 NODES = 3
@@ -446,7 +447,8 @@ def loss_table(loss: NodeLoss, up_s: float) -> Table:
 
 
 def main() -> None:
-    stop_signals_interrupt()
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks: the stack stops with the benchmark.
+    interrupt_on_stop_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a small load (about 3 minutes)")
     args = parser.parse_args()

@@ -29,7 +29,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench.harness import HubProcess, running_hub, started_cluster, stop_signals_interrupt
+from bench.harness import HubProcess, running_hub, started_cluster
 from bench.load import influx_count
 from devices.device import plan_fleet
 from devices.fleet import Fleet
@@ -38,6 +38,7 @@ from hub.clients.management import read_published_counts
 from hub.control.identity import provision_into
 from hub.core.config import Settings
 from hub.core.contract import now_ms
+from hub.core.signals import interrupt_on_stop_signals
 from hub.stack.cluster import Cluster
 
 console = Console()
@@ -181,7 +182,8 @@ def run(args: argparse.Namespace, root: Path) -> None:
 
 
 def main() -> None:
-    stop_signals_interrupt()
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks: the stack stops with the benchmark.
+    interrupt_on_stop_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=60)
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between a device's readings")

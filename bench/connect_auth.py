@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from bench.harness import bench_stack, stop_signals_interrupt
+from bench.harness import bench_stack
 from bench.procstat import cpu_seconds, group_pids, usage
 from devices.device import plan_fleet
 from devices.fleet import Fleet
@@ -30,6 +30,7 @@ from hub.clients.management import read_broker_version
 from hub.control.identity import provision_into
 from hub.core.config import Settings
 from hub.core.limits import raise_open_files_limit
+from hub.core.signals import interrupt_on_stop_signals
 from hub.stack.stack import BROKER_AUTH, RABBITMQ, Stack
 
 DEVICES = 10_000
@@ -138,7 +139,8 @@ def report(phases: list[Phase], title: str) -> Table:
 @click.option("--devices", default=DEVICES, show_default=True, help="MQTT devices that connect in each phase.")
 @click.option("--rounds", default=ROUNDS, show_default=True, help="Pairs of phases: check on, then off.")
 def main(devices: int, rounds: int) -> None:
-    stop_signals_interrupt()
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks: the stack stops with the benchmark.
+    interrupt_on_stop_signals()
     raise_open_files_limit()
     console = Console(width=None if os.isatty(1) else 160)
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())

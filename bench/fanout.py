@@ -48,7 +48,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from bench.harness import bench_stack, broker_pid, stop_signals_interrupt
+from bench.harness import bench_stack, broker_pid
 from bench.load import (
     MAX_INFLIGHT,
     amqp,
@@ -61,6 +61,7 @@ from bench.procstat import usage
 from hub.clients.management import read_broker_version
 from hub.core.config import Settings
 from hub.core.contract import EXCHANGE, Reading, decode, encode, mqtt_topic, now_ms
+from hub.core.signals import interrupt_on_stop_signals
 from hub.stack.processes import free_port
 
 console = Console(width=160)
@@ -481,7 +482,8 @@ def _load() -> str:
 
 
 def main() -> None:
-    stop_signals_interrupt()
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks: the stack stops with the benchmark.
+    interrupt_on_stop_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_PHASE_S:.0f} s phases (about 2 minutes)")
     parser.add_argument("--phase-s", type=float, default=None, help=f"seconds measured per phase ({PHASE_S:.0f})")

@@ -1,9 +1,9 @@
 """What every bench starts the same way: a stack, `python -m hub run`, and the wait for the hub.
 
 - `bench_stack`: a stack (RabbitMQ + influxd) on free ports in a temporary folder, stopped and
-  removed when the block ends, also on SIGTERM or SIGINT (`stop_signals_interrupt` turns them into
-  KeyboardInterrupt, so the `finally` blocks run); `started_stack` and `started_cluster` under a
-  folder the bench gives (one run with several stacks).
+  removed when the block ends, also on SIGTERM or SIGINT (every bench's `main` begins with
+  `interrupt_on_stop_signals()`, which turns them into KeyboardInterrupt, so `finally` blocks
+  run); `started_stack` and `started_cluster` under a folder the bench gives (several stacks in one run).
 - `HubProcess` / `running_hub`: `python -m hub run` (all services) of a checkout, its output in a log.
 - The one wait for the hub, by state, not by its log: the hub consumes when every queue it takes
   (each telemetry partition, `hub.presence`, `hub.commands`) has a consumer, as the broker counts
@@ -34,7 +34,6 @@ from hub.clients.influx import server_version
 from hub.clients.management import read_broker_version
 from hub.core.config import Settings
 from hub.core.errors import BrokerUnavailable, ConfigError
-from hub.core.signals import interrupt_on_stop_signals
 from hub.runtime.topology import QUEUES, partitions
 from hub.stack import Stack
 from hub.stack.cluster import Cluster, started_on_free_ports
@@ -51,12 +50,6 @@ POLL_S = 0.05
 
 #: Queue -> consumers the broker counts on it; None: the queue is not declared yet.
 Counts = Mapping[str, int | None]
-
-
-def stop_signals_interrupt() -> None:
-    """SIGTERM (`timeout`) and SIGINT (Ctrl-C) raise KeyboardInterrupt, so a bench's `finally` blocks
-    stop what it started. Every bench calls it first."""
-    interrupt_on_stop_signals()
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from rich.table import Table
 
 from bench.command_legs import POLL_S as RECORD_POLL_S
 from bench.command_legs import EchoDevice, RoundTrips, command_round_trips, watching_records
-from bench.harness import REPO, HubProcess, bench_stack, run_header, running_hub, stop_signals_interrupt
+from bench.harness import REPO, HubProcess, bench_stack, run_header, running_hub
 from bench.load import (
     amqp,
     create_gateway,
@@ -72,6 +72,7 @@ from hub.clients.influx import InfluxHttp
 from hub.control.identity import provision_into
 from hub.core.config import Settings
 from hub.core.contract import DEAD_LETTER_QUEUE, Reading, encode, mqtt_topic, now_ms
+from hub.core.signals import interrupt_on_stop_signals
 from hub.outputs.lineprotocol import lines_payload
 from hub.runtime.batch import BATCH_MAX_POINTS
 from hub.runtime.topology import partitions
@@ -553,7 +554,8 @@ def command_leg_rows(steady: Steady) -> list[tuple[str, list[float], list[float]
 
 def main() -> None:
     # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks below: the stack stops with the benchmark.
-    stop_signals_interrupt()
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks: the stack stops with the benchmark.
+    interrupt_on_stop_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readings", type=int, default=60_000, help="readings per flat-out phase")
     parser.add_argument("--devices", type=int, default=200)

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from bench.harness import bench_stack, stop_signals_interrupt
+from bench.harness import bench_stack
 from bench.procstat import Usage, group_pids, usage
 from devices.device import ProtocolChoice, plan_fleet
 from devices.fleet import Fleet
@@ -40,6 +40,7 @@ from hub.control.identity import provision_into
 from hub.core.config import Settings
 from hub.core.contract import VHOST, Reading, encode, mqtt_topic, now_ms, stomp_destination
 from hub.core.limits import raise_open_files_limit
+from hub.core.signals import interrupt_on_stop_signals
 from hub.stack import Stack
 
 #: Keeping up means: confirmed readings/s at least this share of the target rate...
@@ -451,7 +452,8 @@ def main(
     connect_wait: float,
     baselines: bool,
 ) -> None:
-    stop_signals_interrupt()
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks: the stack stops with the benchmark.
+    interrupt_on_stop_signals()
     if scale:
         devices = devices or SCALE_DEVICES
         interval = interval or SCALE_INTERVAL_S

@@ -27,7 +27,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench.harness import bench_stack, broker_pid, running_hub, stop_signals_interrupt
+from bench.harness import bench_stack, broker_pid, running_hub
 from bench.load import (
     create_gateway,
     influx_count,
@@ -38,6 +38,7 @@ from devices.device import plan_fleet
 from devices.fleet import Fleet
 from hub.control.identity import provision_into
 from hub.core.config import Settings, over_tls
+from hub.core.signals import interrupt_on_stop_signals
 
 console = Console()
 
@@ -150,7 +151,8 @@ def report(
 
 
 def main() -> None:
-    stop_signals_interrupt()
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks: the stack stops with the benchmark.
+    interrupt_on_stop_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=1000, help="simulated devices that connect")
     parser.add_argument("--readings", type=int, default=30_000, help="readings per end-to-end phase")
