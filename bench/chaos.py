@@ -30,7 +30,6 @@ import argparse
 import logging
 import random
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -49,7 +48,7 @@ from bench.chaos_audit import (
     settle_commands,
     settle_readings,
 )
-from bench.chaos_hub import HubProcess
+from bench.harness import HubProcess, bench_stack
 from devices.device import plan_fleet
 from devices.fleet import Fleet
 from hub.clients.amqp import connect
@@ -62,7 +61,6 @@ from hub.core.errors import BrokerUnavailable
 from hub.core.signals import interrupt_on_stop_signals
 from hub.stack import Stack
 from hub.stack.processes import port_open
-from hub.stack.stack import settings_on_free_ports
 
 #: Wide enough for the final table when the output is not a terminal (a log, CI).
 TABLE_WIDTH = 170
@@ -168,16 +166,16 @@ class Chaos:
         drill: Drill,
         since: float,
         since_ms: int,
-        hub_before: int | None,
+        hub: bool,
         devices: bool = True,
         devices_since: float | None = None,
     ) -> None:
         """Seconds from `since` until the hub consumes (if restarted), all devices are online, a new reading stored."""
-        waiting = {"stored"} | ({"hub"} if hub_before is not None else set()) | ({"devices"} if devices else set())
+        waiting = {"stored"} | ({"hub"} if hub else set()) | ({"devices"} if devices else set())
         deadline = time.monotonic() + RECOVER_TIMEOUT_S
         while waiting and time.monotonic() < deadline:
             now = time.monotonic()
-            if "hub" in waiting and hub_before is not None and self.hub.consuming() >= hub_before + 4:
+            if "hub" in waiting and self.hub.consuming():
                 drill.recovery["hub"] = now - since
                 waiting.discard("hub")
             if "devices" in waiting and self.fleet.wait_online(timeout_s=0):
@@ -216,35 +214,34 @@ class Chaos:
     def hub_kill(self, drill: Drill) -> None:
         self.hub.stop(signal.SIGKILL)
         self.send_commands(drill)
-        since, since_ms, before = time.monotonic(), now_ms(), self.hub.consuming()
+        since, since_ms = time.monotonic(), now_ms()
         self.hub.start(wait=False)
-        self.recovered(drill, since, since_ms, before, devices=False)
+        self.recovered(drill, since, since_ms, hub=True, devices=False)
 
     def influx_down(self, drill: Drill, outage_s: float) -> None:
         self.stack.kill("InfluxDB", signal.SIGTERM)
         self.send_commands(drill)
         self.wait(drill, outage_s, "InfluxDB down")
         self.stack.up()
-        self.recovered(drill, time.monotonic(), now_ms(), None, devices=False)
+        self.recovered(drill, time.monotonic(), now_ms(), hub=False, devices=False)
 
     def broker_restart(self, drill: Drill, sig: signal.Signals) -> None:
-        before = self.hub.consuming()
         self.stack.kill("RabbitMQ", sig)
         self.progress(drill, "RabbitMQ stopped, starting it again")
         restart = threading.Thread(target=self.stack.up, daemon=True)
         restart.start()
         since, since_ms, listeners_at = self.broker_answers()
         self.send_commands(drill)
-        self.recovered(drill, since, since_ms, before, devices_since=listeners_at)
+        self.recovered(drill, since, since_ms, hub=True, devices_since=listeners_at)
         restart.join(RECOVER_TIMEOUT_S)
 
     def hub_down(self, drill: Drill, outage_s: float) -> None:
         self.hub.stop(signal.SIGTERM)
         self.send_commands(drill)
         self.wait(drill, outage_s, "hub down")
-        since, since_ms, before = time.monotonic(), now_ms(), self.hub.consuming()
+        since, since_ms = time.monotonic(), now_ms()
         self.hub.start(wait=False)
-        self.recovered(drill, since, since_ms, before, devices=False)
+        self.recovered(drill, since, since_ms, hub=True, devices=False)
 
     def links_cut(self, drill: Drill) -> None:
         count = max(1, round(len(self.fleet.devices) * CUT_SHARE))
@@ -253,7 +250,7 @@ class Chaos:
             self.fleet.cut(device, for_s=CUT_S)
         self.send_commands(drill)
         self.wait(drill, CUT_S, f"{count} links cut")
-        self.recovered(drill, time.monotonic(), now_ms(), None)
+        self.recovered(drill, time.monotonic(), now_ms(), hub=False)
 
     # --- one drill, judged ---------------------------------------------------------------------------
 
@@ -332,7 +329,7 @@ def results_table(results: list[DrillResult], title: str) -> Table:
 
 
 def main() -> int:
-    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks below: the stack stops with the benchmark.
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks: the stack stops with the benchmark.
     interrupt_on_stop_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="20 devices, 2 hub kills, 12 s outages (< 3 minutes)")
@@ -351,14 +348,10 @@ def main() -> int:
     outage_s = args.outage if args.outage is not None else (12.0 if args.quick else 60.0)
     started = time.monotonic()
 
-    with tempfile.TemporaryDirectory(prefix="hub-chaos-") as tmp:
-        root = Path(tmp)
-        settings = settings_on_free_ports(root / "stack")
-        stack = Stack(settings)
-        hub = HubProcess(settings, args.hub_log or root / "hub.log")
-        console.print(f"starting a stack under {root} ...")
+    with bench_stack("hub-chaos-", console.print) as bench:
+        settings, stack = bench.settings, bench.stack
+        hub = HubProcess(settings, args.hub_log or bench.root / "hub.log")
         try:
-            stack.up(lambda message: console.print(f"  {message}"))
             provision_into(
                 settings,
                 [spec.device_id for spec in plan_fleet(devices, protocol="mixed", site=SITE)],
@@ -388,7 +381,6 @@ def main() -> int:
                         raise SystemExit(f"no drill {drill!r}")
         finally:
             hub.stop()
-            stack.down()
 
     results = chaos.results
     readings = sum(r.readings.produced for r in results)

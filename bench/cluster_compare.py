@@ -39,19 +39,9 @@ from rich.table import Table
 
 from bench.cluster_failover import SITE as LOSS_SITE
 from bench.cluster_failover import NodeLoss, node_loss
-from bench.hub_throughput import (
-    PROBE_INTERVAL_S,
-    Phase,
-    RunningHub,
-    create_gateway,
-    hub_phase,
-    influx_count,
-    probing,
-    quantile_ms,
-    run_header,
-    running_hub,
-    start_publishers,
-)
+from bench.harness import HubProcess, run_header, running_hub, started_cluster, started_stack
+from bench.hub_throughput import PROBE_INTERVAL_S, Phase, hub_phase, probing
+from bench.load import create_gateway, influx_count, quantile_ms, start_publishers
 from bench.procstat import cpu_seconds, groups_usage
 from devices.device import ProtocolChoice, plan_fleet
 from devices.fleet import Fleet
@@ -61,10 +51,6 @@ from hub.core.config import Settings
 from hub.core.contract import now_ms
 from hub.core.limits import raise_open_files_limit
 from hub.core.signals import interrupt_on_stop_signals
-from hub.stack import Stack
-from hub.stack.cluster import started_on_free_ports
-from hub.stack.processes import free_port
-from hub.stack.stack import settings_on_free_ports
 
 console = Console(width=150)
 NODES = 3
@@ -198,7 +184,7 @@ def idle_broker_cores(broker: Callable[[], float]) -> float:
     return (broker() - cpu_before) / (time.monotonic() - started)
 
 
-def steady_phase(settings: Settings, hub: RunningHub, sizes: Sizes, label: str) -> Phase:
+def steady_phase(settings: Settings, hub: HubProcess, sizes: Sizes, label: str) -> Phase:
     """The mixed fleet at its fixed rate for `steady_s`: readings stored in the window (the probe's too),
     the probe's latency, the hub's CPU."""
     offered = sizes.offered_per_s
@@ -215,7 +201,7 @@ def steady_phase(settings: Settings, hub: RunningHub, sizes: Sizes, label: str) 
     ):
         time.sleep(WARMUP_S)
         skip = len(latencies)
-        start_ms, hub_before, started = now_ms(), cpu_seconds(hub.process.pid), time.monotonic()
+        start_ms, hub_before, started = now_ms(), cpu_seconds(hub.pid), time.monotonic()
         while time.monotonic() - started < sizes.steady_s:
             time.sleep(PROGRESS_EVERY_S)
             hub.check()
@@ -228,7 +214,7 @@ def steady_phase(settings: Settings, hub: RunningHub, sizes: Sizes, label: str) 
         # Counted at the end of the window: what the hub stored of what was made in it.
         end_ms, elapsed = now_ms(), time.monotonic() - started
         stored = stored_between(settings, start_ms, end_ms)
-        hub_cpu = cpu_seconds(hub.process.pid) - hub_before
+        hub_cpu = cpu_seconds(hub.pid) - hub_before
         window = list(latencies[skip:])
     return Phase("steady", stored, elapsed, hub_cpu, window)
 
@@ -236,7 +222,7 @@ def steady_phase(settings: Settings, hub: RunningHub, sizes: Sizes, label: str) 
 @contextmanager
 def hub_measured(
     settings: Settings, broker_pgids: Callable[[], list[int]], root: Path, sizes: Sizes, label: str
-) -> Iterator[tuple[RunningHub, Window, Window]]:
+) -> Iterator[tuple[HubProcess, Window, Window]]:
     """The hub on this stack, its steady and flat-out windows measured; the hub still runs inside."""
     create_gateway(settings)
     provision_into(
@@ -248,7 +234,7 @@ def hub_measured(
     def broker() -> float:
         return groups_usage(broker_pgids()).cpu_s
 
-    with running_hub(settings, root / f"hub-{label}.log", free_port()) as hub:
+    with running_hub(settings, root / f"hub-{label}.log", metrics=True) as hub:
         console.print(f"[bold]{label}: idle[/] (the hub running, no load, {IDLE_S:.0f} s)")
         idle = idle_broker_cores(broker)
         console.print(
@@ -324,11 +310,9 @@ def idle_costs(settings: Settings, broker_pgids: list[int], count: int) -> list[
 
 
 def one_node(root: Path, sizes: Sizes) -> tuple[StackRun, str]:
-    settings = settings_on_free_ports(root / "one-node")
-    stack = Stack(settings)
-    console.print(f"[bold]one node[/]: starting a stack under {root / 'one-node'}")
-    try:
-        stack.up(lambda message: console.print(f"  {message}"))
+    console.print("[bold]one node[/]")
+    with started_stack(root / "one-node", console.print) as bench:
+        settings, stack = bench.settings, bench.stack
         header = run_header(settings)
 
         def pgids() -> list[int]:
@@ -341,17 +325,12 @@ def one_node(root: Path, sizes: Sizes) -> tuple[StackRun, str]:
         idle = idle_costs(settings, pgids(), sizes.idle)
         with hub_measured(settings, pgids, root, sizes, "one node") as (_hub, steady, flat):
             return StackRun("1 node", steady, flat, idle), header
-    finally:
-        stack.down()
 
 
 def three_nodes(root: Path, sizes: Sizes) -> tuple[StackRun, float]:
-    console.print(f"[bold]{NODES} nodes[/]: starting a cluster under {root / 'cluster'}")
-    folders = iter(root / "cluster" / f"try-{attempt}" for attempt in range(1, 100))
-    settings, cluster, up_s = started_on_free_ports(
-        lambda: next(folders), NODES, lambda message: console.print(f"  {message}")
-    )
-    try:
+    console.print(f"[bold]{NODES} nodes[/]")
+    with started_cluster(root / "cluster", NODES, console.print) as bench:
+        settings, cluster = bench.settings, bench.cluster
         provision_into(
             settings,
             [spec.device_id for spec in plan_fleet(sizes.loss_devices, site=LOSS_SITE)],
@@ -371,9 +350,7 @@ def three_nodes(root: Path, sizes: Sizes) -> tuple[StackRun, float]:
                 sizes.loss_before_s,
                 sizes.loss_after_s,
             )
-        return StackRun(f"{NODES} nodes", steady, flat, loss=loss), up_s
-    finally:
-        cluster.down()
+        return StackRun(f"{NODES} nodes", steady, flat, loss=loss), bench.up_s
 
 
 def ratio(one: float, many: float) -> str:
@@ -470,7 +447,7 @@ def loss_table(loss: NodeLoss, up_s: float) -> Table:
 
 
 def main() -> None:
-    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks below: the stack stops with the benchmark.
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks: the stack stops with the benchmark.
     interrupt_on_stop_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a small load (about 3 minutes)")

@@ -29,7 +29,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench.hub_throughput import RunningHub, influx_count, running_hub
+from bench.harness import HubProcess, running_hub, started_cluster
+from bench.load import influx_count
 from devices.device import plan_fleet
 from devices.fleet import Fleet
 from hub.clients import influx
@@ -38,8 +39,7 @@ from hub.control.identity import provision_into
 from hub.core.config import Settings
 from hub.core.contract import now_ms
 from hub.core.signals import interrupt_on_stop_signals
-from hub.stack.cluster import Cluster, started_on_free_ports
-from hub.stack.processes import free_port
+from hub.stack.cluster import Cluster
 
 console = Console()
 NODES = 3
@@ -117,7 +117,7 @@ def busiest_leader(settings: Settings, cluster: Cluster) -> tuple[int, str]:
 
 
 def node_loss(
-    settings: Settings, cluster: Cluster, hub: RunningHub, devices: int, interval_s: float, before: float, after: float
+    settings: Settings, cluster: Cluster, hub: HubProcess, devices: int, interval_s: float, before: float, after: float
 ) -> NodeLoss:
     """Load from a mixed fleet, SIGKILL the busiest node after `before` s, keep the load `after` s more, measure.
 
@@ -160,23 +160,18 @@ def node_loss(
         made,
         duplicates,
         gaps,
-        hub.process.poll() is None,
+        hub.running,
     )
 
 
 def run(args: argparse.Namespace, root: Path) -> None:
-    folders = iter(root / f"try-{attempt}" for attempt in range(1, 100))
-    settings, cluster, up_s = started_on_free_ports(
-        lambda: next(folders), NODES, lambda message: console.print(f"  {message}")
-    )
-    try:
+    with started_cluster(root, NODES, console.print) as bench:
+        settings, cluster, up_s = bench.settings, bench.cluster, bench.up_s
         provision_into(
             settings, [spec.device_id for spec in plan_fleet(args.devices, site=SITE)], settings.credentials_path
         )
-        with running_hub(settings, root / "hub.log", free_port()) as hub:
+        with running_hub(settings, root / "hub.log", metrics=True) as hub:
             loss = node_loss(settings, cluster, hub, args.devices, args.interval, args.before, args.after)
-    finally:
-        cluster.down()
     table = Table(title=f"node loss: {args.devices} devices (mixed), one reading each {args.interval} s")
     for column in ("measure", "value"):
         table.add_column(column)
@@ -187,7 +182,7 @@ def run(args: argparse.Namespace, root: Path) -> None:
 
 
 def main() -> None:
-    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks below: the stack stops with the benchmark.
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks: the stack stops with the benchmark.
     interrupt_on_stop_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=60)

@@ -14,16 +14,15 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from bench.harness import bench_stack
 from bench.procstat import cpu_seconds, group_pids, usage
 from devices.device import plan_fleet
 from devices.fleet import Fleet
@@ -32,7 +31,7 @@ from hub.control.identity import provision_into
 from hub.core.config import Settings
 from hub.core.limits import raise_open_files_limit
 from hub.core.signals import interrupt_on_stop_signals
-from hub.stack.stack import BROKER_AUTH, RABBITMQ, Stack, settings_on_free_ports
+from hub.stack.stack import BROKER_AUTH, RABBITMQ, Stack
 
 DEVICES = 10_000
 #: One reading an hour: the phase measures connects, not telemetry.
@@ -140,30 +139,25 @@ def report(phases: list[Phase], title: str) -> Table:
 @click.option("--devices", default=DEVICES, show_default=True, help="MQTT devices that connect in each phase.")
 @click.option("--rounds", default=ROUNDS, show_default=True, help="Pairs of phases: check on, then off.")
 def main(devices: int, rounds: int) -> None:
-    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks below: the stack stops with the benchmark.
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks: the stack stops with the benchmark.
     interrupt_on_stop_signals()
     raise_open_files_limit()
     console = Console(width=None if os.isatty(1) else 160)
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
     phases: list[Phase] = []
-    with tempfile.TemporaryDirectory(prefix="connect-auth-") as root:
-        settings = settings_on_free_ports(Path(root))
-        stack = Stack(settings)
-        console.print(f"starting a stack under {root} (load average {load_before}) ...")
-        try:
-            stack.up(lambda message: console.print(f"  {message}"))
-            ids = [spec.device_id for spec in plan_fleet(devices, protocol="mqtt", site=SITE)]
-            began = time.monotonic()
-            provision_into(settings, ids, settings.credentials_path)
-            console.print(f"provisioned {devices:,} devices in {time.monotonic() - began:.1f} s")
-            with Live(console=console, refresh_per_second=4) as live:
-                for _ in range(rounds):
-                    for broker_auth in (True, False):
-                        phases.append(run_phase(settings, broker_auth, devices, live))
-                live.update("done")
-            version = read_broker_version(settings) or "?"
-        finally:
-            stack.down()
+    console.print(f"load average {load_before}")
+    with bench_stack("connect-auth-", console.print) as bench:
+        settings = bench.settings
+        ids = [spec.device_id for spec in plan_fleet(devices, protocol="mqtt", site=SITE)]
+        began = time.monotonic()
+        provision_into(settings, ids, settings.credentials_path)
+        console.print(f"provisioned {devices:,} devices in {time.monotonic() - began:.1f} s")
+        with Live(console=console, refresh_per_second=4) as live:
+            for _ in range(rounds):
+                for broker_auth in (True, False):
+                    phases.append(run_phase(settings, broker_auth, devices, live))
+            live.update("done")
+        version = read_broker_version(settings) or "?"
     machine = f"{os.cpu_count()} cores, {platform.system()} {platform.machine()}"
     title = (
         f"{devices:,} MQTT devices connecting, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC: {machine}; "

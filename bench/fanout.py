@@ -37,7 +37,6 @@ import datetime
 import multiprocessing
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -49,7 +48,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from bench.hub_throughput import (
+from bench.harness import bench_stack, broker_pid
+from bench.load import (
     MAX_INFLIGHT,
     amqp,
     create_gateway,
@@ -58,14 +58,11 @@ from bench.hub_throughput import (
     start_processes,
 )
 from bench.procstat import usage
-from bench.tls_cost import broker_pid
 from hub.clients.management import read_broker_version
 from hub.core.config import Settings
 from hub.core.contract import EXCHANGE, Reading, decode, encode, mqtt_topic, now_ms
 from hub.core.signals import interrupt_on_stop_signals
-from hub.stack import Stack
 from hub.stack.processes import free_port
-from hub.stack.stack import settings_on_free_ports
 
 console = Console(width=160)
 
@@ -485,7 +482,7 @@ def _load() -> str:
 
 
 def main() -> None:
-    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks below: the stack stops with the benchmark.
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks: the stack stops with the benchmark.
     interrupt_on_stop_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_PHASE_S:.0f} s phases (about 2 minutes)")
@@ -500,24 +497,20 @@ def main() -> None:
     warmup_s = QUICK_WARMUP_S if args.quick else WARMUP_S
     load_before = _load()
 
-    with tempfile.TemporaryDirectory(prefix="hub-fanout-") as tmp:
-        settings = settings_on_free_ports(Path(tmp) / "stack")
-        stream_port = free_port()
-        prepare_node(settings.stack_path, stream_port)
-        stack = Stack(settings)
-        console.print(f"starting a stack under {tmp} (load average {load_before}) ...")
-        try:
-            stack.up(lambda message: console.print(f"  {message}"))
-            create_gateway(settings)
-            run = Run(settings, broker_pid(settings.stack_path), args.devices, args.publishers, warmup_s, phase_s)
-            console.print(
-                f"[bold]{args.devices} MQTT devices over {args.publishers} publishers, QoS 1, flat out; "
-                f"{warmup_s:.0f} s warm-up, {phase_s:.0f} s measured per phase[/]"
-            )
-            phases = run_all(run, stream_port, with_rstream=not args.no_rstream)
-            version = read_broker_version(settings) or "?"
-        finally:
-            stack.down()
+    stream_port = free_port()
+    console.print(f"load average {load_before}")
+    with bench_stack(
+        "hub-fanout-", console.print, lambda settings: prepare_node(settings.stack_path, stream_port)
+    ) as bench:
+        settings = bench.settings
+        create_gateway(settings)
+        run = Run(settings, broker_pid(settings.stack_path), args.devices, args.publishers, warmup_s, phase_s)
+        console.print(
+            f"[bold]{args.devices} MQTT devices over {args.publishers} publishers, QoS 1, flat out; "
+            f"{warmup_s:.0f} s warm-up, {phase_s:.0f} s measured per phase[/]"
+        )
+        phases = run_all(run, stream_port, with_rstream=not args.no_rstream)
+        version = read_broker_version(settings) or "?"
     ceiling = (phases[0].figures.in_per_s + phases[4].figures.in_per_s) / 2
     machine = f"{os.cpu_count()} cores, {platform.system()} {platform.machine()}"
     title = (

@@ -2,7 +2,7 @@
 
     python -m bench.hub_throughput [--readings 60000] [--devices 200] [--publishers 2]
                                    [--invalid-share 0.25] [--rate 1000] [--duration 60] [--commands 200]
-                                   [--profile]
+                                   [--profile] [--hub-checkout PATH]
 
 Starts its own stack (RabbitMQ + influxd on free ports in a temporary directory) and measures,
 in the same run, with the same publishers (MQTT QoS 1, one paho client per process):
@@ -26,6 +26,9 @@ in the same run, with the same publishers (MQTT QoS 1, one paho client per proce
 With `--profile`, py-spy samples the hub during 2a and the functions at the top of its profile
 are printed after the throughput table (`bench.profile`).
 
+With `--hub-checkout`, the hub measured is another checkout's `python -m hub run` (with its own
+.venv), against the stack and load of this one: the same bench, before and after a change.
+
 Prints live progress, a table per part and, last, one summary: each figure beside its ceiling
 and its goal, with the date, the machine and the versions.
 """
@@ -33,57 +36,48 @@ and its goal, with the date, the machine and the versions.
 from __future__ import annotations
 
 import argparse
-import datetime
-import multiprocessing
-import os
-import platform
-import signal
-import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-import pika
-from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
 from bench.command_legs import POLL_S as RECORD_POLL_S
 from bench.command_legs import EchoDevice, RoundTrips, command_round_trips, watching_records
+from bench.harness import REPO, HubProcess, bench_stack, run_header, running_hub
+from bench.load import (
+    amqp,
+    create_gateway,
+    influx_count,
+    influx_seqs,
+    make_reading,
+    mqtt_client,
+    quantile_ms,
+    start_processes,
+    start_publishers,
+    steady_publisher,
+)
 from bench.procstat import cpu_seconds
 from bench.profile import Profile, sampling, top_table
 from devices.device import plan_fleet
 from devices.fleet import Fleet
 from hub.clients import influx
-from hub.clients.amqp import connect
-from hub.clients.influx import InfluxHttp, server_version
-from hub.clients.management import ManagementAdmin, read_broker_version
-from hub.control.identity import device_definitions, new_secret, provision_into
+from hub.clients.influx import InfluxHttp
+from hub.control.identity import provision_into
 from hub.core.config import Settings
 from hub.core.contract import DEAD_LETTER_QUEUE, Reading, encode, mqtt_topic, now_ms
-from hub.core.credentials import Credential, merge_credentials
 from hub.core.signals import interrupt_on_stop_signals
-from hub.core.tls import settings_context
 from hub.outputs.lineprotocol import lines_payload
 from hub.runtime.batch import BATCH_MAX_POINTS
 from hub.runtime.topology import partitions
-from hub.services import SERVICES
 from hub.services.store.readings import reading_point
-from hub.stack import Stack
-from hub.stack.processes import free_port
-from hub.stack.stack import settings_on_free_ports
 
-REPO = Path(__file__).resolve().parents[1]
 console = Console(width=150)
 
 #: The latency probe publishes one reading this often...
@@ -93,16 +87,10 @@ POLL_S = 0.02
 PROGRESS_EVERY_S = 1.0
 #: How often the stored count is read during a hub phase (the resolution of its end time).
 COUNT_POLL_S = 0.2
-#: The account the publishers log in as (see `create_gateway`).
-GATEWAY_USER = "bench-gateway"
-#: MQTT messages a publisher keeps in flight (unacknowledged PUBACKs).
-MAX_INFLIGHT = 1000
 #: The probe alone against the idle hub, before any load: the latency floor.
 IDLE_S = 5.0
 #: The probe's device id (its readings are counted apart from the load's).
 PROBE = "probe"
-#: The sensor the hub's models do not declare: a reading with it is dead-lettered (`unknown_sensor`).
-UNKNOWN_SENSOR = "bogus"
 #: Simulated devices that answer the steady phase's commands (beside the load).
 COMMAND_DEVICES = 10
 #: The bare paho device that answers commands beside the simulated ones (the broker + CLI baseline).
@@ -120,134 +108,6 @@ GOAL_COMMAND_P99_MS = 50.0
 AGE_HISTOGRAM = "hub_reading_age_at_storage_seconds"
 
 
-def make_reading(site: str, device: int, seq: int, ts: int, invalid: bool = False) -> Reading:
-    readings = {"temperature": 20.0 + (seq % 50) / 10, "humidity": 40.0 + (seq % 7)}
-    if invalid:
-        readings[UNKNOWN_SENSOR] = 1.0
-    return Reading(device=f"{site}-{device:04d}", site=site, kind="environment", seq=seq, ts=ts, readings=readings)
-
-
-def create_gateway(settings: Settings) -> None:
-    """A bench-only account that may publish the telemetry of any device, like a gateway.
-
-    Every device has its own account, confined to its own topics; the publishers here speak for
-    many devices over one connection each, so they log in as this gateway instead. Its secret
-    goes to the stack's credentials file, where the publisher processes read it.
-    """
-    credential = {GATEWAY_USER: Credential(GATEWAY_USER, new_secret())}
-    definitions = device_definitions(credential)
-    definitions["topic_permissions"][0]["write"] = r"^telemetry\.[^.]+\.[^.]+\.[^.]+$"
-    ManagementAdmin(settings).import_definitions(definitions)
-    merge_credentials(settings.credentials_path, credential)
-
-
-def login_as_own_gateway(client: mqtt.Client, settings: Settings, client_id: str) -> None:
-    """Log in as a gateway account named like the client id, made now (the broker's auth service
-    refuses an MQTT client id that is not its login's own, the gateway's included)."""
-    credential = {client_id: Credential(client_id, new_secret())}
-    definitions = device_definitions(credential)
-    definitions["topic_permissions"][0]["write"] = r"^telemetry\.[^.]+\.[^.]+\.[^.]+$"
-    ManagementAdmin(settings).import_definitions(definitions)
-    client.username_pw_set(client_id, credential[client_id].password)
-
-
-def mqtt_client(settings: Settings, client_id: str) -> mqtt.Client:
-    """A connected MQTT client logged in as a bench gateway, its network loop running (the bench's one login).
-
-    Over MQTTS when the settings say IOT_MQTT_TLS, verifying the broker.
-    """
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-    login_as_own_gateway(client, settings, client_id)
-    if settings.mqtt_tls:
-        client.tls_set_context(settings_context(settings))
-    client.max_inflight_messages_set(MAX_INFLIGHT)
-    client.max_queued_messages_set(0)
-    client.connect(settings.mqtt_host, settings.mqtt_connect_port, keepalive=60)
-    client.loop_start()
-    return client
-
-
-def drain_and_close(client: mqtt.Client, last: mqtt.MQTTMessageInfo | None) -> None:
-    if last is not None:
-        last.wait_for_publish(120)
-    while client._out_messages:
-        time.sleep(0.01)
-    client.loop_stop()
-    client.disconnect()
-
-
-def publisher(
-    settings: Settings, site: str, devices: range, per_device: int, base_ts: int, invalid_every: int, done: Any
-) -> None:
-    """One MQTT connection publishing `per_device` readings for each of `devices`, QoS 1, flat out.
-
-    Every `invalid_every`-th device (0: none) sends a sensor the hub does not know.
-    """
-    client = mqtt_client(settings, f"bench-{site}-{devices.start}")
-    last = None
-    for seq in range(per_device):
-        for device in devices:
-            invalid = invalid_every > 0 and device % invalid_every == 0
-            reading = make_reading(site, device, seq, base_ts + seq, invalid)
-            last = client.publish(mqtt_topic(reading.routing_key), encode(reading), qos=1)
-        while len(client._out_messages) > MAX_INFLIGHT * 4:  # keep memory bounded, the broker sets the pace
-            time.sleep(0.001)
-    drain_and_close(client, last)
-    done.value += 1
-
-
-def steady_publisher(settings: Settings, site: str, devices: range, duration_s: int, done: Any) -> None:
-    """One MQTT connection publishing one reading per device per second, evenly spread, stamped now."""
-    client = mqtt_client(settings, f"bench-{site}-{devices.start}")
-    step_s = 1.0 / len(devices)
-    started = time.monotonic()
-    last = None
-    for index in range(duration_s * len(devices)):
-        wait = started + index * step_s - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        device = devices[index % len(devices)]
-        reading = make_reading(site, device, index // len(devices), now_ms())
-        last = client.publish(mqtt_topic(reading.routing_key), encode(reading), qos=1)
-    drain_and_close(client, last)
-    done.value += 1
-
-
-def start_processes(target: Callable[..., None], devices: int, processes: int, *args: Any) -> list[Any]:
-    """`processes` processes running `target(settings-and-site args..., devices range, *rest)`."""
-    ctx = multiprocessing.get_context("fork")
-    done = ctx.Value("i", 0)
-    step = (devices + processes - 1) // processes
-    settings, site, *rest = args
-    procs = []
-    for start in range(0, devices, step):
-        proc = ctx.Process(target=target, args=(settings, site, range(start, min(devices, start + step)), *rest, done))
-        proc.start()
-        procs.append(proc)
-    return procs
-
-
-def start_publishers(
-    settings: Settings, site: str, devices: int, per_device: int, processes: int, invalid_every: int = 0
-) -> list[Any]:
-    base_ts = now_ms() - 3_600_000
-    return start_processes(publisher, devices, processes, settings, site, per_device, base_ts, invalid_every)
-
-
-def amqp(settings: Settings) -> pika.BlockingConnection:
-    return connect(settings, "bench")
-
-
-def influx_seqs(settings: Settings, query: str) -> list[int]:
-    [series] = influx.query(settings, query)
-    return [int(value) for one in series for row in one.rows for key, value in row.items() if key != "time"]
-
-
-def influx_count(settings: Settings, query: str, db: str | None = None) -> int:
-    [series] = influx.query(settings.model_copy(update={"influx_db": db}) if db else settings, query)
-    return sum(int(value or 0) for one in series for row in one.rows for key, value in row.items() if key != "time")
-
-
 def stored(settings: Settings, site: str) -> int:
     return influx_count(settings, f"SELECT count(seq) FROM environment WHERE site = '{site}' AND device != '{PROBE}'")
 
@@ -258,13 +118,6 @@ def dead_lettered(settings: Settings) -> int:
         return int(connection.channel().queue_declare(DEAD_LETTER_QUEUE, passive=True).method.message_count)
     finally:
         connection.close()
-
-
-def quantile_ms(values: list[float], q: int) -> float:
-    """The q-th percentile of `values` (seconds) in ms; 0 without samples."""
-    if len(values) < 2:
-        return 1000 * values[0] if values else 0.0
-    return 1000 * statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 # --- 1. RabbitMQ alone ---------------------------------------------------------------------------
@@ -334,47 +187,6 @@ class Phase:
         return 1e6 * self.cpu_s / self.messages if self.messages else 0.0
 
 
-@dataclass
-class RunningHub:
-    process: subprocess.Popen[bytes]
-    log: Path
-    metrics_port: int
-
-    def check(self) -> None:
-        if self.process.poll() is not None:
-            raise SystemExit(f"the hub exited: {self.log.read_text()[-2000:]}")
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-            return str(response.read().decode())
-
-
-@contextmanager
-def running_hub(settings: Settings, log: Path, metrics_port: int) -> Iterator[RunningHub]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
-    env.update(
-        IOT_AMQP_URL=settings.amqp_url,
-        IOT_INFLUX_URL=settings.influx_url,
-        IOT_STACK_DIR=str(settings.stack_path),  # the stack's secrets: the hub's InfluxDB account
-        IOT_MANAGEMENT_PORT=str(settings.management_port),
-        IOT_PARTITIONS=str(settings.partitions),
-        IOT_METRICS_PORT=str(metrics_port),
-        IOT_RULES_FILE=str(REPO / "rules.yaml"),
-        IOT_UNKNOWN_SENSORS="dead_letter",
-    )
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "hub", "run"], cwd=REPO, env=env, stdout=out, stderr=out)
-    hub = RunningHub(process, log, metrics_port)
-    try:
-        while log.read_text().count("event=consuming") < len(SERVICES):  # one line per service
-            hub.check()
-            time.sleep(0.1)
-        yield hub
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
-
-
 @contextmanager
 def probing(settings: Settings, site: str) -> Iterator[list[float]]:
     """Publish a probe reading every PROBE_INTERVAL_S; poll InfluxDB and time each until it is queryable."""
@@ -422,7 +234,7 @@ def probing(settings: Settings, site: str) -> Iterator[list[float]]:
 
 def hub_phase(
     settings: Settings,
-    hub: RunningHub,
+    hub: HubProcess,
     name: str,
     valid: int,
     invalid: int,
@@ -435,9 +247,9 @@ def hub_phase(
     dead_before = dead_lettered(settings)
     with ExitStack() as profiling, probing(settings, name) as latencies:
         time.sleep(1.0)
-        profile = profiling.enter_context(sampling(hub.process.pid, profile_path)) if profile_path else None
+        profile = profiling.enter_context(sampling(hub.pid, profile_path)) if profile_path else None
         started = time.monotonic()
-        cpu_before = cpu_seconds(hub.process.pid)
+        cpu_before = cpu_seconds(hub.pid)
         procs = start_load()
         count = dead = 0
         last_report = started
@@ -455,7 +267,7 @@ def hub_phase(
                 f"{(count + dead) / elapsed:8.0f}/s, probe p50 {quantile_ms(latencies, 50):.0f} ms"
             )
         elapsed = time.monotonic() - started
-        cpu = cpu_seconds(hub.process.pid) - cpu_before
+        cpu = cpu_seconds(hub.pid) - cpu_before
     for proc in procs:
         proc.join()
     return Phase(name, valid + invalid, elapsed, cpu, latencies, profile)
@@ -467,7 +279,7 @@ def idle_latencies(settings: Settings) -> list[float]:
     return list(latencies)
 
 
-def age_buckets(hub: RunningHub) -> dict[float, float]:
+def age_buckets(hub: HubProcess) -> dict[float, float]:
     """The cumulative buckets (upper bound s -> count) of the hub's reading-age histogram."""
     buckets: dict[float, float] = {}
     for family in text_string_to_metric_families(hub.metrics()):
@@ -513,7 +325,7 @@ def recorded_legs(settings: Settings, since_ms: int) -> list[float]:
 
 
 def steady_phase(
-    settings: Settings, hub: RunningHub, rate: int, duration_s: int, processes: int, commands: int
+    settings: Settings, hub: HubProcess, rate: int, duration_s: int, processes: int, commands: int
 ) -> Steady:
     command_devices = [spec.device_id for spec in plan_fleet(COMMAND_DEVICES, protocol="mqtt", site="cmd")]
     held = provision_into(settings, [*command_devices, ECHO_DEVICE], settings.credentials_path)
@@ -619,16 +431,6 @@ def latency_figures(latencies: list[float]) -> tuple[float, float, float]:
 
 def verdict(ok: bool) -> str:
     return "[green]met[/]" if ok else "[red]not met[/]"
-
-
-def run_header(settings: Settings) -> str:
-    """The date, the machine and the versions a bench ran on."""
-    versions = (
-        f"Python {platform.python_version()}, RabbitMQ {read_broker_version(settings) or '?'}, "
-        f"InfluxDB {server_version(settings.influx_url) or '?'}"
-    )
-    machine = f"{os.cpu_count()} cores, {platform.system()} {platform.machine()}"
-    return f"{datetime.date.today().isoformat()}: {machine}; {versions}"
 
 
 def summary_table(
@@ -752,6 +554,7 @@ def command_leg_rows(steady: Steady) -> list[tuple[str, list[float], list[float]
 
 def main() -> None:
     # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks below: the stack stops with the benchmark.
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks: the stack stops with the benchmark.
     interrupt_on_stop_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readings", type=int, default=60_000, help="readings per flat-out phase")
@@ -764,6 +567,12 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="sample the hub with py-spy in the all-valid phase; print its top"
     )
+    parser.add_argument(
+        "--hub-checkout",
+        type=Path,
+        default=REPO,
+        help="the checkout whose `python -m hub run` to measure (its own .venv), against a stack of this one",
+    )
     args = parser.parse_args()
     per_device = max(1, args.readings // args.devices)
     total = per_device * args.devices
@@ -771,58 +580,52 @@ def main() -> None:
     invalid_devices = len(range(0, args.devices, invalid_every)) if invalid_every else 0
     invalid_share = invalid_devices / args.devices
 
-    with tempfile.TemporaryDirectory(prefix="hub-bench-") as tmp:
-        root = Path(tmp)
-        settings = settings_on_free_ports(root / "stack")
-        stack = Stack(settings)
-        console.print(f"starting a stack under {root} ...")
-        try:
-            stack.up(lambda message: console.print(f"  {message}"))
-            create_gateway(settings)
-            console.print(f"[bold]1. RabbitMQ alone[/] ({total} readings, {args.publishers} MQTT publishers, QoS 1)")
-            ceiling = rabbit_ceiling(settings, total, args.devices, per_device, args.publishers)
-            rabbit = ceiling.rate
-            with running_hub(settings, root / "hub.log", free_port()) as hub:
-                console.print("[bold]2. the hub[/] (python -m hub run, all services): idle, then flat out")
-                idle = idle_latencies(settings)
-                valid = hub_phase(
-                    settings,
-                    hub,
-                    "valid",
-                    total,
-                    0,
-                    lambda: start_publishers(settings, "valid", args.devices, per_device, args.publishers),
-                    root / "hub-valid.pyspy" if args.profile else None,
-                )
-                bad = invalid_devices * per_device
-                mixed = hub_phase(
-                    settings,
-                    hub,
-                    "mixed",
-                    total - bad,
-                    bad,
-                    lambda: start_publishers(
-                        settings, "mixed", args.devices, per_device, args.publishers, invalid_every
-                    ),
-                )
-                steady = None
-                if args.rate:
-                    console.print(
-                        f"[bold]3. the hub at a steady load[/] ({args.rate} devices x 1 reading/s, "
-                        f"{args.duration:.0f} s, {args.commands} commands)"
-                    )
-                    steady = steady_phase(settings, hub, args.rate, args.duration, args.publishers, args.commands)
-            console.print(f"[bold]4. InfluxDB alone[/] (same points, batches of {BATCH_MAX_POINTS})")
-            influx_rate = influx_ceiling(settings, args.devices, per_device)
-            phases = [valid, mixed] + ([steady.phase] if steady else [])
-            console.print(throughput_table(total, args.devices, rabbit, influx_rate, phases))
-            if valid.profile is not None:
-                console.print(top_table(valid.profile, "the hub flat out, all valid"))
+    with bench_stack("hub-bench-", console.print) as bench:
+        root, settings = bench.root, bench.settings
+        create_gateway(settings)
+        console.print(f"[bold]1. RabbitMQ alone[/] ({total} readings, {args.publishers} MQTT publishers, QoS 1)")
+        ceiling = rabbit_ceiling(settings, total, args.devices, per_device, args.publishers)
+        rabbit = ceiling.rate
+        hub_env = {"IOT_UNKNOWN_SENSORS": "dead_letter"}
+        with running_hub(settings, root / "hub.log", checkout=args.hub_checkout, metrics=True, env=hub_env) as hub:
             console.print(
-                summary_table(settings, ceiling, influx_rate, valid, mixed, invalid_share, idle, steady, args.rate)
+                f"[bold]2. the hub[/] (python -m hub run of {args.hub_checkout}, all services): idle, then flat out"
             )
-        finally:
-            stack.down()
+            idle = idle_latencies(settings)
+            valid = hub_phase(
+                settings,
+                hub,
+                "valid",
+                total,
+                0,
+                lambda: start_publishers(settings, "valid", args.devices, per_device, args.publishers),
+                root / "hub-valid.pyspy" if args.profile else None,
+            )
+            bad = invalid_devices * per_device
+            mixed = hub_phase(
+                settings,
+                hub,
+                "mixed",
+                total - bad,
+                bad,
+                lambda: start_publishers(settings, "mixed", args.devices, per_device, args.publishers, invalid_every),
+            )
+            steady = None
+            if args.rate:
+                console.print(
+                    f"[bold]3. the hub at a steady load[/] ({args.rate} devices x 1 reading/s, "
+                    f"{args.duration:.0f} s, {args.commands} commands)"
+                )
+                steady = steady_phase(settings, hub, args.rate, args.duration, args.publishers, args.commands)
+        console.print(f"[bold]4. InfluxDB alone[/] (same points, batches of {BATCH_MAX_POINTS})")
+        influx_rate = influx_ceiling(settings, args.devices, per_device)
+        phases = [valid, mixed] + ([steady.phase] if steady else [])
+        console.print(throughput_table(total, args.devices, rabbit, influx_rate, phases))
+        if valid.profile is not None:
+            console.print(top_table(valid.profile, "the hub flat out, all valid"))
+        console.print(
+            summary_table(settings, ceiling, influx_rate, valid, mixed, invalid_share, idle, steady, args.rate)
+        )
 
 
 if __name__ == "__main__":

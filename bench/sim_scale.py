@@ -18,11 +18,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import click
 import paho.mqtt.client as mqtt
@@ -32,6 +30,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from bench.harness import bench_stack
 from bench.procstat import Usage, group_pids, usage
 from devices.device import ProtocolChoice, plan_fleet
 from devices.fleet import Fleet
@@ -43,7 +42,6 @@ from hub.core.contract import VHOST, Reading, encode, mqtt_topic, now_ms, stomp_
 from hub.core.limits import raise_open_files_limit
 from hub.core.signals import interrupt_on_stop_signals
 from hub.stack import Stack
-from hub.stack.stack import settings_on_free_ports
 
 #: Keeping up means: confirmed readings/s at least this share of the target rate...
 KEEPS_UP_RATE_SHARE = 0.97
@@ -454,7 +452,7 @@ def main(
     connect_wait: float,
     baselines: bool,
 ) -> None:
-    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks below: the stack stops with the benchmark.
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks: the stack stops with the benchmark.
     interrupt_on_stop_signals()
     if scale:
         devices = devices or SCALE_DEVICES
@@ -467,33 +465,26 @@ def main(
     # A log file gets a table wide enough to read; a terminal uses its own width.
     console = Console(width=None if os.isatty(1) else REPORT_WIDTH)
     results: list[Result] = []
-    with tempfile.TemporaryDirectory(prefix="sim-bench-") as root:
-        settings = settings_on_free_ports(Path(root))
-        stack = Stack(settings)
-        console.print(
-            f"starting a stack in {root} (MQTT :{settings.mqtt_port}, STOMP :{settings.stomp_port}); "
-            f"open files limit {fd_limit:,}, load average {os.getloadavg()[0]:.1f}"
-        )
-        stack.up()
-        try:
-            with Live(console=console, refresh_per_second=4) as live:
-                progress = Progress(live, console)
-                if baselines:
-                    results.append(baseline_mqtt(settings, live))
-                    results.append(baseline_stomp(settings, live))
-                if devices is not None:
-                    planned, max_count = [devices], 0
-                else:
-                    planned = [int(c) for c in counts.split(",") if c.strip()]
-                for count in planned:
-                    results.append(run_fleet(settings, stack, count, protocol, interval, connect_wait, progress))
-                count = max(planned) + step
-                while count <= max_count and results[-1].keeps_up:
-                    results.append(run_fleet(settings, stack, count, protocol, interval, connect_wait, progress))
-                    count += step
-                live.update("done")
-        finally:
-            stack.down()
+    console.print(f"open files limit {fd_limit:,}, load average {os.getloadavg()[0]:.1f}")
+    with bench_stack("sim-bench-", console.print) as bench:
+        settings, stack = bench.settings, bench.stack
+        console.print(f"MQTT :{settings.mqtt_port}, STOMP :{settings.stomp_port}")
+        with Live(console=console, refresh_per_second=4) as live:
+            progress = Progress(live, console)
+            if baselines:
+                results.append(baseline_mqtt(settings, live))
+                results.append(baseline_stomp(settings, live))
+            if devices is not None:
+                planned, max_count = [devices], 0
+            else:
+                planned = [int(c) for c in counts.split(",") if c.strip()]
+            for count in planned:
+                results.append(run_fleet(settings, stack, count, protocol, interval, connect_wait, progress))
+            count = max(planned) + step
+            while count <= max_count and results[-1].keeps_up:
+                results.append(run_fleet(settings, stack, count, protocol, interval, connect_wait, progress))
+                count += step
+            live.update("done")
     console.print(table(results, interval))
     console.print(footprint_table(results))
     kept = [r.devices for r in results if r.target_per_s > 0 and r.keeps_up]

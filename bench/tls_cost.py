@@ -19,12 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing
 import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,24 +27,18 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench.hub_throughput import (
-    MAX_INFLIGHT,
-    REPO,
+from bench.harness import bench_stack, broker_pid, running_hub
+from bench.load import (
     create_gateway,
-    drain_and_close,
     influx_count,
-    make_reading,
-    mqtt_client,
+    start_publishers,
 )
 from bench.procstat import cpu_seconds
 from devices.device import plan_fleet
 from devices.fleet import Fleet
 from hub.control.identity import provision_into
 from hub.core.config import Settings, over_tls
-from hub.core.contract import encode, mqtt_topic, now_ms
 from hub.core.signals import interrupt_on_stop_signals
-from hub.stack import Stack
-from hub.stack.stack import settings_on_free_ports
 
 console = Console()
 
@@ -59,8 +48,6 @@ FLEET_CONNECT_WAIT_S = 300.0
 #: How often the stored count is read (the resolution of the end-to-end phase's end time).
 COUNT_POLL_S = 0.2
 PROGRESS_EVERY_S = 2.0
-HUB_START_WAIT_S = 60.0
-HUB_SERVICES = 3
 
 
 @dataclass(frozen=True)
@@ -75,17 +62,6 @@ class EndToEnd:
     per_s: float
     hub_cpu_s: float
     broker_cpu_s: float
-
-
-def broker_pid(stack_root: Path) -> int:
-    """The Erlang VM of the stack's node (the pid `stack up` keeps is its start script's)."""
-    for proc in Path("/proc").iterdir():
-        try:
-            if (proc / "comm").read_text().strip() == "beam.smp" and str(stack_root) in (proc / "cmdline").read_text():
-                return int(proc.name)
-        except (OSError, ValueError):
-            continue
-    raise SystemExit(f"no beam.smp of the stack under {stack_root}")
 
 
 def variant(settings: Settings, tls: bool) -> Settings:
@@ -119,59 +95,19 @@ def _own_cpu_s() -> float:
 # --- 2. the hub end to end -----------------------------------------------------------------------
 
 
-def publisher(settings: Settings, prefix: str, devices: range, per_device: int, base_ts: int) -> None:
-    """One MQTT (or MQTTS) connection publishing `per_device` readings for each of `devices`, QoS 1."""
-    client = mqtt_client(settings, f"tls-cost-{prefix}-{devices.start}")
-    for seq in range(per_device):
-        for device in devices:
-            reading = make_reading(prefix, device, seq, base_ts + seq)
-            client.publish(mqtt_topic(reading.routing_key), encode(reading), qos=1)
-        while len(client._out_messages) > MAX_INFLIGHT * 4:  # memory stays bounded; the broker sets the pace
-            time.sleep(0.001)
-    drain_and_close(client, None)
-
-
 def hub_end_to_end(
     settings: Settings, prefix: str, devices: int, per_device: int, publishers: int, log: Path, broker_pid: int
 ) -> EndToEnd:
     total = devices * per_device
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
-    env.update(
-        IOT_AMQP_URL=settings.amqp_url,
-        IOT_INFLUX_URL=settings.influx_url,
-        IOT_STACK_DIR=str(settings.stack_path),  # the stack's secrets: the hub's InfluxDB account
-        IOT_TLS_CA=str(settings.tls_ca_file),
-        IOT_METRICS_PORT="off",
-        IOT_RULES_FILE=str(REPO / "rules.yaml"),
-    )
-    with open(log, "wb") as out:
-        hub = subprocess.Popen([sys.executable, "-m", "hub", "run"], cwd=REPO, env=env, stdout=out, stderr=out)
-    try:
-        deadline = time.monotonic() + HUB_START_WAIT_S
-        while log.read_text().count("event=consuming") < HUB_SERVICES:
-            if hub.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the hub did not start consuming: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
-        context = multiprocessing.get_context("fork")
-        base_ts = now_ms() - 3_600_000
-        step = (devices + publishers - 1) // publishers
+    with running_hub(settings, log, env={"IOT_TLS_CA": str(settings.tls_ca_file)}) as hub:
         cpu, broker, started = cpu_seconds(hub.pid), cpu_seconds(broker_pid), time.monotonic()
-        procs = [
-            context.Process(
-                target=publisher,
-                args=(settings, prefix, range(start, min(devices, start + step)), per_device, base_ts),
-            )
-            for start in range(0, devices, step)
-        ]
-        for proc in procs:
-            proc.start()
+        procs = start_publishers(settings, prefix, devices, per_device, publishers)
         stored, last_report = 0, started
         query = f"SELECT count(seq) FROM environment WHERE device =~ /^{prefix}-/"
         while stored < total:
             time.sleep(COUNT_POLL_S)
             stored = influx_count(settings, query)
-            if hub.poll() is not None:
-                raise SystemExit(f"the hub exited: {log.read_text()[-2000:]}")
+            hub.check()
             if time.monotonic() - last_report >= PROGRESS_EVERY_S:
                 last_report = time.monotonic()
                 console.print(f"  {prefix}: {stored:>8} / {total} stored, {stored / (last_report - started):8.0f}/s")
@@ -179,11 +115,8 @@ def hub_end_to_end(
         result = EndToEnd(total / elapsed, cpu_seconds(hub.pid) - cpu, cpu_seconds(broker_pid) - broker)
         for proc in procs:
             proc.join()
-        console.print(f"  {prefix}: {total} stored at {result.per_s:,.0f}/s")
-        return result
-    finally:
-        hub.send_signal(signal.SIGTERM)
-        hub.wait(60)
+    console.print(f"  {prefix}: {total} stored at {result.per_s:,.0f}/s")
+    return result
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -218,7 +151,7 @@ def report(
 
 
 def main() -> None:
-    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks below: the stack stops with the benchmark.
+    # A `timeout` (SIGTERM) or a Ctrl-C runs the `finally` blocks: the stack stops with the benchmark.
     interrupt_on_stop_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=1000, help="simulated devices that connect")
@@ -234,29 +167,20 @@ def main() -> None:
 
     connects: dict[str, list[Connects]] = {"plain": [], "tls": []}
     flows: dict[str, list[EndToEnd]] = {"plain": [], "tls": []}
-    with tempfile.TemporaryDirectory(prefix="tls-cost-") as tmp:
-        root = Path(tmp)
-        settings = settings_on_free_ports(root / "stack")
-        stack = Stack(settings)
-        console.print(f"starting a stack under {root} ...")
-        try:
-            stack.up(lambda message: console.print(f"  {message}"))
-            create_gateway(settings)
-            beam = broker_pid(stack.root)
-            for round_index in range(args.rounds):
-                for mode in ("plain", "tls"):
-                    over = variant(settings, mode == "tls")
-                    label = f"{mode}{round_index}"
-                    console.print(f"[bold]{mode}: {args.devices} simulated devices connect[/]")
-                    connects[mode].append(fleet_connects(over, args.devices, label, beam))
-                    console.print(f"[bold]{mode}: the hub stores {total} readings[/]")
-                    flows[mode].append(
-                        hub_end_to_end(
-                            over, label, readers, per_device, args.publishers, root / f"hub-{label}.log", beam
-                        )
-                    )
-        finally:
-            stack.down()
+    with bench_stack("tls-cost-", console.print) as bench:
+        settings, root = bench.settings, bench.root
+        create_gateway(settings)
+        beam = broker_pid(bench.stack.root)
+        for round_index in range(args.rounds):
+            for mode in ("plain", "tls"):
+                over = variant(settings, mode == "tls")
+                label = f"{mode}{round_index}"
+                console.print(f"[bold]{mode}: {args.devices} simulated devices connect[/]")
+                connects[mode].append(fleet_connects(over, args.devices, label, beam))
+                console.print(f"[bold]{mode}: the hub stores {total} readings[/]")
+                flows[mode].append(
+                    hub_end_to_end(over, label, readers, per_device, args.publishers, root / f"hub-{label}.log", beam)
+                )
     console.print(report(connects, flows, args.devices, total, args.publishers))
     # The rates move with whatever else the machine runs; CPU per reading moves much less.
     console.print(f"load average at the end (1/5/15 min): {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
