@@ -299,6 +299,15 @@ class Watcher:
     def states(self, device: str) -> list[str]:
         return [p.state for p in self.presence[device]]
 
+    def wait_readings_from(self, devices: list[str], timeout_s: float = 10.0) -> None:
+        """Poll until readings came from exactly `devices` (sorted)."""
+
+        def seen() -> bool:
+            self.poll(0.1)
+            return sorted(self.readings) == devices
+
+        wait_until(seen, timeout_s=timeout_s)
+
     def wait_states(self, device: str, expected: list[str], timeout_s: float = 10.0) -> None:
         def seen() -> bool:
             self.poll(0.1)

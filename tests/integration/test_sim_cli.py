@@ -23,16 +23,16 @@ def test_a_timed_run_reports_both_protocols_and_leaves_every_device_offline(stac
     watcher = Watcher(stack, "telemetry.plant-cli.#", "status.#")
     run = _sim(stack, "--count", "4", "--interval", "0.2", "--duration", "2", "--site", "plant-cli", "--seed", "5")
     output, _ = run.communicate(timeout=60)
-    watcher.poll(1.0)
-    watcher.close()
     assert run.returncode == 0, output
+    for device in ("env-0001", "aq-0001", "pm-0001", "th-0001"):  # its readings are queued ahead of its offline
+        watcher.wait_states(device, ["online", "offline"])
+    watcher.close()
     assert "all 4 devices online" in output
     rows = {
         line.split()[0]: line.split()[1:] for line in output.splitlines() if line.split()[:1] in (["mqtt"], ["stomp"])
     }
     assert set(rows) == {"mqtt", "stomp"}
     for device in ("env-0001", "aq-0001", "pm-0001", "th-0001"):
-        assert watcher.states(device) == ["online", "offline"]
         assert len(watcher.readings[device]) >= 5
     produced = sum(int(row[1].replace(",", "")) for row in rows.values())
     assert produced == sum(len(readings) for readings in watcher.readings.values())
@@ -43,10 +43,9 @@ def test_a_kind_declared_only_in_the_models_runs_with_generic_readings(stack: Se
     args = ("--kind", "vibration", "--count", "2", "--interval", "0.2", "--duration", "2", "--site", "plant-vib")
     run = _sim(stack, *args)
     output, _ = run.communicate(timeout=60)
-    watcher.poll(1.0)
-    watcher.close()
     assert run.returncode == 0, output
-    assert sorted(watcher.readings) == ["vib-0001", "vib-0002"]
+    watcher.wait_readings_from(["vib-0001", "vib-0002"])
+    watcher.close()
     for readings in watcher.readings.values():
         assert readings and all(set(r.readings) == {"rms", "peak"} and r.kind == "vibration" for r in readings)
     rows = [line.split()[0] for line in output.splitlines() if line.split()[:1] in (["mqtt"], ["stomp"])]
@@ -62,12 +61,11 @@ def test_sigterm_stops_cleanly_with_devices_offline_and_exit_130(stack: Settings
         watcher.wait_states(device, ["online"])
     run.send_signal(signal.SIGTERM)
     output, _ = run.communicate(timeout=30)
-    watcher.poll(1.0)
-    watcher.close()
     assert run.returncode == 130, output
     assert "stopping" in output and "total" in output
     for device in ("env-0001", "aq-0001"):
-        assert watcher.states(device) == ["online", "offline"]
+        watcher.wait_states(device, ["online", "offline"])
+    watcher.close()
 
 
 def test_an_unknown_kind_is_refused_with_a_clear_message(stack: Settings) -> None:

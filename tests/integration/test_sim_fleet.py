@@ -37,7 +37,8 @@ def test_devices_of_both_protocols_send_contract_valid_telemetry_and_online_then
     with Fleet(stack, count=8, interval_s=FAST_INTERVAL_S, site="plant-t", seed=1) as fleet:
         protocols = {d.device_id: d.protocol for d in fleet.devices}
         wait_until(lambda: fleet.stats().total.confirmed >= 8 * 5)
-    watcher.poll(1.0)
+    for device in fleet.devices:  # a device's readings are queued ahead of its offline status
+        watcher.wait_states(device.device_id, ["online", "offline"])
     assert set(protocols.values()) == {"mqtt", "stomp"}
     for device in fleet.devices:
         readings = watcher.readings[device.device_id]
@@ -111,16 +112,12 @@ def test_a_cut_connection_reconnects_and_loses_no_buffered_reading(
         resumed = device.seq
         wait_until(lambda: device.seq >= resumed + 5)
         stats = fleet.stats().total
-    watcher.poll(1.0)
+    # MQTT: the broker published the last will when the connection died without a DISCONNECT.
+    expected = ["online", "offline", "online", "offline"] if protocol == "mqtt" else ["online", "online", "offline"]
+    watcher.wait_states(device.device_id, expected)
     assert buffered_while_down >= 10
     assert stats.reconnects == 1 and stats.dropped == 0
     assert _seqs(watcher.readings[device.device_id]) == list(range(1, device.seq + 1)), "no seq gap"
-    states = watcher.states(device.device_id)
-    if protocol == "mqtt":
-        # The broker published the last will when the connection died without a DISCONNECT.
-        assert states == ["online", "offline", "online", "offline"]
-    else:
-        assert states == ["online", "online", "offline"]
 
 
 def test_a_stopped_device_goes_offline_and_carries_on_its_seq_when_started(stack: Settings, watcher: Watcher) -> None:
@@ -139,9 +136,8 @@ def test_a_stopped_device_goes_offline_and_carries_on_its_seq_when_started(stack
             fleet.start_device(device.device_id)
         assert fleet.wait_online(timeout_s=10)
         wait_until(lambda: all(d.seq >= stopped_at[d.device_id] + 3 for d in fleet.devices))
-    watcher.poll(1.0)
     for device in fleet.devices:
-        assert watcher.states(device.device_id) == ["online", "offline", "online", "offline"]
+        watcher.wait_states(device.device_id, ["online", "offline", "online", "offline"])
         assert _seqs(watcher.readings[device.device_id]) == list(range(1, device.seq + 1))
 
 
@@ -155,9 +151,8 @@ def test_reboot_goes_offline_and_online_again_and_seq_carries_on(
         watcher.wait_states(device.device_id, ["online", "offline", "online"])
         rebooted_at = device.seq
         wait_until(lambda: device.seq >= rebooted_at + 3)
-    watcher.poll(1.0)
+    watcher.wait_states(device.device_id, ["online", "offline", "online", "offline"])
     assert ack.status == "ok"
-    assert watcher.states(device.device_id) == ["online", "offline", "online", "offline"]
     assert _seqs(watcher.readings[device.device_id]) == list(range(1, device.seq + 1))
 
 
