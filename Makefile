@@ -45,6 +45,9 @@ bench: $(VENV)/.installed
 	$(PY) -m bench.record bench.fanout
 	$(PY) -m bench.record bench.cluster_compare
 	$(PY) -m bench.record bench.hub_throughput
+	$(PY) -m bench.record bench.alarm_storm
+	$(PY) -m bench.record bench.notify_delivery
+	$(PY) -m bench.record bench.logs_cost
 
 stack-up: $(VENV)/.installed
 	$(PY) -m hub stack up

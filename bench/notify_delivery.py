@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,14 +26,13 @@ import pika
 from rich.console import Console
 from rich.table import Table
 
-from bench.hub_throughput import amqp
+from bench.harness import bench_stack
+from bench.load import amqp
 from hub.core.config import Settings
 from hub.core.contract import EXCHANGE, now_ms
 from hub.core.signals import interrupt_on_stop_signals
 from hub.runtime.middleware import default_middleware
 from hub.services import build_services
-from hub.stack import Stack
-from hub.stack.stack import settings_on_free_ports
 
 console = Console()
 #: How long a phase may take before it is reported as unfinished.
@@ -146,24 +144,16 @@ def main() -> None:
     worker_counts = [int(w) for w in args.workers.split(",")]
     receiver = Receiver()
     rows: list[tuple[int, float, int, int]] = []
-    with tempfile.TemporaryDirectory(prefix="notify-bench-") as tmp:
-        root = Path(tmp)
-        notify_file = root / "notify.yaml"
+    with bench_stack("notify-bench-", console.print) as bench:
+        notify_file = bench.root / "notify.yaml"
         notify_file.write_text(
             f'channels:\n  bench-hook: {{type: webhook, url: "{receiver.url}", secret: "bench-only"}}\n'
             'routes:\n  - match: "alarms.#"\n    to: [bench-hook]\n'
         )
-        settings = settings_on_free_ports(root / "stack")
-        stack = Stack(settings)
-        console.print(f"starting a stack under {root} ...")
-        try:
-            stack.up(lambda message: console.print(f"  {message}"))
-            for workers in worker_counts:
-                console.print(f"[bold]{workers} worker(s): {args.transitions} transitions[/]")
-                elapsed, accepted, duplicates = phase(settings, notify_file, receiver, workers, args.transitions)
-                rows.append((workers, elapsed, accepted, duplicates))
-        finally:
-            stack.down()
+        for workers in worker_counts:
+            console.print(f"[bold]{workers} worker(s): {args.transitions} transitions[/]")
+            elapsed, accepted, duplicates = phase(bench.settings, notify_file, receiver, workers, args.transitions)
+            rows.append((workers, elapsed, accepted, duplicates))
     table = Table(title=f"notifications to a local webhook ({args.transitions} transitions per phase, signed)")
     for column in ("workers", "delivered", "seconds", "notifications/s", "duplicates"):
         table.add_column(column, justify="right")
