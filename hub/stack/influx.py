@@ -4,19 +4,22 @@ The directories, bind addresses and authentication are set with INFLUXDB_* varia
 config file stays the same one docker compose mounts (where the image's own INFLUXDB_*
 variables do the same). Authentication is on: a client without an account gets 401. The
 stack makes three accounts (`ensure_accounts`): an admin, a writer for the hub (WRITE on the
-database) and a reader for everything that only reads (READ).
+database) and a reader for everything that only reads (READ). The admin also sets the
+retention policies and the roll-ups' continuous queries (`ensure_retention`, hub/core/retention.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from hub.clients.influx import InfluxHttp, server_version
 from hub.core.config import PROJECT_ROOT, InfluxAccount, Settings, missing_secret
 from hub.core.errors import NotPermitted, StackError, StorageUnavailable
+from hub.core.retention import RetentionPlan
 from hub.stack.folders import private_folder
 from hub.stack.packages import INFLUXD
 
@@ -94,11 +97,45 @@ class InfluxNode:
                 admin.administer(
                     f"GRANT {privilege} ON {_identifier(settings.influx_db)} TO {_identifier(account.user)}"
                 )
+            ensure_retention(admin, settings.retention)
         except StorageUnavailable as exc:
             raise StackError(str(exc)) from exc
         finally:
             anonymous.close()
             admin.close()
+
+
+def ensure_retention(admin: InfluxHttp, plan: RetentionPlan) -> None:
+    """The plan's retention policies and continuous queries, created or altered (never duplicated).
+
+    The statements are the ones docker compose runs (`influxdb/retention.sh`): each that may fail
+    (a policy that exists, a query that does not yet) is followed by the one that does the work.
+    No point is deleted here; a shorter raw retention drops older raw points at InfluxDB's next
+    retention check, so backfill the roll-ups first (`python -m hub stack retention --backfill`).
+    """
+    for statement in plan.statements():
+        try:
+            admin.administer(statement.text)
+        except StorageUnavailable:
+            if not statement.may_fail:
+                raise
+
+
+def backfill_rollups(
+    admin: InfluxHttp, plan: RetentionPlan, start_ms: int, end_ms: int, progress: Callable[[int, int], None]
+) -> int:
+    """Run the roll-ups' SELECT INTO over [start, end) now, a day at a time; returns the points written.
+
+    What the continuous queries would have written (the same buckets, tags and fields), so it is
+    safe to repeat: a bucket's point overwrites itself.
+    """
+    selects = plan.backfill_selects(start_ms, end_ms)
+    written = 0
+    for done, select in enumerate(selects, start=1):
+        for series in admin.administer(select)[0]:
+            written += sum(int(row.get("written") or 0) for row in series.rows)
+        progress(done, len(selects))
+    return written
 
 
 @dataclass(frozen=True)
