@@ -16,6 +16,7 @@ from hub.clients.influx import InfluxHttp
 from hub.core.config import Settings
 from hub.core.errors import PointsRejected
 from hub.core.retention import ROLLUP_1H_RP, ROLLUP_1M_RP, RetentionPlan
+from hub.dashboard.server import Dashboard
 from hub.stack.compose import retention_file
 from hub.stack.influx import account_plan, backfill_rollups, ensure_retention
 from tests.support import REPO, hub_cli, influx_query
@@ -184,3 +185,82 @@ def test_stack_retention_sets_them_and_backfills_from_the_command_line(stack: Se
     assert isinstance(answer["backfilled_points"], int)
     bad = hub_cli(stack, "stack", "retention", "--backfill", "soon")
     assert bad.returncode == 2 and "--backfill" in bad.stderr
+
+
+# --- readers pick the resolution that fits the range -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rolled_up(stack: Settings) -> int:
+    """Device env-9404 (with its presence row): 10, 20, 30 in one minute and 40 in the next, 3 hours ago,
+    rolled up on demand. Its hour's raw mean is 25; the mean of its two 1-minute means (20, 40) is 30."""
+    hour = (int(time.time() * 1000) - 3 * HOUR_MS) // HOUR_MS * HOUR_MS
+    lines = [
+        f"environment,device=env-9404,protocol=mqtt,site=ret temperature={value},seq={i}i {hour + offset}"
+        for i, (value, offset) in enumerate(((10, 0), (20, 20_000), (30, 40_000), (40, 60_000)), start=1)
+    ]
+    lines.append(
+        f'device_status,device=env-9404,kind=environment,protocol=mqtt,site=ret state="online",online=true {hour}'
+    )
+    writer = InfluxHttp.from_settings(stack, stack.influx_writer)
+    login = account_plan(stack).admin
+    admin = InfluxHttp(stack.influx_url, stack.influx_db, user=login.user, password=login.password)
+    try:
+        writer.write("\n".join(lines).encode())
+        backfill_rollups(admin, stack.retention, hour, hour + HOUR_MS, lambda _done, _total: None)
+    finally:
+        writer.close()
+        admin.close()
+    return hour
+
+
+def _temperature(answer: dict[str, Any]) -> list[float]:
+    [reading] = [r for r in answer["readings"] if r["name"] == "temperature"]
+    return [value for _t, value in reading["points"]]
+
+
+def test_the_dashboard_page_reads_the_roll_ups_for_long_ranges(stack: Settings, rolled_up: int) -> None:
+    page = Dashboard(stack)
+    expected = {"6h": ("raw", [25.0]), "7d": ("1m", [30.0]), "30d": ("1h", [25.0]), "1y": ("1h", [25.0])}
+    for range_name, (resolution, means) in expected.items():
+        answer = page.device("env-9404", range_name)
+        assert (answer["resolution"], _temperature(answer)) == (resolution, means), range_name
+        overview = page.overview(range_name)
+        assert overview["resolution"] == resolution
+
+
+def test_hub_readings_reads_the_resolution_that_fits_the_range(stack: Settings, rolled_up: int) -> None:
+    answers = {}
+    for since in ("6h", "3d", "90d"):
+        done = hub_cli(stack, "readings", "env-9404", "--since", since, "--points", "1", "--json")
+        assert done.returncode == 0, done.stderr
+        answers[since] = json.loads(done.stdout)
+    assert {since: a["resolution"] for since, a in answers.items()} == {"6h": "raw", "3d": "1m", "90d": "1h"}
+    for since, a in answers.items():
+        [bucket] = [b for b in a["buckets"] if b["sensor"] == "temperature"]
+        assert (bucket["min"], bucket["max"]) == (10.0, 40.0), since
+        assert bucket["mean"] == (30.0 if since == "3d" else 25.0), since
+    shown = hub_cli(stack, "readings", "env-9404", "--since", "90d", "--points", "1")
+    assert shown.returncode == 0 and "1-hour roll-ups" in shown.stdout and "temperature" in shown.stdout
+
+
+def test_chronografs_device_dashboard_reads_each_resolution(stack: Settings, rolled_up: int) -> None:
+    board = json.loads((REPO / "dashboards" / "device-detail.dashboard").read_text())
+    [cell] = [c for c in board["cells"] if c["name"].startswith("Readings of")]
+    [template] = [t for t in board["templates"] if t["tempVar"] == ":resolution:"]
+    expected = {"autogen": ("mean_temperature", 25.0), ROLLUP_1M_RP: ("mean_mean_temperature", 30.0)}
+    expected[ROLLUP_1H_RP] = ("mean_mean_temperature", 25.0)
+    assert [v["value"] for v in template["values"]] == list(expected)
+    for resolution, (column, mean) in expected.items():
+        rendered = (
+            cell["queries"][0]["query"]
+            .replace(":resolution:", resolution)
+            .replace(":kind:", "environment")
+            .replace(":device:", "env-9404")
+            .replace(":dashboardTime:", "now() - 1d")
+            .replace(":upperDashboardTime:", "now()")
+            .replace(":interval:", "1d")
+        )
+        [series] = influx_query(stack, rendered)
+        rows = [dict(zip(series["columns"], values, strict=True)) for values in series["values"]]
+        assert [row[column] for row in rows if row.get(column) is not None] == [mean], resolution
