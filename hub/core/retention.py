@@ -147,15 +147,15 @@ class RetentionPlan:
 
     def statements(self) -> list[Statement]:
         """Idempotent on any state: a policy is created, else altered to these settings; a query is
-        dropped and created again (its text may have changed). No point is touched."""
+        dropped and created again (its text may have changed). No point is touched. The roll-ups
+        come first and the raw policy last, so history can be rolled up before its retention shrinks."""
+        return self.rollup_statements() + self.raw_statements()
+
+    def rollup_statements(self) -> list[Statement]:
         db = quote_identifier(self.db)
-        out: list[Statement] = []
-        for name, seconds, default in self.policies():
-            settings = f"DURATION {influx_duration(seconds)} REPLICATION 1 SHARD DURATION {shard_duration(seconds)}" + (
-                " DEFAULT" if default else ""
-            )
-            out.append(Statement(f"CREATE RETENTION POLICY {quote_identifier(name)} ON {db} {settings}", may_fail=True))
-            out.append(Statement(f"ALTER RETENTION POLICY {quote_identifier(name)} ON {db} {settings}"))
+        out = [
+            s for name, seconds, default in self.policies() if not default for s in self._policy(name, seconds, default)
+        ]
         for rollup in ROLLUPS:
             name = quote_identifier(rollup.rp)
             out.append(Statement(f"DROP CONTINUOUS QUERY {name} ON {db}", may_fail=True))
@@ -166,6 +166,18 @@ class RetentionPlan:
                 )
             )
         return out
+
+    def raw_statements(self) -> list[Statement]:
+        return self._policy(self.raw_rp, self.raw_s, True)
+
+    def _policy(self, name: str, seconds: int | None, default: bool) -> list[Statement]:
+        db = quote_identifier(self.db)
+        settings = f"DURATION {influx_duration(seconds)} REPLICATION 1 SHARD DURATION {shard_duration(seconds)}"
+        settings += " DEFAULT" if default else ""
+        return [
+            Statement(f"CREATE RETENTION POLICY {quote_identifier(name)} ON {db} {settings}", may_fail=True),
+            Statement(f"ALTER RETENTION POLICY {quote_identifier(name)} ON {db} {settings}"),
+        ]
 
     def rollup_select(self, rollup: Rollup, where: str = "") -> str:
         """The continuous query's SELECT INTO; with `where` (a time range) it backfills that range."""

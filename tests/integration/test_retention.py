@@ -18,7 +18,8 @@ from hub.core.errors import PointsRejected
 from hub.core.retention import ROLLUP_1H_RP, ROLLUP_1M_RP, RetentionPlan
 from hub.dashboard.server import Dashboard
 from hub.stack.compose import retention_file
-from hub.stack.influx import account_plan, backfill_rollups, ensure_retention
+from hub.stack.influx import Login, account_plan, backfill_rollups, ensure_retention
+from hub.stack.stack import Stack
 from tests.support import REPO, hub_cli, influx_query
 
 HOUR_MS = 3_600_000
@@ -79,6 +80,57 @@ def test_running_it_again_alters_never_duplicates_and_keeps_the_data(stack: Sett
     assert set(_queries(admin, stack.influx_db)) == {ROLLUP_1M_RP, ROLLUP_1H_RP}
     [series] = influx_query(stack, "SELECT temperature FROM environment WHERE device = 'env-9401'")
     assert series["values"] == [[ts, 21.5]]
+
+
+def test_stack_up_on_the_running_stack_applies_changed_settings(stack: Settings, admin: InfluxHttp) -> None:
+    status = Stack(stack.model_copy(update={"retention_raw": "8w", "retention_1h": "10y"})).up()
+    assert status.already_running
+    policies = _policies(admin, stack.influx_db)
+    assert {name: row["duration"] for name, row in policies.items()} == {
+        "autogen": "1344h0m0s",
+        ROLLUP_1M_RP: "8760h0m0s",
+        ROLLUP_1H_RP: "87600h0m0s",
+    }
+    assert Stack(stack).up().already_running
+    assert {name: row["duration"] for name, row in _policies(admin, stack.influx_db).items()} == DEFAULT_DURATIONS
+
+
+def test_the_first_set_up_rolls_up_the_history_before_the_raw_retention_shrinks(
+    stack: Settings, admin: InfluxHttp
+) -> None:
+    """A database from before the roll-ups (its autogen keeps everything): its 60-day-old readings,
+    which the 30-day raw retention will drop, are in the roll-ups once the retention is set."""
+    db = "retention_history"
+    admin.administer(f'CREATE DATABASE "{db}"')
+    writer = InfluxHttp(stack.influx_url, db, user=admin_login(stack).user, password=admin_login(stack).password)
+    old = (int(time.time() * 1000) - 60 * 86_400_000) // HOUR_MS * HOUR_MS
+    recent = (int(time.time() * 1000) - 86_400_000) // HOUR_MS * HOUR_MS
+    try:
+        writer.write(
+            "\n".join(
+                f"environment,device=env-9405,site=ret temperature={value} {at}"
+                for value, at in ((10, old), (30, old + 60_000), (50, recent))
+            ).encode()
+        )
+        plan = RetentionPlan(db=db)
+        ensure_retention(admin, plan)
+        assert {name: row["duration"] for name, row in _policies(admin, db).items()} == DEFAULT_DURATIONS
+        hourly = writer.query(f'SELECT "mean_temperature" FROM "{db}"."{ROLLUP_1H_RP}"."environment"')[0]
+        assert [(row["time"], row["mean_temperature"]) for s in hourly for row in s.rows] == [
+            (old, 20.0),
+            (recent, 50.0),
+        ]
+        minutes = writer.query(f'SELECT count("max_temperature") FROM "{db}"."{ROLLUP_1M_RP}"."environment"')[0]
+        assert [row["count"] for s in minutes for row in s.rows] == [3]
+        ensure_retention(admin, plan)  # not the first time: nothing rolled up again, nothing duplicated
+        assert set(_queries(admin, db)) == {ROLLUP_1M_RP, ROLLUP_1H_RP}
+    finally:
+        writer.close()
+        admin.administer(f'DROP DATABASE "{db}"')
+
+
+def admin_login(stack: Settings) -> Login:
+    return account_plan(stack).admin
 
 
 def test_compose_script_runs_the_same_statements_idempotently(
