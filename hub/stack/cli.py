@@ -195,9 +195,10 @@ def migrate(amqp_url: str | None) -> None:
 def retention(backfill: str | None, influx_url: str | None, stack_dir: str | None, as_json: bool) -> None:
     """Set InfluxDB's retention policies and roll-up queries from IOT_RETENTION_* (as `up` does), as its admin.
 
-    Alters what exists, never duplicates, deletes no point. --backfill SPAN runs the roll-ups over
-    the last SPAN at once: readings that came later than the continuous queries look back (a device's
-    old buffer), or history from before the roll-ups existed (before shortening IOT_RETENTION_RAW).
+    Alters what exists, never duplicates, deletes no point; the first time on a database with
+    history, rolls that history up before setting the raw retention. --backfill SPAN runs the
+    roll-ups over the last SPAN at once: readings that came later than the continuous queries look
+    back (a device's old buffer).
     """
     try:
         span_s = parse_span(backfill) if backfill is not None else None
@@ -209,7 +210,8 @@ def retention(backfill: str | None, influx_url: str | None, stack_dir: str | Non
     admin = InfluxHttp(settings.influx_url, settings.influx_db, user=login.user, password=login.password)
     try:
         try:
-            ensure_retention(admin, plan)
+            with console.status("setting the retention policies") as spinner:
+                ensure_retention(admin, plan, lambda message: spinner.update(message))
             written = None
             if span_s is not None:
                 now_ms = int(time.time() * 1000)

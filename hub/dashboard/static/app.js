@@ -211,7 +211,7 @@ async function refresh() {
     drawDevicePicker(devices);
     if (state.device) drawDevice(await getJson(`/api/device?device=${encodeURIComponent(state.device)}&range=${range}`));
     const resolution = RESOLUTION_TEXT[overview.resolution] || overview.resolution;
-    status.textContent = `${resolution}; updated ${clock(Date.now())}, every ${POLL_MS / 1000} s`;
+    status.textContent = `updated ${clock(Date.now())}, every ${POLL_MS / 1000} s, from the ${resolution}`;
     status.classList.remove("error");
     document.body.dataset.loaded = "true";
   } catch (error) {
