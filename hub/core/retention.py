@@ -28,6 +28,8 @@ MAX_1M_RANGE_S = 7 * 86_400
 #: A continuous query recomputes its last buckets this long back at each run, so readings that arrive
 #: late (a device's offline buffer) still reach the roll-ups; older ones: `hub stack retention --backfill`.
 RESAMPLE_FOR = {ROLLUP_1M_RP: "10m", ROLLUP_1H_RP: "2h"}
+#: How much of the raw points one backfill statement rolls up: a day into 1-minute buckets, 30 into hours.
+BACKFILL_CHUNK_S = {ROLLUP_1M_RP: 86_400, ROLLUP_1H_RP: 30 * 86_400}
 #: The aggregates each roll-up keeps of every numeric field: `<aggregate>_<field>`.
 AGGREGATES = ("mean", "min", "max")
 
@@ -189,16 +191,23 @@ class RetentionPlan:
             f"GROUP BY time({rollup.bucket}), *"
         )
 
-    def backfill_selects(self, start_ms: int, end_ms: int, chunk_s: int = 86_400) -> list[str]:
-        """Each roll-up's SELECT INTO over [start, end), in chunks of whole buckets (default: days)."""
+    def backfill_selects(self, start_ms: int, end_ms: int) -> list[str]:
+        """Each roll-up's SELECT INTO over [start, end) in whole hours, in chunks (`BACKFILL_CHUNK_S`).
+
+        A roll-up starts no earlier than its own retention allows (InfluxDB refuses points older
+        than their policy keeps, and the whole statement with them), an hour inside it.
+        """
         hour_ms = 3_600 * 1000
-        first = start_ms - start_ms % hour_ms
         end_ms = -(-end_ms // hour_ms) * hour_ms
+        kept = {ROLLUP_1M_RP: self.rollup_1m_s, ROLLUP_1H_RP: self.rollup_1h_s}
         statements = []
         for rollup in ROLLUPS:
-            at = first
+            kept_s = kept[rollup.rp]
+            first = start_ms if kept_s is None else max(start_ms, end_ms - kept_s * 1000 + hour_ms)
+            at = first - first % hour_ms
+            chunk_ms = BACKFILL_CHUNK_S[rollup.rp] * 1000
             while at < end_ms:
-                until = min(at + chunk_s * 1000, end_ms)
+                until = min(at + chunk_ms, end_ms)
                 statements.append(self.rollup_select(rollup, f"time >= {at}ms AND time < {until}ms"))
                 at = until
         return statements

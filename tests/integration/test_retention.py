@@ -103,13 +103,14 @@ def test_the_first_set_up_rolls_up_the_history_before_the_raw_retention_shrinks(
     db = "retention_history"
     admin.administer(f'CREATE DATABASE "{db}"')
     writer = InfluxHttp(stack.influx_url, db, user=admin_login(stack).user, password=admin_login(stack).password)
+    ancient = (int(time.time() * 1000) - 3 * 365 * 86_400_000) // HOUR_MS * HOUR_MS  # beyond rollup_1m's year
     old = (int(time.time() * 1000) - 60 * 86_400_000) // HOUR_MS * HOUR_MS
     recent = (int(time.time() * 1000) - 86_400_000) // HOUR_MS * HOUR_MS
     try:
         writer.write(
             "\n".join(
                 f"environment,device=env-9405,site=ret temperature={value} {at}"
-                for value, at in ((10, old), (30, old + 60_000), (50, recent))
+                for value, at in ((5, ancient), (10, old), (30, old + 60_000), (50, recent))
             ).encode()
         )
         plan = RetentionPlan(db=db)
@@ -117,6 +118,7 @@ def test_the_first_set_up_rolls_up_the_history_before_the_raw_retention_shrinks(
         assert {name: row["duration"] for name, row in _policies(admin, db).items()} == DEFAULT_DURATIONS
         hourly = writer.query(f'SELECT "mean_temperature" FROM "{db}"."{ROLLUP_1H_RP}"."environment"')[0]
         assert [(row["time"], row["mean_temperature"]) for s in hourly for row in s.rows] == [
+            (ancient, 5.0),
             (old, 20.0),
             (recent, 50.0),
         ]

@@ -87,14 +87,25 @@ def test_the_roll_ups_keep_the_tags_and_three_aggregates_of_every_field() -> Non
     ) in hourly
 
 
-def test_a_backfill_covers_the_range_in_whole_hours_a_day_at_a_time() -> None:
+def test_a_backfill_covers_the_range_in_whole_hours_and_chunks() -> None:
     hour_ms = 3_600_000
     start = 10 * 24 * hour_ms + 90_000
     selects = PLAN.backfill_selects(start, start + 30 * hour_ms)
-    assert len(selects) == 4  # two chunks for each roll-up
+    assert len(selects) == 3  # two days of minutes, one chunk of hours
     assert f"time >= {10 * 24 * hour_ms}ms AND time < {11 * 24 * hour_ms}ms" in selects[0]
     assert f"time < {(10 * 24 + 31) * hour_ms}ms GROUP BY time(1m), *" in selects[1]
-    assert "GROUP BY time(1h), *" in selects[3]
+    assert "GROUP BY time(1h), *" in selects[2]
+
+
+def test_a_backfill_writes_nothing_older_than_a_roll_up_keeps() -> None:
+    """InfluxDB refuses a point beyond its policy's retention, and the whole SELECT INTO with it."""
+    hour_ms, year_ms = 3_600_000, 365 * 86_400_000
+    end = 60 * year_ms
+    selects = PLAN.backfill_selects(end - 3 * year_ms, end)
+    minutes = [s for s in selects if "time(1m)" in s]
+    hours = [s for s in selects if "time(1h)" in s]
+    assert f"time >= {end - year_ms + hour_ms}ms AND" in minutes[0] and len(minutes) == 365
+    assert f"time >= {end - 3 * year_ms}ms AND" in hours[0]
 
 
 def _pick(span_s: int, plan: RetentionPlan = PLAN, ago_s: int = 0) -> str:
