@@ -18,8 +18,9 @@ from __future__ import annotations
 from pika.spec import BasicProperties
 
 from hub.core.config import Settings
-from hub.core.contract import EXCHANGE, command_key, decode_reading, encode, now_ms
+from hub.core.contract import EXCHANGE, Batch, Reading, Transport, command_key, decode_telemetry, encode, now_ms
 from hub.core.models import load_models
+from hub.core.points import Point
 from hub.runtime import topology
 from hub.runtime.delivery import Delivery, protocol_of
 from hub.runtime.handler import NOTHING, Effects, Event, Publish
@@ -65,9 +66,11 @@ class TelemetryHandler:
         return cls(TelemetryStage(judge, Engine(rules)), declaration, signs)
 
     def handle(self, delivery: Delivery) -> Effects:
-        reading = decode_reading(delivery.body, delivery.routing_key)
+        reading = decode_telemetry(delivery.body, delivery.routing_key)
         protocol = protocol_of(delivery.properties)
         now = now_ms()
+        if isinstance(reading, Batch):
+            return self._handle_batch(reading.readings(), protocol, now)
         if self.signs is not None:  # a reading the judge refuses still proves its device alive
             self.signs.sign(reading.device, reading.site, reading.kind, protocol, reading.ts, now)
         outcome = self.stage.process(reading, protocol, now)
@@ -88,6 +91,28 @@ class TelemetryHandler:
                 publishes.append(Publish(EXCHANGE, key, encode(decision.command), _json(), mandatory=True))
                 events.append(("rule_command", decision.command.command))
         return Effects(outcome.point, outcome.alert_points, publishes, events)
+
+    def _handle_batch(self, readings: list[Reading], protocol: Transport, now: int) -> Effects:
+        """Each reading of a batch as a single one would be, in `ts` order; every point is the delivery's own."""
+        outcomes = self.stage.process_batch(readings, protocol, now)
+        if self.signs is not None:
+            newest = readings[-1]
+            self.signs.sign(newest.device, newest.site, newest.kind, protocol, newest.ts, now)
+        points: list[Point] = []
+        publishes: list[Publish] = []
+        events: list[Event] = []
+        for reading, outcome in zip(readings, outcomes, strict=True):
+            points.extend(outcome.alert_points)
+            events.extend(("flagged", flag) for flag in outcome.flags)
+            for decision in outcome.decisions:
+                publishes.append(Publish(EXCHANGE, decision.alert.routing_key, encode(decision.alert), _json(), False))
+                events.append(("alert", decision.alert.severity, decision.alert.rule))
+                if decision.command is not None:
+                    key = command_key(reading.device)
+                    publishes.append(Publish(EXCHANGE, key, encode(decision.command), _json(), mandatory=True))
+                    events.append(("rule_command", decision.command.command))
+        records = [outcome.point for outcome in outcomes]
+        return Effects(records[0], points, publishes, events, records=records[1:])
 
     def tick(self, now_ms: int, role: str) -> Effects:
         return NOTHING

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hub.core.contract import Reading, Transport
+from hub.core.errors import InvalidMessage
 from hub.core.points import Point
 from hub.services.rules.alerts import alert_point
 from hub.services.rules.engine import Decision, Engine
@@ -47,3 +48,27 @@ class TelemetryStage:
             [alert_point(decision.alert) for decision in decisions] if decisions else NO_POINTS,
             verdict.flags,
         )
+
+    def process_batch(self, readings: Sequence[Reading], protocol: Transport, now_ms: int) -> list[Outcome]:
+        """A batch's readings (oldest first): every one judged before the rules see any, so one the
+        store refuses refuses the whole batch (`InvalidMessage`, naming its entry) and no rule state moved."""
+        verdicts = []
+        for index, reading in enumerate(readings):
+            try:
+                verdicts.append(self.judge.verdict(reading))
+            except InvalidMessage as exc:
+                raise InvalidMessage(
+                    exc.reason, f"batch entry seq {reading.seq} (ts order {index}): {exc.detail}"
+                ) from None
+        outcomes = []
+        for reading, verdict in zip(readings, verdicts, strict=True):
+            decisions = self.engine.evaluate(reading, now_ms)
+            outcomes.append(
+                Outcome(
+                    reading_point(reading, protocol, verdict.out_of_range),
+                    decisions,
+                    [alert_point(decision.alert) for decision in decisions] if decisions else NO_POINTS,
+                    verdict.flags,
+                )
+            )
+        return outcomes
