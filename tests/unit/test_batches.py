@@ -9,6 +9,8 @@ from typing import Any, cast
 
 import pytest
 
+from devices.fleet import batch_body
+from devices.outbox import Outbox
 from hub.core import contract
 from hub.core.config import Settings
 from hub.core.contract import MAX_BATCH_ENTRIES, Batch, Reading, decode_telemetry
@@ -157,3 +159,37 @@ def test_entries_an_output_refuses_dead_letter_the_message_once_and_the_others_a
     assert sorted(int(p.fields["seq"]) for p in output.points) == [1, 4]
     assert broker.dead_letters == [(KEY, "rejected_by_memory")]
     assert len(broker.acked) == 1
+
+
+# --- the simulator ----------------------------------------------------------------------------------
+
+
+def single(seq: int) -> bytes:
+    return contract.encode(
+        Reading(device="env-0001", site="plant-a", kind="environment", seq=seq, ts=BASE_TS + seq, readings={"t": 1.0})
+    )
+
+
+def test_the_outbox_hands_over_groups_within_count_bytes_and_window() -> None:
+    outbox = Outbox(window=2)
+    for seq in range(1, 8):
+        outbox.add(seq, single(seq))
+    groups = list(outbox.sendable_groups(3, 10_000))
+    assert [[seq for seq, _ in g] for g in groups] == [[1, 2, 3], [4, 5, 6]]  # two messages fill the window
+    for token, group in enumerate(groups):
+        outbox.sent(token, group)
+    assert (outbox.in_flight, outbox.waiting, len(outbox)) == (2, 1, 7)
+    assert outbox.confirm(0) and outbox.confirmed == 3
+    assert outbox.requeue_in_flight() == 3
+    assert outbox.seqs() == [4, 5, 6, 7]
+    tight = next(outbox.sendable_groups(100, 2 * len(single(4))))
+    assert [seq for seq, _ in tight] == [4, 5]  # the bytes say when a group is full
+
+
+def test_a_group_leaves_as_one_valid_batch_body() -> None:
+    decoded = decode_telemetry(batch_body([single(1), single(2)]), KEY)
+    assert isinstance(decoded, Batch)
+    assert [(r.seq, r.ts, r.readings) for r in decoded.readings()] == [
+        (1, BASE_TS + 1, {"t": 1.0}),
+        (2, BASE_TS + 2, {"t": 1.0}),
+    ]
