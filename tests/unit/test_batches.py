@@ -11,6 +11,7 @@ import pytest
 
 from devices.fleet import batch_body
 from devices.outbox import Outbox
+from hub.control.tail import describe
 from hub.core import contract
 from hub.core.config import Settings
 from hub.core.contract import MAX_BATCH_ENTRIES, Batch, Reading, decode_telemetry
@@ -193,3 +194,8 @@ def test_a_group_leaves_as_one_valid_batch_body() -> None:
         (1, BASE_TS + 1, {"t": 1.0}),
         (2, BASE_TS + 2, {"t": 1.0}),
     ]
+
+
+def test_hub_tail_shows_a_batch_as_one_line() -> None:
+    line = describe(KEY, body(entry(2), entry(1, temperature=19.5)))
+    assert line.text == "batch of 2, seq 1..2; newest: temperature=21°C" and line.style == "green"
