@@ -66,6 +66,19 @@ def parse_span(text: str) -> int:
     return int(match.group(1)) * _SPAN_UNIT_S[match.group(2).lower()]
 
 
+_GO_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def go_duration_s(text: str) -> int | None:
+    """Seconds of a duration as InfluxDB shows a policy's (`720h0m0s`); `0s` (forever) is None."""
+    match = _GO_DURATION.match(text)
+    if not match or not text:
+        raise BadDuration(f"{text!r} is not a duration InfluxDB shows")
+    hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    total = hours * 3_600 + minutes * 60 + seconds
+    return total or None
+
+
 def influx_duration(seconds: int | None) -> str:
     """InfluxQL's form of a retention: whole hours (InfluxQL has no years), or INF."""
     if seconds is None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from hub.clients.influx import InfluxHttp, server_version
 from hub.core.config import PROJECT_ROOT, InfluxAccount, Settings, missing_secret
 from hub.core.errors import NotPermitted, StackError, StorageUnavailable
-from hub.core.retention import ROLLUP_1H_RP, RetentionPlan, Statement, quote_identifier
+from hub.core.retention import ROLLUP_1H_RP, RetentionPlan, Statement, go_duration_s, quote_identifier
 from hub.stack.folders import private_folder
 from hub.stack.packages import INFLUXD
 
@@ -111,14 +111,17 @@ def ensure_retention(admin: InfluxHttp, plan: RetentionPlan, progress: Callable[
 
     The statements are the ones docker compose runs (`influxdb/retention.sh`): each that may fail
     (a policy that exists, a query that does not yet) is followed by the one that does the work.
-    The first time on a database that already holds points (no roll-up policy yet), its whole
-    history is rolled up before the raw retention is set, so what the shorter retention will drop
-    is kept as roll-ups. No point is deleted here; InfluxDB drops raw points older than the raw
-    retention at its next check (every 30 minutes).
+    The first time on a database that already holds points (no roll-up policy yet), and whenever
+    the raw retention shrinks, its whole history is rolled up before the raw retention is set, so
+    what the shorter retention will drop is kept as roll-ups. No point is deleted here; InfluxDB
+    drops raw points older than the raw retention at its next check (every 30 minutes).
     """
-    first_time = ROLLUP_1H_RP not in _policy_names(admin, plan.db)
+    kept = _policy_durations(admin, plan.db)
+    first_time = ROLLUP_1H_RP not in kept
+    raw_kept = kept.get(plan.raw_rp)
+    shrinking = plan.raw_s is not None and (raw_kept is None or raw_kept > plan.raw_s) and plan.raw_rp in kept
     _run(admin, plan.rollup_statements())
-    if first_time:
+    if first_time or shrinking:
         oldest = oldest_raw_ms(admin, plan)
         if oldest is not None:
             now_ms = int(time.time() * 1000)
@@ -137,12 +140,13 @@ def _run(admin: InfluxHttp, statements: list[Statement]) -> None:
                 raise
 
 
-def _policy_names(admin: InfluxHttp, db: str) -> set[str]:
+def _policy_durations(admin: InfluxHttp, db: str) -> dict[str, int | None]:
+    """Each retention policy of `db` and how long it keeps points (seconds; None: forever)."""
     try:
         answer = admin.administer(f"SHOW RETENTION POLICIES ON {quote_identifier(db)}")
     except StorageUnavailable:
-        return set()  # no database yet
-    return {str(row["name"]) for series in answer[0] for row in series.rows}
+        return {}  # no database yet
+    return {str(row["name"]): go_duration_s(str(row["duration"])) for series in answer[0] for row in series.rows}
 
 
 def oldest_raw_ms(admin: InfluxHttp, plan: RetentionPlan) -> int | None:

@@ -126,6 +126,13 @@ def test_the_first_set_up_rolls_up_the_history_before_the_raw_retention_shrinks(
         assert [row["count"] for s in minutes for row in s.rows] == [3]
         ensure_retention(admin, plan)  # not the first time: nothing rolled up again, nothing duplicated
         assert set(_queries(admin, db)) == {ROLLUP_1M_RP, ROLLUP_1H_RP}
+        # A reading of 20 days ago, after the roll-ups' look-back: a raw retention shrunk to 7 days rolls it up first.
+        late = (int(time.time() * 1000) - 20 * 86_400_000) // HOUR_MS * HOUR_MS
+        writer.write(f"environment,device=env-9405,site=ret temperature=70 {late}".encode())
+        ensure_retention(admin, RetentionPlan(db=db, raw_s=7 * 86_400))
+        assert _policies(admin, db)["autogen"]["duration"] == "168h0m0s"
+        hourly = writer.query(f'SELECT "mean_temperature" FROM "{db}"."{ROLLUP_1H_RP}"."environment"')[0]
+        assert (late, 70.0) in [(row["time"], row["mean_temperature"]) for s in hourly for row in s.rows]
     finally:
         writer.close()
         admin.administer(f'DROP DATABASE "{db}"')

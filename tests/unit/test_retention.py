@@ -13,6 +13,7 @@ from hub.core.retention import (
     ROLLUP_1M_RP,
     BadDuration,
     RetentionPlan,
+    go_duration_s,
     influx_duration,
     parse_retention,
     parse_span,
@@ -142,3 +143,9 @@ def test_a_resolution_names_a_sensors_field() -> None:
         "mean_temperature",
         "max_temperature",
     )
+
+
+def test_durations_as_influxdb_shows_them() -> None:
+    assert [go_duration_s(t) for t in ("720h0m0s", "1h30m0s", "0s", "90s")] == [720 * 3_600, 5_400, None, 90]
+    with pytest.raises(BadDuration):
+        go_duration_s("30d")
