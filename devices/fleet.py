@@ -44,7 +44,20 @@ from devices.stats import CommandTimes, FleetStats, LagRecorder, ProtocolStats
 from devices.stomp_link import StompLink
 from hub.core.backoff import DEVICE_RECONNECT, Backoff
 from hub.core.config import Settings, format_addresses
-from hub.core.contract import LogLevel, ack_key, encode, now_ms, status_key, telemetry_key
+from hub.core.contract import (
+    MAX_BATCH_ENTRIES,
+    MAX_BODY_BYTES,
+    Batch,
+    BatchEntry,
+    LogLevel,
+    Reading,
+    ack_key,
+    decode,
+    encode,
+    now_ms,
+    status_key,
+    telemetry_key,
+)
 from hub.core.credentials import Credential, lacking, read_credentials
 from hub.core.errors import BrokerUnavailable, ConfigError
 from hub.core.models import load_models
@@ -68,6 +81,10 @@ MAX_SLEEP_S = 0.5
 #: accept backlog (128), so each TCP connect blocked the loop for up to CONNECT_TIMEOUT_S, and CONNECTs
 #: waited past the broker's MQTT login timeout (10 s), which closed them: a retry storm.
 MAX_CONNECTING = 100
+#: A device's buffer after a reconnect leaves in batches of up to this many readings.
+BACKLOG_BATCH_ENTRIES = 100
+#: A batch's readings' own bodies stay under this many bytes (the batch body is smaller: one identity).
+BATCH_MAX_BYTES = MAX_BODY_BYTES - 4 * 1024
 CONNECT_PACE_S = 0.01
 #: A device whose login was refused tries again after this (plus its backoff): a revoked credential stays
 #: refused, but a broker whose auth service is down refuses every login until it is back.
@@ -134,8 +151,12 @@ class Fleet:
         seed: int | None = None,
         fault_rate: float = 0.0,
         credentials: Mapping[str, Credential] | None = None,
+        batch: int = 1,
     ) -> None:
         """`credentials` by device id; by default the file `settings.credentials_path` (IOT_CREDENTIALS_FILE).
+
+        `batch`: readings per message (a telemetry batch once more than one); at 1, a device still sends
+        what it buffered while offline as batches of up to `BACKLOG_BATCH_ENTRIES` after a reconnect.
 
         With `settings.device_cert_dir` (IOT_DEVICE_CERT_DIR) devices log in with their certificates instead.
         """
@@ -144,6 +165,9 @@ class Fleet:
             raise ConfigError(f"--interval must be at least 0.001 s (got {interval_s})")
         if not 0.0 <= fault_rate <= 1.0:
             raise ConfigError(f"--fault-rate must be between 0 and 1 (got {fault_rate})")
+        if not 1 <= batch <= MAX_BATCH_ENTRIES:
+            raise ConfigError(f"--batch must be between 1 and {MAX_BATCH_ENTRIES} (got {batch})")
+        self.batch = batch
         self.settings = settings
         self.models = load_models(settings.models_file)
         specs = plan_fleet(count, list(kinds), protocol, site, self.models)
@@ -434,14 +458,18 @@ class Fleet:
         if link is None or rt.state != "online":
             return
         outbox = rt.device.outbox
-        for entry in outbox.sendable():
+        if self.batch > 1 and outbox.waiting < self.batch and not self._stopping:
+            return  # a batch leaves full (or at shutdown)
+        most = self.batch if self.batch > 1 else (BACKLOG_BATCH_ENTRIES if outbox.waiting > 1 else 1)
+        for group in outbox.sendable_groups(most, BATCH_MAX_BYTES):
+            body = group[0][1] if len(group) == 1 else batch_body([entry[1] for entry in group])
             try:
-                token = link.publish(rt.routing_key, entry[1], token=entry[0])
+                token = link.publish(rt.routing_key, body, token=group[0][0])
             except LinkDown:
-                outbox.unsent(entry)
+                outbox.unsent(group)
                 return
-            outbox.sent(token, entry)
-            rt.sent += 1
+            outbox.sent(token, group)
+            rt.sent += len(group)
         self._send_logs(rt)
         if isinstance(link, MqttLink):
             self._dirty.add(link)
@@ -642,6 +670,8 @@ class Fleet:
         if self._stopping:
             return
         self._stopping = True
+        for rt in self._runtimes.values():
+            self._pump(rt)  # a partial batch leaves now
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         self._drain(deadline)
 
@@ -665,3 +695,11 @@ class Fleet:
             self._call_at(time.monotonic() + 0.05, lambda: self._await_goodbyes(deadline))
             return
         self._finished = True
+
+
+def batch_body(bodies: Sequence[bytes]) -> bytes:
+    """One telemetry batch of a device's single-reading bodies (in their order)."""
+    readings = [decode(body, Reading) for body in bodies]
+    first = readings[0]
+    entries = [BatchEntry(seq=r.seq, ts=r.ts, readings=r.readings) for r in readings]
+    return encode(Batch(device=first.device, site=first.site, kind=first.kind, batch=entries))

@@ -28,6 +28,7 @@ from devices.fleet import Fleet
 from devices.models import DEFAULT_KINDS
 from devices.stats import FleetStats, LagSummary
 from hub.core.config import format_addresses, load_settings
+from hub.core.contract import MAX_BATCH_ENTRIES
 from hub.core.credentials import Credential
 from hub.core.errors import BrokerUnavailable
 from hub.core.exit_codes import ExitCode
@@ -81,6 +82,14 @@ def _parse_kinds(value: str) -> list[str]:
     type=click.FloatRange(0.0, 1.0),
     help="Chance per reading that a fault starts: a spike, a stuck sensor or a dropout.",
 )
+@click.option(
+    "--batch",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, MAX_BATCH_ENTRIES),
+    help="Readings per message: above 1, each device sends its readings as telemetry batches of this many. "
+    "Whatever the value, a device's buffer from while it was offline leaves in batches after a reconnect.",
+)
 @click.option("--mqtt-host", help="MQTT broker host [IOT_MQTT_HOST, localhost].")
 @click.option("--mqtt-port", type=int, help="MQTT broker port [IOT_MQTT_PORT, 1883].")
 @click.option("--stomp-host", help="STOMP broker host [IOT_STOMP_HOST, localhost].")
@@ -117,6 +126,7 @@ def sim(
     protocol: ProtocolChoice,
     seed: int | None,
     fault_rate: float,
+    batch: int,
     mqtt_host: str | None,
     mqtt_port: int | None,
     stomp_host: str | None,
@@ -164,6 +174,7 @@ def sim(
             seed=seed,
             fault_rate=fault_rate,
             credentials=credentials,
+            batch=batch,
         )
 
     fleet = new_fleet(held)

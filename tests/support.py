@@ -36,12 +36,13 @@ from hub.core.contract import (
     EXCHANGE,
     VHOST,
     Ack,
+    Batch,
     Command,
     Presence,
     Reading,
     command_key,
     decode,
-    decode_reading,
+    decode_telemetry,
     encode,
     now_ms,
 )
@@ -285,8 +286,9 @@ class Watcher:
     def poll(self, timeout_s: float = 0.3) -> None:
         for routing_key, body, _props in collect(self.connection, self.channel, self.queue, 100_000, timeout_s):
             if routing_key.startswith("telemetry."):
-                reading = decode_reading(body, routing_key)  # contract-valid, on the right routing key
-                self.readings[reading.device].append(reading)
+                telemetry = decode_telemetry(body, routing_key)  # contract-valid, on the right routing key
+                for reading in telemetry.readings() if isinstance(telemetry, Batch) else [telemetry]:
+                    self.readings[reading.device].append(reading)
             elif routing_key.startswith("status."):
                 presence = decode(body, Presence)
                 assert routing_key == presence.routing_key

@@ -17,6 +17,7 @@ SUBCOMMANDS = [
     ("hub.cli.control", "commands"),
     ("hub.cli.logs", "logs"),
     ("hub.cli.alarms", "alarms"),
+    ("hub.cli.readings", "readings"),
     ("hub.cli.identity", "provision"),
     ("hub.cli.identity", "revoke"),
     ("hub.cli.identity", "impostors"),

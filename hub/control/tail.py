@@ -27,11 +27,12 @@ from hub.core.contract import (
     Ack,
     AlarmTransition,
     Alert,
+    Batch,
     Command,
     Presence,
     decode,
     decode_log_line,
-    decode_reading,
+    decode_telemetry,
     is_identifier,
 )
 from hub.core.errors import BrokerUnavailable, ConfigError, InvalidMessage
@@ -98,10 +99,15 @@ def _describe(routing_key: str, body: bytes, app_id: str | None, models: DeviceM
     family = routing_key.split(".", 1)[0]
     try:
         if family == "telemetry":
-            reading = decode_reading(body)
+            telemetry = decode_telemetry(body)
             known = models or default_models()
-            text = _pairs(reading.readings, lambda sensor: known.unit(sensor, reading.kind))
-            return Line(f"{text}  seq={reading.seq}", "green")
+            if isinstance(telemetry, Batch):  # its newest entry stands for it
+                entries = telemetry.readings()
+                newest = entries[-1]
+                text = _pairs(newest.readings, lambda sensor: known.unit(sensor, newest.kind))
+                return Line(f"batch of {len(entries)}, seq {entries[0].seq}..{newest.seq}; newest: {text}", "green")
+            text = _pairs(telemetry.readings, lambda sensor: known.unit(sensor, telemetry.kind))
+            return Line(f"{text}  seq={telemetry.seq}", "green")
         if family == "status":
             presence = decode(body, Presence)
             text = (

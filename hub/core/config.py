@@ -31,6 +31,7 @@ from hub.core.contract import VHOST
 from hub.core.durations import durations_ms
 from hub.core.errors import ConfigError
 from hub.core.partitions import MAX_PARTITIONS, parse_partitions
+from hub.core.retention import DEFAULT_RAW_RP, FOREVER, BadDuration, RetentionPlan, parse_retention
 from hub.core.secrets import (
     ADMIN_USER,
     HUB_USER,
@@ -142,6 +143,11 @@ class Settings(BaseSettings):
 
     #: InfluxDB retention policy for 1.x writes ("" = the database's default).
     influx_rp: str = ""
+    #: How long InfluxDB keeps the raw points, and the 1-minute and 1-hour roll-ups (`<n>h|d|w|y`, or
+    #: INF: forever); `python -m hub stack up` and docker compose set them (docs/contract.md, Retention).
+    retention_raw: str = "30d"
+    retention_1m: str = "1y"
+    retention_1h: str = FOREVER
     #: Which InfluxDB write API the hub uses: "v1" (HTTP /write), "v2" (influxdb-client) or "auto"
     #: (v2 when IOT_INFLUX_TOKEN is set, else from the server's /ping X-Influxdb-Version).
     influx_api: Literal["auto", "v1", "v2"] = "auto"
@@ -279,6 +285,15 @@ class Settings(BaseSettings):
     def notify_retry_delays_ms(self) -> tuple[int, ...]:
         return durations_ms(self.notify_retry_delays)
 
+    @field_validator("retention_raw", "retention_1m", "retention_1h")
+    @classmethod
+    def _retention_parses(cls, value: str) -> str:
+        try:
+            parse_retention(value)
+        except BadDuration as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @field_validator("partitions")
     @classmethod
     def _partitions_in_range(cls, value: int) -> int:
@@ -385,6 +400,18 @@ class Settings(BaseSettings):
             return self.tls_ca
         dev_ca = self.stack_path / DEV_TLS_DIR / DEV_CA_FILE
         return dev_ca if dev_ca.is_file() else None
+
+    @property
+    def retention(self) -> RetentionPlan:
+        """The database's retention policies and roll-ups (IOT_RETENTION_*, the raw ones in IOT_INFLUX_RP)."""
+        return RetentionPlan(
+            db=self.influx_db,
+            raw_rp=self.influx_rp or DEFAULT_RAW_RP,
+            raw_s=parse_retention(self.retention_raw),
+            rollup_1m_s=parse_retention(self.retention_1m),
+            rollup_1h_s=parse_retention(self.retention_1h),
+            rollups=not (self.influx_api == "v2" or (self.influx_api == "auto" and self.influx_token)),
+        )
 
     @property
     def influx_port(self) -> int:

@@ -26,6 +26,8 @@ DEAD_LETTER_REASON_HEADER = "x-iot-reason"
 #: Bodies larger than this are refused before they are parsed.
 MAX_BODY_BYTES = 64 * 1024
 MAX_READINGS_PER_MESSAGE = 64
+#: Entries of one telemetry batch at most (and the body stays within MAX_BODY_BYTES).
+MAX_BATCH_ENTRIES = 500
 
 IDENTIFIER_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 SENSOR_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
@@ -168,6 +170,39 @@ class Reading(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def routing_key(self) -> str:
         return telemetry_key(self.site, self.kind, self.device)
+
+
+class BatchEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One reading of a batch: what a `Reading` holds beside its device's identity."""
+
+    seq: Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+    ts: EpochMs
+    readings: Annotated[dict[SensorName, bool | float], msgspec.Meta(min_length=1)]
+
+    def __post_init__(self) -> None:
+        # The checks of Reading.__post_init__ (its error, with msgspec's path `$.batch[i]` added).
+        Reading(device="x", site="x", kind="x", seq=self.seq, ts=self.ts, readings=self.readings)
+
+
+class Batch(msgspec.Struct, frozen=True, kw_only=True):
+    """One device's readings at several instants (a gateway's, or a device's offline buffer)."""
+
+    v: Literal[1] = 1
+    device: Identifier
+    site: Identifier
+    kind: Identifier
+    batch: Annotated[list[BatchEntry], msgspec.Meta(min_length=1, max_length=MAX_BATCH_ENTRIES)]
+
+    @property
+    def routing_key(self) -> str:
+        return telemetry_key(self.site, self.kind, self.device)
+
+    def readings(self) -> list[Reading]:
+        """Its entries as readings, oldest `ts` first (the order the rules see them; ties as sent)."""
+        return [
+            Reading(device=self.device, site=self.site, kind=self.kind, seq=e.seq, ts=e.ts, readings=e.readings)
+            for e in sorted(self.batch, key=lambda entry: entry.ts)
+        ]
 
 
 class Presence(msgspec.Struct, frozen=True, kw_only=True):
@@ -314,13 +349,13 @@ class AlarmAck(msgspec.Struct, frozen=True, kw_only=True):
     ts: EpochMs
 
 
-Message = Reading | Presence | Command | Ack | Alert | LogLine | AlarmTransition | AlarmAck
-M = TypeVar("M", Reading, Presence, Command, Ack, Alert, LogLine, AlarmTransition, AlarmAck)
+Message = Reading | Batch | Presence | Command | Ack | Alert | LogLine | AlarmTransition | AlarmAck
+M = TypeVar("M", Reading, Batch, Presence, Command, Ack, Alert, LogLine, AlarmTransition, AlarmAck)
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
     cls: msgspec.json.Decoder(cls)
-    for cls in (Reading, Presence, Command, Ack, Alert, LogLine, AlarmTransition, AlarmAck)
+    for cls in (Reading, Batch, Presence, Command, Ack, Alert, LogLine, AlarmTransition, AlarmAck)
 }
 
 
@@ -358,3 +393,26 @@ def decode_log_line(body: bytes, routing_key: str | None = None) -> LogLine:
     if routing_key is not None and routing_key != f"logs.{line.device}.{line.level}":
         raise InvalidMessage("routing_mismatch", f"body says {line.routing_key}, routed as {routing_key}")
     return line
+
+
+#: What tells a batch body from a single reading's, before either is parsed.
+_BATCH_KEY = b'"batch"'
+
+
+def decode_telemetry(body: bytes, routing_key: str | None = None) -> Reading | Batch:
+    """A telemetry body: one reading, or a batch (it has `batch`, and no `readings` of its own).
+
+    A batch is valid only whole: one bad entry refuses the message (`schema`, the detail naming
+    `$.batch[<index>]`). With `routing_key`, the body's identity must agree with it.
+    """
+    if _BATCH_KEY not in body:
+        return decode_reading(body, routing_key)
+    try:
+        return decode_reading(body, routing_key)
+    except InvalidMessage as single:
+        if single.reason != "schema":
+            raise
+    batch = decode(body, Batch)
+    if routing_key is not None and routing_key != f"telemetry.{batch.site}.{batch.kind}.{batch.device}":
+        raise InvalidMessage("routing_mismatch", f"body says {batch.routing_key}, routed as {routing_key}")
+    return batch

@@ -4,6 +4,10 @@ shaping of the answers into the JSON the page draws (pure functions: no I/O here
 Nothing a browser sends reaches InfluxQL as text: a time range is a key of `RANGES`, and a
 device name must pass `hub.core.contract.require_identifier` (no quotes, spaces or slashes), as
 must a kind read back from the database before it becomes a measurement name.
+
+Readings are read at the resolution that fits the range (`hub.core.retention.pick_resolution`):
+the raw points, else the 1-minute or 1-hour roll-ups, whose `mean_<sensor>` and `max_seq` stand
+for the sensor and `seq`. Alerts, commands and presence are not rolled up: always the raw points.
 """
 
 from __future__ import annotations
@@ -15,9 +19,19 @@ from typing import Any
 from hub.clients.influx import Series
 from hub.core.contract import RESERVED_FIELDS, require_identifier
 from hub.core.models import DeviceModels, default_models
+from hub.core.retention import Resolution, RetentionPlan, pick_resolution, quote_identifier
 
 #: The time ranges the page offers: name -> seconds.
-RANGES: dict[str, int] = {"5m": 300, "15m": 900, "1h": 3_600, "6h": 21_600, "24h": 86_400}
+RANGES: dict[str, int] = {
+    "5m": 300,
+    "15m": 900,
+    "1h": 3_600,
+    "6h": 21_600,
+    "24h": 86_400,
+    "7d": 604_800,
+    "30d": 2_592_000,
+    "1y": 31_536_000,
+}
 DEFAULT_RANGE = "15m"
 #: Buckets per chart: the GROUP BY interval is the range divided by this (whole seconds, at least 1).
 POINTS_PER_CHART = 120
@@ -25,6 +39,10 @@ POINTS_PER_CHART = 120
 EVENT_ROWS = 50
 #: Command statuses that are an outcome (everything but `sent`).
 OUTCOMES = ("ok", "error", "unsupported", "expired", "timeout")
+
+
+#: The raw points, in the database's default retention policy (named by no query).
+RAW = Resolution("raw", "", 0)
 
 
 class UnknownRange(ValueError):
@@ -35,10 +53,17 @@ class UnknownRange(ValueError):
 class Window:
     name: str
     seconds: int
+    resolution: Resolution = RAW
 
     @property
     def interval_s(self) -> int:
-        return max(1, math.ceil(self.seconds / POINTS_PER_CHART))
+        return max(1, self.resolution.bucket_s, math.ceil(self.seconds / POINTS_PER_CHART))
+
+    def readings_from(self, measurement: str) -> str:
+        """`measurement` (a quoted name or a /regex/) at the window's resolution: the roll-up's policy named."""
+        if self.resolution.raw:
+            return measurement
+        return f"{quote_identifier(self.resolution.rp)}.{measurement}"
 
     @property
     def where_time(self) -> str:
@@ -49,11 +74,14 @@ class Window:
         return f"time({self.interval_s}s)"
 
 
-def window(name: str | None) -> Window:
+def window(name: str | None, plan: RetentionPlan | None = None) -> Window:
+    """The range `name` up to now, read at the resolution `plan` (the settings' retention) says fits it."""
     name = name or DEFAULT_RANGE
     if name not in RANGES:
         raise UnknownRange(f"range {name!r} is not one of {', '.join(RANGES)}")
-    return Window(name, RANGES[name])
+    seconds = RANGES[name]
+    resolution = pick_resolution(plan or RetentionPlan(db=""), -seconds * 1000, 0, 0)
+    return Window(name, seconds, RAW if resolution.raw else resolution)
 
 
 # --- statements ------------------------------------------------------------------------------
@@ -66,11 +94,12 @@ def presence_statement() -> str:
 
 def overview_statements(w: Window) -> list[str]:
     t, g = w.where_time, w.group_by_time
+    seq = w.resolution.field("seq", "max")
     return [
         presence_statement(),
         # Readings/s per kind, from each device's seq counter (robust to batching and buckets).
-        f'SELECT sum("per_s") AS "per_s" FROM (SELECT non_negative_derivative(max("seq"), 1s) AS "per_s" '
-        f'FROM /.*/ WHERE {t} GROUP BY {g}, "device") WHERE {t} GROUP BY {g} fill(none)',
+        f'SELECT sum("per_s") AS "per_s" FROM (SELECT non_negative_derivative(max("{seq}"), 1s) AS "per_s" '
+        f'FROM {w.readings_from("/.*/")} WHERE {t} GROUP BY {g}, "device") WHERE {t} GROUP BY {g} fill(none)',
         f'SELECT count("id") AS "alerts" FROM "alerts" WHERE {t} GROUP BY {g}, "severity" fill(0)',
         f'SELECT count("id") AS "commands" FROM "commands" WHERE {t} GROUP BY "status"',
         f'SELECT mean("rtt_ms") AS "mean", percentile("rtt_ms", 95) AS "p95" FROM "commands" '
@@ -93,8 +122,9 @@ def device_statements(device: str, kind: str, w: Window, models: DeviceModels | 
     t, g = w.where_time, w.group_by_time
     mine = f"\"device\" = '{device}' AND {t}"
     booleans = "|".join((models or default_models()).sensor_names("boolean"))
+    means = "*" if w.resolution.raw else "/^mean_/"
     return [
-        f'SELECT mean(*) FROM "{kind}" WHERE {mine} GROUP BY {g} fill(none)',
+        f"SELECT mean({means}) FROM {w.readings_from(quote_identifier(kind))} WHERE {mine} GROUP BY {g} fill(none)",
         f'SELECT last(/^({booleans})$/) FROM "{kind}" WHERE {mine} GROUP BY {g} fill(none)',
         f'SELECT "severity", "rule", "sensor", "value", "message" FROM "alerts" WHERE {mine} '
         f"ORDER BY time DESC LIMIT {EVENT_ROWS}",
@@ -148,6 +178,7 @@ def overview(w: Window, results: list[list[Series]], now_ms: int) -> dict[str, A
     return {
         "range": w.name,
         "interval_s": w.interval_s,
+        "resolution": w.resolution.name,
         "now_ms": now_ms,
         "online": sum(d["state"] == "online" for d in fleet),
         "offline": sum(d["state"] != "online" for d in fleet),
@@ -174,6 +205,8 @@ def device_detail(
     for s in means:
         for column in s.rows[0] if s.rows else []:
             sensor = column.removeprefix("mean_")
+            if not w.resolution.raw:  # mean(mean_<sensor>)
+                sensor = sensor.removeprefix("mean_")
             if column.startswith("mean_") and sensor not in RESERVED_FIELDS:
                 unit = known.unit(sensor, identity.get("kind"))
                 readings.append({"name": sensor, "unit": unit, "points": _points(s, column)})
@@ -192,6 +225,7 @@ def device_detail(
         **identity,
         "range": w.name,
         "interval_s": w.interval_s,
+        "resolution": w.resolution.name,
         "now_ms": now_ms,
         "readings": sorted(readings, key=lambda r: (r["unit"], r["name"])),
         "switches": switches,

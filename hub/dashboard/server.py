@@ -47,7 +47,7 @@ class Dashboard:
         self.models = load_models(settings.models_file)
 
     def overview(self, range_name: str | None) -> dict[str, Any]:
-        w = queries.window(range_name)
+        w = queries.window(range_name, self.settings.retention)
         return queries.overview(w, query(self.settings, *queries.overview_statements(w)), now_ms())
 
     def devices(self) -> list[dict[str, str]]:
@@ -60,7 +60,7 @@ class Dashboard:
         return [alarm.as_json() for alarm in active]
 
     def device(self, device: str | None, range_name: str | None) -> dict[str, Any]:
-        w = queries.window(range_name)
+        w = queries.window(range_name, self.settings.retention)
         if not device:
             raise InvalidIdentifier("a device is required: /api/device?device=<name>")
         [presence] = query(self.settings, queries.device_presence_statement(device))

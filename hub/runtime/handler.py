@@ -70,6 +70,7 @@ class Effects:
 
     - `record`: the delivery itself as stored (a reading). If an output refuses that point, the
       delivery is dead-lettered `rejected_by_<family>` instead of stored.
+    - `records`: more points that are the delivery itself (a batch's other readings), as `record`.
     - `points`: what else it caused (alerts, transitions, lifecycle records), written in the same batch.
     - `publishes`: sent at once, confirmed before the batch is acked.
     - `events`: counted by the middleware once the batch is settled.
@@ -79,7 +80,7 @@ class Effects:
     - `refuse`: held deliveries to dead-letter, each with its reason, then settle.
     """
 
-    __slots__ = ("events", "hold", "points", "publishes", "record", "refuse", "release")
+    __slots__ = ("events", "hold", "points", "publishes", "record", "records", "refuse", "release")
 
     def __init__(
         self,
@@ -90,8 +91,10 @@ class Effects:
         hold: bool = False,
         release: Sequence[int] = (),
         refuse: Sequence[Refusal] = (),
+        records: Sequence[Point] = (),
     ) -> None:
         self.record = record
+        self.records = records
         self.points = points
         self.publishes = publishes
         self.events = events

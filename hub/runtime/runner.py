@@ -285,6 +285,11 @@ class Runner:
             batch.sources.append(delivery)
             if not batch.oldest_record_ms or record.ts_ms < batch.oldest_record_ms:
                 batch.oldest_record_ms = record.ts_ms
+        for more in effects.records:
+            batch.points.append(more)
+            batch.sources.append(delivery)
+            if more.ts_ms < batch.oldest_record_ms:
+                batch.oldest_record_ms = more.ts_ms
         points = effects.points
         if points:
             batch.points.extend(points)
@@ -333,9 +338,11 @@ class Runner:
         refused: dict[int, Refusal] = {}
         if batch.points:
             refused = self.outputs.write(batch.points, self.stop, self.transport.sleep, partial(self._failed, batch))
+            letters: set[int] = set()  # a batch's delivery is dead-lettered once, whatever of it was refused
             for index, refusal in refused.items():
                 source = batch.sources[index]
-                if isinstance(source, Delivery):
+                if isinstance(source, Delivery) and id(source) not in letters:
+                    letters.add(id(source))
                     self._dead_letter(batch, source, refusal.reason, refusal.detail)
         self.transport.wait_for_confirms()  # what the batch published is durable before its ack
         self._settle(batch)

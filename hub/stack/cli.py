@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
+from hub.clients.influx import InfluxHttp
 from hub.clients.management import read_hub_consumers
 from hub.core.config import CLUSTER_STATE_FILE, Settings, load_settings
-from hub.core.errors import StackError
+from hub.core.errors import StackError, StorageUnavailable
+from hub.core.retention import BadDuration, parse_span, quote_identifier
 from hub.core.secrets import SECRETS_FILE_NAME, read_secrets
 from hub.stack.certs import DOCKER_RABBITMQ_UID, ensure_dev_tls
 from hub.stack.cluster import Cluster, ClusterStatus
 from hub.stack.compose import ensure_compose_secrets
+from hub.stack.influx import account_plan, backfill_rollups, ensure_retention
 from hub.stack.migrate import migrate as run_migration
 from hub.stack.packages import ensure_packages
 from hub.stack.stack import Stack, StackStatus
@@ -71,6 +76,7 @@ def stack() -> None:
       python -m hub stack up --nodes 3        # a 3-node RabbitMQ cluster (node i: ports + i*100)
       python -m hub stack certs               # what docker compose mounts: certificates, secrets
       python -m hub stack status
+      python -m hub stack retention --backfill 7d   # retention and roll-ups; roll up the last 7 days now
       python -m hub stack migrate             # queues of an older hub, after `hub run` refused them
       python -m hub stack down
     """
@@ -179,6 +185,65 @@ def migrate(amqp_url: str | None) -> None:
     ):
         table.add_row(done.queue, done.outcome, str(done.moved), done.note)
     console.print(table)
+
+
+@stack.command()
+@click.option("--backfill", "backfill", default=None, metavar="SPAN", help="also roll up the last SPAN now (6h, 7d...)")
+@click.option("--influx-url", default=None, help="InfluxDB URL [IOT_INFLUX_URL]")
+@click.option("--stack-dir", default=None, help="data, logs and pid files [IOT_STACK_DIR, .stack]")
+@click.option("--json", "as_json", is_flag=True, help="the policies and queries as JSON")
+def retention(backfill: str | None, influx_url: str | None, stack_dir: str | None, as_json: bool) -> None:
+    """Set InfluxDB's retention policies and roll-up queries from IOT_RETENTION_* (as `up` does), as its admin.
+
+    Alters what exists, never duplicates, deletes no point; the first time on a database with
+    history, rolls that history up before setting the raw retention. --backfill SPAN runs the
+    roll-ups over the last SPAN at once: readings that came later than the continuous queries look
+    back (a device's old buffer).
+    """
+    try:
+        span_s = parse_span(backfill) if backfill is not None else None
+    except BadDuration as exc:
+        raise click.BadParameter(str(exc), param_hint="--backfill") from None
+    settings = load_settings(influx_url=influx_url, stack_dir=stack_dir)
+    plan = settings.retention
+    login = account_plan(settings).admin
+    admin = InfluxHttp(settings.influx_url, settings.influx_db, user=login.user, password=login.password)
+    try:
+        try:
+            with console.status("setting the retention policies") as spinner:
+                ensure_retention(admin, plan, lambda message: spinner.update(message))
+            written = None
+            if span_s is not None:
+                now_ms = int(time.time() * 1000)
+                with Progress(console=console, transient=True) as bar:
+                    task = bar.add_task("rolling up", total=None)
+                    written = backfill_rollups(
+                        admin,
+                        plan,
+                        now_ms - span_s * 1000,
+                        now_ms,
+                        lambda done, total: bar.update(task, completed=done, total=total),
+                    )
+            policies = admin.administer(f"SHOW RETENTION POLICIES ON {quote_identifier(plan.db)}")[0]
+            queries = admin.administer("SHOW CONTINUOUS QUERIES")[0]
+        except StorageUnavailable as exc:
+            raise StackError(str(exc)) from exc
+    finally:
+        admin.close()
+    rows = [row for series in policies for row in series.rows]
+    mine = [row for series in queries if series.name == plan.db for row in series.rows]
+    if as_json:
+        console.print_json(data={"policies": rows, "continuous_queries": mine, "backfilled_points": written})
+        return
+    table = Table(title=f"retention policies of {plan.db}")
+    for column in ("policy", "duration", "shard duration", "default"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(str(row["name"]), str(row["duration"]), str(row["shardGroupDuration"]), str(row["default"]))
+    console.print(table)
+    console.print(f"continuous queries: {', '.join(str(row['name']) for row in mine) or 'none'}")
+    if written is not None:
+        console.print(f"backfilled: {written} roll-up points written")
 
 
 @stack.command()

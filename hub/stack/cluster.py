@@ -40,6 +40,7 @@ from hub.core.errors import StackError
 from hub.stack import processes
 from hub.stack.brokerauth import BrokerAuthService, operator_accounts
 from hub.stack.folders import private_folder
+from hub.stack.influx import apply_retention
 from hub.stack.rabbitmq import RabbitNode, RabbitPorts, render_definitions
 from hub.stack.stack import (
     BROKER_AUTH,
@@ -197,6 +198,9 @@ class Cluster:
                     raise StackError(
                         "part of the cluster runs: `python -m hub stack down` first, then `stack up --nodes N`"
                     )
+                state = self._load_state()
+                if state is not None:
+                    apply_retention(f"http://127.0.0.1:{state['influx_http_port']}", self.settings, progress)
                 return current
             if self.base.state_path.exists() and any(s.running for s in self.base._status_unlocked().services):
                 raise StackError("a single-node stack runs in this folder: `python -m hub stack down` first")
@@ -252,7 +256,7 @@ class Cluster:
                 self._wait_members(nodes, progress)
                 self._grow(nodes, progress)
                 self._mirror_device_sessions(nodes[0])
-                influx.ensure_accounts(self.settings)
+                influx.ensure_accounts(self.settings, progress)
             except BaseException:
                 self._stop_unlocked()
                 raise

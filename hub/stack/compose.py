@@ -9,7 +9,9 @@ docker-compose.yml mounts or reads them; nothing secret is in the repository:
 - `influxdb.env`: the influxdb image's variables: authentication on, and its admin, writer and
   reader accounts, which the image makes at its first start on an empty volume;
 - `chronograf.env`: the reader's account, which dashboards/influxdb.src names by variable
-  (Chronograf renders its resource files with its environment).
+  (Chronograf renders its resource files with its environment);
+- `retention.iql`: the retention policies and roll-up queries of IOT_RETENTION_* (no secret),
+  which the one-shot service influxdb-retention runs as the admin (influxdb/retention.sh).
 
 Every file is mode 0600; the broker in its container runs as another user, so `--key-owner`
 gives it definitions.json as it does server.key.
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from hub.core.config import Settings, with_stack_secrets
 from hub.core.errors import StackError
+from hub.core.retention import RetentionPlan
 from hub.core.secrets import ensure_secrets
 from hub.stack.influx import account_plan
 from hub.stack.rabbitmq import render_definitions
@@ -33,6 +36,9 @@ COMPOSE_DIR = "compose"
 DEFINITIONS_FILE = "definitions.json"
 INFLUXDB_ENV_FILE = "influxdb.env"
 CHRONOGRAF_ENV_FILE = "chronograf.env"
+RETENTION_FILE = "retention.iql"
+#: The mark influxdb/retention.sh reads: the statement on this line may fail.
+MAY_FAIL_MARK = "?"
 #: The variables dashboards/influxdb.src reads the reader's account from.
 CHRONOGRAF_USER_VARIABLE = "INFLUX_READER_USER"
 CHRONOGRAF_PASSWORD_VARIABLE = "INFLUX_READER_PASSWORD"
@@ -54,6 +60,10 @@ class ComposeFiles:
     @property
     def chronograf_env(self) -> Path:
         return self.folder / CHRONOGRAF_ENV_FILE
+
+    @property
+    def retention(self) -> Path:
+        return self.folder / RETENTION_FILE
 
 
 def influxdb_environment(settings: Settings) -> dict[str, str]:
@@ -82,6 +92,16 @@ def chronograf_environment(settings: Settings) -> dict[str, str]:
     }
 
 
+def retention_file(plan: RetentionPlan) -> str:
+    """The plan's statements one a line for influxdb/retention.sh, those that may fail marked."""
+    lines = [f"# {RETENTION_FILE}: rendered by `python -m hub stack certs` from IOT_RETENTION_*; run by retention.sh"]
+    for statement in plan.statements():
+        if "\n" in statement.text:
+            raise StackError(f"a retention statement spans lines: {statement.text!r}")
+        lines.append((MAY_FAIL_MARK if statement.may_fail else "") + statement.text)
+    return "\n".join(lines) + "\n"
+
+
 def env_file(variables: dict[str, str]) -> str:
     """`NAME=value` lines, as compose's env_file reads them (generated values need no quoting)."""
     for name, value in variables.items():
@@ -97,6 +117,7 @@ def write_compose_files(settings: Settings, folder: Path, key_owner: int | None 
     _write_private(files.definitions, json.dumps(render_definitions(settings), indent=2) + "\n")
     _write_private(files.influxdb_env, env_file(influxdb_environment(settings)))
     _write_private(files.chronograf_env, env_file(chronograf_environment(settings)))
+    _write_private(files.retention, retention_file(settings.retention))
     if key_owner is not None:
         try:
             os.chown(files.definitions, key_owner, -1)

@@ -4,19 +4,23 @@ The directories, bind addresses and authentication are set with INFLUXDB_* varia
 config file stays the same one docker compose mounts (where the image's own INFLUXDB_*
 variables do the same). Authentication is on: a client without an account gets 401. The
 stack makes three accounts (`ensure_accounts`): an admin, a writer for the hub (WRITE on the
-database) and a reader for everything that only reads (READ).
+database) and a reader for everything that only reads (READ). The admin also sets the
+retention policies and the roll-ups' continuous queries (`ensure_retention`, hub/core/retention.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from hub.clients.influx import InfluxHttp, server_version
 from hub.core.config import PROJECT_ROOT, InfluxAccount, Settings, missing_secret
 from hub.core.errors import NotPermitted, StackError, StorageUnavailable
+from hub.core.retention import ROLLUP_1H_RP, RetentionPlan, Statement, go_duration_s, quote_identifier
 from hub.stack.folders import private_folder
 from hub.stack.packages import INFLUXD
 
@@ -61,7 +65,7 @@ class InfluxNode:
     def problems(self) -> list[str]:
         return [] if server_version(self.url) is not None else [f"{self.url}/ping does not answer"]
 
-    def ensure_accounts(self, settings: Settings) -> None:
+    def ensure_accounts(self, settings: Settings, progress: Callable[[str], None] = lambda _m: None) -> None:
         """The database and the accounts of `settings` (admin, writer, reader), made or given their passwords.
 
         InfluxDB 1.x with authentication lets a client without credentials do one thing only, while
@@ -95,11 +99,96 @@ class InfluxNode:
                 admin.administer(
                     f"GRANT {privilege} ON {_identifier(settings.influx_db)} TO {_identifier(account.user)}"
                 )
+            ensure_retention(admin, settings.retention, progress)
         except StorageUnavailable as exc:
             raise StackError(str(exc)) from exc
         finally:
             anonymous.close()
             admin.close()
+
+
+def ensure_retention(admin: InfluxHttp, plan: RetentionPlan, progress: Callable[[str], None] = lambda _m: None) -> None:
+    """The plan's retention policies and continuous queries, created or altered (never duplicated).
+
+    The statements are the ones docker compose runs (`influxdb/retention.sh`): each that may fail
+    (a policy that exists, a query that does not yet) is followed by the one that does the work.
+    The first time on a database that already holds points (no roll-up policy yet), and whenever
+    the raw retention shrinks, its whole history is rolled up before the raw retention is set, so
+    what the shorter retention will drop is kept as roll-ups. No point is deleted here; InfluxDB
+    drops raw points older than the raw retention at its next check (every 30 minutes).
+    """
+    kept = _policy_durations(admin, plan.db)
+    first_time = ROLLUP_1H_RP not in kept
+    raw_kept = kept.get(plan.raw_rp)
+    shrinking = plan.raw_s is not None and (raw_kept is None or raw_kept > plan.raw_s) and plan.raw_rp in kept
+    _run(admin, plan.rollup_statements())
+    if first_time or shrinking:
+        oldest = oldest_raw_ms(admin, plan)
+        if oldest is not None:
+            now_ms = int(time.time() * 1000)
+            backfill_rollups(
+                admin, plan, oldest, now_ms, lambda done, total: progress(f"rolling up the history: {done}/{total}")
+            )
+    _run(admin, plan.raw_statements())
+
+
+def _run(admin: InfluxHttp, statements: list[Statement]) -> None:
+    for statement in statements:
+        try:
+            admin.administer(statement.text)
+        except StorageUnavailable:
+            if not statement.may_fail:
+                raise
+
+
+def _policy_durations(admin: InfluxHttp, db: str) -> dict[str, int | None]:
+    """Each retention policy of `db` and how long it keeps points (seconds; None: forever)."""
+    try:
+        answer = admin.administer(f"SHOW RETENTION POLICIES ON {quote_identifier(db)}")
+    except StorageUnavailable:
+        return {}  # no database yet
+    return {str(row["name"]): go_duration_s(str(row["duration"])) for series in answer[0] for row in series.rows}
+
+
+def oldest_raw_ms(admin: InfluxHttp, plan: RetentionPlan) -> int | None:
+    """The time of the oldest point in the raw policy (None: it holds none)."""
+    db, rp = quote_identifier(plan.db), quote_identifier(plan.raw_rp)
+    measurements = {str(row["name"]) for series in admin.query(f"SHOW MEASUREMENTS ON {db}")[0] for row in series.rows}
+    oldest = None
+    for name in sorted(measurements):
+        for series in admin.query(f"SELECT * FROM {db}.{rp}.{quote_identifier(name)} LIMIT 1")[0]:
+            for row in series.rows:
+                oldest = row["time"] if oldest is None else min(oldest, row["time"])
+    return None if oldest is None else int(oldest)
+
+
+def apply_retention(url: str, settings: Settings, progress: Callable[[str], None] = lambda _m: None) -> None:
+    """`ensure_retention` of `settings` on the InfluxDB at `url`, as the stack's admin."""
+    login = account_plan(settings).admin
+    admin = InfluxHttp(url, settings.influx_db, user=login.user, password=login.password)
+    try:
+        ensure_retention(admin, settings.retention, progress)
+    except StorageUnavailable as exc:
+        raise StackError(str(exc)) from exc
+    finally:
+        admin.close()
+
+
+def backfill_rollups(
+    admin: InfluxHttp, plan: RetentionPlan, start_ms: int, end_ms: int, progress: Callable[[int, int], None]
+) -> int:
+    """Run the roll-ups' SELECT INTO over [start, end) now, a day at a time; returns the points written.
+
+    What the continuous queries would have written (the same buckets, tags and fields), so it is
+    safe to repeat: a bucket's point overwrites itself.
+    """
+    selects = plan.backfill_selects(start_ms, end_ms)
+    written = 0
+    for done, select in enumerate(selects, start=1):
+        for series in admin.administer(select)[0]:
+            written += sum(int(row.get("written") or 0) for row in series.rows)
+        progress(done, len(selects))
+    return written
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from hub.stack import processes
 from hub.stack.brokerauth import BrokerAuthService, operator_accounts
 from hub.stack.certs import TlsFiles
 from hub.stack.folders import private_folder
-from hub.stack.influx import InfluxNode
+from hub.stack.influx import InfluxNode, apply_retention
 from hub.stack.packages import ensure_packages
 from hub.stack.rabbitmq import RabbitNode, RabbitPorts, read_log_tail
 
@@ -126,6 +126,11 @@ class Stack:
             self.adopt_secrets(any(s.running for s in current.services), progress)
             if current.running:
                 current.already_running = True
+                # Settings may have changed since it started: the retention follows IOT_RETENTION_* now.
+                running_state = self._load_state()
+                if running_state is not None:
+                    port = running_state["influx_http_port"]
+                    apply_retention(InfluxNode(self.root, port, 0).url, self.settings, progress)
                 return current
             state = self._load_state() if any(s.running for s in current.services) else None
             installed = ensure_packages()
@@ -181,7 +186,7 @@ class Stack:
                 )
                 self._wait_ready(pending, progress)
                 if INFLUXDB in missing:
-                    influx.ensure_accounts(self.settings)
+                    influx.ensure_accounts(self.settings, progress)
             except BaseException:
                 if state is None:
                     self._stop_unlocked()

@@ -34,6 +34,7 @@ from hub.core.config import Settings
 from hub.core.contract import EXCHANGE
 from hub.core.errors import InvalidIdentifier
 from hub.core.models import default_models
+from hub.core.retention import RetentionPlan
 from hub.dashboard import queries
 from hub.dashboard.server import make_server
 from hub.stack.packages import ensure_packages
@@ -297,7 +298,8 @@ def test_every_dashboard_file_is_a_chronograf_dashboard() -> None:
                 assert query["type"] == "influxql" and query["queryConfig"]["rawText"] == query["query"]
                 used = set(re.findall(r":\w+:", query["query"]))
                 assert used <= defined | BUILTIN_VARIABLES, f"{path.name} {cell['name']}: {used - defined}"
-                assert '"telemetry"."autogen".' in query["query"], f"{cell['name']}: name the database explicitly"
+                named = ('"telemetry"."autogen".', '"telemetry".":resolution:".')
+                assert any(n in query["query"] for n in named), f"{cell['name']}: name the database explicitly"
     assert len(ids) == len(files), "two dashboards share an id"
 
 
@@ -305,8 +307,22 @@ def test_device_readings_cover_every_numeric_sensor_of_the_models() -> None:
     """The device dashboard lists sensors by name; a sensor added to the shipped models must be added there."""
     numeric = set(default_models().sensor_names("number"))
     for _name, query in cell_queries(load(DASHBOARDS / "device-detail.dashboard")):
-        for listed in re.findall(r"mean\(/\^\(([^)]*)\)\$/\)", query):
+        if '":kind:"' not in query:  # a cell of one kind's sensors (the thermostat's)
+            continue
+        for listed in re.findall(r"mean\(/\^(?:\(mean_\)\?)?\(([^)]*)\)\$/\)", query):
             assert set(listed.split("|")) == numeric
+
+
+def test_the_device_dashboard_reads_the_resolution_chosen() -> None:
+    """Chronograf cannot pick a retention policy by range: a `:resolution:` choice, raw by default, names
+    the policies the stack sets up; the readings cells match a sensor's raw field and its roll-up mean."""
+    board = load(DASHBOARDS / "device-detail.dashboard")
+    [template] = [t for t in board["templates"] if t["tempVar"] == ":resolution:"]
+    offered = [v["value"] for v in template["values"]]
+    assert offered == [resolution.rp or "autogen" for resolution, _kept in RetentionPlan(db="telemetry").resolutions]
+    assert [v["value"] for v in template["values"] if v["selected"]] == ["autogen"]
+    readings = [q for name, q in cell_queries(board) if name.startswith(("Readings of", "Timeline"))]
+    assert readings and all(":resolution:" in q and "mean(/^(mean_)?(" in q for q in readings if "mean(" in q)
 
 
 def test_chronograf_connects_to_the_compose_influxdb_and_loads_these_files() -> None:
@@ -579,7 +595,7 @@ def test_local_page_refuses_what_could_reach_influxql(page_url: str) -> None:
     for bad in ("x'%20OR%20'1'='1", "a%22b", "a/b", "A"):
         status, body = http_get(f"{page_url}api/device?device={bad}")
         assert status == 400 and "not allowed" in body["error"], (bad, body)
-    status, body = http_get(f"{page_url}api/overview?range=1y")
+    status, body = http_get(f"{page_url}api/overview?range=2y")
     assert status == 400 and "5m" in body["error"]
     status, body = http_get(f"{page_url}api/device?device=never-seen-0001")
     assert status == 404 and "never-seen-0001" in body["error"]
@@ -619,7 +635,7 @@ def test_page_success_rate_counts_outcomes_not_sends() -> None:
 
 def test_page_windows_come_from_a_fixed_list_only() -> None:
     assert [queries.window(name).interval_s for name in ("5m", "24h")] == [3, 720]
-    for bad in ("1y", "15m; DROP DATABASE telemetry"):
+    for bad in ("2y", "15m; DROP DATABASE telemetry"):
         with pytest.raises(queries.UnknownRange):
             queries.window(bad)
     assert queries.window(None).name == queries.DEFAULT_RANGE

@@ -17,7 +17,9 @@ from hub.stack.compose import (
     CHRONOGRAF_PASSWORD_VARIABLE,
     CHRONOGRAF_USER_VARIABLE,
     COMPOSE_DIR,
+    MAY_FAIL_MARK,
     ensure_compose_secrets,
+    retention_file,
 )
 from hub.stack.rabbitmq import ADVANCED_CONFIG_AUTHZ
 from tests.support import REPO
@@ -123,8 +125,16 @@ def test_rabbitmq_reads_the_certificates_stack_certs_makes(compose: dict[str, An
         assert re.search(rf"(?m)^ssl_options\.{option} = {re.escape(folder)}/{name}$", conf), option
 
 
+#: Services that run once and exit (compose's `restart: "no"`): they wait for a healthy server instead.
+ONE_SHOT_SERVICES = {"influxdb-retention"}
+
+
 def test_every_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
+        if name in ONE_SHOT_SERVICES:
+            assert service["restart"] == "no", name
+            assert all(d["condition"] == "service_healthy" for d in service["depends_on"].values()), name
+            continue
         check = service.get("healthcheck", {})
         assert check.get("test"), f"{name} has no healthcheck"
         assert check.get("interval") and check.get("retries"), name
@@ -276,3 +286,27 @@ def test_every_node_asks_the_broker_auth_service_which_compose_runs_unpublished(
         node = compose["services"][name]
         assert ("./rabbitmq/advanced.config", "/etc/rabbitmq/advanced.config") in _bind_mounts(node), name
         assert node["depends_on"]["brokerauth"]["condition"] == "service_healthy", name
+
+
+def test_compose_sets_the_retention_policies_and_roll_ups_as_stack_up_does(
+    compose: dict[str, Any], tmp_path: Any
+) -> None:
+    """The one-shot influxdb-retention runs influxdb/retention.sh as the admin over the statements `stack certs`
+    renders from IOT_RETENTION_* (the native stack runs the same list: tests/integration/test_retention.py)."""
+    service = compose["services"]["influxdb-retention"]
+    assert service["image"] == compose["services"]["influxdb"]["image"]
+    assert service["depends_on"]["influxdb"]["condition"] == "service_healthy"
+    assert service["env_file"] == [f"{COMPOSE_FILES}/influxdb.env"]
+    assert service["environment"]["INFLUX_URL"] == "http://influxdb:8086"
+    mounts = dict(_bind_mounts(service))
+    script, statements = mounts["./influxdb/retention.sh"], mounts[f"{COMPOSE_FILES}/retention.iql"]
+    assert service["entrypoint"] == ["sh", script, statements]
+    settings = load_settings(stack_dir=tmp_path).model_copy(update={"retention_raw": "14d"})
+    files = ensure_compose_secrets(settings)
+    rendered = files.retention.read_text()
+    assert rendered == retention_file(settings.retention)
+    lines = [line for line in rendered.splitlines() if not line.startswith("#")]
+    assert [line.removeprefix(MAY_FAIL_MARK) for line in lines] == [s.text for s in settings.retention.statements()]
+    assert (
+        'ALTER RETENTION POLICY "autogen" ON "telemetry" DURATION 336h REPLICATION 1 SHARD DURATION 1d DEFAULT' in lines
+    )

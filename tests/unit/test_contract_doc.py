@@ -38,6 +38,7 @@ PLACEHOLDERS = {
 #: The label after ```json -> the type its example must decode as.
 BODIES: dict[str, type[Any]] = {
     "telemetry": contract.Reading,
+    "batch": contract.Batch,
     "status": contract.Presence,
     "command": contract.Command,
     "ack": contract.Ack,
@@ -295,6 +296,7 @@ def test_limits_are_the_code_limits() -> None:
         "schema version `v`": str(contract.SCHEMA_VERSION),
         "largest body (bytes)": str(contract.MAX_BODY_BYTES),
         "most readings per message": str(contract.MAX_READINGS_PER_MESSAGE),
+        "most entries per telemetry batch": str(contract.MAX_BATCH_ENTRIES),
         "reserved reading names": sorted(contract.RESERVED_FIELDS),
         "log message (characters)": str(contract.MAX_LOG_MESSAGE_CHARS),
         "most fields of a log line": str(contract.MAX_LOG_FIELDS),

@@ -3,7 +3,9 @@
 "use strict";
 
 const POLL_MS = 5000;
-const RANGE_S = { "5m": 300, "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400 };
+const RANGE_S = { "5m": 300, "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800, "30d": 2592000, "1y": 31536000 };
+// The server reads readings at the resolution that fits the range (raw points, 1-minute or 1-hour roll-ups).
+const RESOLUTION_TEXT = { raw: "raw readings", "1m": "1-minute roll-ups", "1h": "1-hour roll-ups" };
 const PALETTE = ["#2f6fe0", "#e0672f", "#2a9d5c", "#9b3fd1", "#d1a13f", "#3fb6d1", "#d13f7a", "#5c6b7a"];
 const SEVERITY_COLOURS = { info: "#3fb6d1", warning: "#e0a02f", critical: "#d93b3b" };
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -226,7 +228,8 @@ async function refresh() {
     drawAlarms(alarms);
     drawDevicePicker(devices);
     if (state.device) drawDevice(await getJson(`/api/device?device=${encodeURIComponent(state.device)}&range=${range}`));
-    status.textContent = `updated ${clock(Date.now())}, every ${POLL_MS / 1000} s`;
+    const resolution = RESOLUTION_TEXT[overview.resolution] || overview.resolution;
+    status.textContent = `updated ${clock(Date.now())}, every ${POLL_MS / 1000} s, from the ${resolution}`;
     status.classList.remove("error");
     document.body.dataset.loaded = "true";
   } catch (error) {

@@ -19,6 +19,10 @@ before a sensor's last evaluated time changes nothing. Alarm changes are `alarms
 reading's batch and, but for `updated`, messages `alarms.<severity>.<site>.<kind>.<device>`.
 Acks of alarms (`python -m hub alarms ack`) come through the device's partition too, published
 to `iot.telemetry` (no device can publish there), so the handler that owns an alarm acks it.
+
+A batch (`{..., batch: [...]}`) is one delivery whose entries are readings: every entry is
+judged before the rules see any (one refused entry dead-letters the whole message), then each
+is evaluated as a single reading would be, in `ts` order, and stored as its own point.
 """
 
 from __future__ import annotations
@@ -28,9 +32,22 @@ import logging
 from pika.spec import BasicProperties
 
 from hub.core.config import Settings
-from hub.core.contract import ALARM_ACK_TYPE, EXCHANGE, AlarmAck, command_key, decode, decode_reading, encode, now_ms
+from hub.core.contract import (
+    ALARM_ACK_TYPE,
+    EXCHANGE,
+    AlarmAck,
+    Batch,
+    Reading,
+    Transport,
+    command_key,
+    decode,
+    decode_telemetry,
+    encode,
+    now_ms,
+)
 from hub.core.errors import InvalidMessage, StorageUnavailable, Unreadable
 from hub.core.models import load_models
+from hub.core.points import Point
 from hub.outputs.base import Reader
 from hub.outputs.registry import open_reader
 from hub.runtime import topology
@@ -44,7 +61,7 @@ from hub.services.rules.alerts import RULE_ORIGIN
 from hub.services.rules.engine import Engine
 from hub.services.rules.model import Rule
 from hub.services.store.judge import ReadingJudge
-from hub.services.telemetry.stage import TelemetryStage
+from hub.services.telemetry.stage import Outcome, TelemetryStage
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +118,12 @@ class TelemetryHandler:
             self._first_of_queue(delivery.queue, now)
         if delivery.properties.type == ALARM_ACK_TYPE and delivery.method.exchange == topology.TELEMETRY_EXCHANGE:
             return self._ack(delivery)
-        reading = decode_reading(delivery.body, delivery.routing_key)
-        self._devices[reading.device] = delivery.queue
+        message = decode_telemetry(delivery.body, delivery.routing_key)
+        self._devices[message.device] = delivery.queue
         protocol = protocol_of(delivery.properties)
+        if isinstance(message, Batch):
+            return self._handle_batch(message.readings(), protocol, now)
+        reading = message
         if self.signs is not None:  # a reading the judge refuses still proves its device alive
             self.signs.sign(reading.device, reading.site, reading.kind, protocol, reading.ts, now)
         outcome = self.stage.process(reading, protocol, now)
@@ -111,25 +131,25 @@ class TelemetryHandler:
             if not outcome.flags:
                 return Effects(outcome.point)  # nearly every reading
             return Effects(outcome.point, events=[("flagged", flag) for flag in outcome.flags])
+        points: list[Point] = []
         publishes: list[Publish] = []
-        events: list[Event] = [("flagged", flag) for flag in outcome.flags]
-        for decision in outcome.decisions:
-            alert = decision.alert
-            # A broadcast: nobody tailing alerts is normal, the point is stored anyway.
-            publishes.append(Publish(EXCHANGE, alert.routing_key, encode(alert), _json(), mandatory=False))
-            events.append(("alert", alert.severity, alert.rule))
-            if decision.command is not None:
-                # Always routable to hub.commands (commands.#); a return is logged.
-                key = command_key(reading.device)
-                publishes.append(Publish(EXCHANGE, key, encode(decision.command), _json(), mandatory=True))
-                events.append(("rule_command", decision.command.command))
-        points = list(outcome.alert_points)
-        for change in outcome.changes:
-            points.append(change_point(change))
-            if change.published:
-                publishes.append(change_publish(change))
-                events.append(_alarm_event(change))
+        events: list[Event] = []
+        _consequences(reading.device, outcome, points, publishes, events)
         return Effects(outcome.point, points, publishes, events)
+
+    def _handle_batch(self, readings: list[Reading], protocol: Transport, now: int) -> Effects:
+        """Each reading of a batch as a single one would be, in `ts` order; every point is the delivery's own."""
+        if self.signs is not None:
+            newest = readings[-1]
+            self.signs.sign(newest.device, newest.site, newest.kind, protocol, newest.ts, now)
+        outcomes = self.stage.process_batch(readings, protocol, now)
+        points: list[Point] = []
+        publishes: list[Publish] = []
+        events: list[Event] = []
+        for reading, outcome in zip(readings, outcomes, strict=True):
+            _consequences(reading.device, outcome, points, publishes, events)
+        records = [outcome.point for outcome in outcomes]
+        return Effects(records[0], points, publishes, events, records=records[1:])
 
     def _ack(self, delivery: Delivery) -> Effects:
         ack = decode(delivery.body, AlarmAck)
@@ -191,6 +211,29 @@ class TelemetryHandler:
             rebuilt.cooldowns,
             len(keep),
         )
+
+
+def _consequences(
+    device: str, outcome: Outcome, points: list[Point], publishes: list[Publish], events: list[Event]
+) -> None:
+    """What a reading's outcome adds to its delivery's effects: its flags, the rules' alerts and
+    commands, and its alarms' changes."""
+    events.extend(("flagged", flag) for flag in outcome.flags)
+    for decision in outcome.decisions:
+        alert = decision.alert
+        # A broadcast: nobody tailing alerts is normal, the point is stored anyway.
+        publishes.append(Publish(EXCHANGE, alert.routing_key, encode(alert), _json(), mandatory=False))
+        events.append(("alert", alert.severity, alert.rule))
+        if decision.command is not None:
+            # Always routable to hub.commands (commands.#); a return is logged.
+            publishes.append(Publish(EXCHANGE, command_key(device), encode(decision.command), _json(), mandatory=True))
+            events.append(("rule_command", decision.command.command))
+    points.extend(outcome.alert_points)
+    for change in outcome.changes:
+        points.append(change_point(change))
+        if change.published:
+            publishes.append(change_publish(change))
+            events.append(_alarm_event(change))
 
 
 def _alarm_event(change: Change) -> Event:

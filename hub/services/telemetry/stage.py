@@ -10,13 +10,14 @@ from dataclasses import dataclass
 
 from hub.core.alarms import SEVERITY_RANK
 from hub.core.contract import AlarmAck, Reading, Transport
+from hub.core.errors import InvalidMessage
 from hub.core.points import Point
 from hub.services.alarms.lifecycle import AlarmBook, Change
 from hub.services.alarms.rebuild import Stored, cooldowns_to_restore
 from hub.services.rules.alerts import alert_point
 from hub.services.rules.engine import Decision, Engine
 from hub.services.rules.model import ClearPolicy, clear_policy
-from hub.services.store.judge import ReadingJudge
+from hub.services.store.judge import ReadingJudge, Verdict
 from hub.services.store.readings import reading_point
 
 #: The alert points of a reading no rule fired on (nearly every one).
@@ -64,7 +65,26 @@ class TelemetryStage:
 
     def process(self, reading: Reading, protocol: Transport, now_ms: int) -> Outcome:
         """Raises `InvalidMessage` for a reading the store refuses (then nothing else happened)."""
-        verdict = self.judge.verdict(reading)
+        return self._outcome(reading, self.judge.verdict(reading), protocol, now_ms)
+
+    def process_batch(self, readings: Sequence[Reading], protocol: Transport, now_ms: int) -> list[Outcome]:
+        """A batch's readings (oldest first): every one judged before the rules see any, so one the
+        store refuses refuses the whole batch (`InvalidMessage`, naming its entry) and no rule state
+        or alarm moved."""
+        verdicts = []
+        for index, reading in enumerate(readings):
+            try:
+                verdicts.append(self.judge.verdict(reading))
+            except InvalidMessage as exc:
+                raise InvalidMessage(
+                    exc.reason, f"batch entry seq {reading.seq} (ts order {index}): {exc.detail}"
+                ) from None
+        return [
+            self._outcome(reading, verdict, protocol, now_ms)
+            for reading, verdict in zip(readings, verdicts, strict=True)
+        ]
+
+    def _outcome(self, reading: Reading, verdict: Verdict, protocol: Transport, now_ms: int) -> Outcome:
         evaluation = self.engine.evaluate(reading, now_ms)
         decisions = evaluation.decisions
         changes = self._alarms(reading, evaluation.conditions, decisions) if evaluation.conditions else NO_CHANGES
