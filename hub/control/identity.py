@@ -19,9 +19,14 @@ from typing import Any
 
 from hub.clients.management import HASHING_ALGORITHM, ManagementAdmin, password_hash
 from hub.core.config import Settings
-from hub.core.contract import VHOST, is_identifier, require_identifier
+from hub.core.contract import VHOST, require_identifier
 from hub.core.credentials import Credential, merge_credentials, read_credentials
-from hub.core.permissions import topic_permissions, vhost_permissions
+from hub.core.permissions import (
+    device_permission_version,
+    permission_definitions,
+    topic_permissions,
+    vhost_permissions,
+)
 
 #: Bytes of randomness per device secret (URL-safe base64: 32 characters).
 SECRET_BYTES = 24
@@ -77,15 +82,6 @@ def _account_definitions(hashes: Mapping[str, str]) -> dict[str, Any]:
         ],
         "permissions": [{"user": device, "vhost": VHOST, **vhost_permissions(device)} for device in hashes],
         "topic_permissions": [{"user": device, "vhost": VHOST, **topic_permissions(device)} for device in hashes],
-    }
-
-
-def permission_definitions(devices: Iterable[str]) -> dict[str, Any]:
-    """The permissions alone of existing device accounts: their secrets are not touched."""
-    wanted = list(devices)
-    return {
-        "permissions": [{"user": device, "vhost": VHOST, **vhost_permissions(device)} for device in wanted],
-        "topic_permissions": [{"user": device, "vhost": VHOST, **topic_permissions(device)} for device in wanted],
     }
 
 
@@ -152,16 +148,9 @@ class Impostor:
 
 
 def device_accounts(granted: Iterable[Mapping[str, Any]]) -> set[str]:
-    """Accounts `provision` made: their topic permission on `iot` is exactly a device's own."""
-    accounts = set()
-    for permission in granted:
-        user = permission.get("user")
-        if not isinstance(user, str) or permission.get("vhost") != VHOST or not is_identifier(user):
-            continue
-        own = topic_permissions(user)
-        if all(permission.get(key) == own[key] for key in ("exchange", "write", "read")):
-            accounts.add(user)
-    return accounts
+    """Accounts `provision` made: their topic permission on `iot` is exactly a device's own (of
+    this version, or of the one before, which the next `stack up` upgrades)."""
+    return {permission["user"] for permission in granted if device_permission_version(permission) is not None}
 
 
 def find_impostors(mqtt_connections: Iterable[Mapping[str, Any]], devices: set[str]) -> list[Impostor]:

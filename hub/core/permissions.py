@@ -19,8 +19,10 @@ is what confines them.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from hub.core.contract import EXCHANGE, LOG_LEVELS, require_identifier
+from hub.core.contract import EXCHANGE, LOG_LEVELS, VHOST, is_identifier, require_identifier
 
 #: Queues RabbitMQ's STOMP plugin declares for a `/exchange/...` subscription (server-named, exclusive).
 STOMP_SUBSCRIPTION_QUEUES = r"stomp-subscription-.*"
@@ -51,4 +53,36 @@ def topic_permissions(device: str) -> dict[str, str]:
         "exchange": EXCHANGE,
         "write": rf"^(telemetry\.[^.]+\.[^.]+\.{me}|status\.{me}|acks\.{me}|logs\.{me}\.({_LEVELS}))$",
         "read": rf"^commands\.{me}$",
+    }
+
+
+def earlier_topic_permissions(device: str) -> dict[str, str]:
+    """What `topic_permissions` gave before devices had log lines: an account made then may
+    publish no `logs.<id>.<level>` (the broker closes the connection of a device that tries)."""
+    me = require_identifier(device, "device")
+    return {
+        "exchange": EXCHANGE,
+        "write": rf"^(telemetry\.[^.]+\.[^.]+\.{me}|status\.{me}|acks\.{me})$",
+        "read": rf"^commands\.{me}$",
+    }
+
+
+def device_permission_version(permission: Mapping[str, Any]) -> str | None:
+    """ "current" or "earlier" when one topic permission (as the management API lists it) is exactly
+    a device account's own, of this version or the one before; None for any other account's."""
+    user = permission.get("user")
+    if not isinstance(user, str) or permission.get("vhost") != VHOST or not is_identifier(user):
+        return None
+    for version, wanted in (("current", topic_permissions(user)), ("earlier", earlier_topic_permissions(user))):
+        if all(permission.get(key) == wanted[key] for key in ("exchange", "write", "read")):
+            return version
+    return None
+
+
+def permission_definitions(devices: Iterable[str]) -> dict[str, Any]:
+    """A definitions document giving existing device accounts this version's permissions (their secrets untouched)."""
+    wanted = list(devices)
+    return {
+        "permissions": [{"user": device, "vhost": VHOST, **vhost_permissions(device)} for device in wanted],
+        "topic_permissions": [{"user": device, "vhost": VHOST, **topic_permissions(device)} for device in wanted],
     }

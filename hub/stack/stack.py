@@ -20,6 +20,7 @@ from hub.core.secrets import HUB_USER, SECRETS_FILE_NAME, ensure_secrets
 from hub.stack import processes
 from hub.stack.brokerauth import BrokerAuthService, operator_accounts
 from hub.stack.certs import TlsFiles
+from hub.stack.device_permissions import upgrade_device_permissions
 from hub.stack.folders import private_folder
 from hub.stack.influx import InfluxNode, apply_retention
 from hub.stack.packages import ensure_packages
@@ -131,6 +132,7 @@ class Stack:
                 if running_state is not None:
                     port = running_state["influx_http_port"]
                     apply_retention(InfluxNode(self.root, port, 0).url, self.settings, progress)
+                upgrade_device_permissions(self.settings, progress)
                 return current
             state = self._load_state() if any(s.running for s in current.services) else None
             installed = ensure_packages()
@@ -187,6 +189,7 @@ class Stack:
                 self._wait_ready(pending, progress)
                 if INFLUXDB in missing:
                     influx.ensure_accounts(self.settings, progress)
+                upgrade_device_permissions(self.settings, progress)
             except BaseException:
                 if state is None:
                     self._stop_unlocked()

@@ -18,9 +18,11 @@ import pytest
 
 from hub.clients.influx import InfluxHttp
 from hub.clients.management import ManagementAdmin
-from hub.control.identity import provision, revoke
+from hub.control.identity import device_accounts, provision, revoke
 from hub.core.config import LOG_RETENTION_POLICY, Settings
 from hub.core.contract import EXCHANGE, VHOST, LogLine, Presence, Reading, encode, log_key, now_ms
+from hub.core.permissions import earlier_topic_permissions, topic_permissions
+from hub.stack import Stack
 from hub.stack.influx import account_plan, ensure_log_retention
 from tests.device_clients import connect_device, gone, publish
 from tests.support import (
@@ -135,6 +137,39 @@ def test_provisioning_a_device_again_gives_it_its_log_topics_and_keeps_its_secre
     channel = connection.channel()
     queue = bind_temporary_queue(channel, log_key(device, "info"))
     publish(client, log_key(device, "info"), line(device, "info", "allowed now", now_ms()))
+    received = collect(connection, channel, queue, 1, timeout_s=10)
+    connection.close()
+    client.close()
+    assert [key for key, _body, _props in received] == [log_key(device, "info")]
+
+
+def test_stack_up_gives_accounts_of_the_version_before_logs_their_log_topics_and_nothing_else(
+    stack: Settings, devices: dict[str, str]
+) -> None:
+    """A stack made before devices had log lines: its device accounts lack them, and `stack up`
+    (here on the running stack) upgrades exactly those, no account another way confined."""
+    (device, secret), (other, _), _ = devices.items()
+    admin = ManagementAdmin(stack)
+    earlier = earlier_topic_permissions(device)
+    foreign = {"exchange": EXCHANGE, "write": rf"^(status\.{other})$", "read": rf"^commands\.{other}$"}
+    admin.import_definitions(
+        {
+            "topic_permissions": [
+                {"user": device, "vhost": VHOST, **earlier},
+                {"user": other, "vhost": VHOST, **foreign},
+            ]
+        }
+    )
+    assert device_accounts(admin.topic_permissions()) >= {device}  # still recognised as a device
+    Stack(stack).up()
+    granted = {p["user"]: p for p in admin.topic_permissions() if p.get("vhost") == VHOST}
+    assert granted[device]["write"] == topic_permissions(device)["write"]
+    assert granted[other]["write"] == foreign["write"]  # not an account of an earlier version: left alone
+    client = connect_device(stack, "mqtt", device, secret)
+    connection = amqp_connection(stack)
+    channel = connection.channel()
+    queue = bind_temporary_queue(channel, log_key(device, "info"))
+    publish(client, log_key(device, "info"), line(device, "info", "allowed after stack up", now_ms()))
     received = collect(connection, channel, queue, 1, timeout_s=10)
     connection.close()
     client.close()

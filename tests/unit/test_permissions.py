@@ -8,7 +8,13 @@ import pytest
 
 from hub.core.contract import LOG_LEVELS, ack_key, command_key, log_key, status_key, telemetry_key
 from hub.core.errors import InvalidIdentifier
-from hub.core.permissions import topic_permissions, vhost_permissions
+from hub.core.permissions import (
+    device_permission_version,
+    earlier_topic_permissions,
+    permission_definitions,
+    topic_permissions,
+    vhost_permissions,
+)
 
 ME, OTHER = "env-0001", "env-0002"
 
@@ -71,3 +77,22 @@ def test_a_name_that_is_not_an_identifier_gets_no_permissions() -> None:
         topic_permissions("a.*")
     with pytest.raises(InvalidIdentifier):
         vhost_permissions("x|.*")
+
+
+def test_a_device_account_is_recognised_in_this_version_and_the_one_before_and_no_other() -> None:
+    def listed(user: str, permissions: dict[str, str], vhost: str = "iot") -> dict[str, str]:
+        return {"user": user, "vhost": vhost, **permissions}
+
+    assert device_permission_version(listed("env-0001", topic_permissions("env-0001"))) == "current"
+    assert device_permission_version(listed("env-0001", earlier_topic_permissions("env-0001"))) == "earlier"
+    assert device_permission_version(listed("env-0001", topic_permissions("env-0002"))) is None  # another's
+    assert device_permission_version(listed("env-0001", topic_permissions("env-0001"), vhost="/")) is None
+    assert device_permission_version(listed("hub", {"exchange": "iot", "write": ".*", "read": ".*"})) is None
+    assert not re.fullmatch(earlier_topic_permissions("env-0001")["write"], log_key("env-0001", "info"))
+
+
+def test_the_definitions_give_existing_accounts_this_version_s_permissions_and_no_password() -> None:
+    definitions = permission_definitions(["env-0001"])
+    assert "users" not in definitions
+    [topic] = definitions["topic_permissions"]
+    assert topic == {"user": "env-0001", "vhost": "iot", **topic_permissions("env-0001")}
