@@ -155,7 +155,7 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 15.0, interval_s
 
 REPO = Path(__file__).resolve().parents[1]
 #: `python -m hub run` logs this once per service when it starts consuming.
-HUB_SERVICES = 3
+HUB_SERVICES = 4
 
 
 def settings_environment(settings: Settings, **extra: str) -> dict[str, str]:

@@ -15,6 +15,7 @@ SUBCOMMANDS = [
     ("hub.cli.control", "devices"),
     ("hub.cli.control", "tail"),
     ("hub.cli.control", "commands"),
+    ("hub.cli.twin", "twin"),
     ("hub.cli.identity", "provision"),
     ("hub.cli.identity", "revoke"),
     ("hub.cli.identity", "impostors"),

@@ -89,6 +89,16 @@ def ack_key(device: str) -> str:
     return f"acks.{require_identifier(device, 'device')}"
 
 
+def desired_key(device: str) -> str:
+    """Where a change to a device twin's desired state goes (the hub and the CLI publish it, never a device)."""
+    return f"twin.desired.{require_identifier(device, 'device')}"
+
+
+def deferred_key(device: str) -> str:
+    """Where a command that waits for an offline device goes (`hub send --ttl`)."""
+    return f"twin.command.{require_identifier(device, 'device')}"
+
+
 def alert_key(severity: Severity, site: str, device: str) -> str:
     if severity not in ("info", "warning", "critical"):
         raise InvalidIdentifier(f"severity {severity!r} is not one of info, warning, critical")
@@ -212,12 +222,44 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True):
         return alert_key(self.severity, self.site, self.device)
 
 
-Message = Reading | Presence | Command | Ack | Alert
-M = TypeVar("M", Reading, Presence, Command, Ack, Alert)
+class Desired(msgspec.Struct, frozen=True, kw_only=True):
+    """A change to one device twin's desired state (routing key `twin.desired.<device>`).
+
+    `desired` maps property names to their new value; `null` drops the property from `desired`.
+    `id` makes the change once: the twin applies a change id once, however often it is delivered.
+    """
+
+    v: Literal[1] = 1
+    id: CommandId
+    device: Identifier
+    kind: Identifier
+    desired: dict[SensorName, Scalar | None]
+    ts: EpochMs
+
+    @property
+    def routing_key(self) -> str:
+        return desired_key(self.device)
+
+
+class Deferred(msgspec.Struct, frozen=True, kw_only=True):
+    """A command that waits for its device (routing key `twin.command.<device>`): sent when the device
+    is online before `command.expires`, recorded `expired` otherwise."""
+
+    v: Literal[1] = 1
+    device: Identifier
+    command: Command
+
+    @property
+    def routing_key(self) -> str:
+        return deferred_key(self.device)
+
+
+Message = Reading | Presence | Command | Ack | Alert | Desired | Deferred
+M = TypeVar("M", Reading, Presence, Command, Ack, Alert, Desired, Deferred)
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
-    cls: msgspec.json.Decoder(cls) for cls in (Reading, Presence, Command, Ack, Alert)
+    cls: msgspec.json.Decoder(cls) for cls in (Reading, Presence, Command, Ack, Alert, Desired, Deferred)
 }
 
 

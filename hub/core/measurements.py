@@ -10,9 +10,13 @@ STATUS_MEASUREMENT = "device_status"
 ALERTS_MEASUREMENT = "alerts"
 #: Every command's lifecycle (`sent`, then one outcome).
 COMMANDS_MEASUREMENT = "commands"
+#: Each device's twin, one row per change (one writer: the twin service).
+TWINS_MEASUREMENT = "twins"
 #: The monitor's statistics of each service.
 STATS_MEASUREMENT = "hub_stats"
-HUB_MEASUREMENTS = frozenset({STATUS_MEASUREMENT, ALERTS_MEASUREMENT, COMMANDS_MEASUREMENT, STATS_MEASUREMENT})
+HUB_MEASUREMENTS = frozenset(
+    {STATUS_MEASUREMENT, ALERTS_MEASUREMENT, COMMANDS_MEASUREMENT, STATS_MEASUREMENT, TWINS_MEASUREMENT}
+)
 
 
 def is_kind_measurement(name: str) -> bool:

@@ -15,7 +15,7 @@ from hub.clients.influx import REQUEST_TIMEOUT_S, Series
 from hub.core.config import InfluxAccount, Settings
 from hub.core.contract import require_identifier
 from hub.core.errors import ConfigError, PointsRejected, StorageUnavailable
-from hub.core.measurements import COMMANDS_MEASUREMENT, HUB_MEASUREMENTS, STATUS_MEASUREMENT
+from hub.core.measurements import COMMANDS_MEASUREMENT, HUB_MEASUREMENTS, STATUS_MEASUREMENT, TWINS_MEASUREMENT
 from hub.core.points import Point
 from hub.outputs.base import MAX_COMMAND_ROWS
 from hub.outputs.lineprotocol import lines_payload
@@ -113,6 +113,10 @@ def flux_device_states(bucket: str) -> str:
     return flux_newest_per_device(bucket, f"r._measurement == {flux_string(STATUS_MEASUREMENT)}")
 
 
+def flux_twins(bucket: str) -> str:
+    return flux_newest_per_device(bucket, f"r._measurement == {flux_string(TWINS_MEASUREMENT)}")
+
+
 def flux_newest_readings(bucket: str) -> str:
     not_hub = " and ".join(f"r._measurement != {flux_string(name)}" for name in sorted(HUB_MEASUREMENTS))
     return flux_newest_per_device(bucket, f'{not_hub} and exists r.device and r.device != ""')
@@ -167,6 +171,9 @@ class InfluxV2Reader:
 
     def device_states(self) -> list[Series]:
         return series_by_device(self._query(flux_device_states(self.bucket)))
+
+    def twins(self) -> list[Series]:
+        return series_by_device(self._query(flux_twins(self.bucket)))
 
     def newest_readings(self) -> list[Series]:
         return series_by_device(self._query(flux_newest_readings(self.bucket)))

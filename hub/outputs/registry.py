@@ -51,6 +51,9 @@ class InfluxReader:
     def device_states(self) -> list[Series]:
         return self._resolved().device_states()
 
+    def twins(self) -> list[Series]:
+        return self._resolved().twins()
+
     def newest_readings(self) -> list[Series]:
         return self._resolved().newest_readings()
 

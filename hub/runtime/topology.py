@@ -123,8 +123,11 @@ def partitions(count: int) -> tuple[HubQueue, ...]:
 PRESENCE = HubQueue("hub.presence", ("status.#",), prefetch=1_000, single_active=True)
 #: Pending commands stay unacked until their outcome is recorded, so this window bounds them.
 COMMANDS = HubQueue("hub.commands", ("commands.#", "acks.#"), prefetch=20_000, single_active=True)
+#: Desired changes and waiting commands (`twin.#`, published by the CLI), and what tells the twins
+#: a device's state and presence: its statuses and its acks (copies; presence and commands have theirs).
+TWIN = HubQueue("hub.twin", ("twin.#", "status.#", "acks.#"), prefetch=1_000, single_active=True)
 #: The services' queues but telemetry's, whose number is a setting (`partitions`).
-QUEUES = {"presence": PRESENCE, "commands": COMMANDS}
+QUEUES = {"presence": PRESENCE, "commands": COMMANDS, "twin": TWIN}
 
 
 def service_queues(service: str, partition_ids: tuple[int, ...]) -> tuple[HubQueue, ...]:

@@ -5,7 +5,8 @@ its own queues (`hub.runtime.runner`).
   (InfluxDB), batched, acked once written; per-device statistics and the rules of rules.yaml
   (alerts, rule commands); a sign of life for presence in the same process;
 - `presence`: online/offline transitions of every device into `device_status`;
-- `commands`: every command's lifecycle into `commands`.
+- `commands`: every command's lifecycle into `commands`;
+- `twin`: each device's twin (desired, reported) into `twins`, and the commands that converge it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from hub.runtime.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("telemetry", "presence", "commands")
+SERVICES = ("telemetry", "presence", "commands", "twin")
 #: Names of the services telemetry replaced; `hub run --only store` still means telemetry.
 ALIASES = {"store": "telemetry", "rules": "telemetry"}
 
@@ -52,6 +53,7 @@ def build_services(
     from hub.services.presence.tracker import PresenceTracker
     from hub.services.rules.loader import load_rules
     from hub.services.telemetry.service import TelemetryHandler
+    from hub.services.twin.service import TwinHandler
 
     # Beside telemetry of every partition in this process, presence takes its signs of life from
     # it (no extra copy); with only some partitions it would miss the other devices' readings.
@@ -65,6 +67,8 @@ def build_services(
             handlers.append(PresenceHandler.from_settings(settings, feed))
         elif name == "commands":
             handlers.append(CommandsHandler.from_settings(settings))
+        elif name == "twin":
+            handlers.append(TwinHandler.from_settings(settings))
     runners = [Runner.from_settings(settings, handler, stop, middleware) for handler in handlers]
     telemetry = next((runner for runner in runners if runner.name == "telemetry"), None)
     if feed is not None and telemetry is not None:  # presence judges no silence while telemetry does not read

@@ -30,8 +30,8 @@ HUB_CONSUMES_WITHIN_S = 2.0
 DEVICES_BACK_WITHIN_S = 5.0
 #: How often the test looks at the broker, the hub's log and the fleet.
 POLL_S = 0.02
-#: `hub run` logs `event=consuming` once per service (telemetry, presence, commands) per connect.
-SERVICES = 3
+#: `hub run` logs `event=consuming` once per service (telemetry, presence, commands, twin) per connect.
+SERVICES = 4
 
 
 def answering_since(settings: Settings, restarted: threading.Thread) -> tuple[float, float]:

@@ -36,6 +36,8 @@ BODIES: dict[str, type[Any]] = {
     "command": contract.Command,
     "ack": contract.Ack,
     "alert": contract.Alert,
+    "desired": contract.Desired,
+    "deferred": contract.Deferred,
 }
 
 
@@ -175,6 +177,8 @@ ROUTING: dict[str, Callable[[], str]] = {
     "command": lambda: contract.command_key(PLACEHOLDERS["<device>"]),
     "ack": lambda: contract.ack_key(PLACEHOLDERS["<device>"]),
     "alert": lambda: contract.alert_key("warning", PLACEHOLDERS["<site>"], PLACEHOLDERS["<device>"]),
+    "desired": lambda: contract.desired_key(PLACEHOLDERS["<device>"]),
+    "deferred": lambda: contract.deferred_key(PLACEHOLDERS["<device>"]),
 }
 
 

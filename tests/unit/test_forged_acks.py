@@ -151,6 +151,9 @@ class _NothingSettled:
     def device_states(self) -> list[Series]:
         return []
 
+    def twins(self) -> list[Series]:
+        return []
+
     def newest_readings(self) -> list[Series]:
         return []
 

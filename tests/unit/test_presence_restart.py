@@ -135,6 +135,9 @@ class _Recorded:
         self.reads += 1
         return self.series
 
+    def twins(self) -> list[Series]:
+        return []
+
     def newest_readings(self) -> list[Series]:
         return []
 

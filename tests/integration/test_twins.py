@@ -1,0 +1,151 @@
+"""Device twins on the real stack: desired state reaches a device that is offline now, once per
+change whatever the hub goes through, and a property the device refuses ends failed."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from devices.fleet import Fleet
+from hub.control.twin import read_twins
+from hub.core.config import Settings
+from hub.core.contract import now_ms
+from hub.core.twin import Twin
+from tests.support import hub_cli, hub_process, influx_query, wait_until
+
+SITE = "plant-twins"
+INTERVAL_S = 0.5
+#: The issue's wait between the change and the device's start.
+OFFLINE_S = 30.0
+
+
+def twin_of(settings: Settings, device: str) -> Twin | None:
+    return next((t for t in read_twins(settings) if t.device == device), None)
+
+
+def twin_commands(settings: Settings, device: str, since_ms: int, status: str = "sent") -> list[str]:
+    """Ids of the twin's commands to `device` the commands service recorded with `status` since then."""
+    series = influx_query(
+        settings,
+        f"SELECT id FROM commands WHERE device = '{device}' AND origin = 'twin' AND status = '{status}'"
+        f" AND time >= {since_ms}ms",
+    )
+    return [str(row[1]) for one in series for row in one["values"]]
+
+
+def in_sync_with(settings: Settings, device: str, prop: str, value: float) -> bool:
+    twin = twin_of(settings, device)
+    return twin is not None and twin.in_sync and twin.desired.get(prop) == value and twin.reported.get(prop) == value
+
+
+def seen_once(fleet: Fleet, settings: Settings, device: str) -> None:
+    """The device runs until its twin exists (the fleet knows it), then stops cleanly: it is offline."""
+    wait_until(lambda: twin_of(settings, device) is not None and twin_of(settings, device).online, 30)  # type: ignore[union-attr]
+    fleet.stop_device(device, clean=True)
+    wait_until(lambda: not twin_of(settings, device).online, 30)  # type: ignore[union-attr]
+
+
+def test_desired_set_while_offline_is_reached_when_the_device_starts(stack: Settings, tmp_path: Path) -> None:
+    start = now_ms()
+    with (
+        hub_process(stack, tmp_path),
+        Fleet(stack, count=1, kinds=["thermostat"], site=SITE, interval_s=INTERVAL_S) as fleet,
+    ):
+        device = fleet.devices[0].device_id
+        seen_once(fleet, stack, device)
+        target = 23.0 if fleet.device(device).model.state()["setpoint"] != 23.0 else 22.0
+        done = hub_cli(stack, "twin", "set", device, f"setpoint={target}")
+        assert done.returncode == 0, done.stderr
+        wait_until(lambda: twin_of(stack, device).desired.get("setpoint") == target, 20)  # type: ignore[union-attr]
+        shown = json.loads(hub_cli(stack, "twin", "show", device, "--json").stdout)
+        assert shown["in_sync"] is False and shown["delta"] == {"setpoint": target}
+        assert {"device", "desired", "reported", "delta", "in_sync", "version"} <= set(shown)
+        time.sleep(OFFLINE_S)
+        assert twin_commands(stack, device, start) == [], "nothing is sent to a device that is offline"
+        fleet.start_device(device)
+        wait_until(lambda: in_sync_with(stack, device, "setpoint", target), 60)
+        assert fleet.device(device).model.state()["setpoint"] == target
+        assert len(twin_commands(stack, device, start)) == 1
+    diff = json.loads(hub_cli(stack, "twin", "diff", "--site", SITE, "--json").stdout)
+    assert device not in [one["device"] for one in diff]
+
+
+def test_a_value_outside_the_range_is_refused_with_exit_2_naming_it(stack: Settings) -> None:
+    done = hub_cli(stack, "twin", "set", "th-0001", "setpoint=40")
+    assert done.returncode == 2
+    assert "setpoint of a thermostat must be a number from 5 to 35 (got 40)" in done.stderr
+
+
+def test_a_hub_sigkilled_with_a_delta_pending_converges_with_one_command_per_change(
+    stack: Settings, tmp_path: Path
+) -> None:
+    start = now_ms()
+    with Fleet(stack, count=2, kinds=["thermostat"], site=SITE, interval_s=INTERVAL_S) as fleet:
+        device = fleet.devices[1].device_id
+        with hub_process(stack, tmp_path):
+            seen_once(fleet, stack, device)
+            current = fleet.device(device).model.state()["setpoint"]
+            first, second = (24.0, 25.0) if current not in (24.0, 25.0) else (19.0, 20.0)
+            assert hub_cli(stack, "twin", "set", device, f"setpoint={first}").returncode == 0
+            wait_until(lambda: twin_of(stack, device).desired.get("setpoint") == first, 20)  # type: ignore[union-attr]
+            hub_cli(stack, "twin", "set", device, f"setpoint={second}")  # two changes while it is away
+            wait_until(lambda: twin_of(stack, device).desired.get("setpoint") == second, 20)  # type: ignore[union-attr]
+        with hub_process(stack, tmp_path) as hub:
+            hub.kill()  # SIGKILL, the delta pending
+            hub.wait()
+        with hub_process(stack, tmp_path) as hub:
+            fleet.start_device(device)
+            wait_until(lambda: in_sync_with(stack, device, "setpoint", second), 60)
+            time.sleep(2.0)  # what the twin stored after the ack is written
+            hub.kill()
+            hub.wait()
+        with hub_process(stack, tmp_path):
+            fleet.cut(device, for_s=1.0)  # and the device comes back once more: nothing left to send
+            time.sleep(10.0)
+            assert in_sync_with(stack, device, "setpoint", second)
+        sent = twin_commands(stack, device, start)
+        assert len(sent) == 1, sent
+        assert fleet.device(device).model.state()["setpoint"] == second
+
+
+MODELS_WITH_A_HEATER = """
+kinds:
+  environment:
+    prefix: env
+    sensors:
+      temperature: {unit: °C, type: number, range: [-40, 85]}
+      humidity: {unit: "%RH", type: number, range: [0, 100]}
+      pressure: {unit: hPa, type: number, range: [300, 1100]}
+    commands:
+      set_heater:
+        args:
+          "on": {type: boolean}
+        required: ["on"]
+    properties:
+      heater: {command: set_heater, arg: "on"}
+"""
+
+
+def test_a_property_the_device_does_not_support_ends_failed_and_is_not_retried(stack: Settings, tmp_path: Path) -> None:
+    # The hub's models give environment devices a heater; the simulated ones know of no such command.
+    models = tmp_path / "models.yaml"
+    models.write_text(MODELS_WITH_A_HEATER)
+    start = now_ms()
+    with (
+        hub_process(stack, tmp_path, IOT_MODELS_FILE=str(models)),
+        Fleet(stack, count=1, kinds=["environment"], site=SITE, interval_s=INTERVAL_S) as fleet,
+    ):
+        device = fleet.devices[0].device_id
+        wait_until(lambda: twin_of(stack, device) is not None and twin_of(stack, device).online, 30)  # type: ignore[union-attr]
+        done = hub_cli(stack, "twin", "set", device, "heater=true", IOT_MODELS_FILE=str(models))
+        assert done.returncode == 0, done.stderr
+        wait_until(lambda: "heater" in twin_of(stack, device).failed, 30)  # type: ignore[union-attr]
+        assert twin_of(stack, device).failed["heater"].startswith("unsupported")  # type: ignore[union-attr]
+        fleet.cut(device, for_s=1.0)  # a return is no reason to try a refused property again
+        time.sleep(10.0)
+        assert len(twin_commands(stack, device, start)) == 1
+        assert twin_commands(stack, device, start, "unsupported")
+        diff = json.loads(hub_cli(stack, "twin", "diff", "--site", SITE, "--json").stdout)
+        [mine] = [one for one in diff if one["device"] == device]
+        assert mine["pending"]["heater"]["state"] == "failed"
