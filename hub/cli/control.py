@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from hub.control.args import parse_command_args
+from hub.control.args import parse_command_args, parse_duration
 from hub.control.fleet_view import DeviceView, StateFilter, read_fleet, select
 from hub.control.history import DEFAULT_LIMIT, read_history
 from hub.control.send import DEFAULT_TIMEOUT_S, CommandSender, Outcome, overall_exit_code
@@ -44,6 +44,8 @@ _STATUS_STYLE = {
     "expired": "yellow",
     "timeout": "red",
     "unknown_device": "red",
+    "queued": "cyan",
+    "sent": "yellow",
 }
 
 
@@ -120,6 +122,15 @@ def _command_help(models: DeviceModels, spec: CommandSpec) -> str:
     show_default=True,
     help="seconds to wait for the acks; the command expires then",
 )
+@click.option(
+    "--ttl",
+    "ttl",
+    default=None,
+    metavar="DURATION",
+    help="for a device that is offline: the hub keeps the command and sends it when the device comes back"
+    " within DURATION (90s, 15m, 1h, 2d), else records it expired; send returns once it is queued",
+)
+@click.option("--wait", is_flag=True, help="with --ttl: wait for the outcome, up to the ttl, offline or not")
 @click.option("--json", "as_json", is_flag=True, help="print the outcome(s) as JSON")
 @_amqp_option
 @_influx_option
@@ -130,6 +141,8 @@ def send(
     everyone: bool,
     state: StateFilter,
     timeout_s: float,
+    ttl: str | None,
+    wait: bool,
     as_json: bool,
     amqp_url: str | None,
     influx_url: str | None,
@@ -149,6 +162,7 @@ def send(
       python -m hub send thermo-0003 set_setpoint value=23.5 --timeout 5
       python -m hub send --kind power_meter set_relay on=false
       python -m hub send --site plant-a --json ping
+      python -m hub send th-0001 set_setpoint value=21 --ttl 1h
     """
     many = everyone or site is not None or kind is not None
     needed = 1 if many else 2
@@ -160,6 +174,9 @@ def send(
     device = None if many else require_identifier(words[0], "device")
     command = require_identifier(words[0 if many else 1], "command")
     args = parse_command_args(words[needed:])
+    ttl_s = None if ttl is None else parse_duration(ttl, "--ttl")
+    if wait and ttl_s is None:
+        raise click.UsageError("--wait goes with --ttl (without it, send always waits)")
     settings = load_settings(amqp_url=amqp_url, influx_url=influx_url)
     load_models(settings.models_file).validate_command(command, args)
     if device is not None:
@@ -169,7 +186,9 @@ def send(
     err = _console(stderr=True)
     # Ctrl-C (or SIGTERM) ends the wait for acks between two reads; the connection closes cleanly (exit 130).
     with stop_requested() as stop, CommandSender(settings, origin="cli", stop=stop) as sender:
-        if len(devices) == 1:
+        if ttl_s is not None:
+            outcomes = sender.send_or_queue(devices, command, args, ttl_s, wait, timeout_s)
+        elif len(devices) == 1:
             outcomes = sender.send(devices, command, args, timeout_s)
         else:
             answered = 0
@@ -216,6 +235,9 @@ def _print_outcome(outcome: Outcome, args: dict[str, Any]) -> None:
         out.print(Text.assemble(("✓", "green"), who, ("ok", "green"), f" in {outcome.rtt_ms:.1f} ms"))
         if outcome.state:
             out.print(Text.assemble("  state: ", _state_text(outcome.state)))
+        return
+    if outcome.status == "queued":
+        _console().print(Text.assemble(("…", "cyan"), who, ("queued", "cyan"), ": ", _text(outcome.detail)))
         return
     err = _console(stderr=True)
     if outcome.status == "unknown_device":
@@ -362,9 +384,10 @@ def _fleet_table(views: Sequence[DeviceView], now: int, models: DeviceModels) ->
 def commands(device: str | None, limit: int, since_s: int, as_json: bool, influx_url: str | None) -> None:
     """Recent commands and their outcomes, from what the hub recorded (`commands` in InfluxDB).
 
-    One row per command: when it was sent, by whom (cli or rule), its outcome (ok, error,
-    unsupported, expired, timeout, or pending while it waits) and the round trip between the
-    command's and the ack's own times.
+    One row per command: when it was sent (or queued), by whom (cli, rule or twin), its state
+    (queued while it waits for an offline device, sent while it waits for its ack, then ok,
+    error, unsupported, expired or timeout) and the round trip between the command's and the
+    ack's own times.
 
     \b
     Examples:

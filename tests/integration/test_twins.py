@@ -4,15 +4,18 @@ change whatever the hub goes through, and a property the device refuses ends fai
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from devices.fleet import Fleet
+from hub.clients.management import read_subscribed_devices
 from hub.control.twin import read_twins
 from hub.core.config import Settings
 from hub.core.contract import now_ms
 from hub.core.twin import Twin
-from tests.support import hub_cli, hub_process, influx_query, wait_until
+from tests.support import REPO, hub_cli, hub_process, influx_query, settings_environment, wait_until
 
 SITE = "plant-twins"
 INTERVAL_S = 0.5
@@ -149,3 +152,47 @@ def test_a_property_the_device_does_not_support_ends_failed_and_is_not_retried(s
         diff = json.loads(hub_cli(stack, "twin", "diff", "--site", SITE, "--json").stdout)
         [mine] = [one for one in diff if one["device"] == device]
         assert mine["pending"]["heater"]["state"] == "failed"
+
+
+def history(settings: Settings, device: str) -> dict[str, str]:
+    """Command id -> state, as `hub commands --json` shows it."""
+    done = hub_cli(settings, "commands", "--device", device, "--json", "--since", "600")
+    assert done.returncode == 0, done.stderr
+    return {row["id"]: row["status"] for row in json.loads(done.stdout)}
+
+
+def test_a_command_with_a_ttl_waits_for_its_device_and_another_expires(stack: Settings, tmp_path: Path) -> None:
+    with (
+        hub_process(stack, tmp_path),
+        Fleet(stack, count=2, kinds=["environment"], site=SITE, interval_s=INTERVAL_S) as fleet,
+    ):
+        device = fleet.devices[1].device_id
+        seen_once(fleet, stack, device)
+        wait_until(lambda: device not in read_subscribed_devices(stack), 20)  # type: ignore[operator]
+        short = hub_cli(stack, "send", device, "set_interval", "ms=700", "--ttl", "3s", "--json")
+        assert short.returncode == 0, short.stderr
+        expiring = json.loads(short.stdout)
+        assert expiring["status"] == "queued"
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "hub", "send", device, "ping", "--ttl", "1h", "--wait", "--json"],
+            cwd=REPO,
+            env=settings_environment(stack),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until(lambda: history(stack, device).get(expiring["id"]) == "expired", 30, 1.0)
+            wait_until(lambda: "queued" in history(stack, device).values(), 30, 1.0)
+            assert waiting.poll() is None, "--wait waits for a device that is offline"
+            fleet.start_device(device)
+            out, err = waiting.communicate(timeout=60)
+        finally:
+            if waiting.poll() is None:
+                waiting.kill()
+                waiting.wait()
+        assert waiting.returncode == 0, err
+        answered = json.loads(out)
+        assert answered["status"] == "ok" and answered["detail"] == "pong"
+        wait_until(lambda: history(stack, device).get(answered["id"]) == "ok", 30, 1.0)
+        assert fleet.device(device).interval_ms != 700, "the expired command was never carried out"

@@ -187,3 +187,22 @@ def test_a_waiting_command_is_sent_when_its_device_returns_or_recorded_expired()
     book.on_ack(ack("kept", at=30_100), 30_100)
     book.take(30_100)
     assert book.twins[DEVICE].waiting == []
+
+
+def test_the_history_shows_a_waiting_command_queued_then_sent_then_its_outcome() -> None:
+    from hub.control.history import build_history
+
+    queued = {"time": 1000, "id": "w", "device": "th-1", "command": "ping", "origin": "cli", "status": "queued"}
+    sent = {**queued, "status": "sent"}
+    ok = {**queued, "time": 9000, "status": "ok", "rtt_ms": 5.0}
+    assert [r.status for r in build_history([queued])] == ["queued"]
+    assert [r.status for r in build_history([sent, queued])] == ["sent"]
+    assert [(r.status, r.sent_at) for r in build_history([ok, sent, queued])] == [("ok", 1000)]
+
+
+def test_a_ttl_is_a_duration() -> None:
+    from hub.control.args import parse_duration
+
+    assert [parse_duration(text, "--ttl") for text in ("90", "90s", "15m", "1h", "2d")] == [90, 90, 900, 3600, 172800]
+    with pytest.raises(ConfigError, match="--ttl 'soon' is not a duration"):
+        parse_duration("soon", "--ttl")
