@@ -27,13 +27,15 @@ from hub.control.fleet_view import DeviceView, StateFilter, read_fleet, select
 from hub.control.history import DEFAULT_LIMIT, read_history
 from hub.control.send import DEFAULT_TIMEOUT_S, CommandSender, Outcome, overall_exit_code
 from hub.control.tail import Tail, as_json_line, describe
+from hub.control.twin import read_twins
 from hub.core.config import Settings, load_settings
 from hub.core.contract import now_ms, require_identifier
-from hub.core.errors import ConfigError
+from hub.core.errors import ConfigError, HubError
 from hub.core.exit_codes import DEVICES_EXIT_CODES_HELP, EXIT_CODES_HELP, TAIL_EXIT_CODES_HELP, ExitCode
 from hub.core.models import CommandSpec, DeviceModels, default_models, load_models
 from hub.core.printable import printable, printable_json
 from hub.core.signals import stop_requested
+from hub.core.twin import Twin
 
 #: Tables are laid out for this width when the output is not a terminal (a pipe, a file, CI).
 PIPE_WIDTH = 200
@@ -305,8 +307,9 @@ def devices(site: str | None, kind: str | None, state: StateFilter, as_json: boo
 
     Read from InfluxDB (what the hub stored: `device_status` and each kind's readings).
     --json prints objects with device, kind, site, protocol (mqtt|stomp), online (bool),
-    last_seen (epoch ms), state, reason, interval_ms, fw, readings, readings_at and stale
-    (online by the hub's last word, but silent for long: is the hub running?).
+    last_seen (epoch ms), state, reason, interval_ms, fw, readings, readings_at, stale
+    (online by the hub's last word, but silent for long: is the hub running?) and twin
+    (null without desired properties, else in_sync, pending, failed, version).
 
     \b
     Examples:
@@ -318,8 +321,9 @@ def devices(site: str | None, kind: str | None, state: StateFilter, as_json: boo
     models = load_models(settings.models_file)
     fleet = read_fleet(settings)
     chosen = select(fleet, site=_validated(site, "site"), kind=_validated(kind, "kind"), state=state)
+    twins = _twins(settings)
     if as_json:
-        click.echo(printable_json([view.as_json() for view in chosen]))
+        click.echo(printable_json([{**view.as_json(), "twin": twin_sync(twins.get(view.device))} for view in chosen]))
         return
     out = _console()
     if not fleet:
@@ -327,7 +331,7 @@ def devices(site: str | None, kind: str | None, state: StateFilter, as_json: boo
             "no device has reported yet: start the hub (`python -m hub run`) and devices (`python -m devices.sim`)"
         )
         return
-    out.print(_fleet_table(chosen, now_ms(), models))
+    out.print(_fleet_table(chosen, now_ms(), models, twins))
     online = sum(view.online and not view.stale for view in chosen)
     stale = sum(view.stale for view in chosen)
     shown = f"{len(chosen)} of {len(fleet)}" if len(chosen) != len(fleet) else str(len(fleet))
@@ -352,9 +356,38 @@ def _reading_text(name: str, value: float | bool, unit: str) -> str:
     return f"{name}={value:g}{unit}"
 
 
-def _fleet_table(views: Sequence[DeviceView], now: int, models: DeviceModels) -> Table:
+def _twins(settings: Settings) -> dict[str, Twin]:
+    """Each device's twin; none when they cannot be read (the fleet is shown without the column's values)."""
+    try:
+        return {twin.device: twin for twin in read_twins(settings)}
+    except HubError:
+        return {}
+
+
+def twin_sync(twin: Twin | None) -> dict[str, Any] | None:
+    """A device's twin sync as `devices --json` shows it: in_sync, and how many properties are pending or failed."""
+    if twin is None or not twin.desired:
+        return None
+    return {"in_sync": twin.in_sync, "pending": len(twin.delta), "failed": len(twin.failed), "version": twin.version}
+
+
+def _sync_text(twin: Twin | None) -> Text:
+    sync = twin_sync(twin)
+    if sync is None:
+        return Text("-", style="dim")
+    if sync["in_sync"]:
+        return Text("in sync", style="green")
+    if sync["failed"]:
+        return Text(f"{sync['failed']} failed", style="red")
+    return Text(f"{sync['pending']} pending", style="yellow")
+
+
+def _fleet_table(
+    views: Sequence[DeviceView], now: int, models: DeviceModels, twins: dict[str, Twin] | None = None
+) -> Table:
+    twins = twins or {}
     table = Table()
-    for column in ("device", "kind", "site", "protocol", "state", "last seen", "latest readings"):
+    for column in ("device", "kind", "site", "protocol", "state", "last seen", "twin", "latest readings"):
         table.add_column(column, overflow="fold" if column == "latest readings" else "ellipsis")
     for view in views:
         if view.stale:
@@ -368,7 +401,9 @@ def _fleet_table(views: Sequence[DeviceView], now: int, models: DeviceModels) ->
             _reading_text(name, value, models.unit(name, view.kind)) for name, value in view.readings.items()
         )
         cells = (view.device, view.kind, view.site, view.protocol)
-        table.add_row(*map(_text, cells), state, _ago(view.last_seen, now), _text(readings))
+        table.add_row(
+            *map(_text, cells), state, _ago(view.last_seen, now), _sync_text(twins.get(view.device)), _text(readings)
+        )
     return table
 
 

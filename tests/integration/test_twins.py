@@ -72,6 +72,9 @@ def test_desired_set_while_offline_is_reached_when_the_device_starts(stack: Sett
         assert len(twin_commands(stack, device, start)) == 1
     diff = json.loads(hub_cli(stack, "twin", "diff", "--site", SITE, "--json").stdout)
     assert device not in [one["device"] for one in diff]
+    fleet_rows = json.loads(hub_cli(stack, "devices", "--site", SITE, "--json").stdout)
+    [row] = [one for one in fleet_rows if one["device"] == device]
+    assert row["twin"]["in_sync"] is True and row["twin"]["pending"] == 0
 
 
 def test_a_value_outside_the_range_is_refused_with_exit_2_naming_it(stack: Settings) -> None:

@@ -206,3 +206,17 @@ def test_a_ttl_is_a_duration() -> None:
     assert [parse_duration(text, "--ttl") for text in ("90", "90s", "15m", "1h", "2d")] == [90, 90, 900, 3600, 172800]
     with pytest.raises(ConfigError, match="--ttl 'soon' is not a duration"):
         parse_duration("soon", "--ttl")
+
+
+def test_a_simulated_thermostat_set_to_23_reports_it_and_its_temperature_follows() -> None:
+    from devices.device import DeviceSpec, SimulatedDevice
+
+    device = SimulatedDevice.create(DeviceSpec("th-0001", "thermostat", "mqtt", "s"), seed=3, start_s=0.0)
+    command = Command(id="c", command="set_setpoint", args={"value": 23}, ts=0, expires=10_000)
+    outcome = device.execute(command, 1)
+    assert outcome.ack.status == "ok" and outcome.ack.state["setpoint"] == 23
+    reading = None
+    for second in range(1, 20 * 60):  # twenty simulated minutes, a reading a second
+        reading = device.produce(second * 1000)
+    assert reading is not None and reading.readings["setpoint"] == 23
+    assert abs(float(reading.readings["temperature"]) - 23) < 1.0
