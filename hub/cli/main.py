@@ -16,6 +16,7 @@ SUBCOMMANDS = [
     ("hub.cli.control", "tail"),
     ("hub.cli.control", "commands"),
     ("hub.cli.twin", "twin"),
+    ("hub.cli.twin", "rollouts"),
     ("hub.cli.identity", "provision"),
     ("hub.cli.identity", "revoke"),
     ("hub.cli.identity", "impostors"),

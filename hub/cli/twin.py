@@ -17,8 +17,19 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from hub.control.args import parse_value
-from hub.control.twin import changes, pending_for_ms, publish_changes, read_twins, targets
+from hub.control.args import parse_duration, parse_value
+from hub.control.twin import (
+    build_rollout,
+    changes,
+    parse_percent,
+    parse_stages,
+    pending_for_ms,
+    publish,
+    publish_changes,
+    read_rollouts,
+    read_twins,
+    targets,
+)
 from hub.core.config import load_settings
 from hub.core.contract import SENSOR_PATTERN, Scalar, now_ms, require_identifier
 from hub.core.errors import ConfigError
@@ -97,7 +108,28 @@ def show(device: str, as_json: bool, influx_url: str | None) -> None:
 @click.option("--kind", default=None, help="every device of this kind (from the fleet)")
 @click.option("--site", default=None, help="every device of this site (from the fleet)")
 @click.option("--all", "everyone", is_flag=True, help="every device of the fleet")
-@click.option("--json", "as_json", is_flag=True, help="print the changes published, as JSON")
+@click.option(
+    "--rollout",
+    "rollout",
+    default=None,
+    metavar="SHARES",
+    help="in stages: 10%,50%,100% changes the first 10% of the devices (by name), then 50%, then all",
+)
+@click.option(
+    "--pause",
+    "pause",
+    default="30s",
+    show_default=True,
+    help="with --rollout: the longest wait for a stage to be in sync before the next",
+)
+@click.option(
+    "--abort-failures",
+    "abort_failures",
+    default="5%",
+    show_default=True,
+    help="with --rollout: stop when more than this share of the devices changed so far failed",
+)
+@click.option("--json", "as_json", is_flag=True, help="print the changes published (or the rollout), as JSON")
 @click.option("--amqp-url", default=None, help="RabbitMQ [IOT_AMQP_URL]")
 @_influx_option
 def set_desired(
@@ -105,6 +137,9 @@ def set_desired(
     kind: str | None,
     site: str | None,
     everyone: bool,
+    rollout: str | None,
+    pause: str,
+    abort_failures: str,
     as_json: bool,
     amqp_url: str | None,
     influx_url: str | None,
@@ -121,6 +156,9 @@ def set_desired(
       python -m hub twin set th-0001 setpoint=23
       python -m hub twin set th-0001 th-0002 setpoint=21 interval_ms=5000
       python -m hub twin set --site plant-a --kind power_meter relay=false
+      python -m hub twin set --kind thermostat setpoint=20 --rollout 10%,50%,100% --pause 30s --abort-failures 5%
+
+    A rollout is run by the hub (it goes on after a restart); `python -m hub rollouts` shows it.
     """
     devices = [word for word in words if "=" not in word]
     values: dict[str, Scalar | None] = {}
@@ -134,6 +172,23 @@ def set_desired(
     settings = load_settings(amqp_url=amqp_url, influx_url=influx_url)
     models = load_models(settings.models_file)
     chosen = targets(settings, devices, kind, site, everyone)
+    if rollout is not None:
+        staged = build_rollout(
+            models,
+            chosen,
+            values,
+            parse_stages(rollout),
+            parse_duration(pause, "--pause"),
+            parse_percent(abort_failures, "--abort-failures"),
+        )
+        publish(settings, [staged], lambda message: message.routing_key)
+        if as_json:
+            click.echo(printable_json({"rollout": staged.id, "devices": len(staged.devices), "stages": staged.stages}))
+        else:
+            _console().print(
+                _text(f"rollout {staged.id} of {len(staged.devices)} devices started; see `python -m hub rollouts`")
+            )
+        return
     messages = changes(models, chosen, values)
     publish_changes(settings, messages)
     if as_json:
@@ -208,3 +263,42 @@ def _property_table(twins: Sequence[Twin], now: int, only_delta: bool = False) -
             reported = _value(one.reported[name]) if name in one.reported else "-"
             table.add_row(_text(one.device), _text(name), _text(desired), _text(reported), state, waited)
     return table
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--json", "as_json", is_flag=True, help="a JSON array, one object per rollout, newest first")
+@_influx_option
+def rollouts(as_json: bool, influx_url: str | None) -> None:
+    """Rollouts (`twin set ... --rollout`) and their progress, newest first.
+
+    --json prints objects with id, state (running, completed, aborted), desired, devices, stages,
+    stage (1-based), changed (devices changed so far), in_sync, failed, reason, created_ms and
+    updated_ms.
+    """
+    settings = load_settings(influx_url=influx_url)
+    found = read_rollouts(settings)
+    if as_json:
+        click.echo(printable_json([r.view() for r in found]))
+        return
+    out = _console()
+    if not found:
+        out.print("no rollout yet: `python -m hub twin set --kind K key=value --rollout 10%,50%,100%`")
+        return
+    table = Table()
+    for column in ("rollout", "state", "desired", "stage", "changed", "in sync", "failed", "reason"):
+        table.add_column(column)
+    styles = {"running": "yellow", "completed": "green", "aborted": "red"}
+    for r in found:
+        desired = " ".join(f"{k}={_value(v)}" for k, v in r.desired.items())
+        stage = f"{r.stage + 1} of {len(r.stages)} ({r.stages[r.stage]}%)"
+        table.add_row(
+            _text(r.id),
+            _text(r.state, styles.get(r.state, "")),
+            _text(desired),
+            stage,
+            f"{r.reached} of {len(r.devices)}",
+            str(r.in_sync),
+            str(r.failed),
+            _text(r.reason),
+        )
+    out.print(table)

@@ -20,10 +20,10 @@ import pika.exceptions
 from hub.clients.amqp import close_quietly, connect
 from hub.control.fleet_view import read_fleet
 from hub.core.config import Settings
-from hub.core.contract import EXCHANGE, Desired, Scalar, encode, now_ms, require_identifier
+from hub.core.contract import EXCHANGE, Desired, Rollout, Scalar, encode, now_ms, require_identifier
 from hub.core.errors import BrokerUnavailable, ConfigError
 from hub.core.models import DeviceModels
-from hub.core.twin import Twin, decode_twin
+from hub.core.twin import RolloutState, Twin, decode_rollout, decode_twin
 from hub.outputs.registry import open_reader
 
 
@@ -132,3 +132,67 @@ def pending_for_ms(twin: Twin, now: int) -> int:
     delta = twin.delta
     since = [c.since_ms for name, c in twin.converging.items() if name in delta]
     return max(0, now - min(since)) if since else 0
+
+
+def parse_stages(text: str) -> list[int]:
+    """`10%,50%,100%` -> [10, 50, 100]: rising shares ending at 100."""
+    try:
+        stages = [int(part.strip().rstrip("%")) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--rollout {text!r} is not a list of shares: use e.g. 10%,50%,100%") from None
+    if not stages or stages != sorted(set(stages)) or stages[0] < 1 or stages[-1] != 100:
+        raise ConfigError(f"--rollout {text!r}: shares must rise from at least 1% and end at 100%")
+    return stages
+
+
+def parse_percent(text: str, option: str) -> float:
+    try:
+        value = float(text.strip().rstrip("%"))
+    except ValueError:
+        raise ConfigError(f"{option} {text!r} is not a share: use e.g. 5%") from None
+    if not 0 <= value <= 100:
+        raise ConfigError(f"{option} must be between 0% and 100% (got {text})")
+    return value
+
+
+def build_rollout(
+    models: DeviceModels,
+    chosen: Sequence[Target],
+    values: dict[str, Scalar | None],
+    stages: list[int],
+    pause_s: float,
+    abort_failures: float,
+) -> Rollout:
+    """A validated rollout of `values` over `chosen`, in their order."""
+    desired: dict[str, Scalar] = {}
+    for name, value in values.items():
+        if value is None:
+            raise ConfigError(f"a rollout sets values: {name}=null is not one")
+        desired[name] = value
+    changes(models, chosen, dict(desired))  # validates every device's kind
+    return Rollout(
+        id="ro-" + uuid.uuid4().hex[:12],
+        desired=desired,
+        devices=[(target.device, target.kind) for target in chosen],
+        stages=stages,
+        pause_ms=round(pause_s * 1000),
+        abort_failures=abort_failures,
+        ts=now_ms(),
+    )
+
+
+def read_rollouts(settings: Settings) -> list[RolloutState]:
+    """Every stored rollout, newest first."""
+    reader = open_reader(settings)
+    try:
+        series = reader.rollouts()
+    finally:
+        reader.close()
+    rollouts = []
+    for one in series:
+        for row in one.rows[:1]:
+            try:
+                rollouts.append(decode_rollout(str(row.get("doc") or "")))
+            except ValueError:
+                continue
+    return sorted(rollouts, key=lambda rollout: rollout.created_ms, reverse=True)

@@ -99,6 +99,11 @@ def deferred_key(device: str) -> str:
     return f"twin.command.{require_identifier(device, 'device')}"
 
 
+def rollout_key(rollout: str) -> str:
+    """Where a staged change of many twins goes (`hub twin set ... --rollout`)."""
+    return f"twin.rollout.{require_identifier(rollout, 'rollout')}"
+
+
 def alert_key(severity: Severity, site: str, device: str) -> str:
     if severity not in ("info", "warning", "critical"):
         raise InvalidIdentifier(f"severity {severity!r} is not one of info, warning, critical")
@@ -254,12 +259,33 @@ class Deferred(msgspec.Struct, frozen=True, kw_only=True):
         return deferred_key(self.device)
 
 
-Message = Reading | Presence | Command | Ack | Alert | Desired | Deferred
-M = TypeVar("M", Reading, Presence, Command, Ack, Alert, Desired, Deferred)
+class Rollout(msgspec.Struct, frozen=True, kw_only=True):
+    """A change of many twins in stages (routing key `twin.rollout.<id>`): `desired` goes to the
+    first `stages[0]` percent of `devices` (in their order), then, once they are in sync or
+    `pause_ms` has passed, to the next share; the rollout stops when more than `abort_failures`
+    percent of the devices changed so far failed."""
+
+    v: Literal[1] = 1
+    id: Identifier
+    desired: dict[SensorName, Scalar]
+    #: (device, kind) pairs, in the order they are changed.
+    devices: list[tuple[Identifier, Identifier]]
+    stages: list[Annotated[int, msgspec.Meta(ge=1, le=100)]]
+    pause_ms: Annotated[int, msgspec.Meta(ge=0)]
+    abort_failures: Annotated[float, msgspec.Meta(ge=0, le=100)]
+    ts: EpochMs
+
+    @property
+    def routing_key(self) -> str:
+        return rollout_key(self.id)
+
+
+Message = Reading | Presence | Command | Ack | Alert | Desired | Deferred | Rollout
+M = TypeVar("M", Reading, Presence, Command, Ack, Alert, Desired, Deferred, Rollout)
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
-    cls: msgspec.json.Decoder(cls) for cls in (Reading, Presence, Command, Ack, Alert, Desired, Deferred)
+    cls: msgspec.json.Decoder(cls) for cls in (Reading, Presence, Command, Ack, Alert, Desired, Deferred, Rollout)
 }
 
 

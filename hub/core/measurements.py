@@ -12,10 +12,19 @@ ALERTS_MEASUREMENT = "alerts"
 COMMANDS_MEASUREMENT = "commands"
 #: Each device's twin, one row per change (one writer: the twin service).
 TWINS_MEASUREMENT = "twins"
+#: Each rollout's progress, one row per change (one writer: the twin service).
+ROLLOUTS_MEASUREMENT = "rollouts"
 #: The monitor's statistics of each service.
 STATS_MEASUREMENT = "hub_stats"
 HUB_MEASUREMENTS = frozenset(
-    {STATUS_MEASUREMENT, ALERTS_MEASUREMENT, COMMANDS_MEASUREMENT, STATS_MEASUREMENT, TWINS_MEASUREMENT}
+    {
+        STATUS_MEASUREMENT,
+        ALERTS_MEASUREMENT,
+        COMMANDS_MEASUREMENT,
+        STATS_MEASUREMENT,
+        TWINS_MEASUREMENT,
+        ROLLOUTS_MEASUREMENT,
+    }
 )
 
 

@@ -145,3 +145,68 @@ def command_id(device: str, prop: str, change: int, attempt: int) -> str:
     command sent again in the moment before its record was stored is the same command."""
     digest = hashlib.sha256(f"{device}/{prop}/{change}/{attempt}".encode()).hexdigest()
     return f"tw-{digest[:32]}"
+
+
+#: A rollout's states: changing its stages, done with every stage, or stopped for its failures.
+RUNNING, COMPLETED, ABORTED = "running", "completed", "aborted"
+
+
+class RolloutState(msgspec.Struct, kw_only=True):
+    """A staged change of many twins, as the twin service runs and stores it (`rollouts`)."""
+
+    id: str
+    desired: dict[str, Scalar]
+    #: (device, kind) pairs, in the order they are changed.
+    devices: list[tuple[str, str]]
+    #: Cumulative shares in percent (10, 50, 100).
+    stages: list[int]
+    pause_ms: int
+    abort_failures: float
+    state: str = RUNNING
+    #: The stage under way (0-based); its devices are `devices[:reached]`.
+    stage: int = 0
+    reached: int = 0
+    stage_started_ms: int = 0
+    in_sync: int = 0
+    failed: int = 0
+    reason: str = ""
+    created_ms: int = 0
+    updated_ms: int = 0
+
+    def view(self) -> dict[str, object]:
+        """What `hub rollouts --json` prints for it."""
+        return {
+            "id": self.id,
+            "state": self.state,
+            "desired": self.desired,
+            "devices": len(self.devices),
+            "stages": self.stages,
+            "stage": self.stage + 1,
+            "changed": self.reached,
+            "in_sync": self.in_sync,
+            "failed": self.failed,
+            "reason": self.reason,
+            "created_ms": self.created_ms,
+            "updated_ms": self.updated_ms,
+        }
+
+
+_rollout_encoder = msgspec.json.Encoder()
+_rollout_decoder = msgspec.json.Decoder(RolloutState)
+
+
+def encode_rollout(rollout: RolloutState) -> str:
+    return _rollout_encoder.encode(rollout).decode()
+
+
+def decode_rollout(doc: str) -> RolloutState:
+    """A stored rollout; `ValueError` if `doc` is not one."""
+    try:
+        return _rollout_decoder.decode(doc)
+    except msgspec.MsgspecError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def stage_size(total: int, percent: int) -> int:
+    """How many of `total` devices a cumulative share of `percent` covers (at least one)."""
+    return min(total, max(1, -(-total * percent // 100)))

@@ -10,7 +10,13 @@ from typing import Any
 from hub.clients.influx import InfluxHttp, Series
 from hub.core.config import Settings
 from hub.core.contract import require_identifier
-from hub.core.measurements import COMMANDS_MEASUREMENT, STATUS_MEASUREMENT, TWINS_MEASUREMENT, is_kind_measurement
+from hub.core.measurements import (
+    COMMANDS_MEASUREMENT,
+    ROLLOUTS_MEASUREMENT,
+    STATUS_MEASUREMENT,
+    TWINS_MEASUREMENT,
+    is_kind_measurement,
+)
 from hub.core.points import Point
 from hub.outputs.base import MAX_COMMAND_ROWS
 from hub.outputs.lineprotocol import lines_payload
@@ -52,6 +58,12 @@ class InfluxV1Reader:
 
     def twins(self) -> list[Series]:
         [series] = self.client.query(f'SELECT * FROM "{TWINS_MEASUREMENT}" {NEWEST_PER_DEVICE}')
+        return series
+
+    def rollouts(self) -> list[Series]:
+        [series] = self.client.query(
+            f'SELECT * FROM "{ROLLOUTS_MEASUREMENT}" GROUP BY "rollout" ORDER BY time DESC LIMIT 1'
+        )
         return series
 
     def newest_readings(self) -> list[Series]:

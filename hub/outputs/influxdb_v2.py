@@ -15,7 +15,13 @@ from hub.clients.influx import REQUEST_TIMEOUT_S, Series
 from hub.core.config import InfluxAccount, Settings
 from hub.core.contract import require_identifier
 from hub.core.errors import ConfigError, PointsRejected, StorageUnavailable
-from hub.core.measurements import COMMANDS_MEASUREMENT, HUB_MEASUREMENTS, STATUS_MEASUREMENT, TWINS_MEASUREMENT
+from hub.core.measurements import (
+    COMMANDS_MEASUREMENT,
+    HUB_MEASUREMENTS,
+    ROLLOUTS_MEASUREMENT,
+    STATUS_MEASUREMENT,
+    TWINS_MEASUREMENT,
+)
 from hub.core.points import Point
 from hub.outputs.base import MAX_COMMAND_ROWS
 from hub.outputs.lineprotocol import lines_payload
@@ -117,6 +123,17 @@ def flux_twins(bucket: str) -> str:
     return flux_newest_per_device(bucket, f"r._measurement == {flux_string(TWINS_MEASUREMENT)}")
 
 
+def flux_rollouts(bucket: str) -> str:
+    return (
+        f"from(bucket: {flux_string(bucket)})\n"
+        "  |> range(start: 0)\n"
+        f"  |> filter(fn: (r) => r._measurement == {flux_string(ROLLOUTS_MEASUREMENT)})\n"
+        "  |> last()\n"
+        '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
+        '  |> group(columns: ["rollout"])'
+    )
+
+
 def flux_newest_readings(bucket: str) -> str:
     not_hub = " and ".join(f"r._measurement != {flux_string(name)}" for name in sorted(HUB_MEASUREMENTS))
     return flux_newest_per_device(bucket, f'{not_hub} and exists r.device and r.device != ""')
@@ -174,6 +191,12 @@ class InfluxV2Reader:
 
     def twins(self) -> list[Series]:
         return series_by_device(self._query(flux_twins(self.bucket)))
+
+    def rollouts(self) -> list[Series]:
+        return [
+            Series(ROLLOUTS_MEASUREMENT, {"rollout": str(values.get("rollout") or "")}, [row_of(values)])
+            for values in self._query(flux_rollouts(self.bucket))
+        ]
 
     def newest_readings(self) -> list[Series]:
         return series_by_device(self._query(flux_newest_readings(self.bucket)))

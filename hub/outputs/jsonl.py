@@ -69,6 +69,9 @@ class JsonLinesReader:
     def twins(self) -> list[Series]:
         self._unreadable("the device twins")
 
+    def rollouts(self) -> list[Series]:
+        self._unreadable("the rollouts")
+
     def newest_readings(self) -> list[Series]:
         self._unreadable("the fleet")
 

@@ -54,6 +54,9 @@ class InfluxReader:
     def twins(self) -> list[Series]:
         return self._resolved().twins()
 
+    def rollouts(self) -> list[Series]:
+        return self._resolved().rollouts()
+
     def newest_readings(self) -> list[Series]:
         return self._resolved().newest_readings()
 

@@ -8,14 +8,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from devices.fleet import Fleet
 from hub.clients.management import read_subscribed_devices
+from hub.control.fleet_view import read_fleet
 from hub.control.twin import read_twins
 from hub.core.config import Settings
 from hub.core.contract import now_ms
 from hub.core.twin import Twin
-from tests.support import REPO, hub_cli, hub_process, influx_query, settings_environment, wait_until
+from tests.support import REPO, fleet_credentials, hub_cli, hub_process, influx_query, settings_environment, wait_until
 
 SITE = "plant-twins"
 INTERVAL_S = 0.5
@@ -199,3 +201,96 @@ def test_a_command_with_a_ttl_waits_for_its_device_and_another_expires(stack: Se
         assert answered["status"] == "ok" and answered["detail"] == "pong"
         wait_until(lambda: history(stack, device).get(answered["id"]) == "ok", 30, 1.0)
         assert fleet.device(device).interval_ms != 700, "the expired command was never carried out"
+
+
+ROLLOUT_SITE = "plant-rollout"
+#: The hub's models give environment devices a setpoint; the simulated ones answer `unsupported`.
+MODELS_WITH_AN_ENVIRONMENT_SETPOINT = """
+kinds:
+  environment:
+    prefix: env
+    sensors:
+      temperature: {unit: °C, type: number, range: [-40, 85]}
+      humidity: {unit: "%RH", type: number, range: [0, 100]}
+      pressure: {unit: hPa, type: number, range: [300, 1100]}
+    commands:
+      set_setpoint:
+        args:
+          value: {type: number, minimum: 5, maximum: 35}
+        required: [value]
+    properties:
+      setpoint: {command: set_setpoint, arg: value}
+"""
+
+
+def rollout_view(settings: Settings, rollout: str, models: Path) -> dict[str, Any] | None:
+    done = hub_cli(settings, "rollouts", "--json", IOT_MODELS_FILE=str(models))
+    assert done.returncode == 0, done.stderr
+    return next((one for one in json.loads(done.stdout) if one["id"] == rollout), None)
+
+
+def rollout_ended(settings: Settings, rollout: str, models: Path) -> dict[str, Any] | None:
+    view = rollout_view(settings, rollout, models)
+    return view if view is not None and view["state"] != "running" else None
+
+
+def test_a_rollout_stops_at_its_first_stage_when_those_devices_fail_and_one_without_failures_completes(
+    stack: Settings, tmp_path: Path
+) -> None:
+    fleet_credentials(stack, 18, kinds=["thermostat"])
+    models = tmp_path / "models.yaml"
+    models.write_text(MODELS_WITH_AN_ENVIRONMENT_SETPOINT)
+    env = {"IOT_MODELS_FILE": str(models)}
+    with (
+        hub_process(stack, tmp_path, **env),
+        Fleet(stack, count=2, kinds=["environment"], site=ROLLOUT_SITE) as failing,
+        Fleet(stack, count=18, kinds=["thermostat"], site=ROLLOUT_SITE) as thermostats,
+    ):
+        devices = [d.device_id for d in [*failing.devices, *thermostats.devices]]
+
+        def all_here() -> bool:
+            at_site = {view.device for view in read_fleet(stack) if view.site == ROLLOUT_SITE and view.online}
+            online = {t.device for t in read_twins(stack) if t.online and t.site == ROLLOUT_SITE}
+            return set(devices) <= at_site & online
+
+        wait_until(all_here, 60, 1.0)
+        value = 26.5
+        rollout_args = ("--rollout", "10%,50%,100%", "--pause", "60s", "--abort-failures", "5%", "--json")
+        first = hub_cli(
+            stack,
+            "twin",
+            "set",
+            "--site",
+            ROLLOUT_SITE,
+            f"setpoint={value}",
+            *rollout_args,
+            IOT_MODELS_FILE=str(models),
+        )
+        assert first.returncode == 0, first.stderr
+        started = json.loads(first.stdout)
+        assert started["devices"] == 20
+        aborted = wait_until(lambda: rollout_ended(stack, started["rollout"], models), 90, 1.0)
+        assert (aborted["state"], aborted["stage"], aborted["changed"], aborted["failed"]) == ("aborted", 1, 2, 2)
+        assert all(d.model.state()["setpoint"] != value for d in thermostats.devices), "no later stage was changed"
+
+        second = hub_cli(
+            stack,
+            "twin",
+            "set",
+            "--site",
+            ROLLOUT_SITE,
+            "--kind",
+            "thermostat",
+            f"setpoint={value}",
+            *rollout_args,
+            IOT_MODELS_FILE=str(models),
+        )
+        assert second.returncode == 0, second.stderr
+        completed = wait_until(lambda: rollout_ended(stack, json.loads(second.stdout)["rollout"], models), 180, 1.0)
+        assert (completed["state"], completed["changed"], completed["in_sync"], completed["failed"]) == (
+            "completed",
+            18,
+            18,
+            0,
+        )
+        assert all(d.model.state()["setpoint"] == value for d in thermostats.devices)

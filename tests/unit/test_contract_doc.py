@@ -27,7 +27,13 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "contract.md"
 
 #: Placeholders of the routing table, and the values they are filled with.
-PLACEHOLDERS = {"<site>": "plant-a", "<kind>": "environment", "<device>": "env-0007", "<severity>": "warning"}
+PLACEHOLDERS = {
+    "<site>": "plant-a",
+    "<kind>": "environment",
+    "<device>": "env-0007",
+    "<severity>": "warning",
+    "<rollout>": "ro-3f2a1b0c9d8e",
+}
 
 #: The label after ```json -> the type its example must decode as.
 BODIES: dict[str, type[Any]] = {
@@ -38,6 +44,7 @@ BODIES: dict[str, type[Any]] = {
     "alert": contract.Alert,
     "desired": contract.Desired,
     "deferred": contract.Deferred,
+    "rollout": contract.Rollout,
 }
 
 
@@ -179,6 +186,7 @@ ROUTING: dict[str, Callable[[], str]] = {
     "alert": lambda: contract.alert_key("warning", PLACEHOLDERS["<site>"], PLACEHOLDERS["<device>"]),
     "desired": lambda: contract.desired_key(PLACEHOLDERS["<device>"]),
     "deferred": lambda: contract.deferred_key(PLACEHOLDERS["<device>"]),
+    "rollout": lambda: contract.rollout_key(PLACEHOLDERS["<rollout>"]),
 }
 
 

@@ -154,6 +154,9 @@ class _NothingSettled:
     def twins(self) -> list[Series]:
         return []
 
+    def rollouts(self) -> list[Series]:
+        return []
+
     def newest_readings(self) -> list[Series]:
         return []
 

@@ -138,6 +138,9 @@ class _Recorded:
     def twins(self) -> list[Series]:
         return []
 
+    def rollouts(self) -> list[Series]:
+        return []
+
     def newest_readings(self) -> list[Series]:
         return []
 

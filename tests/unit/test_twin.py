@@ -8,10 +8,10 @@ from typing import Literal
 import pytest
 
 from hub.clients.influx import Series
-from hub.core.contract import Ack, Command, Deferred, Desired, Presence
+from hub.core.contract import Ack, Command, Deferred, Desired, Presence, Rollout
 from hub.core.errors import ConfigError
 from hub.core.models import default_models
-from hub.core.twin import FAILED, command_id
+from hub.core.twin import ABORTED, COMPLETED, FAILED, command_id
 from hub.services.twin.book import (
     ACK_GRACE_MS,
     COMMAND_TTL_MS,
@@ -21,7 +21,7 @@ from hub.services.twin.book import (
     TwinBook,
     backoff_ms,
 )
-from hub.services.twin.stored import twin_point, twins_from_series
+from hub.services.twin.stored import rollout_point, rollouts_from_series, twin_point, twins_from_series
 
 DEVICE = "th-0001"
 
@@ -220,3 +220,88 @@ def test_a_simulated_thermostat_set_to_23_reports_it_and_its_temperature_follows
         reading = device.produce(second * 1000)
     assert reading is not None and reading.readings["setpoint"] == 23
     assert abs(float(reading.readings["temperature"]) - 23) < 1.0
+
+
+def _rollout_fleet(book: TwinBook, count: int) -> list[str]:
+    devices = [f"th-{n:04d}" for n in range(1, count + 1)]
+    for device in devices:
+        book.on_status(
+            Presence(
+                device=device, state="online", protocol="mqtt", kind="thermostat", site="s", interval_ms=1000, ts=0
+            ),
+            0,
+        )
+    book.take(0)
+    return devices
+
+
+def _answer_all(book: TwinBook, now: int, refuse: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    for send in book.take(now).sends:
+        status = "unsupported" if send.device in refuse else "ok"
+        state = {} if send.device in refuse else {"setpoint": send.command.args["value"]}
+        book.on_ack(
+            Ack(id=send.command.id, device=send.device, status=status, state=state, ts=now),  # type: ignore[arg-type]
+            now,
+        )
+
+
+def _rollout(devices: list[str], pause_ms: int = 30_000) -> Rollout:
+    return Rollout(
+        id="r1",
+        desired={"setpoint": 20},
+        devices=[(device, "thermostat") for device in devices],
+        stages=[10, 50, 100],
+        pause_ms=pause_ms,
+        abort_failures=5,
+        ts=0,
+    )
+
+
+def test_a_rollout_whose_first_devices_fail_stops_at_the_first_stage() -> None:
+    book = TwinBook(default_models())
+    devices = _rollout_fleet(book, 20)
+    book.on_rollout(_rollout(devices), 1)
+    for now in range(1, 120_000, 1_000):
+        _answer_all(book, now, refuse={"th-0001", "th-0002"})
+        book.due(now)
+    rollout = book.rollouts["r1"]
+    assert (rollout.state, rollout.stage, rollout.reached, rollout.failed) == (ABORTED, 0, 2, 2)
+    assert [d for d in devices if book.twins[d].desired] == ["th-0001", "th-0002"]
+    assert "2 of 2 devices failed at stage 1" in rollout.reason
+
+
+def test_a_rollout_goes_stage_by_stage_and_completes_and_goes_on_after_a_restart() -> None:
+    book = TwinBook(default_models())
+    devices = _rollout_fleet(book, 20)
+    book.on_rollout(_rollout(devices), 1)
+    out = book.take(1)
+    assert len(out.sends) == 2 and [r.reached for r in out.rollouts] == [2]
+    stored = [rollout_point(out.rollouts[0])]
+    twins = [twin_point(t) for t in book.twins.values()]
+    restarted = TwinBook(default_models())
+    restarted.seed(twins_from_series([Series("twins", {}, [{"time": p.ts_ms, **p.fields}]) for p in twins]), 2)
+    restarted.seed_rollouts(
+        rollouts_from_series([Series("rollouts", {}, [{"time": p.ts_ms, **p.fields}]) for p in stored])
+    )
+    for send in out.sends:  # the acks of what the first hub sent reach the restarted one
+        restarted.on_ack(Ack(id=send.command.id, device=send.device, status="ok", state={"setpoint": 20}, ts=3), 3)
+    stages = [restarted.rollouts["r1"].reached]
+    for now in range(3, 60_000, 500):
+        restarted.due(now)
+        _answer_all(restarted, now)
+        stages.append(restarted.rollouts["r1"].reached)
+    rollout = restarted.rollouts["r1"]
+    assert rollout.state == COMPLETED and rollout.in_sync == 20
+    assert sorted(set(stages)) == [2, 10, 20]
+    assert all(restarted.twins[d].in_sync for d in devices)
+
+
+def test_a_stage_that_does_not_sync_goes_on_when_its_pause_ends() -> None:
+    book = TwinBook(default_models())
+    devices = _rollout_fleet(book, 10)
+    book.on_rollout(_rollout(devices, pause_ms=5_000), 1)
+    book.take(1)  # sent, never answered
+    book.due(4_000)
+    assert book.rollouts["r1"].reached == 1
+    book.due(5_002)
+    assert book.rollouts["r1"].reached == 5

@@ -19,25 +19,31 @@ in `commands` when their device did not come back before their expiry.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.core.contract import Ack, Command, Deferred, Desired, Presence, Scalar, is_identifier
+from hub.core.contract import Ack, Command, Deferred, Desired, Presence, Rollout, Scalar, is_identifier
 from hub.core.errors import ConfigError
 from hub.core.models import DeviceModels
 from hub.core.points import Point
 from hub.core.twin import (
+    ABORTED,
+    COMPLETED,
     FAILED,
     MAX_APPLIED,
     PENDING,
     QUEUED,
+    RUNNING,
     SENT,
     Convergence,
+    RolloutState,
     Twin,
     Waiting,
     command_id,
     same,
+    stage_size,
 )
 
 #: Attempts at one change before the property is `failed` for want of an answer.
@@ -79,6 +85,7 @@ class Out:
     """What the events since the last `take` caused: the twins to store, commands to send, other points."""
 
     twins: list[Twin] = field(default_factory=list)
+    rollouts: list[RolloutState] = field(default_factory=list)
     sends: list[Send] = field(default_factory=list)
     points: list[Point] = field(default_factory=list)
     #: For the metrics: ("twin_command", property) and ("twin_failed", property).
@@ -91,6 +98,8 @@ class TwinBook:
     def __init__(self, models: DeviceModels) -> None:
         self.models = models
         self.twins: dict[str, Twin] = {}
+        self.rollouts: dict[str, RolloutState] = {}
+        self._changed_rollouts: set[str] = set()
         self._changed: set[str] = set()
         self._touched: set[str] = set()
         self._out = Out()
@@ -103,6 +112,10 @@ class TwinBook:
         for twin in twins:
             twin.last_seen_ms = now_ms
             self.twins[twin.device] = twin
+
+    def seed_rollouts(self, rollouts: Iterable[RolloutState]) -> None:
+        for rollout in rollouts:
+            self.rollouts[rollout.id] = rollout
 
     def heard_from_all(self, now_ms: int) -> None:
         for twin in self.twins.values():
@@ -140,6 +153,27 @@ class TwinBook:
                 if name in twin.desired:  # a new change: attempts start afresh, under a new command id
                     twin.converging[name] = Convergence(change=twin.version, since_ms=now_ms)
         self._mark(twin, stored=True)
+
+    def on_rollout(self, rollout: Rollout, now_ms: int) -> None:
+        """Start a rollout once (by its id); a value a device's kind cannot take is a `ConfigError`."""
+        for _device, kind in rollout.devices:
+            for name, value in rollout.desired.items():
+                self.models.validate_property(kind, name, value)
+        if rollout.id in self.rollouts:
+            return
+        if not rollout.devices or not rollout.stages or not rollout.desired:
+            raise ConfigError("a rollout needs devices, stages and desired values")
+        state = RolloutState(
+            id=rollout.id,
+            desired=dict(rollout.desired),
+            devices=[(device, kind) for device, kind in rollout.devices],
+            stages=sorted(set(rollout.stages)),
+            pause_ms=rollout.pause_ms,
+            abort_failures=rollout.abort_failures,
+            created_ms=now_ms,
+        )
+        self.rollouts[state.id] = state
+        self._start_stage(state, 0, now_ms)
 
     def on_deferred(self, deferred: Deferred, now_ms: int) -> None:
         twin = self._twin(deferred.device)
@@ -205,6 +239,9 @@ class TwinBook:
     def due(self, now_ms: int) -> None:
         """Silence, expiries, timeouts and retries of every twin."""
         self._touched.update(self.twins)
+        for rollout in self.rollouts.values():
+            if rollout.state == RUNNING:
+                self._step(rollout, now_ms)
         for twin in self.twins.values():
             if twin.online and now_ms - twin.last_seen_ms > self._silence_ms(twin):
                 twin.online = False
@@ -222,7 +259,57 @@ class TwinBook:
             twin.updated_ms = max(now_ms, twin.updated_ms + 1)
             out.twins.append(twin)
         self._changed.clear()
+        for rollout_id in sorted(self._changed_rollouts):
+            rollout = self.rollouts[rollout_id]
+            rollout.updated_ms = max(now_ms, rollout.updated_ms + 1)
+            out.rollouts.append(rollout)
+        self._changed_rollouts.clear()
         return out
+
+    # --- rollouts ------------------------------------------------------------------------------
+
+    def _start_stage(self, rollout: RolloutState, stage: int, now_ms: int) -> None:
+        """Change the twins of the devices `stage` adds (each change keyed by rollout and device)."""
+        size = stage_size(len(rollout.devices), rollout.stages[stage])
+        for device, kind in rollout.devices[rollout.reached : size]:
+            change_id = "ro-" + hashlib.sha256(f"{rollout.id}/{device}".encode()).hexdigest()[:32]
+            self.on_desired(
+                Desired(id=change_id, device=device, kind=kind, desired=dict(rollout.desired), ts=now_ms), now_ms
+            )
+        rollout.stage, rollout.reached, rollout.stage_started_ms = stage, size, now_ms
+        self._changed_rollouts.add(rollout.id)
+
+    def _step(self, rollout: RolloutState, now_ms: int) -> None:
+        """Count the devices changed so far; stop on too many failures, go on when the stage is in sync
+        or its pause is over."""
+        in_sync = failed = 0
+        for device, _kind in rollout.devices[: rollout.reached]:
+            twin = self.twins.get(device)
+            if twin is None:
+                continue
+            if all(same(twin.reported.get(n), v) for n, v in rollout.desired.items()):
+                in_sync += 1
+            elif any(n in twin.failed for n in rollout.desired):
+                failed += 1
+        if (in_sync, failed) != (rollout.in_sync, rollout.failed):
+            rollout.in_sync, rollout.failed = in_sync, failed
+            self._changed_rollouts.add(rollout.id)
+        if failed * 100 > rollout.abort_failures * rollout.reached:
+            rollout.state = ABORTED
+            rollout.reason = (
+                f"{failed} of {rollout.reached} devices failed at stage {rollout.stage + 1}"
+                f" (more than {rollout.abort_failures:g}%)"
+            )
+            self._changed_rollouts.add(rollout.id)
+            return
+        if in_sync + failed < rollout.reached and now_ms < rollout.stage_started_ms + rollout.pause_ms:
+            return
+        if rollout.stage + 1 >= len(rollout.stages):
+            if in_sync + failed >= rollout.reached:
+                rollout.state = COMPLETED
+                self._changed_rollouts.add(rollout.id)
+            return
+        self._start_stage(rollout, rollout.stage + 1, now_ms)
 
     # --- the decisions ---------------------------------------------------------------------------
 

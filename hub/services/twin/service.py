@@ -26,6 +26,7 @@ from hub.core.contract import (
     Deferred,
     Desired,
     Presence,
+    Rollout,
     command_key,
     decode,
     decode_reading,
@@ -41,7 +42,7 @@ from hub.runtime import topology
 from hub.runtime.delivery import Delivery
 from hub.runtime.handler import NOTHING, ROLE_ACTIVE, ROLE_STANDBY, Effects, Publish
 from hub.services.twin.book import Out, TwinBook
-from hub.services.twin.stored import recorded_twins, twin_point
+from hub.services.twin.stored import recorded_rollouts, recorded_twins, rollout_point, twin_point
 
 #: How often every twin is looked at (retries, expiries, silence).
 CONVERGE_CHECK_S = 1.0
@@ -84,6 +85,7 @@ class TwinHandler:
     def on_consuming(self, now_ms: int) -> None:
         if not self.seeded:
             self.book.seed(recorded_twins(self.reader), now_ms)
+            self.book.seed_rollouts(recorded_rollouts(self.reader))
             self.seeded = True
         self.book.heard_from_all(now_ms)
         self.delivered = 0
@@ -117,6 +119,14 @@ class TwinHandler:
                 book.on_desired(change, now)
             except ConfigError as exc:
                 raise InvalidMessage(BAD_DESIRED_REASON, str(exc)) from None
+        elif prefix == "twin.rollout":
+            rollout = decode(delivery.body, Rollout)
+            if rollout.id != device:
+                raise InvalidMessage("routing_mismatch", f"body names rollout {rollout.id}, routed as {key}")
+            try:
+                book.on_rollout(rollout, now)
+            except ConfigError as exc:
+                raise InvalidMessage(BAD_DESIRED_REASON, str(exc)) from None
         elif prefix == "twin.command":
             deferred = decode(delivery.body, Deferred)
             _check_routing(deferred.device, device, key)
@@ -143,6 +153,8 @@ class TwinHandler:
             self.was_standby = False
             self.book.twins.clear()
             self.book.seed(recorded_twins(self.reader), now_ms)
+            self.book.rollouts.clear()
+            self.book.seed_rollouts(recorded_rollouts(self.reader))
         if not self.active:
             return NOTHING
         if now_ms >= self.next_check:
@@ -152,7 +164,7 @@ class TwinHandler:
 
     @staticmethod
     def _effects(out: Out) -> Effects:
-        if not (out.twins or out.sends or out.points or out.events):
+        if not (out.twins or out.rollouts or out.sends or out.points or out.events):
             return NOTHING
         publishes = [
             Publish(
@@ -170,7 +182,7 @@ class TwinHandler:
             )
             for send in out.sends
         ]
-        points = [*out.points, *(twin_point(twin) for twin in out.twins)]
+        points = [*out.points, *map(twin_point, out.twins), *map(rollout_point, out.rollouts)]
         return Effects(points=points, publishes=publishes, events=out.events)
 
 

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from hub.clients.influx import Series
 from hub.core.contract import is_identifier
 from hub.core.errors import StorageUnavailable, Unreadable
-from hub.core.measurements import TWINS_MEASUREMENT
+from hub.core.measurements import ROLLOUTS_MEASUREMENT, TWINS_MEASUREMENT
 from hub.core.points import Point
-from hub.core.twin import Twin, decode_twin, encode_twin
+from hub.core.twin import RolloutState, Twin, decode_rollout, decode_twin, encode_rollout, encode_twin
 from hub.outputs.base import Reader
 
 log = logging.getLogger(__name__)
@@ -71,3 +71,44 @@ def recorded_twins(reader: Reader) -> list[Twin]:
     except OSError as exc:
         raise StorageUnavailable(f"cannot read the stored twins: {exc}") from exc
     return []
+
+
+def rollout_point(rollout: RolloutState) -> Point:
+    """A row of `rollouts`: tag `rollout`; fields `doc` (the rollout as JSON), `state`, `stage`,
+    `changed`, `in_sync`, `failed`."""
+    return Point(
+        ROLLOUTS_MEASUREMENT,
+        {"rollout": rollout.id},
+        {
+            "doc": encode_rollout(rollout),
+            "state": rollout.state,
+            "stage": rollout.stage + 1,
+            "changed": rollout.reached,
+            "in_sync": rollout.in_sync,
+            "failed": rollout.failed,
+        },
+        rollout.updated_ms,
+    )
+
+
+def rollouts_from_series(series: Iterable[Series]) -> list[RolloutState]:
+    rollouts = []
+    for one in series:
+        for row in one.rows[:1]:
+            try:
+                rollouts.append(decode_rollout(str(row.get("doc") or "")))
+            except ValueError as exc:
+                log.warning(
+                    "service=twin event=unreadable_rollout rollout=%r error=%r", one.tags.get("rollout"), str(exc)
+                )
+    return rollouts
+
+
+def recorded_rollouts(reader: Reader) -> list[RolloutState]:
+    """Every stored rollout (running ones go on); as `recorded_twins` when storage does not answer."""
+    try:
+        return rollouts_from_series(reader.rollouts())
+    except Unreadable:
+        return []
+    except OSError as exc:
+        raise StorageUnavailable(f"cannot read the stored rollouts: {exc}") from exc
