@@ -6,12 +6,15 @@ import itertools
 from typing import Literal
 
 import pytest
+from pika.spec import Basic, BasicProperties
 
 from hub.clients.influx import Series
-from hub.core.contract import Ack, Command, Deferred, Desired, Presence, Rollout
-from hub.core.errors import ConfigError
+from hub.core.contract import Ack, Command, Deferred, Desired, Presence, Rollout, encode
+from hub.core.errors import ConfigError, InvalidMessage
 from hub.core.models import default_models
 from hub.core.twin import ABORTED, COMPLETED, FAILED, command_id
+from hub.runtime.delivery import Delivery
+from hub.runtime.handler import NOTHING, ROLE_ACTIVE, ROLE_STANDBY
 from hub.services.twin.book import (
     ACK_GRACE_MS,
     COMMAND_TTL_MS,
@@ -21,6 +24,7 @@ from hub.services.twin.book import (
     TwinBook,
     backoff_ms,
 )
+from hub.services.twin.service import TwinHandler
 from hub.services.twin.stored import rollout_point, rollouts_from_series, twin_point, twins_from_series
 
 DEVICE = "th-0001"
@@ -305,3 +309,55 @@ def test_a_stage_that_does_not_sync_goes_on_when_its_pause_ends() -> None:
     assert book.rollouts["r1"].reached == 1
     book.due(5_002)
     assert book.rollouts["r1"].reached == 5
+
+
+class _StoredTwins:
+    """A reader of what `twins` holds (the read side's protocol, in memory)."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.rows: list[Series] = []
+
+    def twins(self) -> list[Series]:
+        return self.rows
+
+    def rollouts(self) -> list[Series]:
+        return []
+
+    def device_states(self) -> list[Series]:
+        return []
+
+    def newest_readings(self) -> list[Series]:
+        return []
+
+    def commands(self, since_s: int, **_: object) -> list[dict[str, object]]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def _delivery(routing_key: str, body: bytes, tag: int = 1) -> Delivery:
+    return Delivery(Basic.Deliver(delivery_tag=tag, routing_key=routing_key), BasicProperties(), body, "hub.twin")
+
+
+def test_the_handler_stores_a_change_refuses_a_bad_one_and_a_standby_takes_over_from_what_is_stored() -> None:
+    reader = _StoredTwins()
+    active = TwinHandler(TwinBook(default_models()), reader)
+    active.on_consuming(0)
+    with pytest.raises(InvalidMessage) as refused:
+        active.handle(_delivery("twin.desired.th-0001", encode(desired(99))))
+    assert refused.value.reason == "twin_property" and "from 5 to 35" in refused.value.detail
+    effects = active.handle(_delivery("twin.desired.th-0001", encode(desired(23)), tag=2))
+    [point] = effects.points
+    assert point.measurement == "twins" and not effects.hold
+    reader.rows = [Series("twins", {"device": DEVICE}, [{"time": point.ts_ms, **point.fields}])]
+
+    standby = TwinHandler(TwinBook(default_models()), _StoredTwins())
+    standby.on_consuming(0)
+    standby.handle(_delivery(f"telemetry.s.thermostat.{DEVICE}", b"", tag=1)._replace(queue=standby._side_queue))
+    assert standby.tick(1_000, ROLE_STANDBY) is NOTHING
+    standby.reader = reader
+    standby.tick(2_000, ROLE_ACTIVE)  # the broker made it active: it starts from what the other stored
+    assert standby.book.twins[DEVICE].desired == {"setpoint": 23}
