@@ -361,3 +361,20 @@ def test_the_handler_stores_a_change_refuses_a_bad_one_and_a_standby_takes_over_
     standby.reader = reader
     standby.tick(2_000, ROLE_ACTIVE)  # the broker made it active: it starts from what the other stored
     assert standby.book.twins[DEVICE].desired == {"setpoint": 23}
+
+
+def test_the_dashboard_shows_a_twin_property_by_property() -> None:
+    from hub.dashboard.queries import twin_rows
+
+    book = TwinBook(default_models())
+    book.on_status(status("online", 0), 0)
+    book.on_desired(desired(23), 0)
+    book.take(0)
+    point = twin_point(book.twins[DEVICE])
+    shown = twin_rows([Series("twins", {"device": DEVICE}, [{"time": point.ts_ms, **point.fields}])])
+    assert shown is not None and shown["in_sync"] is False
+    assert shown["properties"] == [
+        {"name": "interval_ms", "desired": None, "reported": 1000, "state": "reported"},
+        {"name": "setpoint", "desired": 23, "reported": None, "state": "sent"},
+    ]
+    assert twin_rows([]) is None
