@@ -45,6 +45,7 @@ bench: $(VENV)/.installed
 	$(PY) -m bench.record bench.fanout
 	$(PY) -m bench.record bench.cluster_compare
 	$(PY) -m bench.record bench.hub_throughput
+	$(PY) -m bench.record bench.twins
 
 stack-up: $(VENV)/.installed
 	$(PY) -m hub stack up

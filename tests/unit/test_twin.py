@@ -378,3 +378,20 @@ def test_the_dashboard_shows_a_twin_property_by_property() -> None:
         {"name": "setpoint", "desired": 23, "reported": None, "state": "sent"},
     ]
     assert twin_rows([]) is None
+
+
+def test_the_twin_table_says_each_property_s_state() -> None:
+    from rich.console import Console
+
+    from hub.cli.twin import _property_table
+
+    book = TwinBook(default_models())
+    book.on_status(status("online", 0), 0)
+    book.on_desired(desired(23), 0)
+    [send] = book.take(0).sends
+    book.on_ack(ack(send.command.id, "error", 10), 10)
+    book.take(10)
+    console = Console(width=200, record=True)
+    console.print(_property_table([book.twins[DEVICE]], 5_000))
+    text = console.export_text()
+    assert "setpoint" in text and "failed: error: why" in text and "interval_ms" in text and "reported" in text
