@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -45,6 +45,8 @@ BASELINE_S = 30.0
 #: How often the twins are read while they converge.
 POLL_S = 0.5
 CONVERGE_TIMEOUT_S = 600.0
+#: How long the fleet may take to connect on a loaded machine.
+CONNECT_WAIT_S = 600.0
 console = Console()
 
 
@@ -113,10 +115,12 @@ def main() -> None:
             stack.up(lambda message: console.print(f"  {message}"))
             ids = [spec.device_id for spec in plan_fleet(args.devices, ["thermostat"])]
             provision_into(settings, ids, settings.credentials_path)
+            fleet = Fleet(settings, count=args.devices, kinds=["thermostat"], interval_s=args.interval)
             with (
                 running_hub(settings, Path(tmp) / "hub.log"),
-                Fleet(settings, count=args.devices, kinds=["thermostat"], interval_s=args.interval),
+                closing(fleet),
             ):
+                fleet.start(wait_s=CONNECT_WAIT_S)
                 console.print(
                     f"{args.devices} thermostats, a reading every {args.interval:g} s; waiting for their twins"
                 )

@@ -20,6 +20,7 @@ from rich.text import Text
 from hub.control.args import parse_duration, parse_value
 from hub.control.twin import (
     build_rollout,
+    bulk_rollouts,
     changes,
     parse_percent,
     parse_stages,
@@ -149,7 +150,8 @@ def set_desired(
     Each value is checked against the property's type and range in the device models first
     (exit 2, the range named); `key=null` drops a property from desired. Returns once the
     change is safely queued for the hub (`hub.twin`), not when the devices have it: see
-    `twin show` / `twin diff`.
+    `twin show` / `twin diff`. With --kind/--site/--all the change goes as one-stage rollouts
+    of up to 1000 devices each (also listed by `hub rollouts`).
 
     \b
     Examples:
@@ -188,6 +190,16 @@ def set_desired(
             _console().print(
                 _text(f"rollout {staged.id} of {len(staged.devices)} devices started; see `python -m hub rollouts`")
             )
+        return
+    if not devices and None not in values.values():  # --kind/--site/--all: a few bulk messages
+        bulk = bulk_rollouts(models, chosen, values)
+        publish(settings, bulk, lambda message: message.routing_key)
+        if as_json:
+            click.echo(printable_json([{"rollout": r.id, "devices": len(r.devices)} for r in bulk]))
+        else:
+            shown = " ".join(f"{name}={_value(value)}" for name, value in values.items())
+            count = len(chosen)
+            _console().print(_text(f"{shown} desired for {count} device{'s' if count != 1 else ''}"))
         return
     messages = changes(models, chosen, values)
     publish_changes(settings, messages)

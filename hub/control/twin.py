@@ -181,6 +181,20 @@ def build_rollout(
     )
 
 
+#: Devices one bulk change names at most: a rollout body of 1000 (device, kind) pairs is ~40 KB,
+#: below the contract's 64 KB.
+BULK_CHUNK = 1_000
+
+
+def bulk_rollouts(models: DeviceModels, chosen: Sequence[Target], values: dict[str, Scalar | None]) -> list[Rollout]:
+    """A change of many devices as one-stage rollouts of up to `BULK_CHUNK` devices each: a few
+    messages (one confirm each) instead of one per device, which a quorum queue confirms one by one."""
+    return [
+        build_rollout(models, chosen[start : start + BULK_CHUNK], values, [100], 0.0, 100.0)
+        for start in range(0, len(chosen), BULK_CHUNK)
+    ]
+
+
 def read_rollouts(settings: Settings) -> list[RolloutState]:
     """Every stored rollout, newest first."""
     reader = open_reader(settings)

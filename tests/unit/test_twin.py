@@ -395,3 +395,24 @@ def test_the_twin_table_says_each_property_s_state() -> None:
     console.print(_property_table([book.twins[DEVICE]], 5_000))
     text = console.export_text()
     assert "setpoint" in text and "failed: error: why" in text and "interval_ms" in text and "reported" in text
+
+
+def test_a_change_of_many_devices_goes_as_few_one_stage_rollouts_that_complete() -> None:
+    from hub.control.twin import BULK_CHUNK, Target, bulk_rollouts
+
+    chosen = [Target(f"th-{n:04d}", "thermostat") for n in range(1, BULK_CHUNK + 6)]
+    bulk = bulk_rollouts(default_models(), chosen, {"setpoint": 20})
+    assert [len(r.devices) for r in bulk] == [BULK_CHUNK, 5] and all(r.stages == [100] for r in bulk)
+    assert all(len(encode(r)) < 64 * 1024 for r in bulk)
+    with pytest.raises(ConfigError, match="from 5 to 35"):
+        bulk_rollouts(default_models(), chosen[:1], {"setpoint": 50})
+    book = TwinBook(default_models())
+    devices = _rollout_fleet(book, 3)
+    [small] = bulk_rollouts(default_models(), [Target(d, "thermostat") for d in devices], {"setpoint": 20})
+    book.on_rollout(small, 1)
+    sends = book.take(1).sends
+    assert len(sends) == 3  # every device at once
+    for send in sends:
+        book.on_ack(Ack(id=send.command.id, device=send.device, status="ok", state={"setpoint": 20}, ts=2), 2)
+    book.due(3)
+    assert book.rollouts[small.id].state == COMPLETED
