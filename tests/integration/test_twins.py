@@ -223,8 +223,11 @@ kinds:
 """
 
 
-def rollout_view(settings: Settings, rollout: str, models: Path) -> dict[str, Any] | None:
-    done = hub_cli(settings, "rollouts", "--json", IOT_MODELS_FILE=str(models))
+def rollout_view(settings: Settings, rollout: str, models: Path | None = None) -> dict[str, Any] | None:
+    if models is None:
+        done = hub_cli(settings, "rollouts", "--json")
+    else:
+        done = hub_cli(settings, "rollouts", "--json", IOT_MODELS_FILE=str(models))
     assert done.returncode == 0, done.stderr
     return next((one for one in json.loads(done.stdout) if one["id"] == rollout), None)
 
@@ -294,3 +297,27 @@ def test_a_rollout_stops_at_its_first_stage_when_those_devices_fail_and_one_with
             0,
         )
         assert all(d.model.state()["setpoint"] == value for d in thermostats.devices)
+
+
+def test_a_change_of_a_site_s_kind_reaches_each_of_its_devices_as_one_bulk_rollout(
+    stack: Settings, tmp_path: Path
+) -> None:
+    site = "plant-bulk"
+    with (
+        hub_process(stack, tmp_path),
+        Fleet(stack, count=3, kinds=["power_meter"], site=site, interval_s=INTERVAL_S) as fleet,
+    ):
+        devices = [d.device_id for d in fleet.devices]
+        wait_until(lambda: set(devices) <= {v.device for v in read_fleet(stack) if v.site == site and v.online}, 30)
+        done = hub_cli(stack, "twin", "set", "--site", site, "--kind", "power_meter", "relay=false", "--json")
+        assert done.returncode == 0, done.stderr
+        [bulk] = json.loads(done.stdout)
+        assert bulk["devices"] == 3
+
+        def relays_off() -> bool:
+            twins = {t.device: t for t in read_twins(stack)}
+            return all(d in twins and twins[d].in_sync and twins[d].reported.get("relay") is False for d in devices)
+
+        wait_until(relays_off, 60, 1.0)
+        assert all(d.model.state()["relay"] is False for d in fleet.devices)
+        wait_until(lambda: (rollout_view(stack, bulk["rollout"]) or {}).get("state") == "completed", 30, 1.0)
