@@ -416,3 +416,15 @@ def test_a_change_of_many_devices_goes_as_few_one_stage_rollouts_that_complete()
         book.on_ack(Ack(id=send.command.id, device=send.device, status="ok", state={"setpoint": 20}, ts=2), 2)
     book.due(3)
     assert book.rollouts[small.id].state == COMPLETED
+
+
+def test_a_standby_the_monitor_never_saw_reads_the_stored_twins_when_the_broker_first_hands_it_the_queue() -> None:
+    reader = _StoredTwins()
+    other = TwinBook(default_models())
+    other.on_desired(desired(23), 0)
+    quiet = TwinHandler(TwinBook(default_models()), reader)
+    quiet.on_consuming(0)  # nothing stored yet; it waits, its role unknown
+    reader.rows = [Series("twins", {"device": DEVICE}, [{"time": 1, **twin_point(other.twins[DEVICE]).fields}])]
+    effects = quiet.handle(_delivery(f"status.{DEVICE}", encode(status("online", 20_000))))
+    assert quiet.book.twins[DEVICE].desired == {"setpoint": 23}, "the active hub's change is kept"
+    assert any(p.measurement == "twins" and '"setpoint":23' in str(p.fields["doc"]) for p in effects.points)

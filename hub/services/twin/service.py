@@ -13,6 +13,7 @@ standby becomes active. A standby sends nothing: the active hub converges.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
@@ -34,7 +35,7 @@ from hub.core.contract import (
     is_identifier,
     now_ms,
 )
-from hub.core.errors import ConfigError, InvalidMessage
+from hub.core.errors import ConfigError, InvalidMessage, StorageUnavailable
 from hub.core.models import DeviceModels, load_models
 from hub.outputs.base import Reader
 from hub.outputs.registry import open_reader
@@ -48,8 +49,14 @@ from hub.services.twin.stored import recorded_rollouts, recorded_twins, rollout_
 CONVERGE_CHECK_S = 1.0
 #: Readings kept waiting at most in the side queue; older ones are dropped first.
 READINGS_MAX_LENGTH = 10_000
+#: A process whose twins were read longer ago than this reads them again when the broker first
+#: hands it `hub.twin` (it may have been a standby the monitor never saw: another hub stored since).
+RESEED_AFTER_MS = 5_000
 #: The dead-letter reason of a desired change the device's kind cannot take.
 BAD_DESIRED_REASON = "twin_property"
+
+
+log = logging.getLogger(__name__)
 
 
 def readings_queue() -> topology.SideQueue:
@@ -72,6 +79,8 @@ class TwinHandler:
         self.seeded = False
         self.was_standby = False
         self.next_check = 0
+        #: Hub clock of the last read of the stored twins.
+        self.seeded_at_ms = 0
         #: The role the monitor found for this process on `hub.twin` (from `tick`).
         self.role = ""
         #: Deliveries from `hub.twin` since the last connect: a hub that gets them is the active one,
@@ -84,11 +93,30 @@ class TwinHandler:
 
     def on_consuming(self, now_ms: int) -> None:
         if not self.seeded:
-            self.book.seed(recorded_twins(self.reader), now_ms)
-            self.book.seed_rollouts(recorded_rollouts(self.reader))
+            self._reseed(now_ms)
             self.seeded = True
         self.book.heard_from_all(now_ms)
         self.delivered = 0
+
+    def _reseed(self, now_ms: int) -> None:
+        """Start from the stored twins and rollouts (raises `StorageUnavailable` when they cannot be read)."""
+        twins, rollouts = recorded_twins(self.reader), recorded_rollouts(self.reader)
+        self.book.twins.clear()
+        self.book.seed(twins, now_ms)
+        self.book.rollouts.clear()
+        self.book.seed_rollouts(rollouts)
+        self.seeded_at_ms = now_ms
+
+    def _first_delivery(self, now_ms: int) -> None:
+        """The broker hands `hub.twin` to this process: if it may have waited as a standby the monitor
+        did not see (no role yet), what the active hub stored since is read first. A failed read is
+        logged, not raised (the delivery would be dead-lettered): it goes on from what it has."""
+        if self.role == ROLE_ACTIVE or now_ms - self.seeded_at_ms < RESEED_AFTER_MS:
+            return
+        try:
+            self._reseed(now_ms)
+        except StorageUnavailable as exc:
+            log.warning("service=twin event=not_reseeded error=%r", exc)
 
     @property
     def active(self) -> bool:
@@ -107,6 +135,8 @@ class TwinHandler:
             if not self.active:  # a standby stores and sends nothing; the active hub does
                 return NOTHING
             return self._effects(book.take(now))
+        if not self.delivered:
+            self._first_delivery(now)
         self.delivered += 1
         key = delivery.routing_key
         prefix, _, device = key.rpartition(".")
@@ -151,10 +181,7 @@ class TwinHandler:
             return NOTHING
         if self.was_standby:  # the broker made this standby active: go on from what the other stored
             self.was_standby = False
-            self.book.twins.clear()
-            self.book.seed(recorded_twins(self.reader), now_ms)
-            self.book.rollouts.clear()
-            self.book.seed_rollouts(recorded_rollouts(self.reader))
+            self._reseed(now_ms)
         if not self.active:
             return NOTHING
         if now_ms >= self.next_check:
