@@ -48,6 +48,7 @@ bench: $(VENV)/.installed
 	$(PY) -m bench.record bench.alarm_storm
 	$(PY) -m bench.record bench.notify_delivery
 	$(PY) -m bench.record bench.logs_cost
+	$(PY) -m bench.record bench.twins
 
 stack-up: $(VENV)/.installed
 	$(PY) -m hub stack up

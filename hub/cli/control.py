@@ -22,18 +22,20 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from hub.control.args import parse_command_args
+from hub.control.args import parse_command_args, parse_duration
 from hub.control.fleet_view import DeviceView, StateFilter, read_fleet, select
 from hub.control.history import DEFAULT_LIMIT, read_history
 from hub.control.send import DEFAULT_TIMEOUT_S, CommandSender, Outcome, overall_exit_code
 from hub.control.tail import Tail, as_json_line, describe
+from hub.control.twin import read_twins
 from hub.core.config import Settings, load_settings
 from hub.core.contract import now_ms, require_identifier
-from hub.core.errors import ConfigError
+from hub.core.errors import ConfigError, HubError
 from hub.core.exit_codes import DEVICES_EXIT_CODES_HELP, EXIT_CODES_HELP, TAIL_EXIT_CODES_HELP, ExitCode
 from hub.core.models import CommandSpec, DeviceModels, default_models, load_models
 from hub.core.printable import printable, printable_json
 from hub.core.signals import stop_requested
+from hub.core.twin import Twin
 
 #: Tables are laid out for this width when the output is not a terminal (a pipe, a file, CI).
 PIPE_WIDTH = 200
@@ -44,6 +46,8 @@ _STATUS_STYLE = {
     "expired": "yellow",
     "timeout": "red",
     "unknown_device": "red",
+    "queued": "cyan",
+    "sent": "yellow",
 }
 
 
@@ -120,6 +124,15 @@ def _command_help(models: DeviceModels, spec: CommandSpec) -> str:
     show_default=True,
     help="seconds to wait for the acks; the command expires then",
 )
+@click.option(
+    "--ttl",
+    "ttl",
+    default=None,
+    metavar="DURATION",
+    help="for a device that is offline: the hub keeps the command and sends it when the device comes back"
+    " within DURATION (90s, 15m, 1h, 2d), else records it expired; send returns once it is queued",
+)
+@click.option("--wait", is_flag=True, help="with --ttl: wait for the outcome, up to the ttl, offline or not")
 @click.option("--json", "as_json", is_flag=True, help="print the outcome(s) as JSON")
 @_amqp_option
 @_influx_option
@@ -130,6 +143,8 @@ def send(
     everyone: bool,
     state: StateFilter,
     timeout_s: float,
+    ttl: str | None,
+    wait: bool,
     as_json: bool,
     amqp_url: str | None,
     influx_url: str | None,
@@ -149,6 +164,7 @@ def send(
       python -m hub send thermo-0003 set_setpoint value=23.5 --timeout 5
       python -m hub send --kind power_meter set_relay on=false
       python -m hub send --site plant-a --json ping
+      python -m hub send th-0001 set_setpoint value=21 --ttl 1h
     """
     many = everyone or site is not None or kind is not None
     needed = 1 if many else 2
@@ -160,6 +176,9 @@ def send(
     device = None if many else require_identifier(words[0], "device")
     command = require_identifier(words[0 if many else 1], "command")
     args = parse_command_args(words[needed:])
+    ttl_s = None if ttl is None else parse_duration(ttl, "--ttl")
+    if wait and ttl_s is None:
+        raise click.UsageError("--wait goes with --ttl (without it, send always waits)")
     settings = load_settings(amqp_url=amqp_url, influx_url=influx_url)
     load_models(settings.models_file).validate_command(command, args)
     if device is not None:
@@ -169,7 +188,9 @@ def send(
     err = _console(stderr=True)
     # Ctrl-C (or SIGTERM) ends the wait for acks between two reads; the connection closes cleanly (exit 130).
     with stop_requested() as stop, CommandSender(settings, origin="cli", stop=stop) as sender:
-        if len(devices) == 1:
+        if ttl_s is not None:
+            outcomes = sender.send_or_queue(devices, command, args, ttl_s, wait, timeout_s)
+        elif len(devices) == 1:
             outcomes = sender.send(devices, command, args, timeout_s)
         else:
             answered = 0
@@ -216,6 +237,9 @@ def _print_outcome(outcome: Outcome, args: dict[str, Any]) -> None:
         out.print(Text.assemble(("✓", "green"), who, ("ok", "green"), f" in {outcome.rtt_ms:.1f} ms"))
         if outcome.state:
             out.print(Text.assemble("  state: ", _state_text(outcome.state)))
+        return
+    if outcome.status == "queued":
+        _console().print(Text.assemble(("…", "cyan"), who, ("queued", "cyan"), ": ", _text(outcome.detail)))
         return
     err = _console(stderr=True)
     if outcome.status == "unknown_device":
@@ -283,8 +307,9 @@ def devices(site: str | None, kind: str | None, state: StateFilter, as_json: boo
 
     Read from InfluxDB (what the hub stored: `device_status` and each kind's readings).
     --json prints objects with device, kind, site, protocol (mqtt|stomp), online (bool),
-    last_seen (epoch ms), state, reason, interval_ms, fw, readings, readings_at and stale
-    (online by the hub's last word, but silent for long: is the hub running?).
+    last_seen (epoch ms), state, reason, interval_ms, fw, readings, readings_at, stale
+    (online by the hub's last word, but silent for long: is the hub running?) and twin
+    (null without desired properties, else in_sync, pending, failed, version).
 
     \b
     Examples:
@@ -296,8 +321,9 @@ def devices(site: str | None, kind: str | None, state: StateFilter, as_json: boo
     models = load_models(settings.models_file)
     fleet = read_fleet(settings)
     chosen = select(fleet, site=_validated(site, "site"), kind=_validated(kind, "kind"), state=state)
+    twins = _twins(settings)
     if as_json:
-        click.echo(printable_json([view.as_json() for view in chosen]))
+        click.echo(printable_json([{**view.as_json(), "twin": twin_sync(twins.get(view.device))} for view in chosen]))
         return
     out = _console()
     if not fleet:
@@ -305,7 +331,7 @@ def devices(site: str | None, kind: str | None, state: StateFilter, as_json: boo
             "no device has reported yet: start the hub (`python -m hub run`) and devices (`python -m devices.sim`)"
         )
         return
-    out.print(_fleet_table(chosen, now_ms(), models))
+    out.print(_fleet_table(chosen, now_ms(), models, twins))
     online = sum(view.online and not view.stale for view in chosen)
     stale = sum(view.stale for view in chosen)
     shown = f"{len(chosen)} of {len(fleet)}" if len(chosen) != len(fleet) else str(len(fleet))
@@ -330,9 +356,38 @@ def _reading_text(name: str, value: float | bool, unit: str) -> str:
     return f"{name}={value:g}{unit}"
 
 
-def _fleet_table(views: Sequence[DeviceView], now: int, models: DeviceModels) -> Table:
+def _twins(settings: Settings) -> dict[str, Twin]:
+    """Each device's twin; none when they cannot be read (the fleet is shown without the column's values)."""
+    try:
+        return {twin.device: twin for twin in read_twins(settings)}
+    except HubError:
+        return {}
+
+
+def twin_sync(twin: Twin | None) -> dict[str, Any] | None:
+    """A device's twin sync as `devices --json` shows it: in_sync, and how many properties are pending or failed."""
+    if twin is None or not twin.desired:
+        return None
+    return {"in_sync": twin.in_sync, "pending": len(twin.delta), "failed": len(twin.failed), "version": twin.version}
+
+
+def _sync_text(twin: Twin | None) -> Text:
+    sync = twin_sync(twin)
+    if sync is None:
+        return Text("-", style="dim")
+    if sync["in_sync"]:
+        return Text("in sync", style="green")
+    if sync["failed"]:
+        return Text(f"{sync['failed']} failed", style="red")
+    return Text(f"{sync['pending']} pending", style="yellow")
+
+
+def _fleet_table(
+    views: Sequence[DeviceView], now: int, models: DeviceModels, twins: dict[str, Twin] | None = None
+) -> Table:
+    twins = twins or {}
     table = Table()
-    for column in ("device", "kind", "site", "protocol", "state", "last seen", "latest readings"):
+    for column in ("device", "kind", "site", "protocol", "state", "last seen", "twin", "latest readings"):
         table.add_column(column, overflow="fold" if column == "latest readings" else "ellipsis")
     for view in views:
         if view.stale:
@@ -346,7 +401,9 @@ def _fleet_table(views: Sequence[DeviceView], now: int, models: DeviceModels) ->
             _reading_text(name, value, models.unit(name, view.kind)) for name, value in view.readings.items()
         )
         cells = (view.device, view.kind, view.site, view.protocol)
-        table.add_row(*map(_text, cells), state, _ago(view.last_seen, now), _text(readings))
+        table.add_row(
+            *map(_text, cells), state, _ago(view.last_seen, now), _sync_text(twins.get(view.device)), _text(readings)
+        )
     return table
 
 
@@ -362,9 +419,10 @@ def _fleet_table(views: Sequence[DeviceView], now: int, models: DeviceModels) ->
 def commands(device: str | None, limit: int, since_s: int, as_json: bool, influx_url: str | None) -> None:
     """Recent commands and their outcomes, from what the hub recorded (`commands` in InfluxDB).
 
-    One row per command: when it was sent, by whom (cli or rule), its outcome (ok, error,
-    unsupported, expired, timeout, or pending while it waits) and the round trip between the
-    command's and the ack's own times.
+    One row per command: when it was sent (or queued), by whom (cli, rule or twin), its state
+    (queued while it waits for an offline device, sent while it waits for its ack, then ok,
+    error, unsupported, expired or timeout) and the round trip between the command's and the
+    ack's own times.
 
     \b
     Examples:

@@ -18,6 +18,8 @@ SUBCOMMANDS = [
     ("hub.cli.logs", "logs"),
     ("hub.cli.alarms", "alarms"),
     ("hub.cli.readings", "readings"),
+    ("hub.cli.twin", "twin"),
+    ("hub.cli.twin", "rollouts"),
     ("hub.cli.identity", "provision"),
     ("hub.cli.identity", "revoke"),
     ("hub.cli.identity", "impostors"),

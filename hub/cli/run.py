@@ -30,8 +30,9 @@ LOG_FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
     "only",
     multiple=True,
     type=click.Choice(SERVICES + tuple(ALIASES)),
-    help="Run only this service (repeatable). Default: all of telemetry, presence, commands, logs, and notify when"
-    " the notification file exists [IOT_NOTIFY_FILE]. `store` and `rules` are deprecated names of telemetry.",
+    help="Run only this service (repeatable). Default: all of telemetry, presence, commands, logs, twin, and"
+    " notify when the notification file exists [IOT_NOTIFY_FILE]. `store` and `rules` are deprecated names of"
+    " telemetry.",
 )
 @click.option(
     "--partitions",

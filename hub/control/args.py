@@ -31,6 +31,18 @@ def parse_value(text: str) -> Scalar:
     return text
 
 
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)?$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str, option: str) -> float:
+    """`90`, `90s`, `15m`, `1h`, `2d` -> seconds; anything else is a usage error naming `option`."""
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise ConfigError(f"{option} {text!r} is not a duration: use e.g. 90s, 15m, 1h or 2d")
+    return float(match.group(1)) * _UNIT_S[match.group(2) or "s"]
+
+
 def parse_command_args(words: tuple[str, ...] | list[str]) -> dict[str, Scalar]:
     """`["ms=5000", "on=true"]` -> `{"ms": 5000, "on": True}`; a malformed word is a usage error."""
     args: dict[str, Scalar] = {}

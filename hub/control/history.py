@@ -29,7 +29,7 @@ class CommandRecord:
     origin: str
     #: Epoch ms the command was sent (its own `ts`), or None when only its outcome is known.
     sent_at: int | None
-    #: `pending` until an outcome is recorded.
+    #: `queued` (waiting for its device, `send --ttl`) or `sent` until an outcome is recorded.
     status: str
     rtt_ms: float | None = None
     detail: str = ""
@@ -50,13 +50,15 @@ class CommandRecord:
 def build_history(rows: Iterable[dict[str, Any]], limit: int = DEFAULT_LIMIT) -> list[CommandRecord]:
     """The newest `limit` commands, newest first, from `commands` rows (time, id, device, status, ...)."""
     sent: dict[str, dict[str, Any]] = {}
+    queued: dict[str, dict[str, Any]] = {}
     outcome: dict[str, dict[str, Any]] = {}
     for row in rows:
-        target = sent if row.get("status") == "sent" else outcome
-        target[str(row.get("id"))] = row
+        status = row.get("status")
+        target = sent if status == "sent" else queued if status == "queued" else outcome
+        target.setdefault(str(row.get("id")), row)
     records = []
-    for command_id in dict.fromkeys([*sent, *outcome]):
-        first, last = sent.get(command_id), outcome.get(command_id)
+    for command_id in dict.fromkeys([*sent, *queued, *outcome]):
+        first, last = sent.get(command_id) or queued.get(command_id), outcome.get(command_id)
         any_row = first or last or {}
         records.append(
             CommandRecord(
@@ -65,7 +67,7 @@ def build_history(rows: Iterable[dict[str, Any]], limit: int = DEFAULT_LIMIT) ->
                 command=str((first or any_row).get("command", "")),
                 origin=str(any_row.get("origin", "")),
                 sent_at=int(first["time"]) if first else None,
-                status=str(last["status"]) if last else "pending",
+                status=str(last["status"]) if last else "sent" if command_id in sent else "queued",
                 rtt_ms=float(last["rtt_ms"]) if last and last.get("rtt_ms") is not None else None,
                 detail=str(last.get("detail") or "") if last else "",
             )

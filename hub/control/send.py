@@ -30,10 +30,12 @@ from hub.core.contract import (
     EXCHANGE,
     Ack,
     Command,
+    Deferred,
     Scalar,
     ack_key,
     command_key,
     decode,
+    deferred_key,
     encode,
     now_ms,
     require_identifier,
@@ -45,13 +47,15 @@ from hub.core.exit_codes import ExitCode
 DEFAULT_TIMEOUT_S = 10.0
 #: The longest wait allowed; a command is meant for now, not for later.
 MAX_TIMEOUT_S = 3600.0
+#: The longest a command may wait for an offline device (`--ttl`): the twin keeps it, not the broker.
+MAX_TTL_S = 30 * 86_400.0
 #: Granularity of the wait loop (how late a timeout may be noticed).
 POLL_S = 0.05
 #: How often the broker is asked whether an offline device has subscribed again.
 SUBSCRIPTION_POLL_S = 0.25
 
 Origin = Literal["cli", "rule"]
-OutcomeStatus = Literal["ok", "error", "unsupported", "expired", "timeout", "unknown_device"]
+OutcomeStatus = Literal["ok", "error", "unsupported", "expired", "timeout", "unknown_device", "queued"]
 
 _EXIT_CODE: dict[OutcomeStatus, ExitCode] = {
     "ok": ExitCode.OK,
@@ -60,6 +64,7 @@ _EXIT_CODE: dict[OutcomeStatus, ExitCode] = {
     "expired": ExitCode.DEVICE_REFUSED,
     "timeout": ExitCode.TIMEOUT,
     "unknown_device": ExitCode.UNKNOWN_DEVICE,
+    "queued": ExitCode.OK,
 }
 #: When several devices fare differently, the exit code names the worst: no subscriber, then
 #: silence, then a refusal.
@@ -117,10 +122,17 @@ def overall_exit_code(outcomes: Sequence[Outcome]) -> ExitCode:
     return next((code for code in _SEVERITY if code in codes), ExitCode.OK)
 
 
-def build_command(command: str, args: dict[str, Scalar], timeout_s: float, at_ms: int | None = None) -> Command:
+def build_command(
+    command: str,
+    args: dict[str, Scalar],
+    timeout_s: float,
+    at_ms: int | None = None,
+    longest_s: float = MAX_TIMEOUT_S,
+    option: str = "--timeout",
+) -> Command:
     """A valid `Command` that expires when we stop waiting for it, or a usage error."""
-    if not 0 < timeout_s <= MAX_TIMEOUT_S:
-        raise ConfigError(f"--timeout must be between 0 and {MAX_TIMEOUT_S:.0f} seconds (got {timeout_s:g})")
+    if not 0 < timeout_s <= longest_s:
+        raise ConfigError(f"{option} must be between 0 and {longest_s:.0f} seconds (got {timeout_s:g})")
     require_identifier(command, "command")
     ts = now_ms() if at_ms is None else at_ms
     candidate = Command(id=uuid.uuid4().hex, command=command, args=args, ts=ts, expires=ts + round(timeout_s * 1000))
@@ -252,6 +264,81 @@ class CommandSender:
             self._wait(min(deadline - now, POLL_S))
         return [outcomes[device] for device in wanted]
 
+    def send_or_queue(
+        self,
+        devices: Sequence[str],
+        command: str,
+        args: dict[str, Scalar],
+        ttl_s: float,
+        wait: bool,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> list[Outcome]:
+        """`send --ttl`: to an online device as `send` does (waiting up to the ttl with `wait`); for an
+        offline one the fleet knows, queued with the twin service (`queued`, or with `wait` its
+        outcome, up to the ttl). A device no one has ever seen is `unknown_device`."""
+        build_command(command, args, ttl_s, longest_s=MAX_TTL_S, option="--ttl")
+        wanted = list(dict.fromkeys(devices))
+        for device in wanted:
+            require_identifier(device, "device")
+        subscribed = read_subscribed_devices(self.settings)
+        offline = [] if subscribed is None else [device for device in wanted if device not in subscribed]
+        known = self._known_devices() if offline else set()
+        outcomes: dict[str, Outcome] = {}
+        queued: dict[str, Command] = {}
+        for device in offline:
+            if known is not None and device not in known:
+                outcomes[device] = Outcome(device, command, "", "unknown_device", _no_subscriber(device))
+            else:
+                body = queued[device] = self.defer(device, command, args, ttl_s)
+                outcomes[device] = Outcome(device, command, body.id, "queued", _queued(body))
+        online = [device for device in wanted if device not in outcomes]
+        if online:
+            wait_s = min(ttl_s, MAX_TIMEOUT_S) if wait else min(timeout_s, ttl_s)
+            for outcome in self.send(online, command, args, wait_s):
+                outcomes[outcome.device] = outcome
+        if wait:
+            for device, body in queued.items():
+                outcomes[device] = self.await_ack(device, body)
+        return [outcomes[device] for device in wanted]
+
+    def defer(self, device: str, command: str, args: dict[str, Scalar], ttl_s: float) -> Command:
+        """Queue `command` for an offline `device` with the twin service (`twin.command.<device>`):
+        it goes out when the device is online before `ttl_s` ends, else it is recorded `expired`.
+        Returns once the broker confirmed it (the hub has it, running or not)."""
+        require_identifier(device, "device")
+        body = build_command(command, args, ttl_s, longest_s=MAX_TTL_S, option="--ttl")
+        channel = self._require_channel()
+        self._bind(channel, device)
+        self._expected[body.id] = device
+        properties = BasicProperties(
+            content_type="application/json",
+            delivery_mode=pika.DeliveryMode.Persistent,
+            app_id=self.origin,
+            message_id=body.id,
+            timestamp=body.ts // 1000,
+        )
+        deferred = Deferred(device=device, command=body)
+        try:
+            channel.basic_publish(EXCHANGE, deferred_key(device), encode(deferred), properties, mandatory=True)
+        except pika.exceptions.UnroutableError:
+            raise BrokerUnavailable("RabbitMQ has no queue hub.twin to keep the command (start the hub once)") from None
+        except pika.exceptions.NackError:
+            raise BrokerUnavailable(f"RabbitMQ refused (nacked) the command for {device}") from None
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            raise BrokerUnavailable(f"lost the connection to RabbitMQ while sending: {exc!r}") from None
+        return body
+
+    def await_ack(self, device: str, body: Command) -> Outcome:
+        """The outcome of a deferred command: its ack, or `expired` once its expiry has passed."""
+        while body.id not in self._acks:
+            remaining_s = (body.expires - now_ms()) / 1000 + POLL_S
+            if remaining_s <= 0:
+                return Outcome(device, body.command, body.id, "expired", _not_back())
+            self._wait(min(remaining_s, POLL_S * 4))
+        ack, _received_at = self._acks.pop(body.id)
+        rtt_ms = float(max(0, ack.ts - body.ts))
+        return Outcome(device, body.command, body.id, ack.status, ack.detail, dict(ack.state), rtt_ms)
+
     def _known_devices(self) -> set[str] | None:
         """Devices the fleet view knows, or None when InfluxDB cannot say."""
         try:
@@ -322,6 +409,15 @@ def _no_subscriber(_device: str) -> str:
 
 def _silent(timeout_s: float) -> str:
     return f"no answer within {timeout_s:g} s; the command expires unexecuted"
+
+
+def _queued(body: Command) -> str:
+    until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(body.expires / 1000))
+    return f"the device is offline: the hub sends the command when it comes back before {until}"
+
+
+def _not_back() -> str:
+    return "the device did not come back before the --ttl ended; the command was not sent"
 
 
 def _offline(timeout_s: float) -> str:

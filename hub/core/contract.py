@@ -100,6 +100,21 @@ def ack_key(device: str) -> str:
     return f"acks.{require_identifier(device, 'device')}"
 
 
+def desired_key(device: str) -> str:
+    """Where a change to a device twin's desired state goes (the hub and the CLI publish it, never a device)."""
+    return f"twin.desired.{require_identifier(device, 'device')}"
+
+
+def deferred_key(device: str) -> str:
+    """Where a command that waits for an offline device goes (`hub send --ttl`)."""
+    return f"twin.command.{require_identifier(device, 'device')}"
+
+
+def rollout_key(rollout: str) -> str:
+    """Where a staged change of many twins goes (`hub twin set ... --rollout`)."""
+    return f"twin.rollout.{require_identifier(rollout, 'rollout')}"
+
+
 def alert_key(severity: Severity, site: str, device: str) -> str:
     if severity not in ("info", "warning", "critical"):
         raise InvalidIdentifier(f"severity {severity!r} is not one of info, warning, critical")
@@ -349,13 +364,94 @@ class AlarmAck(msgspec.Struct, frozen=True, kw_only=True):
     ts: EpochMs
 
 
-Message = Reading | Batch | Presence | Command | Ack | Alert | LogLine | AlarmTransition | AlarmAck
-M = TypeVar("M", Reading, Batch, Presence, Command, Ack, Alert, LogLine, AlarmTransition, AlarmAck)
+class Desired(msgspec.Struct, frozen=True, kw_only=True):
+    """A change to one device twin's desired state (routing key `twin.desired.<device>`).
+
+    `desired` maps property names to their new value; `null` drops the property from `desired`.
+    `id` makes the change once: the twin applies a change id once, however often it is delivered.
+    """
+
+    v: Literal[1] = 1
+    id: CommandId
+    device: Identifier
+    kind: Identifier
+    desired: dict[SensorName, Scalar | None]
+    ts: EpochMs
+
+    @property
+    def routing_key(self) -> str:
+        return desired_key(self.device)
+
+
+class Deferred(msgspec.Struct, frozen=True, kw_only=True):
+    """A command that waits for its device (routing key `twin.command.<device>`): sent when the device
+    is online before `command.expires`, recorded `expired` otherwise."""
+
+    v: Literal[1] = 1
+    device: Identifier
+    command: Command
+
+    @property
+    def routing_key(self) -> str:
+        return deferred_key(self.device)
+
+
+class Rollout(msgspec.Struct, frozen=True, kw_only=True):
+    """A change of many twins in stages (routing key `twin.rollout.<id>`): `desired` goes to the
+    first `stages[0]` percent of `devices` (in their order), then, once they are in sync or
+    `pause_ms` has passed, to the next share; the rollout stops when more than `abort_failures`
+    percent of the devices changed so far failed."""
+
+    v: Literal[1] = 1
+    id: Identifier
+    desired: dict[SensorName, Scalar]
+    #: (device, kind) pairs, in the order they are changed.
+    devices: list[tuple[Identifier, Identifier]]
+    stages: list[Annotated[int, msgspec.Meta(ge=1, le=100)]]
+    pause_ms: Annotated[int, msgspec.Meta(ge=0)]
+    abort_failures: Annotated[float, msgspec.Meta(ge=0, le=100)]
+    ts: EpochMs
+
+    @property
+    def routing_key(self) -> str:
+        return rollout_key(self.id)
+
+
+Message = (
+    Reading
+    | Batch
+    | Presence
+    | Command
+    | Ack
+    | Alert
+    | LogLine
+    | AlarmTransition
+    | AlarmAck
+    | Desired
+    | Deferred
+    | Rollout
+)
+M = TypeVar(
+    "M", Reading, Batch, Presence, Command, Ack, Alert, LogLine, AlarmTransition, AlarmAck, Desired, Deferred, Rollout
+)
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
     cls: msgspec.json.Decoder(cls)
-    for cls in (Reading, Batch, Presence, Command, Ack, Alert, LogLine, AlarmTransition, AlarmAck)
+    for cls in (
+        Reading,
+        Batch,
+        Presence,
+        Command,
+        Ack,
+        Alert,
+        LogLine,
+        AlarmTransition,
+        AlarmAck,
+        Desired,
+        Deferred,
+        Rollout,
+    )
 }
 
 

@@ -14,6 +14,10 @@ ALARMS_MEASUREMENT = "alarms"
 COMMANDS_MEASUREMENT = "commands"
 #: The devices' log lines (one writer: the logs service).
 LOGS_MEASUREMENT = "device_logs"
+#: Each device's twin, one row per change (one writer: the twin service).
+TWINS_MEASUREMENT = "twins"
+#: Each rollout's progress, one row per change (one writer: the twin service).
+ROLLOUTS_MEASUREMENT = "rollouts"
 #: The monitor's statistics of each service.
 STATS_MEASUREMENT = "hub_stats"
 HUB_MEASUREMENTS = frozenset(
@@ -24,6 +28,8 @@ HUB_MEASUREMENTS = frozenset(
         COMMANDS_MEASUREMENT,
         STATS_MEASUREMENT,
         LOGS_MEASUREMENT,
+        TWINS_MEASUREMENT,
+        ROLLOUTS_MEASUREMENT,
     }
 )
 

@@ -14,7 +14,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
@@ -87,6 +87,23 @@ class CommandSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class PropertySpec:
+    """A twin property: what a device should be, set by one argument of one command.
+
+    Its type and range are the argument's schema (`set_setpoint`'s `value`: a number from 5 to 35).
+    """
+
+    name: str
+    command: str
+    arg: str
+    schema: Mapping[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """`a number from 5 to 35`."""
+        return describe_argument(self.schema)
+
+
+@dataclass(frozen=True, slots=True)
 class KindSpec:
     """One device kind: its id prefix, sensors, actuator states and kind-specific commands."""
 
@@ -96,6 +113,8 @@ class KindSpec:
     sensors: Mapping[str, SensorSpec]
     actuators: tuple[str, ...] = ()
     commands: Mapping[str, CommandSpec] = field(default_factory=dict)
+    #: The twin's properties of this kind alone (`DeviceModels.properties` adds the common ones).
+    properties: Mapping[str, PropertySpec] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +146,8 @@ class DeviceModels:
     kinds: Mapping[str, KindSpec]
     #: Commands every kind understands.
     common_commands: Mapping[str, CommandSpec]
+    #: Twin properties of every kind.
+    common_properties: Mapping[str, PropertySpec] = field(default_factory=dict)
     _bounds: dict[str, dict[str, tuple[float, float]]] = field(init=False, repr=False, compare=False)
     _units: dict[str, dict[str, str]] = field(init=False, repr=False, compare=False)
     _fleet_units: dict[str, str] = field(init=False, repr=False, compare=False)
@@ -225,6 +246,26 @@ class DeviceModels:
         """The kinds that understand `name` (every kind for a common command; () for an unknown one)."""
         return self._command_kinds.get(name, ())
 
+    def properties(self, kind: str) -> Mapping[str, PropertySpec]:
+        """The twin properties of `kind` (the common ones first); none for an unknown kind."""
+        spec = self.kinds.get(kind)
+        if spec is None:
+            return MappingProxyType({})
+        return MappingProxyType({**self.common_properties, **spec.properties})
+
+    def validate_property(self, kind: str, name: str, value: Scalar) -> PropertySpec:
+        """The property `name` of `kind` if `value` fits it, else a `ConfigError` naming its range."""
+        properties = self.properties(kind)
+        spec = properties.get(name)
+        if spec is None:
+            takes = ", ".join(properties) or "none"
+            raise ConfigError(f"{kind} has no twin property {name!r} (its properties: {takes})")
+        error = best_match(Draft202012Validator(dict(spec.schema)).iter_errors(value))
+        if error is not None or (isinstance(value, bool) and spec.schema.get("type") != "boolean"):
+            got = json.dumps(value, ensure_ascii=False)
+            raise ConfigError(f"{name} of a {kind} must be {spec.describe()} (got {got})")
+        return spec
+
     def validate_command(self, name: str, args: Mapping[str, Scalar]) -> None:
         """`ConfigError` if `name` is a known command and `args` break its schema; unknown names pass
         (the device answers `unsupported`)."""
@@ -307,16 +348,23 @@ class _RawCommand(msgspec.Struct, forbid_unknown_fields=True):
     required: list[str] = []
 
 
+class _RawProperty(msgspec.Struct, forbid_unknown_fields=True):
+    command: str
+    arg: str
+
+
 class _RawKind(msgspec.Struct, forbid_unknown_fields=True):
     prefix: str
     sensors: dict[str, Any]
     description: str = ""
     actuators: list[str] = []
     commands: dict[str, Any] = {}
+    properties: dict[str, Any] = {}
 
 
 class _RawFile(msgspec.Struct, forbid_unknown_fields=True):
     common_commands: dict[str, Any] = {}
+    common_properties: dict[str, Any] = {}
     kinds: dict[str, Any] = {}
 
 
@@ -337,17 +385,46 @@ def _convert(value: Any, cls: type[_T], where: str) -> _T:
 
 
 def load_models(extra: Path | None = None) -> DeviceModels:
-    """The shipped models, with `extra`'s kinds and common commands added or replacing theirs."""
-    common, kinds = _read(SHIPPED_MODELS_FILE)
+    """The shipped models, with `extra`'s kinds, common commands and properties added or replacing theirs."""
+    common, properties, kinds = _read(SHIPPED_MODELS_FILE)
     if extra is not None:
-        more_common, more_kinds = _read(extra)
+        more_common, more_properties, more_kinds = _read(extra)
         common.update(more_common)
+        properties.update(more_properties)
         kinds.update(more_kinds)
     try:
         _check_fleet(kinds, common)
+        resolved = {name: _resolve(prop, common, "common property") for name, prop in properties.items()}
+        kinds = {
+            name: replace(
+                kind,
+                properties=MappingProxyType(
+                    {
+                        p: _resolve(prop, {**common, **kind.commands}, f"kind {name!r}: property")
+                        for p, prop in kind.properties.items()
+                    }
+                ),
+            )
+            for name, kind in kinds.items()
+        }
     except _Broken as exc:
         raise ConfigError(f"{extra or SHIPPED_MODELS_FILE}: {exc}") from None
-    return DeviceModels(kinds=MappingProxyType(kinds), common_commands=MappingProxyType(common))
+    return DeviceModels(
+        kinds=MappingProxyType(kinds),
+        common_commands=MappingProxyType(common),
+        common_properties=MappingProxyType(resolved),
+    )
+
+
+def _resolve(prop: PropertySpec, commands: Mapping[str, CommandSpec], where: str) -> PropertySpec:
+    """`prop` with the schema of the argument that sets it; its command and argument must exist."""
+    command = commands.get(prop.command)
+    if command is None:
+        raise _Broken(f"{where} {prop.name!r}: no command {prop.command!r} here to set it")
+    schema = command.args.get(prop.arg)
+    if schema is None:
+        raise _Broken(f"{where} {prop.name!r}: command {prop.command!r} takes no argument {prop.arg!r}")
+    return replace(prop, schema=MappingProxyType(dict(schema)))
 
 
 @functools.cache
@@ -356,7 +433,7 @@ def default_models() -> DeviceModels:
     return load_models()
 
 
-def _read(path: Path) -> tuple[dict[str, CommandSpec], dict[str, KindSpec]]:
+def _read(path: Path) -> tuple[dict[str, CommandSpec], dict[str, PropertySpec], dict[str, KindSpec]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -364,6 +441,7 @@ def _read(path: Path) -> tuple[dict[str, CommandSpec], dict[str, KindSpec]]:
     try:
         raw = _convert(yaml.safe_load(text), _RawFile, "")
         common = {name: _command(name, spec) for name, spec in raw.common_commands.items()}
+        properties = {name: _property(name, spec, "common property") for name, spec in raw.common_properties.items()}
         kinds = {name: _kind(name, spec) for name, spec in raw.kinds.items()}
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
@@ -372,7 +450,7 @@ def _read(path: Path) -> tuple[dict[str, CommandSpec], dict[str, KindSpec]]:
         raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
     except _Broken as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return common, kinds
+    return common, properties, kinds
 
 
 def _kind(name: str, value: Any) -> KindSpec:
@@ -394,7 +472,18 @@ def _kind(name: str, value: Any) -> KindSpec:
         sensors=MappingProxyType({sensor: _sensor(where, sensor, spec) for sensor, spec in raw.sensors.items()}),
         actuators=tuple(raw.actuators),
         commands=MappingProxyType({command: _command(command, spec, where) for command, spec in raw.commands.items()}),
+        properties=MappingProxyType(
+            {p: _property(p, spec, f"{where}: property") for p, spec in raw.properties.items()}
+        ),
     )
+
+
+def _property(name: str, value: Any, where: str) -> PropertySpec:
+    """A property as declared; its schema comes from its command once every command is known (`_resolve`)."""
+    if not _SENSOR.match(name):
+        raise _Broken(f"{where} {name!r}: the name is not allowed: {_SENSOR_RULE}")
+    raw = _convert(value, _RawProperty, f"{where} {name!r}")
+    return PropertySpec(name, raw.command, raw.arg)
 
 
 def _sensor(where: str, name: str, value: Any) -> SensorSpec:

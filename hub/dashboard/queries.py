@@ -18,8 +18,10 @@ from typing import Any
 
 from hub.clients.influx import Series
 from hub.core.contract import RESERVED_FIELDS, require_identifier
+from hub.core.measurements import TWINS_MEASUREMENT
 from hub.core.models import DeviceModels, default_models
 from hub.core.retention import Resolution, RetentionPlan, pick_resolution, quote_identifier
+from hub.core.twin import decode_twin
 
 #: The time ranges the page offers: name -> seconds.
 RANGES: dict[str, int] = {
@@ -189,6 +191,39 @@ def overview(w: Window, results: list[list[Series]], now_ms: int) -> dict[str, A
         "command_success_pct": round(100.0 * outcomes.get("ok", 0) / done, 1) if done else None,
         "rtt_ms": [{"name": column, "points": _points(s, column)} for s in rtt for column in ("mean", "p95")],
     }
+
+
+def twin_statement(device: str) -> str:
+    """The device's twin: the newest row of `twins`."""
+    where = f"\"device\" = '{require_identifier(device, 'device')}'"
+    return f'SELECT "doc" FROM "{TWINS_MEASUREMENT}" WHERE {where} ORDER BY time DESC LIMIT 1'
+
+
+def twin_rows(series: list[Series]) -> dict[str, Any] | None:
+    """The device page's twin: in_sync, version, and one row per property (desired, reported, state)."""
+    docs = [str(row.get("doc") or "") for s in series for row in s.rows[:1]]
+    if not docs:
+        return None
+    try:
+        twin = decode_twin(docs[0])
+    except ValueError:
+        return None
+    delta = twin.delta
+    properties = []
+    for name in sorted({*twin.desired, *twin.reported}):
+        converging = twin.converging.get(name)
+        if name not in twin.desired:
+            state = "reported"
+        elif name not in delta:
+            state = "in sync"
+        elif converging is not None and converging.state == "failed":
+            state = f"failed: {converging.reason}"
+        else:
+            state = converging.state if converging is not None else "pending"
+        properties.append(
+            {"name": name, "desired": twin.desired.get(name), "reported": twin.reported.get(name), "state": state}
+        )
+    return {"in_sync": not delta, "version": twin.version, "properties": properties}
 
 
 def device_detail(

@@ -75,7 +75,8 @@ class Dashboard:
             "state": str(presence[0].rows[0].get("state", "")) if presence[0].rows else "",
         }
         results = query(self.settings, *queries.device_statements(device, identity["kind"], w, self.models))
-        return queries.device_detail(w, identity, results, now_ms(), self.models)
+        [twin] = query(self.settings, queries.twin_statement(device))
+        return {**queries.device_detail(w, identity, results, now_ms(), self.models), "twin": queries.twin_rows(twin)}
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -53,6 +53,16 @@ class Reader(Protocol):
         rows with `time` (epoch ms), the tags `site`, `kind`, `protocol` and every field."""
         ...
 
+    def twins(self) -> list[Series]:
+        """The newest `twins` row of each device: one series per device (tag `device`), rows with
+        `time` (epoch ms), the tags `site` and `kind`, and the fields (`doc`: the twin as JSON)."""
+        ...
+
+    def rollouts(self) -> list[Series]:
+        """The newest `rollouts` row of each rollout: one series per rollout (tag `rollout`), rows with
+        `time` and the fields (`doc`: the rollout as JSON)."""
+        ...
+
     def newest_readings(self) -> list[Series]:
         """The newest row of each device in each kind's measurement: one series per measurement
         (its name) and device (tag `device`), rows with `time`, the other tags and the readings."""

@@ -15,7 +15,9 @@ from hub.core.measurements import (
     ALERTS_MEASUREMENT,
     COMMANDS_MEASUREMENT,
     LOGS_MEASUREMENT,
+    ROLLOUTS_MEASUREMENT,
     STATUS_MEASUREMENT,
+    TWINS_MEASUREMENT,
     is_kind_measurement,
 )
 from hub.core.points import Point
@@ -74,6 +76,16 @@ class InfluxV1Reader:
 
     def device_states(self) -> list[Series]:
         [series] = self.client.query(f'SELECT * FROM "{STATUS_MEASUREMENT}" {NEWEST_PER_DEVICE}')
+        return series
+
+    def twins(self) -> list[Series]:
+        [series] = self.client.query(f'SELECT * FROM "{TWINS_MEASUREMENT}" {NEWEST_PER_DEVICE}')
+        return series
+
+    def rollouts(self) -> list[Series]:
+        [series] = self.client.query(
+            f'SELECT * FROM "{ROLLOUTS_MEASUREMENT}" GROUP BY "rollout" ORDER BY time DESC LIMIT 1'
+        )
         return series
 
     def newest_readings(self) -> list[Series]:

@@ -21,7 +21,9 @@ from hub.core.measurements import (
     COMMANDS_MEASUREMENT,
     HUB_MEASUREMENTS,
     LOGS_MEASUREMENT,
+    ROLLOUTS_MEASUREMENT,
     STATUS_MEASUREMENT,
+    TWINS_MEASUREMENT,
 )
 from hub.core.points import Point
 from hub.outputs.base import ALARM_ROWS_PER_DEVICE, MAX_COMMAND_ROWS, MAX_LOG_ROWS
@@ -118,6 +120,21 @@ def flux_newest_per_device(bucket: str, measurement_filter: str) -> str:
 
 def flux_device_states(bucket: str) -> str:
     return flux_newest_per_device(bucket, f"r._measurement == {flux_string(STATUS_MEASUREMENT)}")
+
+
+def flux_twins(bucket: str) -> str:
+    return flux_newest_per_device(bucket, f"r._measurement == {flux_string(TWINS_MEASUREMENT)}")
+
+
+def flux_rollouts(bucket: str) -> str:
+    return (
+        f"from(bucket: {flux_string(bucket)})\n"
+        "  |> range(start: 0)\n"
+        f"  |> filter(fn: (r) => r._measurement == {flux_string(ROLLOUTS_MEASUREMENT)})\n"
+        "  |> last()\n"
+        '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
+        '  |> group(columns: ["rollout"])'
+    )
 
 
 def flux_newest_readings(bucket: str) -> str:
@@ -236,6 +253,15 @@ class InfluxV2Reader:
 
     def device_states(self) -> list[Series]:
         return series_by_device(self._query(flux_device_states(self.bucket)))
+
+    def twins(self) -> list[Series]:
+        return series_by_device(self._query(flux_twins(self.bucket)))
+
+    def rollouts(self) -> list[Series]:
+        return [
+            Series(ROLLOUTS_MEASUREMENT, {"rollout": str(values.get("rollout") or "")}, [row_of(values)])
+            for values in self._query(flux_rollouts(self.bucket))
+        ]
 
     def newest_readings(self) -> list[Series]:
         return series_by_device(self._query(flux_newest_readings(self.bucket)))

@@ -66,6 +66,12 @@ class JsonLinesReader:
     def device_states(self) -> list[Series]:
         self._unreadable("the devices' recorded states")
 
+    def twins(self) -> list[Series]:
+        self._unreadable("the device twins")
+
+    def rollouts(self) -> list[Series]:
+        self._unreadable("the rollouts")
+
     def newest_readings(self) -> list[Series]:
         self._unreadable("the fleet")
 

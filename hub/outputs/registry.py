@@ -51,6 +51,12 @@ class InfluxReader:
     def device_states(self) -> list[Series]:
         return self._resolved().device_states()
 
+    def twins(self) -> list[Series]:
+        return self._resolved().twins()
+
+    def rollouts(self) -> list[Series]:
+        return self._resolved().rollouts()
+
     def newest_readings(self) -> list[Series]:
         return self._resolved().newest_readings()
 

@@ -70,6 +70,12 @@ READING_AGE = Gauge("hub_reading_age_seconds", "Age of the newest reading in the
 CONNECTED = Gauge("hub_broker_connected", "1 while the service holds a broker connection", ["service"])
 
 
+TWIN_COMMANDS = Counter("hub_twin_commands_total", "Commands the twins sent to converge a property", ["property"])
+TWIN_FAILED = Counter(
+    "hub_twin_failed_total", "Twin properties left failed (refused by the device, or no answer)", ["property"]
+)
+
+
 #: The counters a handler's events feed (`hub.runtime.handler.Event`: a name, then its label values).
 EVENT_COUNTERS: dict[str, Counter] = {
     "alert": ALERTS,
@@ -82,6 +88,8 @@ EVENT_COUNTERS: dict[str, Counter] = {
     "escalation": ESCALATIONS,
     "log_line": LOG_LINES,
     "log_rule": LOG_RULE_HITS,
+    "twin_command": TWIN_COMMANDS,
+    "twin_failed": TWIN_FAILED,
 }
 
 

@@ -148,8 +148,11 @@ PRESENCE = HubQueue("hub.presence", ("status.#",), prefetch=1_000, single_active
 COMMANDS = HubQueue("hub.commands", ("commands.#", "acks.#"), prefetch=20_000, single_active=True)
 #: Devices' log lines: a queue and a runner of their own, so a flood of them never stalls telemetry.
 LOGS = HubQueue("hub.logs", ("logs.#",), prefetch=5_000, single_active=True)
+#: Desired changes and waiting commands (`twin.#`, published by the CLI), and what tells the twins
+#: a device's state and presence: its statuses and its acks (copies; presence and commands have theirs).
+TWIN = HubQueue("hub.twin", ("twin.#", "status.#", "acks.#"), prefetch=1_000, single_active=True)
 #: The services' queues but telemetry's, whose number is a setting (`partitions`).
-QUEUES = {"presence": PRESENCE, "commands": COMMANDS, "logs": LOGS}
+QUEUES = {"presence": PRESENCE, "commands": COMMANDS, "logs": LOGS, "twin": TWIN}
 
 
 def service_queues(service: str, partition_ids: tuple[int, ...]) -> tuple[HubQueue, ...]:

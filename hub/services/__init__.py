@@ -9,6 +9,7 @@ its own queues (`hub.runtime.runner`).
 - `notify`: alarm transitions to the channels of the notification file (a router, and delivery
   workers per channel); started by default only when that file exists.
 - `logs`: devices' log lines into `device_logs`, rate-limited per device.
+- `twin`: each device's twin (desired, reported) into `twins`, and the commands that converge it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from hub.runtime.snapshot import Snapshot
 log = logging.getLogger(__name__)
 
 #: What `hub run` starts without `--only` (and `notify` when the notification file exists).
-DEFAULT_SERVICES = ("telemetry", "presence", "commands", "logs")
+DEFAULT_SERVICES = ("telemetry", "presence", "commands", "logs", "twin")
 SERVICES = (*DEFAULT_SERVICES, "notify")
 #: Names of the services telemetry replaced; `hub run --only store` still means telemetry.
 ALIASES = {"store": "telemetry", "rules": "telemetry"}
@@ -58,6 +59,7 @@ def build_services(
     from hub.services.presence.tracker import PresenceTracker
     from hub.services.rules.loader import load_rules
     from hub.services.telemetry.service import TelemetryHandler
+    from hub.services.twin.service import TwinHandler
 
     # Beside telemetry of every partition in this process, presence takes its signs of life from
     # it (no extra copy); with only some partitions it would miss the other devices' readings.
@@ -73,6 +75,8 @@ def build_services(
             handlers.append(CommandsHandler.from_settings(settings))
         elif name == "logs":
             handlers.append(LogsHandler.from_settings(settings))
+        elif name == "twin":
+            handlers.append(TwinHandler.from_settings(settings))
         elif name == "notify":
             handlers.extend(notify_handlers(settings))
     runners = [

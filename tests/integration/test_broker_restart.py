@@ -30,7 +30,7 @@ HUB_CONSUMES_WITHIN_S = 2.0
 DEVICES_BACK_WITHIN_S = 5.0
 #: How often the test looks at the broker, the hub's log and the fleet.
 POLL_S = 0.02
-#: `hub run` logs `event=consuming` once per service (telemetry, presence, commands, logs) per connect.
+#: `hub run` logs `event=consuming` once per service (telemetry, presence, commands, logs, twin) per connect.
 SERVICES = 4
 
 

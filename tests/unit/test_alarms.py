@@ -4,7 +4,6 @@ telemetry stage's rebuild from what was stored, and the handler's acks."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ from hub.services.rules.model import ClearPolicy, Rule, Stuck, Threshold, ZScore
 from hub.services.store.judge import ReadingJudge
 from hub.services.telemetry.service import TelemetryHandler
 from hub.services.telemetry.stage import Outcome, TelemetryStage
+from tests.empty_reader import EmptyReader
 
 WARM = Threshold(name="warm", alarm="temp-high", sensor="temperature", above=26.0, cooldown_s=30, clear_after=2)
 HOT = Threshold(
@@ -309,48 +309,16 @@ def test_the_demo_tells_one_alarm_raised_then_cleared() -> None:
     assert Snapshot(alarm_rows=rows[:2]).alarm_story() is None
 
 
-class _Reader:
+class _Reader(EmptyReader):
     """The read side in memory: what another hub stored meanwhile."""
-
-    name = "memory"
 
     def __init__(self) -> None:
         self.alarms: list[dict[str, Any]] = []
         self.reads = 0
 
-    def device_states(self) -> list[Series]:
-        return []
-
-    def newest_readings(self) -> list[Series]:
-        return []
-
-    def commands(
-        self, since_s: int, *, device: str | None = None, outcomes_only: bool = False, limit: int = 0
-    ) -> list[dict[str, Any]]:
-        return []
-
     def alarm_rows(self, since_s: int | None = None) -> list[dict[str, Any]]:
         self.reads += 1
         return self.alarms
-
-    def recent_readings(self, since_s: int, per_device: int) -> list[Series]:
-        return []
-
-    def device_logs(
-        self,
-        since_s: int,
-        *,
-        devices: Sequence[str] | None = None,
-        levels: Sequence[str] | None = None,
-        limit: int = 0,
-    ) -> list[dict[str, Any]]:
-        return []
-
-    def last_alerts(self, since_s: int) -> list[dict[str, Any]]:
-        return []
-
-    def close(self) -> None:
-        pass
 
 
 def _row(device: str, transition: str, version: int) -> dict[str, Any]:

@@ -22,9 +22,9 @@ SETTINGS = Settings(
 QUEUES = hub_queues(SETTINGS)
 
 
-def test_the_hub_consumes_every_partition_then_presence_commands_and_logs() -> None:
+def test_the_hub_consumes_every_partition_then_presence_commands_logs_and_twin() -> None:
     partitions = ("hub.telemetry.0", "hub.telemetry.1", "hub.telemetry.2")
-    assert (*partitions, "hub.presence", "hub.commands", "hub.logs") == QUEUES
+    assert (*partitions, "hub.presence", "hub.commands", "hub.logs", "hub.twin") == QUEUES
 
 
 def test_the_hub_consumes_when_every_queue_has_a_consumer() -> None:

@@ -33,6 +33,7 @@ PLACEHOLDERS = {
     "<device>": "env-0007",
     "<severity>": "warning",
     "<level>": "error",
+    "<rollout>": "ro-3f2a1b0c9d8e",
 }
 
 #: The label after ```json -> the type its example must decode as.
@@ -46,6 +47,9 @@ BODIES: dict[str, type[Any]] = {
     "log": contract.LogLine,
     "alarm": contract.AlarmTransition,
     "alarm_ack": contract.AlarmAck,
+    "desired": contract.Desired,
+    "deferred": contract.Deferred,
+    "rollout": contract.Rollout,
 }
 
 
@@ -189,6 +193,9 @@ ROUTING: dict[str, Callable[[], str]] = {
     "alarm": lambda: contract.alarm_key(
         "warning", PLACEHOLDERS["<site>"], PLACEHOLDERS["<kind>"], PLACEHOLDERS["<device>"]
     ),
+    "desired": lambda: contract.desired_key(PLACEHOLDERS["<device>"]),
+    "deferred": lambda: contract.deferred_key(PLACEHOLDERS["<device>"]),
+    "rollout": lambda: contract.rollout_key(PLACEHOLDERS["<rollout>"]),
 }
 
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any, cast
 
 from pika.spec import Basic, BasicProperties
 
-from hub.clients.influx import Series
 from hub.control.send import CommandSender
 from hub.core.config import load_settings
 from hub.core.contract import Ack, Command, encode
@@ -20,6 +18,7 @@ from hub.runtime.stub import FakeClock, MemoryOutput, StubConsumer
 from hub.services.commands.ledger import MAX_PENDING, ORPHAN_ACK_GRACE_MS, CommandLedger, Recorded
 from hub.services.commands.recorded import settled_from_rows
 from hub.services.commands.service import CommandsHandler
+from tests.empty_reader import EmptyReader
 from tests.unit.test_runner import Spy
 
 
@@ -146,41 +145,8 @@ def _commands_rig(hub_ms: list[int]) -> tuple[StubConsumer, MemoryOutput, Spy, R
     return broker, output, spy, runner
 
 
-class _NothingSettled:
-    name = "memory"
-
-    def device_states(self) -> list[Series]:
-        return []
-
-    def newest_readings(self) -> list[Series]:
-        return []
-
-    def commands(
-        self, since_s: int, *, device: str | None = None, outcomes_only: bool = False, limit: int = 0
-    ) -> list[dict[str, Any]]:
-        return []
-
-    def device_logs(
-        self,
-        since_s: int,
-        *,
-        devices: Sequence[str] | None = None,
-        levels: Sequence[str] | None = None,
-        limit: int = 0,
-    ) -> list[dict[str, Any]]:
-        return []
-
-    def alarm_rows(self, since_s: int | None = None) -> list[dict[str, Any]]:
-        return []
-
-    def recent_readings(self, since_s: int, per_device: int) -> list[Series]:
-        return []
-
-    def last_alerts(self, since_s: int) -> list[dict[str, Any]]:
-        return []
-
-    def close(self) -> None:
-        pass
+class _NothingSettled(EmptyReader):
+    """A store in which no command was ever settled."""
 
 
 def test_on_its_runner_a_forged_ack_is_dead_lettered_after_the_grace_and_the_command_stays_held() -> None:

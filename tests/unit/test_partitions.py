@@ -77,7 +77,7 @@ def test_each_partition_is_a_single_active_quorum_queue_bound_with_weight_1_on_t
 
 
 def test_store_and_rules_are_names_of_telemetry_kept_for_those_who_use_them(caplog: pytest.LogCaptureFixture) -> None:
-    assert SERVICES == ("telemetry", "presence", "commands", "logs", "notify")
+    assert SERVICES == ("telemetry", "presence", "commands", "logs", "twin", "notify")
     with caplog.at_level("WARNING"):
         assert service_names(("store", "rules", "presence")) == ("telemetry", "presence")
     [line] = [r.getMessage() for r in caplog.records]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 from hub.clients.influx import Series
 from hub.core.contract import Presence, now_ms
@@ -15,6 +13,7 @@ from hub.services.presence.recorded import states_from_series
 from hub.services.presence.service import RECONNECT_GRACE_S, PresenceHandler
 from hub.services.presence.signs import SignsFeed
 from hub.services.presence.tracker import MIN_SILENCE_MS, OFFLINE_AFTER_INTERVALS, PresenceTracker
+from tests.empty_reader import EmptyReader
 
 INTERVAL_MS = 1000
 ALLOWED_SILENCE_MS = OFFLINE_AFTER_INTERVALS * INTERVAL_MS
@@ -123,10 +122,8 @@ def test_a_device_reporting_every_fifth_of_a_second_is_silent_after_five_seconds
     assert [t.device for t in tracker.silent(200 + MIN_SILENCE_MS + 1)] == ["d-fast"]
 
 
-class _Recorded:
+class _Recorded(EmptyReader):
     """A reader of what `device_status` recorded (the read side's protocol, in memory)."""
-
-    name = "memory"
 
     def __init__(self, *series: Series) -> None:
         self.series = list(series)
@@ -135,36 +132,6 @@ class _Recorded:
     def device_states(self) -> list[Series]:
         self.reads += 1
         return self.series
-
-    def newest_readings(self) -> list[Series]:
-        return []
-
-    def commands(
-        self, since_s: int, *, device: str | None = None, outcomes_only: bool = False, limit: int = 0
-    ) -> list[dict[str, Any]]:
-        return []
-
-    def device_logs(
-        self,
-        since_s: int,
-        *,
-        devices: Sequence[str] | None = None,
-        levels: Sequence[str] | None = None,
-        limit: int = 0,
-    ) -> list[dict[str, Any]]:
-        return []
-
-    def alarm_rows(self, since_s: int | None = None) -> list[dict[str, Any]]:
-        return []
-
-    def recent_readings(self, since_s: int, per_device: int) -> list[Series]:
-        return []
-
-    def last_alerts(self, since_s: int) -> list[dict[str, Any]]:
-        return []
-
-    def close(self) -> None:
-        pass
 
 
 def _presence(*recorded: Series) -> PresenceHandler:

@@ -176,7 +176,7 @@ def test_the_command_history_joins_sent_and_outcome_by_id_newest_first() -> None
     history = build_history(rows, limit=10)
     assert [(r.id, r.sent_at, r.status) for r in history] == [
         ("b", 5000, "ok"),
-        ("c", 4000, "pending"),
+        ("c", 4000, "sent"),
         ("a", 1000, "timeout"),
     ]
     assert history[0].rtt_ms == 30.0 and history[2].detail == "no ack by expires"

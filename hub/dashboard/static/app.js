@@ -206,6 +206,12 @@ function drawDevice(d) {
     charts.appendChild(chart(`${s.name} (1 = on)`, "", [s], { markers, now: d.now_ms, step: true, minHigh: 1 }));
   }
   fillTable("device-alerts", d.alerts, [(a) => clock(a.time), (a) => a.severity, (a) => a.rule, (a) => niceNumber(a.value), (a) => a.message]);
+  const twin = d.twin || { properties: [] };
+  document.getElementById("device-twin-caption").textContent = d.twin
+    ? `Twin: ${d.twin.in_sync ? "in sync" : "not in sync"}, version ${d.twin.version}`
+    : "Twin: none (python -m hub twin set)";
+  const shown = (v) => (v == null ? "-" : JSON.stringify(v));
+  fillTable("device-twin", twin.properties, [(p) => p.name, (p) => shown(p.desired), (p) => shown(p.reported), (p) => p.state]);
   fillTable("device-commands", d.commands, [(c) => clock(c.time), (c) => c.command, (c) => c.status, (c) => c.origin, (c) => (c.rtt_ms == null ? "" : niceNumber(c.rtt_ms))]);
 }
 

@@ -42,7 +42,7 @@ from hub.runtime import topology
 TIMEOUT_GRACE_MS = 2_000
 #: How often the ledger looks for commands past their expiry and early acks past their grace.
 TIMEOUT_CHECK_S = 1.0
-ORIGINS = ("cli", "rule")
+ORIGINS = ("cli", "rule", "twin")
 #: A command first seen after its expiry (the hub was away) waits this long for its ack.
 LATE_COMMAND_GRACE_MS = 5_000
 #: Pending commands held at most (their deliveries stay unacked and count against the queue's
