@@ -49,7 +49,7 @@ from hub.core.contract import (
 from hub.core.credentials import Credential
 from hub.core.errors import StackError
 from hub.core.tls import settings_context
-from hub.services import service_names
+from hub.services import DEFAULT_SERVICES, service_names
 from hub.stack import Stack
 from hub.stack.influx import InfluxNode
 from hub.stack.processes import free_port, start_detached, stop
@@ -156,7 +156,7 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 15.0, interval_s
 
 REPO = Path(__file__).resolve().parents[1]
 #: `python -m hub run` logs this once per service when it starts consuming.
-HUB_SERVICES = 4
+HUB_SERVICES = len(DEFAULT_SERVICES)
 
 
 def settings_environment(settings: Settings, **extra: str) -> dict[str, str]:

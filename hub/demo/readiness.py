@@ -19,7 +19,7 @@ from hub.clients.management import read_consumer_count
 from hub.core.config import Settings
 from hub.core.errors import StackError
 from hub.runtime.topology import service_queues
-from hub.services import SERVICES
+from hub.services import DEFAULT_SERVICES
 
 #: How long the hub may take to consume its queues, and the devices to come online.
 HUB_READY_TIMEOUT_S = 60.0
@@ -29,9 +29,9 @@ POLL_S = 0.5
 
 
 def hub_queue_names(settings: Settings) -> tuple[str, ...]:
-    """The queues `python -m hub run` consumes, and the demo runs all of it: every telemetry
-    partition, presence's and commands'."""
-    return tuple(q.name for service in SERVICES for q in service_queues(service, settings.hub_partition_ids))
+    """The queues `python -m hub run` consumes by default, as the demo runs it: every telemetry
+    partition, and those of presence, commands, logs and twin."""
+    return tuple(q.name for service in DEFAULT_SERVICES for q in service_queues(service, settings.hub_partition_ids))
 
 
 T = TypeVar("T")

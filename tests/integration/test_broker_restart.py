@@ -20,7 +20,7 @@ from hub.control.audit import audit_seqs
 from hub.core.config import Settings
 from hub.core.errors import BrokerUnavailable
 from hub.stack.processes import port_open
-from tests.support import fleet_credentials, hub_process, started_stack, wait_until
+from tests.support import HUB_SERVICES, fleet_credentials, hub_process, started_stack, wait_until
 
 SITE = "plant-restart"
 DEVICES = 8
@@ -30,8 +30,8 @@ HUB_CONSUMES_WITHIN_S = 2.0
 DEVICES_BACK_WITHIN_S = 5.0
 #: How often the test looks at the broker, the hub's log and the fleet.
 POLL_S = 0.02
-#: `hub run` logs `event=consuming` once per service (telemetry, presence, commands, logs, twin) per connect.
-SERVICES = 4
+#: `hub run` logs `event=consuming` once per service per connect.
+SERVICES = HUB_SERVICES
 
 
 def answering_since(settings: Settings, restarted: threading.Thread) -> tuple[float, float]:

@@ -445,7 +445,7 @@ def test_hub_run_starts_the_notify_service_when_the_notification_file_exists(
     consuming = {
         line.split("service=")[1].split()[0] for line in log.read_text().splitlines() if "event=consuming" in line
     }
-    assert consuming == {"telemetry", "presence", "commands", "logs", "notify", "notify.run-hook.1"}
+    assert consuming == {"telemetry", "presence", "commands", "logs", "twin", "notify", "notify.run-hook.1"}
     assert hook.accepted == [f"{alarm}/raised"]
 
 

@@ -39,10 +39,14 @@ def admin(stack: Settings) -> Iterator[InfluxHttp]:
         client.close()
 
 
+#: The policies the retention set-up manages; others (the logs' own, `IOT_LOG_RETENTION`) are not its business.
+MANAGED = ("autogen", "rollup_1m", "rollup_1h")
+
+
 def _policies(admin: InfluxHttp, db: str) -> dict[str, dict[str, Any]]:
     rows = [row for s in admin.administer(f'SHOW RETENTION POLICIES ON "{db}"')[0] for row in s.rows]
     assert len({row["name"] for row in rows}) == len(rows)
-    return {row["name"]: row for row in rows}
+    return {row["name"]: row for row in rows if row["name"] in MANAGED}
 
 
 def _queries(admin: InfluxHttp, db: str) -> dict[str, str]:
