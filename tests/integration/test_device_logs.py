@@ -62,6 +62,19 @@ def line(device: str, level: str, message: str, ts: int, **fields: Any) -> bytes
     return encode(LogLine(device=device, ts=ts, level=level, message=message, fields=fields))  # type: ignore[arg-type]
 
 
+def logged_over_mqtt(settings: Settings, device: str, secret: str, message: str) -> list[str]:
+    """The routing keys that reached the exchange of one `info` line `device` logs over MQTT."""
+    client = connect_device(settings, "mqtt", device, secret)
+    connection = amqp_connection(settings)
+    channel = connection.channel()
+    queue = bind_temporary_queue(channel, log_key(device, "info"))
+    publish(client, log_key(device, "info"), line(device, "info", message, now_ms()))
+    received = collect(connection, channel, queue, 1, timeout_s=10)
+    connection.close()
+    client.close()
+    return [key for key, _body, _props in received]
+
+
 def listed(settings: Settings, *args: str, **env: str) -> list[dict[str, Any]]:
     result = hub_cli(settings, "logs", *args, "--json", timeout_s=60, **env)
     assert result.returncode == 0, result.stderr
@@ -132,15 +145,7 @@ def test_provisioning_a_device_again_gives_it_its_log_topics_and_keeps_its_secre
     before_logs = {"exchange": EXCHANGE, "write": rf"^(status\.{device})$", "read": rf"^commands\.{device}$"}
     admin.import_definitions({"topic_permissions": [{"user": device, "vhost": VHOST, **before_logs}]})
     assert provision(stack, [device]).existing == [device]
-    client = connect_device(stack, "mqtt", device, secret)  # the same secret still logs in
-    connection = amqp_connection(stack)
-    channel = connection.channel()
-    queue = bind_temporary_queue(channel, log_key(device, "info"))
-    publish(client, log_key(device, "info"), line(device, "info", "allowed now", now_ms()))
-    received = collect(connection, channel, queue, 1, timeout_s=10)
-    connection.close()
-    client.close()
-    assert [key for key, _body, _props in received] == [log_key(device, "info")]
+    assert logged_over_mqtt(stack, device, secret, "allowed now") == [log_key(device, "info")]  # same secret
 
 
 def test_stack_up_gives_accounts_of_the_version_before_logs_their_log_topics_and_nothing_else(
@@ -165,15 +170,7 @@ def test_stack_up_gives_accounts_of_the_version_before_logs_their_log_topics_and
     granted = {p["user"]: p for p in admin.topic_permissions() if p.get("vhost") == VHOST}
     assert granted[device]["write"] == topic_permissions(device)["write"]
     assert granted[other]["write"] == foreign["write"]  # not an account of an earlier version: left alone
-    client = connect_device(stack, "mqtt", device, secret)
-    connection = amqp_connection(stack)
-    channel = connection.channel()
-    queue = bind_temporary_queue(channel, log_key(device, "info"))
-    publish(client, log_key(device, "info"), line(device, "info", "allowed after stack up", now_ms()))
-    received = collect(connection, channel, queue, 1, timeout_s=10)
-    connection.close()
-    client.close()
-    assert [key for key, _body, _props in received] == [log_key(device, "info")]
+    assert logged_over_mqtt(stack, device, secret, "allowed after stack up") == [log_key(device, "info")]
 
 
 def test_a_flood_is_rate_limited_with_a_summary_while_telemetry_keeps_flowing(
