@@ -9,7 +9,8 @@ its own queues (`hub.runtime.runner`).
 - `notify`: alarm transitions to the channels of the notification file (a router, and delivery
   workers per channel); started by default only when that file exists.
 - `logs`: devices' log lines into `device_logs`, rate-limited per device.
-- `twin`: each device's twin (desired, reported) into `twins`, and the commands that converge it.
+- `twin`: each device's twin (desired, reported) into `twins`, and the commands that converge it;
+  its readings from telemetry in the same process, as presence's signs.
 """
 
 from __future__ import annotations
@@ -59,16 +60,22 @@ def build_services(
     from hub.services.presence.tracker import PresenceTracker
     from hub.services.rules.loader import load_rules
     from hub.services.telemetry.service import TelemetryHandler
+    from hub.services.twin.feed import ReadingsFeed
     from hub.services.twin.service import TwinHandler
 
-    # Beside telemetry of every partition in this process, presence takes its signs of life from
-    # it (no extra copy); with only some partitions it would miss the other devices' readings.
+    # Beside telemetry of every partition in this process, presence takes its signs of life and the
+    # twin its readings from it (no extra queue a reading is routed to); with only some partitions
+    # they would miss the other devices' readings.
     every_partition = settings.hub_partition_ids == tuple(range(settings.partitions))
-    feed = SignsFeed(PresenceTracker()) if "presence" in names and "telemetry" in names and every_partition else None
+    beside_telemetry = "telemetry" in names and every_partition
+    feed = SignsFeed(PresenceTracker()) if "presence" in names and beside_telemetry else None
+    readings = ReadingsFeed() if "twin" in names and beside_telemetry else None
     handlers: list[Handler] = []
     for name in names:
         if name == "telemetry":
-            handlers.append(TelemetryHandler.from_settings(settings, load_rules(settings.rules_file), signs=feed))
+            handlers.append(
+                TelemetryHandler.from_settings(settings, load_rules(settings.rules_file), signs=feed, twin=readings)
+            )
         elif name == "presence":
             handlers.append(PresenceHandler.from_settings(settings, feed))
         elif name == "commands":
@@ -76,15 +83,18 @@ def build_services(
         elif name == "logs":
             handlers.append(LogsHandler.from_settings(settings))
         elif name == "twin":
-            handlers.append(TwinHandler.from_settings(settings))
+            handlers.append(TwinHandler.from_settings(settings, feed=readings))
         elif name == "notify":
             handlers.extend(notify_handlers(settings))
     runners = [
         Runner.from_settings(output_settings(settings, handler.name), handler, stop, middleware) for handler in handlers
     ]
     telemetry = next((runner for runner in runners if runner.name == "telemetry"), None)
-    if feed is not None and telemetry is not None:  # presence judges no silence while telemetry does not read
-        feed.source = _snapshot_of(telemetry)
+    if telemetry is not None:  # no silence is judged while telemetry does not read
+        if feed is not None:
+            feed.source = _snapshot_of(telemetry)
+        if readings is not None:
+            readings.source = _snapshot_of(telemetry)
     return runners
 
 

@@ -10,7 +10,8 @@ redelivered readings are judged again), never a lost one.
 
 Every partition is single-active-consumer: the readings of a device reach one process, in
 order, so its rule state and its alarms are whole there. A process that consumes every partition
-(the default) hands presence its signs of life in process, when presence runs beside it (`signs`).
+(the default) hands presence its signs of life in process, when presence runs beside it (`signs`),
+and the twin service its readings, when the twin runs beside it (`twin`).
 
 Exactly once: the rules' state and the alarms are rebuilt from the store (`hub.services.alarms.
 rebuild`) at each (re)connect, and when a partition starts delivering to this process later than
@@ -62,6 +63,7 @@ from hub.services.rules.engine import Engine
 from hub.services.rules.model import Rule
 from hub.services.store.judge import ReadingJudge
 from hub.services.telemetry.stage import Outcome, TelemetryStage
+from hub.services.twin.feed import ReadingsFeed
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +82,16 @@ class TelemetryHandler:
         declaration: topology.Declaration,
         signs: SignsFeed | None = None,
         reader: Reader | None = None,
+        twin: ReadingsFeed | None = None,
     ) -> None:
         """`signs`: every reading is also a sign of life for the presence service of this process.
-        `reader`: where the rules' state and the alarms are rebuilt from (none: from nothing)."""
+        `reader`: where the rules' state and the alarms are rebuilt from (none: from nothing).
+        `twin`: every reading also goes to the twin service of this process."""
         self.stage = stage
         self.declaration = declaration
         self.signs = signs
         self.reader = reader
+        self.twin = twin
         self._rebuilt_at = -REBUILD_STALE_MS
         #: Since the last rebuild: the queues that delivered, and each device's queue.
         self._queues: set[str] = set()
@@ -99,6 +104,7 @@ class TelemetryHandler:
         rules: list[Rule],
         partitions: tuple[int, ...] | None = None,
         signs: SignsFeed | None = None,
+        twin: ReadingsFeed | None = None,
     ) -> TelemetryHandler:
         """`partitions`: the ones this process consumes (default: IOT_HUB_PARTITIONS). Every
         partition is declared (those of other processes too), so the hash ring is whole whichever
@@ -110,7 +116,7 @@ class TelemetryHandler:
             partitions=settings.partitions,
         )
         judge = ReadingJudge(load_models(settings.models_file), settings.unknown_sensors)
-        return cls(TelemetryStage(judge, Engine(rules)), declaration, signs, open_reader(settings))
+        return cls(TelemetryStage(judge, Engine(rules)), declaration, signs, open_reader(settings), twin)
 
     def handle(self, delivery: Delivery) -> Effects:
         now = now_ms()
@@ -126,6 +132,8 @@ class TelemetryHandler:
         reading = message
         if self.signs is not None:  # a reading the judge refuses still proves its device alive
             self.signs.sign(reading.device, reading.site, reading.kind, protocol, reading.ts, now)
+        if self.twin is not None:
+            self.twin.reading(reading, now)
         outcome = self.stage.process(reading, protocol, now)
         if not outcome.decisions and not outcome.changes:
             if not outcome.flags:
@@ -142,6 +150,8 @@ class TelemetryHandler:
         if self.signs is not None:
             newest = readings[-1]
             self.signs.sign(newest.device, newest.site, newest.kind, protocol, newest.ts, now)
+        if self.twin is not None:
+            self.twin.batch(readings, now)
         outcomes = self.stage.process_batch(readings, protocol, now)
         points: list[Point] = []
         publishes: list[Publish] = []

@@ -1,11 +1,12 @@
 """The twin service's handler: queue `hub.twin` (desired changes, waiting commands, statuses, acks)
-and a side queue of readings -> the twins in `twins`, and the commands that converge them.
+and the readings -> the twins in `twins`, and the commands that converge them.
 
 The book decides; the handler turns what it decided into effects: each twin that changed is a
 point of `twins`, written before the delivery that changed it is acked, so a change survives a
-restart; a command is published (confirmed before that ack). Readings come from a side queue of
-this process (`hub.twin.readings.<host>-<pid>`: exclusive, capped, no acks) because only the
-newest state and a sign of life matter, never a backlog.
+restart; a command is published (confirmed before that ack). Readings come from the telemetry
+handler of this process when it consumes every partition (a `ReadingsFeed`, taken at every tick
+and delivery), else from a side queue of this process (`hub.twin.readings.<host>-<pid>`:
+exclusive, capped, no acks) because only the newest state and a sign of life matter, never a backlog.
 
 It starts from the stored twins (through the outputs' reader) at its first connect and when a
 standby becomes active. A standby sends nothing: the active hub converges.
@@ -43,6 +44,7 @@ from hub.runtime import topology
 from hub.runtime.delivery import Delivery
 from hub.runtime.handler import NOTHING, ROLE_ACTIVE, ROLE_STANDBY, Effects, Publish
 from hub.services.twin.book import Out, TwinBook
+from hub.services.twin.feed import ReadingsFeed
 from hub.services.twin.stored import recorded_rollouts, recorded_twins, rollout_point, twin_point
 
 #: How often every twin is looked at (retries, expiries, silence).
@@ -70,12 +72,14 @@ def readings_queue() -> topology.SideQueue:
 class TwinHandler:
     name = "twin"
 
-    def __init__(self, book: TwinBook, reader: Reader) -> None:
+    def __init__(self, book: TwinBook, reader: Reader, feed: ReadingsFeed | None = None) -> None:
+        """`feed`: readings come from the telemetry handler of this process, else from a side queue."""
         self.book = book
         self.reader = reader
-        side = readings_queue()
-        self.declaration = topology.Declaration((topology.TWIN,), side=(side,))
-        self._side_queue = side.name
+        self.feed = feed
+        side = () if feed is not None else (readings_queue(),)
+        self.declaration = topology.Declaration((topology.TWIN,), side=side)
+        self._side_queue = side[0].name if side else ""
         self.seeded = False
         self.was_standby = False
         self.next_check = 0
@@ -88,8 +92,11 @@ class TwinHandler:
         self.delivered = 0
 
     @classmethod
-    def from_settings(cls, settings: Settings, models: DeviceModels | None = None) -> TwinHandler:
-        return cls(TwinBook(models or load_models(settings.models_file)), open_reader(settings))
+    def from_settings(
+        cls, settings: Settings, models: DeviceModels | None = None, feed: ReadingsFeed | None = None
+    ) -> TwinHandler:
+        """With `feed`, readings come from the telemetry of this process; else from a side queue."""
+        return cls(TwinBook(models or load_models(settings.models_file)), open_reader(settings), feed)
 
     def on_consuming(self, now_ms: int) -> None:
         if not self.seeded:
@@ -138,6 +145,7 @@ class TwinHandler:
         if not self.delivered:
             self._first_delivery(now)
         self.delivered += 1
+        self._take_readings()  # the readings telemetry read before this delivery come first
         key = delivery.routing_key
         prefix, _, device = key.rpartition(".")
         if not is_identifier(device):
@@ -177,17 +185,27 @@ class TwinHandler:
         self.role = role
         if role == ROLE_STANDBY:
             self.was_standby = True
+            self._take_readings()
             self.book.take(now_ms, converge=False)  # what a standby saw is not for it to store
             return NOTHING
         if self.was_standby:  # the broker made this standby active: go on from what the other stored
             self.was_standby = False
             self._reseed(now_ms)
+        self._take_readings()
         if not self.active:
             return NOTHING
         if now_ms >= self.next_check:
             self.next_check = now_ms + round(CONVERGE_CHECK_S * 1000)
+            if self.feed is not None:  # no reading comes while telemetry does not read: not silence
+                self.book.heard_from_all(self.feed.silence_from(now_ms))
             self.book.due(now_ms)
         return self._effects(self.book.take(now_ms))
+
+    def _take_readings(self) -> None:
+        """The readings the telemetry of this process handed over since, into the book (their
+        effects are taken with the next `book.take`, as a side-queue reading's are)."""
+        if self.feed is not None:
+            self.feed.take(self.book)
 
     @staticmethod
     def _effects(out: Out) -> Effects:
